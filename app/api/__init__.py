@@ -1,0 +1,1 @@
+"""The HTTP layer: routers that parse, call one service, and shape the answer."""

@@ -1,0 +1,117 @@
+"""Response and request models of the admin API, for validation and OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.domain.jsonbody import unstorable_strings
+from app.domain.tokens import Scope
+
+
+def _storable(value: str) -> str:
+    if next(iter(unstorable_strings(value, "")), None) is not None:
+        raise ValueError("must not contain \\u0000 or lone surrogates")
+    return value
+
+
+StorableStr = Annotated[str, AfterValidator(_storable)]
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] | None = None
+
+
+class EventAccepted(BaseModel):
+    id: str
+    type: str
+    key: str | None
+    received_at: str
+    schema_version: int | None
+    deliveries: int
+
+
+class BatchItemAccepted(BaseModel):
+    id: str
+    replayed: bool
+
+
+class BatchAccepted(BaseModel):
+    items: list[BatchItemAccepted]
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    subscription_id: str
+    status: Literal["pending", "in_flight", "succeeded", "dead", "discarded"]
+    attempts: int
+    next_attempt_at: str | None
+    last_status_code: int | None
+
+
+class EventOut(BaseModel):
+    id: str
+    type: str
+    key: str | None
+    data: Any
+    schema_version: int | None
+    occurred_at: str | None
+    received_at: str
+    deliveries: list[DeliveryOut]
+
+
+class EventSummary(BaseModel):
+    id: str
+    type: str
+    key: str | None
+    data: Any
+    schema_version: int | None
+    occurred_at: str | None
+    received_at: str
+
+
+class EventPage(BaseModel):
+    items: list[EventSummary]
+    next_cursor: str | None
+
+
+class DeliveryCounts(BaseModel):
+    pending: int
+    in_flight: int
+    succeeded: int
+    dead: int
+    discarded: int
+
+
+class StatsOut(BaseModel):
+    events: int
+    subscriptions: int
+    deliveries: DeliveryCounts
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scope: Scope
+    description: StorableStr | None = Field(default=None, max_length=1000)
+
+
+class TokenCreated(BaseModel):
+    id: str
+    token: str
+    scope: Scope
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    migration: str | None

@@ -1,0 +1,27 @@
+"""What the lifespan builds and the routers use, as one typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from app.metrics import Metrics
+from app.services.auth import Authenticator
+from app.services.ingest import IngestService
+from app.settings import Settings
+from app.store.database import Database
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    db: Database
+    auth: Authenticator
+    ingest: IngestService
+    metrics: Metrics
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

@@ -1,0 +1,95 @@
+"""The ``eventrelay`` command: ``serve``, ``worker``, ``migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from app import __version__
+from app.api.app import Companion, create_app
+from app.logging import configure as configure_logging
+from app.services.auth import ensure_admin_token
+from app.settings import Settings
+from app.store.database import open_database
+from app.store.migrations import upgrade_head
+
+log = logging.getLogger("eventrelay")
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventrelay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"eventrelay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the API (and, by default, the delivery worker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--no-worker", action="store_true", help="API only; run `eventrelay worker` separately"
+    )
+    commands.add_parser("worker", help="run a delivery worker without the API")
+    commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "migrate":
+        upgrade_head(settings.database_url)
+        log.info("migrations applied")
+        return 0
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port, worker=not args.no_worker)
+    return _worker(settings)
+
+
+def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
+    upgrade_head(settings.database_url)
+    token = asyncio.run(_bootstrap_token(settings))
+    if token is not None:
+        log.warning("admin token: %s", token, extra={"admin_token": token})
+    companions: tuple[Companion, ...] = _embedded_worker() if worker else ()
+    app = create_app(settings, companions=companions)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+async def _bootstrap_token(settings: Settings) -> str | None:
+    db = open_database(settings.database_url)
+    try:
+        return await ensure_admin_token(db, settings.admin_token)
+    finally:
+        await db.dispose()
+
+
+def _embedded_worker() -> tuple[Companion, ...]:
+    return ()
+
+
+def _worker(settings: Settings) -> int:
+    log.error("the delivery worker is not available in this version")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Event-type filters of subscriptions: ``*``, a trailing ``.*``, or an exact name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def type_matches(pattern: str, event_type: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def any_matches(patterns: Iterable[str], event_type: str) -> bool:
+    return any(type_matches(p, event_type) for p in patterns)

@@ -1,0 +1,92 @@
+"""Bearer-token authentication, token issuing and the first-start admin token."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from app.domain.ids import new_id
+from app.domain.tokens import Scope, generate_token, hash_token, scope_allows
+from app.errors import Forbidden, NotFound, Unauthorized
+from app.store import tokens as store
+from app.store.database import Database
+from app.store.tokens import TokenRecord
+
+# Token lookups are cached briefly: a revocation is immediate in the process
+# that served it and takes at most this long in the others.
+CACHE_SECONDS = 1.0
+BOOTSTRAP_ID = "tok_bootstrap"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    id: str
+    token: str
+    scope: Scope
+
+
+class Authenticator:
+    def __init__(self, db: Database, bootstrap_token: str | None) -> None:
+        self._db = db
+        self._bootstrap_hash = hash_token(bootstrap_token) if bootstrap_token else None
+        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+
+    async def authenticate(self, authorization: str | None, required: Scope) -> TokenRecord:
+        token = _bearer(authorization)
+        record = await self._lookup(hash_token(token))
+        if record is None:
+            raise Unauthorized("the bearer token is not valid")
+        if not scope_allows(record.scope, required):
+            raise Forbidden(f"a token with scope {record.scope.value!r} cannot make this call")
+        return record
+
+    async def _lookup(self, digest: str) -> TokenRecord | None:
+        if self._bootstrap_hash is not None and hmac.compare_digest(digest, self._bootstrap_hash):
+            return TokenRecord(BOOTSTRAP_ID, Scope.ADMIN)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await store.find_token(self._db, digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + CACHE_SECONDS, record)
+        return record
+
+    async def issue(self, scope: Scope, description: str | None) -> IssuedToken:
+        token = generate_token()
+        token_id = new_id("tok")
+        await store.create_token(
+            self._db,
+            token_id=token_id,
+            token_hash=hash_token(token),
+            scope=scope,
+            description=description,
+            now=datetime.now(UTC),
+        )
+        return IssuedToken(token_id, token, scope)
+
+    async def revoke(self, token_id: str) -> None:
+        if not await store.revoke_token(self._db, token_id, datetime.now(UTC)):
+            raise NotFound(f"no active token {token_id}")
+        self._cache.clear()
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("an Authorization: Bearer token is required")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token
+
+
+async def ensure_admin_token(db: Database, bootstrap_token: str | None) -> str | None:
+    """On a first start with no token at all, create an admin token and return it."""
+    if bootstrap_token or await store.count_active_tokens(db) > 0:
+        return None
+    issued = await Authenticator(db, None).issue(Scope.ADMIN, "generated on first start")
+    return issued.token

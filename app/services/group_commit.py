@@ -1,0 +1,85 @@
+"""Group commit: requests that arrive while a transaction is being written
+share the next one, so many requests pay for one fsync.
+
+A flush takes everything queued (up to ``max_batch`` items) and hands it to
+one call of ``flush``; each submitter gets its own item's result or the
+exception that sank the whole flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Flush = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
+
+
+class GroupCommitter(Generic[T, R]):
+    def __init__(
+        self,
+        flush: Flush[T, R],
+        *,
+        writers: int = 1,
+        max_batch: int = 512,
+        on_flush: Callable[[int], None] | None = None,
+    ) -> None:
+        self._flush = flush
+        self._writers = writers
+        self._max_batch = max_batch
+        self._on_flush = on_flush
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"group-commit-{i}") for i in range(self._writers)
+        ]
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the writers."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.005)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def submit(self, item: T) -> R:
+        if not self._tasks:
+            raise RuntimeError("the group committer is not running")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._flush_batch(batch)
+
+    async def _flush_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        if self._on_flush is not None:
+            self._on_flush(len(batch))
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except Exception as exc:  # every submitter learns why its item was not stored
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for _, future in batch:
+                if not future.done():
+                    future.cancel()
+            raise
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -1,0 +1,128 @@
+"""Accepting events: validate, then store through the group committer.
+
+Nothing is answered before the transaction holding the event, its delivery
+rows and its idempotency key has been committed to disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.domain import jsonbody
+from app.domain.events import (
+    BatchItemInput,
+    EventInput,
+    NewEvent,
+    parse_batch,
+    parse_event,
+)
+from app.domain.idempotency import fingerprint
+from app.domain.ids import new_id
+from app.errors import BadRequest, FieldError, StoreUnavailable, ValidationFailed
+from app.services.group_commit import GroupCommitter
+from app.store import ingest as store
+from app.store.database import Database
+from app.store.ingest import Accepted, UnitResult
+
+log = logging.getLogger(__name__)
+
+
+class IngestService:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        require_idempotency_key: bool,
+        idempotency_ttl: timedelta,
+        writers: int,
+        on_flush: Callable[[int], None] | None = None,
+        on_accepted: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._require_key = require_idempotency_key
+        self._ttl = idempotency_ttl
+        self._on_accepted = on_accepted
+        self._committer: GroupCommitter[list[NewEvent], UnitResult] = GroupCommitter(
+            self._flush, writers=writers, on_flush=on_flush
+        )
+
+    def start(self) -> None:
+        self._committer.start()
+
+    async def stop(self) -> None:
+        await self._committer.stop()
+
+    async def ingest_one(self, document: Any, idempotency_key: str | None) -> Accepted:
+        """Store one event (``POST /v1/events``); raises on invalid input."""
+        if idempotency_key is None and self._require_key:
+            raise BadRequest("the Idempotency-Key header is required")
+        event = parse_event(document)
+        (accepted,) = await self._submit([_new_event(event, idempotency_key)])
+        return accepted
+
+    async def ingest_batch(self, document: Any) -> list[Accepted]:
+        """Store every event of a batch in one transaction, or none of them."""
+        batch = parse_batch(document)
+        if self._require_key:
+            missing = [
+                FieldError(f"/events/{i}/idempotency_key", "an idempotency_key is required")
+                for i, item in enumerate(batch.events)
+                if item.idempotency_key is None
+            ]
+            if missing:
+                raise ValidationFailed("every batch item needs an idempotency_key", missing)
+        return await self._submit([_new_event(item, item.idempotency_key) for item in batch.events])
+
+    async def _submit(self, events: list[NewEvent]) -> list[Accepted]:
+        result = await self._committer.submit(events)
+        if isinstance(result, ValidationFailed):
+            raise result
+        if self._on_accepted is not None:
+            self._on_accepted(sum(not a.replayed for a in result), sum(a.replayed for a in result))
+        return result
+
+    async def _flush(self, units: Sequence[list[NewEvent]]) -> list[UnitResult]:
+        now = datetime.now(UTC)
+        try:
+            return await store.ingest(self._db, units, ttl=self._ttl, now=now)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(units) == 1:
+                raise
+            # One request must not sink the others that shared its transaction.
+            log.exception("a shared ingest transaction failed; retrying its requests one by one")
+        results: list[UnitResult] = []
+        for unit in units:
+            (result,) = await store.ingest(self._db, [unit], ttl=self._ttl, now=now)
+            results.append(result)
+        return results
+
+
+def _new_event(event: EventInput, idempotency_key: str | None) -> NewEvent:
+    received_at = datetime.now(UTC)
+    occurred_at = event.occurred_at.astimezone(UTC) if event.occurred_at else None
+    meaning = {
+        "type": event.type,
+        "key": event.key,
+        "data": event.data,
+        "schema_version": event.schema_version,
+        "occurred_at": occurred_at.isoformat() if occurred_at else None,
+    }
+    return NewEvent(
+        id=new_id("evt"),
+        type=event.type,
+        key=event.key,
+        data_json=jsonbody.dumps(event.data),
+        schema_version=event.schema_version,
+        occurred_at=occurred_at,
+        received_at=received_at,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint(meaning) if idempotency_key is not None else None,
+    )
+
+
+__all__ = ["Accepted", "BatchItemInput", "IngestService"]

@@ -1,0 +1,55 @@
+"""Runtime settings, read from ``EVENTRELAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+class Settings(BaseSettings):
+    """Everything the API, the worker and the CLI are configured with.
+
+    Built once by the entry point and passed down; nothing reads the
+    environment on its own.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EVENTRELAY_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./eventrelay.db"
+    admin_token: str | None = None
+    allow_private_targets: bool = False
+    require_idempotency_key: bool = True
+    idempotency_ttl_seconds: int = Field(default=86400, ge=1)
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    delivery_timeout_ms: int = Field(default=15000, ge=1)
+    retention_days: float = Field(default=7, gt=0)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    access_log: bool = False
+    # How many ingest transactions may be open at once. SQLite has one writer,
+    # so more would only queue inside the driver; PostgreSQL overlaps them.
+    ingest_writers: int | None = Field(default=None, ge=1, le=64)
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return tuple(float(p) for p in parts)
+        return value
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v < 0 for v in value):
+            raise ValueError("retry delays must not be negative")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,137 @@
+"""Engines, connection setup per dialect, and driver-error translation.
+
+SQLite gets two engines: one writer connection whose transactions start with
+``BEGIN IMMEDIATE`` (so a writer never fails on a lock upgrade) and a small
+pool of readers. PostgreSQL gets one pool for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from app.errors import StoreUnavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """The engines for one database URL. Build with :func:`open_database`."""
+
+    def __init__(self, url: str, writer: AsyncEngine, reader: AsyncEngine) -> None:
+        self.url = url
+        self.writer = writer
+        self.reader = reader
+        self.dialect = writer.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed on success, rolled back on error."""
+        with translate_errors():
+            async with self.writer.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        with translate_errors():
+            async with self.reader.connect() as conn:
+                yield conn
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+
+def open_database(url: str, *, pool_size: int = 10) -> Database:
+    if url.startswith("sqlite"):
+        writer = _sqlite_engine(url, immediate=True, pool_size=1)
+        reader = _sqlite_engine(url, immediate=False, pool_size=4)
+        return Database(url, writer, reader)
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        connect_args={"timeout": 5, "command_timeout": 30},
+    )
+    return Database(url, engine, engine)
+
+
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn "the database is not there" into :class:`StoreUnavailable` (503)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"the database is unavailable: {type(exc).__name__}") from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated or _is_connection_error(exc):
+            raise StoreUnavailable("the database connection was lost") from exc
+        raise
+
+
+def _is_connection_error(exc: sa_exc.DBAPIError) -> bool:
+    name = type(exc.orig).__name__ if exc.orig is not None else ""
+    return any(
+        marker in name
+        for marker in (
+            "ConnectionDoesNotExist",
+            "CannotConnectNow",
+            "ConnectionFailure",
+            "AdminShutdown",
+        )
+    )

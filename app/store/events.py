@@ -1,0 +1,147 @@
+"""Reading events back: one event with its deliveries, filtered lists, stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.store import schema
+from app.store.database import Database
+
+DELIVERY_STATUSES = ("pending", "in_flight", "succeeded", "dead", "discarded")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    id: str
+    type: str
+    key: str | None
+    data_json: str
+    schema_version: int | None
+    occurred_at: datetime | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySummary:
+    id: str
+    subscription_id: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    events: int
+    subscriptions: int
+    deliveries: dict[str, int]
+
+
+_EVENT_COLUMNS = (
+    schema.events.c.seq,
+    schema.events.c.id,
+    schema.events.c.type,
+    schema.events.c.key,
+    schema.events.c.data,
+    schema.events.c.schema_version,
+    schema.events.c.occurred_at,
+    schema.events.c.received_at,
+)
+
+
+def _event(row: object) -> StoredEvent:
+    r = row._mapping  # type: ignore[attr-defined]
+    return StoredEvent(
+        r["seq"],
+        r["id"],
+        r["type"],
+        r["key"],
+        r["data"],
+        r["schema_version"],
+        r["occurred_at"],
+        r["received_at"],
+    )
+
+
+async def get_event(db: Database, event_id: str) -> StoredEvent | None:
+    async with db.read() as conn:
+        row = (
+            await conn.execute(select(*_EVENT_COLUMNS).where(schema.events.c.id == event_id))
+        ).first()
+    return _event(row) if row else None
+
+
+async def event_deliveries(db: Database, event_id: str) -> list[DeliverySummary]:
+    d = schema.deliveries
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(
+                d.c.id,
+                d.c.subscription_id,
+                d.c.status,
+                d.c.attempts,
+                d.c.next_attempt_at,
+                d.c.last_status_code,
+            )
+            .where(d.c.event_id == event_id)
+            .order_by(d.c.seq)
+        )
+        return [
+            DeliverySummary(
+                r.id,
+                r.subscription_id,
+                r.status,
+                r.attempts,
+                r.next_attempt_at if r.status == "pending" else None,
+                r.last_status_code,
+            )
+            for r in rows
+        ]
+
+
+async def list_events(
+    db: Database,
+    *,
+    event_type: str | None,
+    key: str | None,
+    order: Literal["asc", "desc"],
+    after_seq: int | None,
+    limit: int,
+) -> tuple[list[StoredEvent], int | None]:
+    """A page of events and the ``seq`` to continue after (None on the last page)."""
+    e = schema.events
+    query = select(*_EVENT_COLUMNS)
+    if event_type is not None:
+        query = query.where(e.c.type == event_type)
+    if key is not None:
+        query = query.where(e.c.key == key)
+    if after_seq is not None:
+        query = query.where(e.c.seq > after_seq if order == "asc" else e.c.seq < after_seq)
+    query = query.order_by(e.c.seq.asc() if order == "asc" else e.c.seq.desc()).limit(limit + 1)
+    async with db.read() as conn:
+        page = [_event(r) for r in await conn.execute(query)]
+    if len(page) > limit:
+        return page[:limit], page[limit - 1].seq
+    return page, None
+
+
+async def stats(db: Database) -> Stats:
+    async with db.read() as conn:
+        return await _stats(conn)
+
+
+async def _stats(conn: AsyncConnection) -> Stats:
+    events = (await conn.execute(select(func.count()).select_from(schema.events))).scalar_one()
+    subs = (await conn.execute(select(func.count()).select_from(schema.subscriptions))).scalar_one()
+    d = schema.deliveries
+    by_status = dict.fromkeys(DELIVERY_STATUSES, 0)
+    for status, count in await conn.execute(select(d.c.status, func.count()).group_by(d.c.status)):
+        by_status[status] = count
+    return Stats(events, subs, by_status)

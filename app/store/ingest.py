@@ -1,0 +1,282 @@
+"""The ingest transaction: events, their delivery rows and their idempotency
+keys, for many requests at once (group commit), all or nothing per request.
+
+Idempotency keys are resolved in two phases inside one write transaction:
+first read what is already remembered and decide every item (new, replay,
+mismatch); then write. A key another process commits between the two phases
+(PostgreSQL only; SQLite has one writer) shows up as a missing ``RETURNING``
+row, and the whole transaction is retried, when the first phase will see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import orjson
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.domain.events import NewEvent, accepted_body
+from app.domain.filters import any_matches
+from app.domain.ids import new_id
+from app.errors import FieldError, ValidationFailed
+from app.store import schema
+from app.store.database import Database
+
+MAX_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """One event of a request: its ID, the stored 202 body, and whether it was a replay."""
+
+    event_id: str
+    body: str
+    replayed: bool
+
+
+UnitResult = list[Accepted] | ValidationFailed
+
+
+class KeyRace(Exception):
+    """Another transaction committed one of our idempotency keys; retry."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    new: list[NewEvent] = field(default_factory=list)
+    # Per item: an Accepted (replay of a stored key), a NewEvent, or the
+    # NewEvent of an earlier item in this transaction that it replays.
+    items: list[Accepted | NewEvent | tuple[NewEvent]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    fingerprint: str
+    event_id: str
+    body: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscription:
+    id: str
+    patterns: tuple[str, ...]
+    by_key: bool
+
+
+async def ingest(
+    db: Database, units: Sequence[Sequence[NewEvent]], *, ttl: timedelta, now: datetime
+) -> list[UnitResult]:
+    """Store every unit that can be stored, in one transaction."""
+    for attempt in range(MAX_RETRIES):
+        try:
+            async with db.write() as conn:
+                return await _ingest(conn, db.dialect, units, now - ttl)
+        except KeyRace:
+            if attempt == MAX_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _ingest(
+    conn: AsyncConnection, dialect: str, units: Sequence[Sequence[NewEvent]], cutoff: datetime
+) -> list[UnitResult]:
+    keys = {e.idempotency_key for unit in units for e in unit if e.idempotency_key}
+    stored = await _load_keys(conn, keys) if keys else {}
+    live = {k: row for k, row in stored.items() if row.created_at >= cutoff}
+    reclaim = [k for k, row in stored.items() if row.created_at < cutoff]
+
+    claimed: dict[str, NewEvent] = {}
+    plans: list[_Plan | ValidationFailed] = []
+    for unit in units:
+        plan = _plan_unit(unit, live, claimed)
+        plans.append(plan)
+        if isinstance(plan, _Plan):
+            claimed.update({e.idempotency_key: e for e in plan.new if e.idempotency_key})
+
+    new_events = [e for p in plans if isinstance(p, _Plan) for e in p.new]
+    counts = await _write(conn, dialect, new_events, reclaim, cutoff)
+    return [_answer(p, counts) if isinstance(p, _Plan) else p for p in plans]
+
+
+def _plan_unit(
+    unit: Sequence[NewEvent], live: dict[str, _Stored], claimed: dict[str, NewEvent]
+) -> _Plan | ValidationFailed:
+    plan = _Plan()
+    local: dict[str, NewEvent] = {}
+    errors: list[FieldError] = []
+    for index, event in enumerate(unit):
+        key = event.idempotency_key
+        if key is None:
+            plan.new.append(event)
+            plan.items.append(event)
+            continue
+        prior = live.get(key)
+        earlier = claimed.get(key) or local.get(key)
+        if prior is not None:
+            if prior.fingerprint != event.fingerprint:
+                errors.append(_mismatch(index, len(unit)))
+            else:
+                plan.items.append(Accepted(prior.event_id, prior.body, replayed=True))
+        elif earlier is not None:
+            if earlier.fingerprint != event.fingerprint:
+                errors.append(_mismatch(index, len(unit)))
+            else:
+                plan.items.append((earlier,))
+        else:
+            local[key] = event
+            plan.new.append(event)
+            plan.items.append(event)
+    if errors:
+        return ValidationFailed(
+            "the Idempotency-Key was already used with a different body", errors
+        )
+    return plan
+
+
+def _mismatch(index: int, size: int) -> FieldError:
+    loc = f"/events/{index}/idempotency_key" if size > 1 else "/"
+    return FieldError(loc, "this idempotency key was already used with a different body")
+
+
+def _answer(plan: _Plan, counts: dict[str, int]) -> list[Accepted]:
+    answers: list[Accepted] = []
+    for item in plan.items:
+        if isinstance(item, Accepted):
+            answers.append(item)
+        elif isinstance(item, tuple):
+            (earlier,) = item
+            answers.append(Accepted(earlier.id, accepted_body(earlier, counts[earlier.id]), True))
+        else:
+            answers.append(Accepted(item.id, accepted_body(item, counts[item.id]), False))
+    return answers
+
+
+async def _load_keys(conn: AsyncConnection, keys: set[str]) -> dict[str, _Stored]:
+    t = schema.idempotency_keys
+    rows = await conn.execute(
+        select(t.c.key, t.c.fingerprint, t.c.event_id, t.c.response_body, t.c.created_at).where(
+            t.c.key.in_(sorted(keys))
+        )
+    )
+    return {r.key: _Stored(r.fingerprint, r.event_id, r.response_body, r.created_at) for r in rows}
+
+
+async def _write(
+    conn: AsyncConnection,
+    dialect: str,
+    new_events: list[NewEvent],
+    reclaim: list[str],
+    cutoff: datetime,
+) -> dict[str, int]:
+    """Insert the new events, their deliveries and keys; return deliveries per event."""
+    if not new_events:
+        return {}
+    subscriptions = await _load_subscriptions(conn)
+    fanout = _fan_out(new_events, subscriptions)
+    if dialect == "postgresql":
+        await _lock_ordering_keys(conn, fanout)
+    await conn.execute(schema.events.insert(), [_event_row(e) for e in new_events])
+    if fanout:
+        await conn.execute(schema.deliveries.insert(), fanout)
+    counts = dict.fromkeys((e.id for e in new_events), 0)
+    for row in fanout:
+        counts[str(row["event_id"])] += 1
+    await _insert_keys(conn, dialect, new_events, counts, reclaim, cutoff)
+    return counts
+
+
+async def _load_subscriptions(conn: AsyncConnection) -> list[_Subscription]:
+    s = schema.subscriptions
+    rows = await conn.execute(
+        select(s.c.id, s.c.event_types, s.c.ordering)
+        .where(s.c.status != "disabled")
+        .order_by(s.c.id)
+    )
+    return [
+        _Subscription(r.id, tuple(orjson.loads(r.event_types)), r.ordering == "key") for r in rows
+    ]
+
+
+def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for event in events:
+        for sub in subscriptions:
+            if any_matches(sub.patterns, event.type):
+                rows.append(
+                    {
+                        "id": new_id("dlv"),
+                        "event_id": event.id,
+                        "subscription_id": sub.id,
+                        "event_type": event.type,
+                        "ordering_key": event.key if sub.by_key else None,
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": event.received_at,
+                        "created_at": event.received_at,
+                    }
+                )
+    return rows
+
+
+async def _lock_ordering_keys(conn: AsyncConnection, fanout: list[dict[str, object]]) -> None:
+    # Two API processes ingesting the same key must commit in sequence order,
+    # or a worker could see event N+1's delivery before event N's exists.
+    keys = sorted(
+        {f"{r['subscription_id']}:{r['ordering_key']}" for r in fanout if r["ordering_key"]}
+    )
+    if keys:
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k"),
+            {"keys": keys},
+        )
+
+
+def _event_row(event: NewEvent) -> dict[str, object]:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "key": event.key,
+        "data": event.data_json,
+        "schema_version": event.schema_version,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+    }
+
+
+async def _insert_keys(
+    conn: AsyncConnection,
+    dialect: str,
+    new_events: list[NewEvent],
+    counts: dict[str, int],
+    reclaim: list[str],
+    cutoff: datetime,
+) -> None:
+    t = schema.idempotency_keys
+    keyed = sorted(
+        (e for e in new_events if e.idempotency_key), key=lambda e: e.idempotency_key or ""
+    )
+    if not keyed:
+        return
+    if reclaim:
+        await conn.execute(delete(t).where(t.c.key.in_(reclaim), t.c.created_at < cutoff))
+    insert = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
+    stmt = insert.on_conflict_do_nothing(index_elements=["key"]).returning(t.c.key)
+    rows = [
+        {
+            "key": e.idempotency_key,
+            "fingerprint": e.fingerprint,
+            "event_id": e.id,
+            "response_status": 202,
+            "response_body": accepted_body(e, counts[e.id]),
+            "created_at": e.received_at,
+        }
+        for e in keyed
+    ]
+    result = await conn.execute(stmt, rows)
+    if len(result.all()) != len(rows):
+        raise KeyRace()

@@ -1,0 +1,43 @@
+"""Alembic, driven from code: ``eventrelay migrate``, ``serve`` on start, ``/readyz``."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from app.store.database import Database
+
+# The migrations live at the repository's top level, beside the package.
+SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    config.attributes["database_url"] = url
+    return config
+
+
+def upgrade_head(url: str) -> None:
+    """Apply every migration (blocking; call from a thread inside an event loop)."""
+    command.upgrade(alembic_config(url), "head")
+
+
+@cache
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def _current(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+async def current_revision(db: Database) -> str | None:
+    async with db.read() as conn:
+        return await conn.run_sync(_current)

@@ -1,0 +1,183 @@
+"""Tables. Alembic migrations must produce exactly this (a test checks it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# A 64-bit sequence on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid.
+Sequence64 = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way out, whatever the dialect keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text from aggregate queries
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("scope", String(16), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Sequence64, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column("type", String(200), nullable=False),
+    Column("key", String(200), nullable=True),
+    Column("data", Text, nullable=False),
+    Column("schema_version", Integer, nullable=True),
+    Column("occurred_at", UTCDateTime, nullable=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Index("ix_events_type_seq", "type", "seq"),
+    Index("ix_events_key_seq", "key", "seq"),
+    Index("ix_events_received_at", "received_at"),
+)
+
+# One row per remembered Idempotency-Key, written in the same transaction as
+# its event, so a key can never exist without its answer (no "in flight" rows).
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("event_id", String(32), nullable=False),
+    Column("response_status", Integer, nullable=False),
+    Column("response_body", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("event_types", Text, nullable=False),  # JSON array of patterns
+    Column("secret", String(128), nullable=False),
+    Column("previous_secret", String(128), nullable=True),
+    Column("previous_secret_expires_at", UTCDateTime, nullable=True),
+    Column("headers", Text, nullable=False),  # JSON object
+    Column("ordering", String(8), nullable=False),
+    Column("on_dead_letter", String(8), nullable=False),
+    Column("retry_schedule", Text, nullable=True),  # JSON array; null = the default
+    Column("timeout_ms", Integer, nullable=True),
+    Column("max_in_flight", Integer, nullable=False),
+    Column("rate_limit_per_second", Float, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("disabled_reason", Text, nullable=True),
+    Column("consecutive_failures", Integer, nullable=False, server_default=text("0")),
+    Column("circuit_open_until", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Ordered by ``seq``, a database sequence: IDs minted by different processes in
+# the same millisecond say nothing about order.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("seq", Sequence64, primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),
+    Column(
+        "event_id",
+        String(32),
+        ForeignKey("events.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "subscription_id",
+        String(32),
+        ForeignKey("subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("event_type", String(200), nullable=False),
+    # The event's key when the subscription orders by key, else NULL (no ordering).
+    Column("ordering_key", String(200), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("dead_lettered_at", UTCDateTime, nullable=True),
+    Index("ix_deliveries_event_id", "event_id"),
+    Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    Index(
+        "ix_deliveries_subscription_id_ordering_key_seq", "subscription_id", "ordering_key", "seq"
+    ),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("seq", Sequence64, primary_key=True, autoincrement=True),
+    Column(
+        "delivery_id",
+        String(32),
+        ForeignKey("deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Index("ix_attempts_delivery_id_attempt", "delivery_id", "attempt"),
+)
