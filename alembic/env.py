@@ -13,7 +13,14 @@ from app.store.schema import metadata
 config = context.config
 
 
+# Several processes may start at once against one PostgreSQL (every `serve`
+# migrates on start); the lock makes the later ones find the work done.
+MIGRATION_LOCK = 0x65766E7472656C61
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
     context.configure(
         connection=connection,
         target_metadata=metadata,

@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
 import uvicorn
 
 from app import __version__
-from app.api.app import Companion, create_app
+from app.api.app import create_app
+from app.errors import StoreUnavailable
 from app.logging import configure as configure_logging
+from app.metrics import Metrics
 from app.services.auth import ensure_admin_token
 from app.settings import Settings
-from app.store.database import open_database
-from app.store.migrations import upgrade_head
+from app.store.database import Database, open_database
+from app.store.migrations import current_revision, head_revision, upgrade_head
+from app.worker.worker import DeliveryWorker, worker_config
 
 log = logging.getLogger("eventrelay")
 
@@ -56,8 +60,7 @@ def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
     token = asyncio.run(_bootstrap_token(settings))
     if token is not None:
         log.warning("admin token: %s", token, extra={"admin_token": token})
-    companions: tuple[Companion, ...] = _embedded_worker() if worker else ()
-    app = create_app(settings, companions=companions)
+    app = create_app(settings, worker=worker)
     config = uvicorn.Config(
         app,
         host=host,
@@ -82,13 +85,40 @@ async def _bootstrap_token(settings: Settings) -> str | None:
         await db.dispose()
 
 
-def _embedded_worker() -> tuple[Companion, ...]:
-    return ()
-
-
 def _worker(settings: Settings) -> int:
-    log.error("the delivery worker is not available in this version")
-    return 2
+    import uvloop
+
+    uvloop.run(_run_worker(settings))
+    return 0
+
+
+async def _run_worker(settings: Settings) -> None:
+    db = open_database(settings.database_url)
+    try:
+        await _wait_for_migrations(db)
+        worker = DeliveryWorker(db, worker_config(settings), Metrics())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await worker.start()
+        await stop.wait()
+        log.info("stopping: finishing in-flight deliveries")
+        await worker.stop()
+    finally:
+        await db.dispose()
+
+
+async def _wait_for_migrations(db: Database) -> None:
+    """A worker does not migrate; it waits until `serve` or `migrate` has."""
+    while True:
+        try:
+            if await current_revision(db) == head_revision():
+                return
+            log.warning("the database is not migrated yet; waiting for `eventrelay migrate`")
+        except StoreUnavailable as exc:
+            log.warning("the database is unavailable (%s); retrying", exc.detail)
+        await asyncio.sleep(2)
 
 
 if __name__ == "__main__":

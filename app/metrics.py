@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600)
 
 
 class Metrics:
@@ -18,6 +20,26 @@ class Metrics:
         self.idempotent_replays = Counter(
             "eventrelay_idempotent_replays",
             "Requests answered from a stored Idempotency-Key response.",
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "eventrelay_delivery_attempts",
+            "Delivery attempts by what they led to.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("success", "retry", "dead_letter"):
+            self.attempts.labels(outcome)
+        self.attempt_duration = Histogram(
+            "eventrelay_delivery_attempt_duration_seconds",
+            "Duration of one webhook request.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "eventrelay_delivery_latency_seconds",
+            "From ingest to successful delivery.",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.group_commit_batch = Histogram(

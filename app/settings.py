@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     # so more would only queue inside the driver; PostgreSQL overlaps them.
     ingest_writers: int | None = Field(default=None, ge=1, le=64)
 
+    # Delivery worker tuning (the defaults suit most installations).
+    worker_concurrency: int = Field(default=256, ge=1, le=10_000)
+    worker_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    lease_margin_seconds: float = Field(default=30, gt=0)
+    circuit_failure_threshold: int = Field(default=20, ge=1)
+    circuit_cooldown_seconds: float = Field(default=30, gt=0)
+    shutdown_grace_seconds: float = Field(default=10, ge=0)
+
     @field_validator("retry_schedule", mode="before")
     @classmethod
     def _parse_schedule(cls, value: object) -> object:

@@ -76,6 +76,7 @@ def upgrade() -> None:
             "consecutive_failures", sa.Integer(), server_default=sa.text("0"), nullable=False
         ),
         sa.Column("circuit_open_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
@@ -105,8 +106,10 @@ def upgrade() -> None:
         sa.Column("event_type", sa.String(length=200), nullable=False),
         sa.Column("ordering_key", sa.String(length=200), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("ready", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("lease_owner", sa.String(length=40), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
@@ -128,17 +131,35 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_deliveries")),
         sa.UniqueConstraint("id", name=op.f("uq_deliveries_id")),
     )
+    op.create_index(
+        "ix_deliveries_claim",
+        "deliveries",
+        ["next_attempt_at", "seq"],
+        unique=False,
+        postgresql_where=sa.text("status = 'pending' AND ready"),
+        sqlite_where=sa.text("status = 'pending' AND ready"),
+    )
     op.create_index("ix_deliveries_event_id", "deliveries", ["event_id"], unique=False)
     op.create_index(
-        "ix_deliveries_status_next_attempt_at",
+        "ix_deliveries_lease",
         "deliveries",
-        ["status", "next_attempt_at"],
+        ["lease_expires_at"],
         unique=False,
+        postgresql_where=sa.text("status = 'in_flight'"),
+        sqlite_where=sa.text("status = 'in_flight'"),
     )
     op.create_index(
-        "ix_deliveries_subscription_id_ordering_key_seq",
+        "ix_deliveries_line",
         "deliveries",
         ["subscription_id", "ordering_key", "seq"],
+        unique=False,
+        postgresql_where=sa.text("status IN ('pending', 'in_flight', 'dead')"),
+        sqlite_where=sa.text("status IN ('pending', 'in_flight', 'dead')"),
+    )
+    op.create_index(
+        "ix_deliveries_status_subscription_id",
+        "deliveries",
+        ["status", "subscription_id"],
         unique=False,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -10,18 +10,17 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
-from app.api import events, health, openapi, problems, tokens
+from app.api import events, health, openapi, problems, subscriptions, tokens
 from app.domain.events import BatchInput, EventInput
 from app.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.ingest import IngestService
+from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
 from app.store.database import Database, open_database
+from app.worker.worker import DeliveryWorker, worker_config
 
 from .state import Services
-
-# Extra work to run beside the API for the app's lifetime (the embedded worker).
-Companion = Callable[[Services], Awaitable[Callable[[], Awaitable[None]]]]
 
 DESCRIPTION = (
     "Durable HTTP event ingestion with signed, retried, per-key ordered webhook delivery "
@@ -29,7 +28,9 @@ DESCRIPTION = (
 )
 
 
-def build_services(settings: Settings, db: Database, metrics: Metrics) -> Services:
+def build_services(
+    settings: Settings, db: Database, metrics: Metrics, wake: Callable[[], None]
+) -> Services:
     writers = settings.ingest_writers or (1 if db.is_sqlite else 4)
     ingest = IngestService(
         db,
@@ -38,32 +39,39 @@ def build_services(settings: Settings, db: Database, metrics: Metrics) -> Servic
         writers=writers,
         on_flush=metrics.group_commit_batch.observe,
         on_accepted=metrics.accepted,
+        on_deliveries=wake,
     )
     return Services(
         settings=settings,
         db=db,
         auth=Authenticator(db, settings.admin_token),
         ingest=ingest,
+        subscriptions=SubscriptionService(
+            db, allow_private_targets=settings.allow_private_targets, wake_workers=wake
+        ),
         metrics=metrics,
     )
 
 
-def create_app(settings: Settings, *, companions: tuple[Companion, ...] = ()) -> FastAPI:
+def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
+    """The API; with ``worker=True`` a delivery worker runs in the same process."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = open_database(settings.database_url)
-        svc = build_services(settings, db, metrics)
+        embedded = DeliveryWorker(db, worker_config(settings), metrics) if worker else None
+        svc = build_services(settings, db, metrics, embedded.wake if embedded else _nothing)
         svc.ingest.start()
+        if embedded is not None:
+            await embedded.start()
         app.state.services = svc
-        stoppers = [await start(svc) for start in companions]
         try:
             yield
         finally:
-            for stop in reversed(stoppers):
-                await stop()
             await svc.ingest.stop()
+            if embedded is not None:
+                await embedded.stop()
             await db.dispose()
 
     app = FastAPI(
@@ -74,6 +82,7 @@ def create_app(settings: Settings, *, companions: tuple[Companion, ...] = ()) ->
     )
     problems.install(app)
     app.include_router(events.router)
+    app.include_router(subscriptions.router)
     app.include_router(tokens.router)
     app.include_router(health.router)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(
@@ -81,3 +90,7 @@ def create_app(settings: Settings, *, companions: tuple[Companion, ...] = ()) ->
     ).expose(app, include_in_schema=False)
     openapi.install(app, [EventInput, BatchInput])
     return app
+
+
+def _nothing() -> None:
+    return None

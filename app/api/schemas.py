@@ -115,3 +115,34 @@ class Readiness(BaseModel):
     status: str
     database: str
     migration: str | None
+
+
+class SubscriptionOut(BaseModel):
+    id: str
+    url: str
+    description: str | None
+    event_types: list[str]
+    headers: dict[str, str]
+    ordering: Literal["key", "none"]
+    on_dead_letter: Literal["skip", "block"]
+    retry_schedule: list[float]
+    timeout_ms: int
+    max_in_flight: int
+    rate_limit_per_second: float | None
+    status: Literal["active", "paused", "disabled"]
+    disabled_reason: str | None
+    created_at: str
+    updated_at: str
+
+
+class SubscriptionCreated(SubscriptionOut):
+    secret: str
+
+
+class SubscriptionPage(BaseModel):
+    items: list[SubscriptionOut]
+    next_cursor: str | None
+
+
+class SecretOut(BaseModel):
+    secret: str

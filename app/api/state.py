@@ -9,6 +9,7 @@ from fastapi import Request
 from app.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.ingest import IngestService
+from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
 from app.store.database import Database
 
@@ -19,6 +20,7 @@ class Services:
     db: Database
     auth: Authenticator
     ingest: IngestService
+    subscriptions: SubscriptionService
     metrics: Metrics
 
 

@@ -40,11 +40,13 @@ class IngestService:
         writers: int,
         on_flush: Callable[[int], None] | None = None,
         on_accepted: Callable[[int, int], None] | None = None,
+        on_deliveries: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._require_key = require_idempotency_key
         self._ttl = idempotency_ttl
         self._on_accepted = on_accepted
+        self._on_deliveries = on_deliveries
         self._committer: GroupCommitter[list[NewEvent], UnitResult] = GroupCommitter(
             self._flush, writers=writers, on_flush=on_flush
         )
@@ -87,7 +89,7 @@ class IngestService:
     async def _flush(self, units: Sequence[list[NewEvent]]) -> list[UnitResult]:
         now = datetime.now(UTC)
         try:
-            return await store.ingest(self._db, units, ttl=self._ttl, now=now)
+            outcome = await store.ingest(self._db, units, ttl=self._ttl, now=now)
         except StoreUnavailable:
             raise
         except Exception:
@@ -95,11 +97,18 @@ class IngestService:
                 raise
             # One request must not sink the others that shared its transaction.
             log.exception("a shared ingest transaction failed; retrying its requests one by one")
-        results: list[UnitResult] = []
-        for unit in units:
-            (result,) = await store.ingest(self._db, [unit], ttl=self._ttl, now=now)
-            results.append(result)
-        return results
+            return [await self._flush_alone(unit, now) for unit in units]
+        self._created(outcome.deliveries)
+        return outcome.results
+
+    async def _flush_alone(self, unit: list[NewEvent], now: datetime) -> UnitResult:
+        outcome = await store.ingest(self._db, [unit], ttl=self._ttl, now=now)
+        self._created(outcome.deliveries)
+        return outcome.results[0]
+
+    def _created(self, deliveries: int) -> None:
+        if deliveries and self._on_deliveries is not None:
+            self._on_deliveries()
 
 
 def _new_event(event: EventInput, idempotency_key: str | None) -> NewEvent:

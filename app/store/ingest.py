@@ -25,6 +25,8 @@ from app.domain.ids import new_id
 from app.errors import FieldError, ValidationFailed
 from app.store import schema
 from app.store.database import Database
+from app.store.lines import busy_lines, lock_lines
+from app.store.notify import CHANNEL
 
 MAX_RETRIES = 5
 
@@ -68,9 +70,15 @@ class _Subscription:
     by_key: bool
 
 
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    results: list[UnitResult]
+    deliveries: int  # delivery rows created, so the caller knows to wake a worker
+
+
 async def ingest(
     db: Database, units: Sequence[Sequence[NewEvent]], *, ttl: timedelta, now: datetime
-) -> list[UnitResult]:
+) -> IngestOutcome:
     """Store every unit that can be stored, in one transaction."""
     for attempt in range(MAX_RETRIES):
         try:
@@ -84,7 +92,7 @@ async def ingest(
 
 async def _ingest(
     conn: AsyncConnection, dialect: str, units: Sequence[Sequence[NewEvent]], cutoff: datetime
-) -> list[UnitResult]:
+) -> IngestOutcome:
     keys = {e.idempotency_key for unit in units for e in unit if e.idempotency_key}
     stored = await _load_keys(conn, keys) if keys else {}
     live = {k: row for k, row in stored.items() if row.created_at >= cutoff}
@@ -100,7 +108,8 @@ async def _ingest(
 
     new_events = [e for p in plans if isinstance(p, _Plan) for e in p.new]
     counts = await _write(conn, dialect, new_events, reclaim, cutoff)
-    return [_answer(p, counts) if isinstance(p, _Plan) else p for p in plans]
+    results = [_answer(p, counts) if isinstance(p, _Plan) else p for p in plans]
+    return IngestOutcome(results, sum(counts.values()))
 
 
 def _plan_unit(
@@ -179,10 +188,13 @@ async def _write(
     subscriptions = await _load_subscriptions(conn)
     fanout = _fan_out(new_events, subscriptions)
     if dialect == "postgresql":
-        await _lock_ordering_keys(conn, fanout)
+        await lock_lines(conn, [_line(r) for r in fanout])
     await conn.execute(schema.events.insert(), [_event_row(e) for e in new_events])
     if fanout:
+        await _mark_heads(conn, fanout)
         await conn.execute(schema.deliveries.insert(), fanout)
+        if dialect == "postgresql":
+            await conn.execute(text(f"NOTIFY {CHANNEL}"))
     counts = dict.fromkeys((e.id for e in new_events), 0)
     for row in fanout:
         counts[str(row["event_id"])] += 1
@@ -215,6 +227,7 @@ def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list
                         "event_type": event.type,
                         "ordering_key": event.key if sub.by_key else None,
                         "status": "pending",
+                        "ready": True,
                         "attempts": 0,
                         "next_attempt_at": event.received_at,
                         "created_at": event.received_at,
@@ -223,17 +236,24 @@ def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list
     return rows
 
 
-async def _lock_ordering_keys(conn: AsyncConnection, fanout: list[dict[str, object]]) -> None:
-    # Two API processes ingesting the same key must commit in sequence order,
-    # or a worker could see event N+1's delivery before event N's exists.
-    keys = sorted(
-        {f"{r['subscription_id']}:{r['ordering_key']}" for r in fanout if r["ordering_key"]}
-    )
-    if keys:
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k"),
-            {"keys": keys},
-        )
+async def _mark_heads(conn: AsyncConnection, fanout: list[dict[str, object]]) -> None:
+    """Set ``ready`` on each new delivery that is the head of its line."""
+    lines = {(r["subscription_id"], r["ordering_key"]) for r in fanout if r["ordering_key"]}
+    busy: set[tuple[object, object]] = set(await busy_lines(conn, lines)) if lines else set()
+    for row in fanout:
+        line = (row["subscription_id"], row["ordering_key"])
+        if row["ordering_key"] is None:
+            row["ready"] = True
+        elif line in busy:
+            row["ready"] = False
+        else:
+            row["ready"] = True
+            busy.add(line)
+
+
+def _line(row: dict[str, object]) -> tuple[str, str | None]:
+    key = row["ordering_key"]
+    return str(row["subscription_id"]), None if key is None else str(key)
 
 
 def _event_row(event: NewEvent) -> dict[str, object]:

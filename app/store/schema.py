@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -121,12 +122,19 @@ subscriptions = Table(
     Column("disabled_reason", Text, nullable=True),
     Column("consecutive_failures", Integer, nullable=False, server_default=text("0")),
     Column("circuit_open_until", UTCDateTime, nullable=True),
+    Column("failing_since", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # Ordered by ``seq``, a database sequence: IDs minted by different processes in
 # the same millisecond say nothing about order.
+#
+# ``ready`` marks the head of its (subscription, ordering key) line: the only
+# pending delivery of that line the claim query looks at. It keeps the claim
+# query's scan short; the ordering rule itself is re-checked in the query.
+UNFINISHED = "status IN ('pending', 'in_flight', 'dead')"
+CLAIMABLE = "status = 'pending' AND ready"
 deliveries = Table(
     "deliveries",
     metadata,
@@ -148,8 +156,10 @@ deliveries = Table(
     # The event's key when the subscription orders by key, else NULL (no ordering).
     Column("ordering_key", String(200), nullable=True),
     Column("status", String(16), nullable=False),
+    Column("ready", Boolean, nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(40), nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
     Column("last_status_code", Integer, nullable=True),
     Column("last_error", Text, nullable=True),
@@ -157,9 +167,27 @@ deliveries = Table(
     Column("completed_at", UTCDateTime, nullable=True),
     Column("dead_lettered_at", UTCDateTime, nullable=True),
     Index("ix_deliveries_event_id", "event_id"),
-    Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_deliveries_status_subscription_id", "status", "subscription_id"),
     Index(
-        "ix_deliveries_subscription_id_ordering_key_seq", "subscription_id", "ordering_key", "seq"
+        "ix_deliveries_claim",
+        "next_attempt_at",
+        "seq",
+        postgresql_where=text(CLAIMABLE),
+        sqlite_where=text(CLAIMABLE),
+    ),
+    Index(
+        "ix_deliveries_line",
+        "subscription_id",
+        "ordering_key",
+        "seq",
+        postgresql_where=text(UNFINISHED),
+        sqlite_where=text(UNFINISHED),
+    ),
+    Index(
+        "ix_deliveries_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'in_flight'"),
+        sqlite_where=text("status = 'in_flight'"),
     ),
 )
 

@@ -1,0 +1,55 @@
+"""The circuit rule for a subscription that keeps failing.
+
+After ``failure_threshold`` failed attempts in a row (any of its deliveries,
+retries included) the circuit opens: none of its deliveries is attempted for
+a cool-down that starts at ``base_cooldown`` and doubles with every further
+trip, up to ``max_cooldown``. When it ends, one probe at a time goes out; a
+success closes the circuit, a failure opens it again. A subscription that has
+not had a single success for ``disable_after`` is disabled
+(``disabled_reason: "failing"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    failure_threshold: int = 20
+    base_cooldown: timedelta = timedelta(seconds=30)
+    max_cooldown: timedelta = timedelta(minutes=10)
+    disable_after: timedelta = timedelta(days=5)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitState:
+    consecutive_failures: int
+    failing_since: datetime | None
+    open_until: datetime | None
+    disable: bool = False
+
+
+def after_success() -> CircuitState:
+    return CircuitState(0, None, None)
+
+
+def after_failures(
+    previous: CircuitState, failures: int, now: datetime, policy: CircuitPolicy
+) -> CircuitState:
+    """The state after ``failures`` more failed attempts ending at ``now``."""
+    count = previous.consecutive_failures + failures
+    since = previous.failing_since or now
+    if now - since >= policy.disable_after:
+        return CircuitState(count, since, None, disable=True)
+    if count < policy.failure_threshold:
+        return CircuitState(count, since, previous.open_until)
+    trips = count - policy.failure_threshold  # each failed probe is one more trip
+    cooldown = min(policy.base_cooldown * (2 ** min(trips, 16)), policy.max_cooldown)
+    return CircuitState(count, since, now + cooldown)
+
+
+def is_half_open(consecutive_failures: int, policy: CircuitPolicy) -> bool:
+    """Past the threshold and not open: only one probe may be in flight."""
+    return consecutive_failures >= policy.failure_threshold

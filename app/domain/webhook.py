@@ -1,0 +1,52 @@
+"""The request a subscriber receives: body bytes and headers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import orjson
+
+from app.domain.signing import signature_header
+
+
+def body(
+    event_id: str,
+    event_type: str,
+    received_at: str,
+    key: str | None,
+    schema_version: int | None,
+    data_json: str,
+) -> bytes:
+    """The JSON body; ``data`` is spliced in as stored, never re-encoded."""
+    head = orjson.dumps(
+        {
+            "id": event_id,
+            "type": event_type,
+            "timestamp": received_at,
+            "key": key,
+            "schema_version": schema_version,
+        }
+    )
+    return head[:-1] + b',"data":' + data_json.encode() + b"}"
+
+
+def headers(
+    *,
+    event_id: str,
+    timestamp: int,
+    payload: bytes,
+    keys: Sequence[bytes],
+    user_agent: str,
+    custom: Mapping[str, str],
+) -> dict[str, str]:
+    result = dict(custom)
+    result.update(
+        {
+            "content-type": "application/json",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(keys, event_id, timestamp, payload),
+            "user-agent": user_agent,
+        }
+    )
+    return result

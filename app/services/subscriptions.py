@@ -1,0 +1,151 @@
+"""Managing subscriptions: defaults, secrets, the SSRF check, status changes."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from app.domain.ids import new_id
+from app.domain.signing import generate_secret
+from app.domain.ssrf import forbidden_reason
+from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch
+from app.errors import FieldError, NotFound, ValidationFailed
+from app.store import subscriptions as store
+from app.store.database import Database
+from app.store.subscriptions import Subscription
+
+PREVIOUS_SECRET_GRACE = timedelta(hours=24)
+NOT_NULLABLE = (
+    "url",
+    "event_types",
+    "headers",
+    "ordering",
+    "on_dead_letter",
+    "max_in_flight",
+    "status",
+)
+CIRCUIT_CLOSED = {"consecutive_failures": 0, "failing_since": None, "circuit_open_until": None}
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+
+
+class SubscriptionService:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        allow_private_targets: bool,
+        wake_workers: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = db
+        self._allow_private = allow_private_targets
+        self._wake = wake_workers
+
+    async def create(self, body: SubscriptionCreate) -> Subscription:
+        await self._check_target(body.url)
+        now = datetime.now(UTC)
+        values = body.model_dump()
+        values.update(
+            id=new_id("sub"),
+            secret=body.secret or generate_secret(),
+            status="active",
+            created_at=now,
+            updated_at=now,
+        )
+        return await store.create(self._db, values)
+
+    async def get(self, subscription_id: str) -> Subscription:
+        found = await store.get(self._db, subscription_id)
+        if found is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        return found
+
+    async def patch(self, subscription_id: str, body: SubscriptionPatch) -> Subscription:
+        changes: dict[str, Any] = body.model_dump(exclude_unset=True)
+        for required in (
+            "url",
+            "event_types",
+            "headers",
+            "ordering",
+            "on_dead_letter",
+            "max_in_flight",
+            "status",
+        ):
+            if required in changes and changes[required] is None:
+                raise ValidationFailed(
+                    "the request body is invalid", [FieldError(f"/{required}", "may not be null")]
+                )
+        if "url" in changes:
+            await self._check_target(changes["url"])
+        if "status" in changes:
+            changes["disabled_reason"] = None if changes["status"] != "disabled" else "manual"
+            if changes["status"] == "active":
+                # A fresh start: the circuit closes with the operator's decision.
+                changes |= {
+                    "consecutive_failures": 0,
+                    "failing_since": None,
+                    "circuit_open_until": None,
+                }
+        changes["updated_at"] = datetime.now(UTC)
+        updated = await store.patch(self._db, subscription_id, changes)
+        if updated is None:
+            raise NotFound(f"no subscription {subscription_id}")
+        self._wake()
+        return updated
+
+    async def delete(self, subscription_id: str) -> None:
+        if not await store.remove(self._db, subscription_id):
+            raise NotFound(f"no subscription {subscription_id}")
+
+    async def rotate_secret(self, subscription_id: str) -> str:
+        current = await self.get(subscription_id)
+        now = datetime.now(UTC)
+        secret = generate_secret()
+        await store.patch(
+            self._db,
+            subscription_id,
+            {
+                "secret": secret,
+                "previous_secret": current.secret,
+                "previous_secret_expires_at": now + PREVIOUS_SECRET_GRACE,
+                "updated_at": now,
+            },
+        )
+        return secret
+
+    async def _check_target(self, url: str) -> None:
+        if self._allow_private:
+            return
+        host = urlsplit(url).hostname or ""
+        reason = await _refusal(host)
+        if reason is not None:
+            raise ValidationFailed(
+                "the webhook URL points at an address eventrelay may not reach",
+                [FieldError("/url", reason)],
+            )
+
+
+async def _refusal(host: str) -> str | None:
+    try:
+        ipaddress.ip_address(host)
+        return forbidden_reason(host)
+    except ValueError:
+        pass
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
+        return f"{host} is a loopback name"
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        # Not resolvable now: accepted; the address is checked at connect time.
+        return None
+    for info in infos:
+        reason = forbidden_reason(str(info[4][0]))
+        if reason is not None:
+            return f"{host} resolves to a refused address: {reason}"
+    return None

@@ -1,0 +1,72 @@
+"""Delivery lines: the deliveries of one subscription for one ordering key.
+
+A line is *busy* while it holds an unfinished delivery: pending or in flight,
+or dead-lettered when its subscription blocks on dead letters. Only the head
+of a line (its lowest ``seq`` unfinished delivery) is ``ready`` to be claimed.
+These helpers keep the ``ready`` marks true as deliveries enter and leave lines.
+
+On PostgreSQL every transaction that adds to or finishes a delivery in a line
+first takes the line's advisory lock, so a head finishing and a new delivery
+arriving can never miss each other (SQLite has one writer and needs no lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import ARRAY, String, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+Line = tuple[str, str]
+
+# Both statements spell the partial index predicate of ``ix_deliveries_line``
+# literally, so the planners of both databases use that index.
+_BUSY = text(
+    """
+    SELECT DISTINCT d.subscription_id, d.ordering_key
+    FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+    WHERE d.status IN ('pending', 'in_flight', 'dead')
+      AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
+      AND d.subscription_id = :sub AND d.ordering_key = :key
+    """
+)
+
+_PROMOTE = text(
+    """
+    UPDATE deliveries SET ready = TRUE
+    WHERE seq = (
+        SELECT min(d.seq)
+        FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+        WHERE d.status IN ('pending', 'in_flight', 'dead')
+          AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
+          AND d.subscription_id = :sub AND d.ordering_key = :key
+    )
+    AND status = 'pending' AND NOT ready
+    """
+)
+
+_LOCK = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k"
+).bindparams(bindparam("keys", type_=ARRAY(String)))
+
+
+async def lock_lines(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
+    """PostgreSQL: take the advisory locks of ``lines`` in a fixed order."""
+    keys = sorted({f"{sub}\x1f{key}" for sub, key in lines if key is not None})
+    if keys:
+        await conn.execute(_LOCK, {"keys": keys})
+
+
+async def busy_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object]]) -> set[Line]:
+    busy: set[Line] = set()
+    for sub, key in lines:
+        rows = await conn.execute(_BUSY, {"sub": sub, "key": key})
+        busy.update((r[0], r[1]) for r in rows)
+    return busy
+
+
+async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
+    """Mark the head of each line ready, if it is a pending delivery."""
+    params = [{"sub": sub, "key": key} for sub, key in sorted({ln for ln in lines if ln[1]})]
+    if params:
+        await conn.execute(_PROMOTE, params)

@@ -1,0 +1,181 @@
+"""Subscriptions: CRUD, secrets, and the circuit and status changes the worker makes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.store import schema
+from app.store.database import Database
+from app.store.lines import lock_lines, promote_heads
+from app.store.notify import CHANNEL
+
+s = schema.subscriptions
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    url: str
+    description: str | None
+    event_types: list[str]
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    headers: dict[str, str]
+    ordering: str
+    on_dead_letter: str
+    retry_schedule: list[float] | None
+    timeout_ms: int | None
+    max_in_flight: int
+    rate_limit_per_second: float | None
+    status: str
+    disabled_reason: str | None
+    consecutive_failures: int
+    failing_since: datetime | None
+    circuit_open_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _subscription(row: Row[Any]) -> Subscription:
+    r = row._mapping
+    return Subscription(
+        id=r["id"],
+        url=r["url"],
+        description=r["description"],
+        event_types=orjson.loads(r["event_types"]),
+        secret=r["secret"],
+        previous_secret=r["previous_secret"],
+        previous_secret_expires_at=r["previous_secret_expires_at"],
+        headers=orjson.loads(r["headers"]),
+        ordering=r["ordering"],
+        on_dead_letter=r["on_dead_letter"],
+        retry_schedule=orjson.loads(r["retry_schedule"]) if r["retry_schedule"] else None,
+        timeout_ms=r["timeout_ms"],
+        max_in_flight=r["max_in_flight"],
+        rate_limit_per_second=r["rate_limit_per_second"],
+        status=r["status"],
+        disabled_reason=r["disabled_reason"],
+        consecutive_failures=r["consecutive_failures"],
+        failing_since=r["failing_since"],
+        circuit_open_until=r["circuit_open_until"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
+
+
+_JSON_FIELDS = ("event_types", "headers", "retry_schedule")
+
+
+def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
+    row = dict(values)
+    for name in _JSON_FIELDS:
+        if name in row and row[name] is not None:
+            row[name] = orjson.dumps(row[name]).decode()
+    return row
+
+
+async def create(db: Database, values: Mapping[str, Any]) -> Subscription:
+    async with db.write() as conn:
+        await conn.execute(s.insert().values(**_to_row(values)))
+        row = (await conn.execute(select(s).where(s.c.id == values["id"]))).one()
+    return _subscription(row)
+
+
+async def get(db: Database, subscription_id: str) -> Subscription | None:
+    async with db.read() as conn:
+        row = (await conn.execute(select(s).where(s.c.id == subscription_id))).first()
+    return _subscription(row) if row else None
+
+
+async def get_many(db: Database, ids: Iterable[str]) -> dict[str, Subscription]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    async with db.read() as conn:
+        rows = await conn.execute(select(s).where(s.c.id.in_(wanted)))
+        return {r.id: _subscription(r) for r in rows}
+
+
+async def list_page(
+    db: Database, *, after_id: str | None, limit: int
+) -> tuple[list[Subscription], str | None]:
+    query = select(s).order_by(s.c.id).limit(limit + 1)
+    if after_id is not None:
+        query = query.where(s.c.id > after_id)
+    async with db.read() as conn:
+        page = [_subscription(r) for r in await conn.execute(query)]
+    if len(page) > limit:
+        return page[:limit], page[limit - 1].id
+    return page, None
+
+
+async def patch(
+    db: Database, subscription_id: str, values: Mapping[str, Any]
+) -> Subscription | None:
+    """Update fields; when the dead-letter rule loosens, blocked lines move on."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(s).where(s.c.id == subscription_id).values(**_to_row(values))
+        )
+        if not result.rowcount:
+            return None
+        if values.get("on_dead_letter") == "skip" or values.get("ordering") is not None:
+            await _promote_all_lines(conn, db, subscription_id)
+        if db.dialect == "postgresql" and values.get("status") == "active":
+            await conn.execute(text(f"NOTIFY {CHANNEL}"))
+        row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
+    return _subscription(row)
+
+
+async def _promote_all_lines(conn: AsyncConnection, db: Database, subscription_id: str) -> None:
+    d = schema.deliveries
+    rows = await conn.execute(
+        select(d.c.ordering_key)
+        .where(d.c.subscription_id == subscription_id, d.c.ordering_key.is_not(None))
+        .where(d.c.status.in_(("pending", "in_flight", "dead")))
+        .distinct()
+    )
+    lines = [(subscription_id, r[0]) for r in rows]
+    if db.dialect == "postgresql":
+        await lock_lines(conn, lines)
+    await promote_heads(conn, lines)
+
+
+async def remove(db: Database, subscription_id: str) -> bool:
+    async with db.write() as conn:
+        result = await conn.execute(delete(s).where(s.c.id == subscription_id))
+    return bool(result.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitUpdate:
+    subscription_id: str
+    consecutive_failures: int
+    failing_since: datetime | None
+    circuit_open_until: datetime | None
+    disable_reason: str | None  # set: the subscription becomes disabled
+
+
+async def apply_circuit(
+    conn: AsyncConnection, updates: Iterable[CircuitUpdate], now: datetime
+) -> None:
+    """Within the caller's transaction (the worker's completion write)."""
+    for u in updates:
+        values: dict[str, Any] = {
+            "consecutive_failures": u.consecutive_failures,
+            "failing_since": u.failing_since,
+            "circuit_open_until": u.circuit_open_until,
+        }
+        if u.disable_reason is not None:
+            values |= {"status": "disabled", "disabled_reason": u.disable_reason}
+            values["updated_at"] = now
+        await conn.execute(update(s).where(s.c.id == u.subscription_id).values(**values))

@@ -1,0 +1,420 @@
+"""The delivery worker.
+
+One loop claims due deliveries (woken by commits, with polling as the fallback)
+and starts a task per delivery; each task sends its request and hands the
+outcome to a group committer, which writes many outcomes in one transaction.
+Limits per subscription (``max_in_flight``, ``rate_limit_per_second``, the
+circuit's single probe) hold within this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from app import __version__
+from app.domain import webhook
+from app.domain.circuit import (
+    CircuitPolicy,
+    CircuitState,
+    after_failures,
+    after_success,
+    is_half_open,
+)
+from app.domain.events import rfc3339
+from app.domain.ids import new_id
+from app.domain.retry import DeadLetter, Retry, Succeeded, decide
+from app.domain.signing import secret_key
+from app.metrics import Metrics
+from app.services.group_commit import GroupCommitter
+from app.settings import Settings
+from app.store import deliveries as store
+from app.store import events as event_store
+from app.store import subscriptions as subscription_store
+from app.store.database import Database
+from app.store.deliveries import Claimed, Completion
+from app.store.events import StoredEvent
+from app.store.notify import Listener
+from app.store.subscriptions import CircuitUpdate, Subscription
+from app.worker.limits import TokenBucket
+from app.worker.sender import HttpSender, SendResult
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"eventrelay/{__version__}"
+SUBSCRIPTION_CACHE_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    retry_schedule: tuple[float, ...]
+    timeout_ms: int
+    allow_private_targets: bool
+    concurrency: int = 256
+    claim_batch: int = 128
+    poll_seconds: float = 0.5
+    lease_margin: timedelta = timedelta(seconds=30)
+    grace_seconds: float = 10.0
+    reap_seconds: float = 5.0
+    circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
+
+
+@dataclass(slots=True)
+class _Line:
+    """What the worker knows about one subscription while it delivers for it."""
+
+    subscription: Subscription
+    loaded_at: float
+    in_flight: int = 0
+    bucket: TokenBucket | None = None
+    circuit: CircuitState = field(default_factory=lambda: CircuitState(0, None, None))
+
+
+class DeliveryWorker:
+    def __init__(self, db: Database, config: WorkerConfig, metrics: Metrics) -> None:
+        self._db = db
+        self._config = config
+        self._metrics = metrics
+        self.owner = f"{os.getpid()}-{new_id('dlv')[-10:]}"
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._subs: dict[str, _Line] = {}
+        self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
+        self._sender: HttpSender | None = None
+        self._committer: GroupCommitter[Completion, None] = GroupCommitter(self._write_back)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._reaper_task: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        if self._db.is_sqlite:
+            # One worker process per SQLite file: anything in flight is an orphan.
+            await store.release_all_leases(self._db)
+        self._sender = HttpSender(
+            allow_private=self._config.allow_private_targets,
+            max_connections=self._config.concurrency,
+        )
+        self._committer.start()
+        if not self._db.is_sqlite:
+            self._listener = Listener(self._db.url, self.wake)
+            self._listener.start()
+        self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
+        self._reaper_task = asyncio.create_task(self._reap(), name="lease-reaper")
+        log.info("delivery worker started", extra={"worker": self.owner})
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight attempts finish within the grace period,
+        give back what did not finish."""
+        self._stopping = True
+        self.wake()
+        for task in (self._loop_task, self._reaper_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._listener is not None:
+            await self._listener.stop()
+        pending = [t for t, _ in self._tasks.values()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self._config.grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        leftovers = [c.seq for _, c in self._tasks.values()]
+        await self._committer.stop()
+        with contextlib.suppress(Exception):
+            await store.release(self._db, self.owner, leftovers)
+        if self._sender is not None:
+            await self._sender.close()
+        log.info("delivery worker stopped", extra={"worker": self.owner})
+
+    # -- the loop -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                claimed, limit = await self._claim_round()
+            except Exception:
+                log.exception("claiming deliveries failed; retrying shortly")
+                claimed, limit = 0, 1
+            if claimed and claimed >= limit:
+                continue
+            timeout = await self._idle_timeout(claimed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _idle_timeout(self, claimed: int) -> float:
+        timeout = self._config.poll_seconds
+        if len(self._tasks) >= self._config.concurrency:
+            return timeout
+        with contextlib.suppress(Exception):
+            due = await store.next_due(self._db)
+            if due is not None:
+                wait = (due - datetime.now(UTC)).total_seconds()
+                timeout = min(timeout, max(wait, 0.001))
+        for line in self._subs.values():
+            if line.bucket is not None and line.bucket.available() < 1:
+                timeout = min(timeout, line.bucket.seconds_until_token())
+        return timeout
+
+    async def _claim_round(self) -> tuple[int, int]:
+        capacity = self._config.concurrency - len(self._tasks)
+        if capacity <= 0:
+            return 0, 0
+        limit = min(capacity, self._config.claim_batch)
+        now = datetime.now(UTC)
+        timeout = timedelta(milliseconds=self._config.timeout_ms)
+        claimed = await store.claim(
+            self._db,
+            owner=self.owner,
+            now=now,
+            lease_until=now + timeout * 4 + self._config.lease_margin,
+            limit=limit,
+            exclude=[sid for sid, line in self._subs.items() if self._allowance(line) <= 0],
+        )
+        if not claimed:
+            return 0, limit
+        await self._refresh_subscriptions({c.subscription_id for c in claimed})
+        events = await event_store.get_events(self._db, [c.event_id for c in claimed])
+        payloads: dict[str, bytes] = {}
+        over_limit: list[int] = []
+        for delivery in claimed:
+            line = self._subs.get(delivery.subscription_id)
+            event = events.get(delivery.event_id)
+            if line is None or event is None or not self._take_slot(line):
+                over_limit.append(delivery.seq)
+                continue
+            payload = payloads.get(event.id)
+            if payload is None:
+                payload = payloads[event.id] = _payload(event)
+            task = asyncio.create_task(self._deliver(delivery, line, event, payload))
+            self._tasks[delivery.seq] = (task, delivery)
+        if over_limit:
+            await store.release(self._db, self.owner, over_limit)
+        return len(claimed) - len(over_limit), limit
+
+    def _allowance(self, line: _Line) -> int:
+        sub = line.subscription
+        slots = sub.max_in_flight - line.in_flight
+        if is_half_open(line.circuit.consecutive_failures, self._config.circuit):
+            slots = min(slots, 1 - line.in_flight)
+        if line.bucket is not None:
+            slots = min(slots, line.bucket.available())
+        return slots
+
+    def _take_slot(self, line: _Line) -> bool:
+        if self._allowance(line) <= 0:
+            return False
+        if line.bucket is not None and not line.bucket.take():
+            return False
+        line.in_flight += 1
+        return True
+
+    async def _refresh_subscriptions(self, ids: set[str]) -> None:
+        now = time.monotonic()
+        stale = {i for i in ids if i not in self._subs}
+        stale |= {
+            i for i, line in self._subs.items() if now - line.loaded_at > SUBSCRIPTION_CACHE_SECONDS
+        }
+        if not stale:
+            return
+        fresh = await subscription_store.get_many(self._db, stale)
+        for sid in stale:
+            sub = fresh.get(sid)
+            line = self._subs.get(sid)
+            if sub is None:
+                if line is not None and line.in_flight == 0:
+                    del self._subs[sid]
+                continue
+            if line is None:
+                self._subs[sid] = line = _Line(sub, now)
+                line.circuit = CircuitState(
+                    sub.consecutive_failures, sub.failing_since, sub.circuit_open_until
+                )
+            line.subscription, line.loaded_at = sub, now
+            rate = sub.rate_limit_per_second
+            if rate is None:
+                line.bucket = None
+            elif line.bucket is None or line.bucket.rate != rate:
+                line.bucket = TokenBucket(rate)
+
+    # -- one delivery ---------------------------------------------------------
+
+    async def _deliver(
+        self, delivery: Claimed, line: _Line, event: StoredEvent, payload: bytes
+    ) -> None:
+        try:
+            result, started = await self._attempt(line.subscription, event, payload)
+            completion = self._conclude(delivery, line, event, result, started)
+            await self._committer.submit(completion)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "delivery attempt failed unexpectedly",
+                extra={"delivery_id": delivery.id, "event_id": delivery.event_id},
+            )
+        finally:
+            line.in_flight -= 1
+            self._tasks.pop(delivery.seq, None)
+            self.wake()
+
+    async def _attempt(
+        self, sub: Subscription, event: StoredEvent, payload: bytes
+    ) -> tuple[SendResult, datetime]:
+        assert self._sender is not None
+        started = datetime.now(UTC)
+        headers = webhook.headers(
+            event_id=event.id,
+            timestamp=int(started.timestamp()),
+            payload=payload,
+            keys=_signing_keys(sub, started),
+            user_agent=USER_AGENT,
+            custom=sub.headers,
+        )
+        timeout_ms = sub.timeout_ms or self._config.timeout_ms
+        result = await self._sender.send(sub.url, payload, headers, timeout_ms / 1000)
+        self._metrics.attempt_duration.observe(result.duration_ms / 1000)
+        return result, started
+
+    def _conclude(
+        self,
+        delivery: Claimed,
+        line: _Line,
+        event: StoredEvent,
+        result: SendResult,
+        started: datetime,
+    ) -> Completion:
+        sub = line.subscription
+        now = datetime.now(UTC)
+        schedule = (
+            sub.retry_schedule if sub.retry_schedule is not None else self._config.retry_schedule
+        )
+        decision = decide(delivery.attempts + 1, result.outcome, schedule, now)
+        context = {
+            "delivery_id": delivery.id,
+            "event_id": delivery.event_id,
+            "subscription_id": delivery.subscription_id,
+            "attempt": delivery.attempts + 1,
+            "status_code": result.outcome.status_code,
+        }
+        if isinstance(decision, Succeeded):
+            status, next_at = "succeeded", None
+            self._metrics.attempts.labels("success").inc()
+            self._metrics.latency.observe((now - event.received_at).total_seconds())
+            log.debug("delivered", extra=context)
+        elif isinstance(decision, Retry):
+            status, next_at = "pending", decision.at
+            self._metrics.attempts.labels("retry").inc()
+            log.info("attempt failed; will retry", extra=context | {"error": result.outcome.error})
+        else:
+            status, next_at = "dead", None
+            self._metrics.attempts.labels("dead_letter").inc()
+            log.warning("dead-lettered: %s", decision.reason, extra=context)
+        return Completion(
+            delivery=delivery,
+            owner=self.owner,
+            status=status,
+            started_at=started,
+            duration_ms=result.duration_ms,
+            status_code=result.outcome.status_code,
+            error=result.outcome.error if status != "dead" else _dead_error(result, decision),
+            response_body=result.response_body,
+            next_attempt_at=next_at,
+            finished_at=now,
+        )
+
+    # -- writing outcomes back -------------------------------------------------
+
+    async def _write_back(self, completions: Sequence[Completion]) -> list[None]:
+        now = datetime.now(UTC)
+        updates = self._circuit_updates(completions, now)
+        await store.complete(self._db, completions, updates, now)
+        return [None] * len(completions)
+
+    def _circuit_updates(
+        self, completions: Sequence[Completion], now: datetime
+    ) -> list[CircuitUpdate]:
+        changed: dict[str, CircuitUpdate] = {}
+        for c in completions:
+            sid = c.delivery.subscription_id
+            line = self._subs.get(sid)
+            if line is None:
+                continue
+            before = line.circuit
+            gone = c.status == "dead" and c.status_code == 410
+            if c.status == "succeeded":
+                line.circuit = after_success()
+            else:
+                line.circuit = after_failures(before, 1, now, self._config.circuit)
+            if line.circuit != before or gone:
+                reason = "gone" if gone else ("failing" if line.circuit.disable else None)
+                changed[sid] = CircuitUpdate(
+                    sid,
+                    line.circuit.consecutive_failures,
+                    line.circuit.failing_since,
+                    line.circuit.open_until,
+                    reason,
+                )
+        return list(changed.values())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.reap_seconds)
+            try:
+                if await store.reap_expired_leases(self._db, datetime.now(UTC)):
+                    self.wake()
+            except Exception:
+                log.exception("reaping expired leases failed")
+
+
+def _payload(event: StoredEvent) -> bytes:
+    return webhook.body(
+        event.id,
+        event.type,
+        rfc3339(event.received_at) or "",
+        event.key,
+        event.schema_version,
+        event.data_json,
+    )
+
+
+def _signing_keys(sub: Subscription, now: datetime) -> list[bytes]:
+    keys = [secret_key(sub.secret)]
+    expires = sub.previous_secret_expires_at
+    if sub.previous_secret and expires is not None and expires > now:
+        keys.append(secret_key(sub.previous_secret))
+    return keys
+
+
+def _dead_error(result: SendResult, decision: DeadLetter | Succeeded | Retry) -> str:
+    reason = decision.reason if isinstance(decision, DeadLetter) else ""
+    if result.outcome.error:
+        return f"{reason}; last error: {result.outcome.error}"
+    return reason
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        retry_schedule=settings.retry_schedule,
+        timeout_ms=settings.delivery_timeout_ms,
+        allow_private_targets=settings.allow_private_targets,
+        concurrency=settings.worker_concurrency,
+        poll_seconds=settings.worker_poll_seconds,
+        lease_margin=timedelta(seconds=settings.lease_margin_seconds),
+        grace_seconds=settings.shutdown_grace_seconds,
+        circuit=CircuitPolicy(
+            failure_threshold=settings.circuit_failure_threshold,
+            base_cooldown=timedelta(seconds=settings.circuit_cooldown_seconds),
+        ),
+    )
