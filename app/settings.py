@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     circuit_failure_threshold: int = Field(default=20, ge=1)
     circuit_cooldown_seconds: float = Field(default=30, gt=0)
     shutdown_grace_seconds: float = Field(default=10, ge=0)
+    retention_interval_seconds: float = Field(default=60, gt=0)
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

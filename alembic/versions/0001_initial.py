@@ -108,6 +108,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("ready", sa.Boolean(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("round_attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("lease_owner", sa.String(length=40), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
@@ -139,6 +140,30 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'pending' AND ready"),
         sqlite_where=sa.text("status = 'pending' AND ready"),
     )
+    op.create_index(
+        "ix_deliveries_dead",
+        "deliveries",
+        ["seq"],
+        unique=False,
+        postgresql_where=sa.text("status = 'dead'"),
+        sqlite_where=sa.text("status = 'dead'"),
+    )
+    op.create_index(
+        "ix_deliveries_dead_subscription",
+        "deliveries",
+        ["subscription_id", "seq"],
+        unique=False,
+        postgresql_where=sa.text("status = 'dead'"),
+        sqlite_where=sa.text("status = 'dead'"),
+    )
+    op.create_index(
+        "ix_deliveries_dead_type",
+        "deliveries",
+        ["event_type", "seq"],
+        unique=False,
+        postgresql_where=sa.text("status = 'dead'"),
+        sqlite_where=sa.text("status = 'dead'"),
+    )
     op.create_index("ix_deliveries_event_id", "deliveries", ["event_id"], unique=False)
     op.create_index(
         "ix_deliveries_lease",
@@ -161,6 +186,14 @@ def upgrade() -> None:
         "deliveries",
         ["status", "subscription_id"],
         unique=False,
+    )
+    op.create_index(
+        "ix_deliveries_succeeded",
+        "deliveries",
+        ["completed_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'succeeded'"),
+        sqlite_where=sa.text("status = 'succeeded'"),
     )
 
     op.create_table(

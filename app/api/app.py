@@ -10,10 +10,11 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
-from app.api import events, health, openapi, problems, subscriptions, tokens
+from app.api import dlq, events, health, openapi, problems, subscriptions, tokens
 from app.domain.events import BatchInput, EventInput
 from app.metrics import Metrics
 from app.services.auth import Authenticator
+from app.services.dlq import DeadLetterService
 from app.services.ingest import IngestService
 from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
@@ -49,6 +50,7 @@ def build_services(
         subscriptions=SubscriptionService(
             db, allow_private_targets=settings.allow_private_targets, wake_workers=wake
         ),
+        dlq=DeadLetterService(db, wake_workers=wake),
         metrics=metrics,
     )
 
@@ -83,6 +85,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     problems.install(app)
     app.include_router(events.router)
     app.include_router(subscriptions.router)
+    app.include_router(dlq.router)
     app.include_router(tokens.router)
     app.include_router(health.router)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(

@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
-from app.api import schemas
+from app.api import schemas, shapes
 from app.api.body import read_json
 from app.api.deps import AdminDep, IngestDep, ServicesDep
 from app.api.openapi import json_body
@@ -17,6 +17,7 @@ from app.api.problems import PROBLEM_JSON
 from app.domain.events import BatchInput, EventInput, rfc3339
 from app.domain.idempotency import parse_key
 from app.errors import NotFound
+from app.store import dlq as dlq_store
 from app.store import events as store
 from app.store.ingest import Accepted
 
@@ -68,18 +69,6 @@ async def post_batch(request: Request, svc: ServicesDep) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _summary(event: store.StoredEvent) -> dict[str, object]:
-    return {
-        "id": event.id,
-        "type": event.type,
-        "key": event.key,
-        "data": orjson.loads(event.data_json),
-        "schema_version": event.schema_version,
-        "occurred_at": rfc3339(event.occurred_at),
-        "received_at": rfc3339(event.received_at),
-    }
-
-
 @router.get(
     "/events",
     dependencies=[AdminDep],
@@ -103,7 +92,7 @@ async def list_events(
         after_seq=decode_cursor(cursor),
         limit=limit,
     )
-    body = {"items": [_summary(e) for e in page], "next_cursor": encode_cursor(last)}
+    body = {"items": [shapes.event_summary(e) for e in page], "next_cursor": encode_cursor(last)}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -119,7 +108,7 @@ async def get_event(event_id: str, svc: ServicesDep) -> Response:
     if event is None:
         raise NotFound(f"no event {event_id}")
     deliveries = await store.event_deliveries(svc.db, event_id)
-    body = _summary(event) | {
+    body = shapes.event_summary(event) | {
         "deliveries": [
             {
                 "id": d.id,
@@ -132,6 +121,21 @@ async def get_event(event_id: str, svc: ServicesDep) -> Response:
             for d in deliveries
         ]
     }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/events/{event_id}/attempts",
+    dependencies=[AdminDep],
+    response_model=schemas.EventAttempts,
+    responses=_PROBLEMS | {404: {"model": schemas.Problem}},
+    summary="Every delivery attempt made for an event",
+)
+async def get_event_attempts(event_id: str, svc: ServicesDep) -> Response:
+    if await store.get_event(svc.db, event_id) is None:
+        raise NotFound(f"no event {event_id}")
+    attempts = await dlq_store.attempts_of_event(svc.db, event_id)
+    body = {"items": [shapes.attempt(a) | {"delivery_id": a.delivery_id} for a in attempts]}
     return Response(orjson.dumps(body), media_type="application/json")
 
 

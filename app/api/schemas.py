@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.domain.jsonbody import unstorable_strings
 from app.domain.tokens import Scope
@@ -146,3 +146,80 @@ class SubscriptionPage(BaseModel):
 
 class SecretOut(BaseModel):
     secret: str
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    started_at: str
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+
+
+class EventAttemptOut(AttemptOut):
+    delivery_id: str
+
+
+class EventAttempts(BaseModel):
+    items: list[EventAttemptOut]
+
+
+class DeadLetterOut(BaseModel):
+    id: str
+    event_id: str
+    subscription_id: str
+    event_type: str
+    key: str | None
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    dead_lettered_at: str | None
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterOut]
+    next_cursor: str | None
+
+
+class DeadLetterDetailOut(BaseModel):
+    """A dead letter with its whole event; ``attempts`` lists them instead of counting."""
+
+    id: str
+    event_id: str
+    subscription_id: str
+    event_type: str
+    key: str | None
+    last_status_code: int | None
+    last_error: str | None
+    dead_lettered_at: str | None
+    event: EventSummary
+    attempts: list[AttemptOut]
+
+
+class RedriveFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subscription_id: str | None = Field(default=None, max_length=64)
+    event_type: str | None = Field(default=None, max_length=200)
+    # Not in the contract's minimum: lets a client redrive in steps (the CLI's progress bar).
+    limit: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class RedriveCount(BaseModel):
+    redriven: int
+
+
+class Accepted(BaseModel):
+    status: str
+
+
+class ReplayWindow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime
+    until: AwareDatetime | None = None
+
+
+class ReplayCount(BaseModel):
+    replayed: int

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from app.metrics import Metrics
 from app.services.auth import Authenticator
+from app.services.dlq import DeadLetterService
 from app.services.ingest import IngestService
 from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
@@ -21,6 +22,7 @@ class Services:
     auth: Authenticator
     ingest: IngestService
     subscriptions: SubscriptionService
+    dlq: DeadLetterService
     metrics: Metrics
 
 

@@ -113,3 +113,16 @@ async def get_secret(subscription_id: str, svc: ServicesDep) -> schemas.SecretOu
 )
 async def rotate_secret(subscription_id: str, svc: ServicesDep) -> schemas.SecretOut:
     return schemas.SecretOut(secret=await svc.subscriptions.rotate_secret(subscription_id))
+
+
+@router.post(
+    "/subscriptions/{subscription_id}/replay",
+    status_code=202,
+    response_model=schemas.ReplayCount,
+    responses=_PROBLEMS,
+)
+async def replay(
+    subscription_id: str, body: schemas.ReplayWindow, svc: ServicesDep
+) -> schemas.ReplayCount:
+    count = await svc.subscriptions.replay(subscription_id, body.since, body.until)
+    return schemas.ReplayCount(replayed=count)

@@ -15,6 +15,7 @@ from app.domain.signing import generate_secret
 from app.domain.ssrf import forbidden_reason
 from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch
 from app.errors import FieldError, NotFound, ValidationFailed
+from app.store import replay as replay_store
 from app.store import subscriptions as store
 from app.store.database import Database
 from app.store.subscriptions import Subscription
@@ -116,6 +117,26 @@ class SubscriptionService:
             },
         )
         return secret
+
+    async def replay(self, subscription_id: str, since: datetime, until: datetime | None) -> int:
+        """New deliveries of every stored matching event in ``[since, until)``."""
+        sub = await self.get(subscription_id)
+        if until is not None and until <= since:
+            raise ValidationFailed(
+                "the replay window is empty", [FieldError("/until", "must be after since")]
+            )
+        created = await replay_store.replay(
+            self._db,
+            subscription_id=sub.id,
+            patterns=sub.event_types,
+            by_key=sub.ordering == "key",
+            since=since,
+            until=until,
+            now=datetime.now(UTC),
+        )
+        if created:
+            self._wake()
+        return created
 
     async def _check_target(self, url: str) -> None:
         if self._allow_private:

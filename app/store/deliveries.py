@@ -60,12 +60,13 @@ CLAIM = {
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
         FROM claimed WHERE deliveries.seq = claimed.seq
         RETURNING deliveries.seq, deliveries.id, deliveries.event_id,
-                  deliveries.subscription_id, deliveries.ordering_key, deliveries.attempts
+                  deliveries.subscription_id, deliveries.ordering_key, deliveries.attempts,
+                  deliveries.round_attempts
     """,
     "sqlite": f"""
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
         WHERE seq IN ({_CANDIDATES})
-        RETURNING seq, id, event_id, subscription_id, ordering_key, attempts
+        RETURNING seq, id, event_id, subscription_id, ordering_key, attempts, round_attempts
     """,
 }
 
@@ -78,6 +79,7 @@ class Claimed:
     subscription_id: str
     ordering_key: str | None
     attempts: int  # attempts made before this one
+    round_attempts: int  # of those, since the last redrive (the retry schedule's position)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +92,11 @@ class Completion:
     started_at: datetime
     duration_ms: int
     status_code: int | None
-    error: str | None
+    error: str | None  # this attempt's transport error, if it got no status
     response_body: str | None
     next_attempt_at: datetime | None
     finished_at: datetime
+    summary: str | None = None  # the delivery's ``last_error``
 
 
 async def claim(
@@ -117,7 +120,7 @@ async def claim(
                 "exclude": list(exclude) or ["-"],
             },
         )
-        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        claimed = [Claimed(*r) for r in rows]
     claimed.sort(key=lambda c: c.seq)
     return claimed
 
@@ -125,7 +128,8 @@ async def claim(
 _FINISH = _sql(
     """
     UPDATE deliveries SET
-        status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_at,
+        status = :status, attempts = attempts + 1, round_attempts = round_attempts + 1,
+        next_attempt_at = :next_attempt_at,
         last_status_code = :status_code, last_error = :error,
         completed_at = :completed_at, dead_lettered_at = :dead_lettered_at,
         lease_owner = NULL, lease_expires_at = NULL
@@ -196,7 +200,7 @@ def _finish_params(c: Completion) -> dict[str, object]:
         "status": c.status,
         "next_attempt_at": c.next_attempt_at if c.status == "pending" else finished,
         "status_code": c.status_code,
-        "error": c.error,
+        "error": c.summary,
         "completed_at": finished if c.status == "succeeded" else None,
         "dead_lettered_at": finished if c.status == "dead" else None,
     }

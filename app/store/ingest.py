@@ -21,11 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.events import NewEvent, accepted_body
 from app.domain.filters import any_matches
-from app.domain.ids import new_id
 from app.errors import FieldError, ValidationFailed
 from app.store import schema
 from app.store.database import Database
-from app.store.lines import busy_lines, lock_lines
+from app.store.lines import delivery_row, lock_lines, mark_heads
 from app.store.notify import CHANNEL
 
 MAX_RETRIES = 5
@@ -191,7 +190,7 @@ async def _write(
         await lock_lines(conn, [_line(r) for r in fanout])
     await conn.execute(schema.events.insert(), [_event_row(e) for e in new_events])
     if fanout:
-        await _mark_heads(conn, fanout)
+        await mark_heads(conn, fanout)
         await conn.execute(schema.deliveries.insert(), fanout)
         if dialect == "postgresql":
             await conn.execute(text(f"NOTIFY {CHANNEL}"))
@@ -215,40 +214,12 @@ async def _load_subscriptions(conn: AsyncConnection) -> list[_Subscription]:
 
 
 def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    for event in events:
-        for sub in subscriptions:
-            if any_matches(sub.patterns, event.type):
-                rows.append(
-                    {
-                        "id": new_id("dlv"),
-                        "event_id": event.id,
-                        "subscription_id": sub.id,
-                        "event_type": event.type,
-                        "ordering_key": event.key if sub.by_key else None,
-                        "status": "pending",
-                        "ready": True,
-                        "attempts": 0,
-                        "next_attempt_at": event.received_at,
-                        "created_at": event.received_at,
-                    }
-                )
-    return rows
-
-
-async def _mark_heads(conn: AsyncConnection, fanout: list[dict[str, object]]) -> None:
-    """Set ``ready`` on each new delivery that is the head of its line."""
-    lines = {(r["subscription_id"], r["ordering_key"]) for r in fanout if r["ordering_key"]}
-    busy: set[tuple[object, object]] = set(await busy_lines(conn, lines)) if lines else set()
-    for row in fanout:
-        line = (row["subscription_id"], row["ordering_key"])
-        if row["ordering_key"] is None:
-            row["ready"] = True
-        elif line in busy:
-            row["ready"] = False
-        else:
-            row["ready"] = True
-            busy.add(line)
+    return [
+        delivery_row(event.id, event.type, event.key, sub.id, sub.by_key, event.received_at)
+        for event in events
+        for sub in subscriptions
+        if any_matches(sub.patterns, event.type)
+    ]
 
 
 def _line(row: dict[str, object]) -> tuple[str, str | None]:

@@ -13,9 +13,12 @@ arriving can never miss each other (SQLite has one writer and needs no lock).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import ARRAY, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.domain.ids import new_id
 
 Line = tuple[str, str]
 
@@ -70,3 +73,42 @@ async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | 
     params = [{"sub": sub, "key": key} for sub, key in sorted({ln for ln in lines if ln[1]})]
     if params:
         await conn.execute(_PROMOTE, params)
+
+
+def delivery_row(
+    event_id: str,
+    event_type: str,
+    key: str | None,
+    subscription_id: str,
+    by_key: bool,
+    at: datetime,
+) -> dict[str, object]:
+    """A new pending delivery; ``ready`` is settled by :func:`mark_heads`."""
+    return {
+        "id": new_id("dlv"),
+        "event_id": event_id,
+        "subscription_id": subscription_id,
+        "event_type": event_type,
+        "ordering_key": key if by_key else None,
+        "status": "pending",
+        "ready": True,
+        "attempts": 0,
+        "round_attempts": 0,
+        "next_attempt_at": at,
+        "created_at": at,
+    }
+
+
+async def mark_heads(conn: AsyncConnection, rows: list[dict[str, object]]) -> None:
+    """Set ``ready`` on each new delivery (in ``seq`` order) that heads its line."""
+    lines = {(r["subscription_id"], r["ordering_key"]) for r in rows if r["ordering_key"]}
+    busy: set[tuple[object, object]] = set(await busy_lines(conn, lines)) if lines else set()
+    for row in rows:
+        line = (row["subscription_id"], row["ordering_key"])
+        if row["ordering_key"] is None:
+            row["ready"] = True
+        elif line in busy:
+            row["ready"] = False
+        else:
+            row["ready"] = True
+            busy.add(line)

@@ -135,6 +135,7 @@ subscriptions = Table(
 # query's scan short; the ordering rule itself is re-checked in the query.
 UNFINISHED = "status IN ('pending', 'in_flight', 'dead')"
 CLAIMABLE = "status = 'pending' AND ready"
+DEAD = "status = 'dead'"
 deliveries = Table(
     "deliveries",
     metadata,
@@ -158,6 +159,8 @@ deliveries = Table(
     Column("status", String(16), nullable=False),
     Column("ready", Boolean, nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # Attempts since the last redrive: the position in the retry schedule.
+    Column("round_attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("lease_owner", String(40), nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
@@ -182,6 +185,32 @@ deliveries = Table(
         "seq",
         postgresql_where=text(UNFINISHED),
         sqlite_where=text(UNFINISHED),
+    ),
+    Index(
+        "ix_deliveries_dead",
+        "seq",
+        postgresql_where=text(DEAD),
+        sqlite_where=text(DEAD),
+    ),
+    Index(
+        "ix_deliveries_dead_subscription",
+        "subscription_id",
+        "seq",
+        postgresql_where=text(DEAD),
+        sqlite_where=text(DEAD),
+    ),
+    Index(
+        "ix_deliveries_dead_type",
+        "event_type",
+        "seq",
+        postgresql_where=text(DEAD),
+        sqlite_where=text(DEAD),
+    ),
+    Index(
+        "ix_deliveries_succeeded",
+        "completed_at",
+        postgresql_where=text("status = 'succeeded'"),
+        sqlite_where=text("status = 'succeeded'"),
     ),
     Index(
         "ix_deliveries_lease",

@@ -43,6 +43,7 @@ from app.store.events import StoredEvent
 from app.store.notify import Listener
 from app.store.subscriptions import CircuitUpdate, Subscription
 from app.worker.limits import TokenBucket
+from app.worker.retention import RetentionJob
 from app.worker.sender import HttpSender, SendResult
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class WorkerConfig:
     grace_seconds: float = 10.0
     reap_seconds: float = 5.0
     circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
+    retention: timedelta = timedelta(days=7)
+    idempotency_ttl: timedelta = timedelta(days=1)
+    retention_interval_seconds: float = 60.0
 
 
 @dataclass(slots=True)
@@ -91,6 +95,12 @@ class DeliveryWorker:
         self._loop_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
+        self._retention = RetentionJob(
+            db,
+            keep=config.retention,
+            keys_ttl=config.idempotency_ttl,
+            interval_seconds=config.retention_interval_seconds,
+        )
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -109,6 +119,7 @@ class DeliveryWorker:
             self._listener.start()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
         self._reaper_task = asyncio.create_task(self._reap(), name="lease-reaper")
+        self._retention.start()
         log.info("delivery worker started", extra={"worker": self.owner})
 
     async def stop(self) -> None:
@@ -121,6 +132,7 @@ class DeliveryWorker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self._retention.stop()
         if self._listener is not None:
             await self._listener.stop()
         pending = [t for t, _ in self._tasks.values()]
@@ -300,7 +312,7 @@ class DeliveryWorker:
         schedule = (
             sub.retry_schedule if sub.retry_schedule is not None else self._config.retry_schedule
         )
-        decision = decide(delivery.attempts + 1, result.outcome, schedule, now)
+        decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
         context = {
             "delivery_id": delivery.id,
             "event_id": delivery.event_id,
@@ -328,10 +340,11 @@ class DeliveryWorker:
             started_at=started,
             duration_ms=result.duration_ms,
             status_code=result.outcome.status_code,
-            error=result.outcome.error if status != "dead" else _dead_error(result, decision),
+            error=result.outcome.error,
             response_body=result.response_body,
             next_attempt_at=next_at,
             finished_at=now,
+            summary=_summary(result, decision),
         )
 
     # -- writing outcomes back -------------------------------------------------
@@ -397,11 +410,15 @@ def _signing_keys(sub: Subscription, now: datetime) -> list[bytes]:
     return keys
 
 
-def _dead_error(result: SendResult, decision: DeadLetter | Succeeded | Retry) -> str:
-    reason = decision.reason if isinstance(decision, DeadLetter) else ""
-    if result.outcome.error:
-        return f"{reason}; last error: {result.outcome.error}"
-    return reason
+def _summary(result: SendResult, decision: Succeeded | Retry | DeadLetter) -> str | None:
+    """What went wrong, for the delivery's ``last_error`` (None on success)."""
+    if isinstance(decision, Succeeded):
+        return None
+    outcome = result.outcome
+    problem = outcome.error or f"HTTP {outcome.status_code}"
+    if isinstance(decision, DeadLetter):
+        return f"{decision.reason}; last: {problem}"
+    return problem
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -417,4 +434,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
             failure_threshold=settings.circuit_failure_threshold,
             base_cooldown=timedelta(seconds=settings.circuit_cooldown_seconds),
         ),
+        retention=timedelta(days=settings.retention_days),
+        idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
+        retention_interval_seconds=settings.retention_interval_seconds,
     )

@@ -1,0 +1,59 @@
+"""Operating on the dead-letter queue: inspect, redrive, discard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from app.errors import NotFound
+from app.store import dlq as store
+from app.store import events as events_store
+from app.store.database import Database
+from app.store.dlq import Attempt, DeadLetter
+from app.store.events import StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterDetail:
+    dead_letter: DeadLetter
+    event: StoredEvent
+    attempts: list[Attempt]
+
+
+class DeadLetterService:
+    def __init__(self, db: Database, *, wake_workers: Callable[[], None]) -> None:
+        self._db = db
+        self._wake = wake_workers
+
+    async def show(self, delivery_id: str) -> DeadLetterDetail:
+        dead = await store.get_dead(self._db, delivery_id)
+        event = await events_store.get_event(self._db, dead.event_id) if dead else None
+        if dead is None or event is None:
+            raise NotFound(f"no dead letter {delivery_id}")
+        attempts = await store.attempts_of_delivery(self._db, delivery_id)
+        return DeadLetterDetail(dead, event, attempts)
+
+    async def redrive(self, delivery_id: str) -> None:
+        if not await store.redrive(self._db, delivery_id, datetime.now(UTC)):
+            raise NotFound(f"no dead letter {delivery_id}")
+        self._wake()
+
+    async def redrive_matching(
+        self, *, subscription_id: str | None, event_type: str | None, limit: int | None
+    ) -> int:
+        count = await store.redrive_matching(
+            self._db,
+            subscription_id=subscription_id,
+            event_type=event_type,
+            now=datetime.now(UTC),
+            limit=limit,
+        )
+        if count:
+            self._wake()
+        return count
+
+    async def discard(self, delivery_id: str) -> None:
+        if not await store.discard(self._db, delivery_id, datetime.now(UTC)):
+            raise NotFound(f"no dead letter {delivery_id}")
+        self._wake()

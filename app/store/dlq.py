@@ -1,0 +1,203 @@
+"""The dead-letter queue: browse, redrive, discard; the attempt history.
+
+Every statement filters on the literal ``status = 'dead'`` so that both
+databases use the partial ``ix_deliveries_dead*`` indexes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, literal_column, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.store import schema
+from app.store.database import Database
+from app.store.lines import lock_lines, promote_heads
+from app.store.notify import CHANNEL
+
+d = schema.deliveries
+e = schema.events
+a = schema.attempts
+DEAD: ColumnElement[str] = literal_column("'dead'")
+REDRIVE_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    seq: int
+    id: str
+    event_id: str
+    subscription_id: str
+    event_type: str
+    key: str | None
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    dead_lettered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    delivery_id: str
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+
+
+def _dead_letters() -> Select[Any]:
+    return (
+        select(
+            d.c.seq,
+            d.c.id,
+            d.c.event_id,
+            d.c.subscription_id,
+            d.c.event_type,
+            e.c.key,
+            d.c.attempts,
+            d.c.last_status_code,
+            d.c.last_error,
+            d.c.dead_lettered_at,
+        )
+        .join(e, e.c.id == d.c.event_id)
+        .where(d.c.status == DEAD)
+    )
+
+
+async def list_dead(
+    db: Database,
+    *,
+    subscription_id: str | None,
+    event_type: str | None,
+    after_seq: int | None,
+    limit: int,
+) -> tuple[list[DeadLetter], int | None]:
+    """Dead letters in the order they were created (oldest first), a page at a time."""
+    query = _dead_letters()
+    if subscription_id is not None:
+        query = query.where(d.c.subscription_id == subscription_id)
+    if event_type is not None:
+        query = query.where(d.c.event_type == event_type)
+    if after_seq is not None:
+        query = query.where(d.c.seq > after_seq)
+    query = query.order_by(d.c.seq).limit(limit + 1)
+    async with db.read() as conn:
+        page = [DeadLetter(*r) for r in await conn.execute(query)]
+    if len(page) > limit:
+        return page[:limit], page[limit - 1].seq
+    return page, None
+
+
+async def get_dead(db: Database, delivery_id: str) -> DeadLetter | None:
+    async with db.read() as conn:
+        row = (await conn.execute(_dead_letters().where(d.c.id == delivery_id))).first()
+    return DeadLetter(*row) if row else None
+
+
+async def attempts_of_delivery(db: Database, delivery_id: str) -> list[Attempt]:
+    return await _attempts(db, a.c.delivery_id == delivery_id)
+
+
+async def attempts_of_event(db: Database, event_id: str) -> list[Attempt]:
+    ids = select(d.c.id).where(d.c.event_id == event_id).scalar_subquery()
+    return await _attempts(db, a.c.delivery_id.in_(ids))
+
+
+async def _attempts(db: Database, condition: Any) -> list[Attempt]:
+    query = (
+        select(
+            a.c.delivery_id,
+            a.c.attempt,
+            a.c.started_at,
+            a.c.duration_ms,
+            a.c.status_code,
+            a.c.error,
+            a.c.response_body,
+        )
+        .where(condition)
+        .order_by(a.c.seq)
+    )
+    async with db.read() as conn:
+        return [Attempt(*r) for r in await conn.execute(query)]
+
+
+async def redrive(db: Database, delivery_id: str, now: datetime) -> bool:
+    """Make one dead letter pending again, with a fresh retry schedule."""
+    async with db.write() as conn:
+        return bool(await _redrive(conn, db, d.c.id == delivery_id, None, now))
+
+
+async def redrive_matching(
+    db: Database,
+    *,
+    subscription_id: str | None,
+    event_type: str | None,
+    now: datetime,
+    limit: int | None = None,
+) -> int:
+    """Redrive every dead letter that matches, in short transactions."""
+    total = 0
+    while limit is None or total < limit:
+        batch = REDRIVE_BATCH if limit is None else min(REDRIVE_BATCH, limit - total)
+        candidates = select(d.c.seq).where(d.c.status == DEAD)
+        if subscription_id is not None:
+            candidates = candidates.where(d.c.subscription_id == subscription_id)
+        if event_type is not None:
+            candidates = candidates.where(d.c.event_type == event_type)
+        candidates = candidates.order_by(d.c.seq).limit(batch)
+        async with db.write() as conn:
+            seqs = [r[0] for r in await conn.execute(candidates)]
+            if not seqs:
+                break
+            total += await _redrive(conn, db, d.c.seq.in_(seqs), len(seqs), now)
+        if len(seqs) < batch:
+            break
+    return total
+
+
+async def _redrive(
+    conn: AsyncConnection, db: Database, which: Any, expected: int | None, now: datetime
+) -> int:
+    # A redriven delivery waits its turn: it is ready only if it heads its line.
+    result = await conn.execute(
+        update(d)
+        .where(which, d.c.status == DEAD)
+        .values(
+            status="pending",
+            ready=d.c.ordering_key.is_(None),
+            round_attempts=0,
+            next_attempt_at=now,
+            dead_lettered_at=None,
+        )
+        .returning(d.c.subscription_id, d.c.ordering_key)
+    )
+    lines = [(r[0], r[1]) for r in result]
+    if db.dialect == "postgresql":
+        await lock_lines(conn, lines)
+    await promote_heads(conn, lines)
+    if lines and db.dialect == "postgresql":
+        await conn.execute(text(f"NOTIFY {CHANNEL}"))
+    return len(lines)
+
+
+async def discard(db: Database, delivery_id: str, now: datetime) -> bool:
+    """Take a dead letter out of the DLQ for good; its line moves on."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(d)
+            .where(d.c.id == delivery_id, d.c.status == DEAD)
+            .values(status="discarded", completed_at=now)
+            .returning(d.c.subscription_id, d.c.ordering_key)
+        )
+        lines = [(r[0], r[1]) for r in result]
+        if db.dialect == "postgresql":
+            await lock_lines(conn, lines)
+        await promote_heads(conn, lines)
+        if lines and db.dialect == "postgresql":
+            await conn.execute(text(f"NOTIFY {CHANNEL}"))
+    return bool(lines)

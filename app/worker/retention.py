@@ -1,0 +1,48 @@
+"""The periodic retention job that runs beside every delivery worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+
+from app.store.database import Database
+from app.store.retention import prune
+
+log = logging.getLogger(__name__)
+
+
+class RetentionJob:
+    def __init__(
+        self, db: Database, *, keep: timedelta, keys_ttl: timedelta, interval_seconds: float
+    ) -> None:
+        self._db = db
+        self._keep = keep
+        self._keys_ttl = keys_ttl
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run_once(self) -> None:
+        now = datetime.now(UTC)
+        pruned = await prune(self._db, cutoff=now - self._keep, keys_cutoff=now - self._keys_ttl)
+        if any(asdict(pruned).values()):
+            log.info("retention pruned old rows", extra=asdict(pruned))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("retention pass failed; trying again next interval")
+            await asyncio.sleep(self._interval)
