@@ -1,4 +1,4 @@
-"""The ``eventrelay`` command: ``serve``, ``worker``, ``migrate``."""
+"""``eventrelay serve``, ``worker`` and ``migrate``: the processes."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
-from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
-from app import __version__
 from app.api.app import create_app
 from app.errors import StoreUnavailable
 from app.logging import configure as configure_logging
@@ -27,32 +25,41 @@ log = logging.getLogger("eventrelay")
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eventrelay", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"eventrelay {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_commands(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the API (and, by default, the delivery worker)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--no-worker", action="store_true", help="API only; run `eventrelay worker` separately"
     )
-    commands.add_parser("worker", help="run a delivery worker without the API")
-    commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
-    return parser
+    serve.set_defaults(run=_run_serve)
+    worker = commands.add_parser("worker", help="run a delivery worker without the API")
+    worker.set_defaults(run=_run_worker_command)
+    migrate = commands.add_parser(
+        "migrate", help="apply database migrations (alembic upgrade head)"
+    )
+    migrate.set_defaults(run=_run_migrate)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    if args.command == "migrate":
-        upgrade_head(settings.database_url)
-        log.info("migrations applied")
-        return 0
-    if args.command == "serve":
-        return _serve(settings, args.host, args.port, worker=not args.no_worker)
-    return _worker(settings)
+    return settings
+
+
+def _run_migrate(_: argparse.Namespace) -> int:
+    settings = _settings()
+    upgrade_head(settings.database_url)
+    log.info("migrations applied")
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    return _serve(_settings(), args.host, args.port, worker=not args.no_worker)
+
+
+def _run_worker_command(_: argparse.Namespace) -> int:
+    return _worker(_settings())
 
 
 def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
@@ -119,7 +126,3 @@ async def _wait_for_migrations(db: Database) -> None:
         except StoreUnavailable as exc:
             log.warning("the database is unavailable (%s); retrying", exc.detail)
         await asyncio.sleep(2)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
