@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -24,6 +27,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        rid = request_id.get()
+        if rid is not None:
+            entry["request_id"] = rid
         for name, value in record.__dict__.items():
             if name not in _STANDARD and not name.startswith("_") and name != "color_message":
                 entry[name] = value

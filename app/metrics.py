@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600)
 
 
@@ -40,6 +40,22 @@ class Metrics:
             "eventrelay_delivery_latency_seconds",
             "From ingest to successful delivery.",
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.claim_duration = Histogram(
+            "eventrelay_claim_duration_seconds",
+            "Duration of one claim query (a batch of due deliveries).",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.claimed = Counter(
+            "eventrelay_deliveries_claimed",
+            "Deliveries claimed by this process's worker.",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "eventrelay_worker_in_flight",
+            "Webhook requests this process has in flight.",
             registry=self.registry,
         )
         self.group_commit_batch = Histogram(

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     circuit_cooldown_seconds: float = Field(default=30, gt=0)
     shutdown_grace_seconds: float = Field(default=10, ge=0)
     retention_interval_seconds: float = Field(default=60, gt=0)
+    # `eventrelay worker` has no API; set this to serve its /metrics.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

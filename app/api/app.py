@@ -11,7 +11,9 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
 from app.api import dlq, events, health, openapi, problems, subscriptions, tokens
+from app.api.middleware import RequestIdMiddleware
 from app.domain.events import BatchInput, EventInput
+from app.gauges import DatabaseGauges
 from app.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.dlq import DeadLetterService
@@ -64,6 +66,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         db = open_database(settings.database_url)
         embedded = DeliveryWorker(db, worker_config(settings), metrics) if worker else None
         svc = build_services(settings, db, metrics, embedded.wake if embedded else _nothing)
+        gauges = DatabaseGauges(db, circuit=worker_config(settings).circuit)
+        metrics.registry.register(gauges)
+        gauges.start()
         svc.ingest.start()
         if embedded is not None:
             await embedded.start()
@@ -74,6 +79,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             await svc.ingest.stop()
             if embedded is not None:
                 await embedded.stop()
+            await gauges.stop()
+            metrics.registry.unregister(gauges)
             await db.dispose()
 
     app = FastAPI(
@@ -83,6 +90,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(events.router)
     app.include_router(subscriptions.router)
     app.include_router(dlq.router)

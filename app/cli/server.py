@@ -9,9 +9,11 @@ import signal
 from typing import Any
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from app.api.app import create_app
 from app.errors import StoreUnavailable
+from app.gauges import DatabaseGauges
 from app.logging import configure as configure_logging
 from app.metrics import Metrics
 from app.services.auth import ensure_admin_token
@@ -103,7 +105,15 @@ async def _run_worker(settings: Settings) -> None:
     db = open_database(settings.database_url)
     try:
         await _wait_for_migrations(db)
-        worker = DeliveryWorker(db, worker_config(settings), Metrics())
+        metrics = Metrics()
+        config = worker_config(settings)
+        worker = DeliveryWorker(db, config, metrics)
+        gauges = None
+        if settings.worker_metrics_port is not None:
+            gauges = DatabaseGauges(db, circuit=config.circuit)
+            metrics.registry.register(gauges)
+            gauges.start()
+            start_http_server(settings.worker_metrics_port, registry=metrics.registry)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -112,6 +122,8 @@ async def _run_worker(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping: finishing in-flight deliveries")
         await worker.stop()
+        if gauges is not None:
+            await gauges.stop()
     finally:
         await db.dispose()
 

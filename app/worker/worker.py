@@ -186,6 +186,7 @@ class DeliveryWorker:
         limit = min(capacity, self._config.claim_batch)
         now = datetime.now(UTC)
         timeout = timedelta(milliseconds=self._config.timeout_ms)
+        started = time.perf_counter()
         claimed = await store.claim(
             self._db,
             owner=self.owner,
@@ -194,6 +195,8 @@ class DeliveryWorker:
             limit=limit,
             exclude=[sid for sid, line in self._subs.items() if self._allowance(line) <= 0],
         )
+        self._metrics.claim_duration.observe(time.perf_counter() - started)
+        self._metrics.claimed.inc(len(claimed))
         if not claimed:
             return 0, limit
         await self._refresh_subscriptions({c.subscription_id for c in claimed})
@@ -211,6 +214,7 @@ class DeliveryWorker:
                 payload = payloads[event.id] = _payload(event)
             task = asyncio.create_task(self._deliver(delivery, line, event, payload))
             self._tasks[delivery.seq] = (task, delivery)
+            self._metrics.in_flight.inc()
         if over_limit:
             await store.release(self._db, self.owner, over_limit)
         return len(claimed) - len(over_limit), limit
@@ -279,6 +283,7 @@ class DeliveryWorker:
         finally:
             line.in_flight -= 1
             self._tasks.pop(delivery.seq, None)
+            self._metrics.in_flight.dec()
             self.wake()
 
     async def _attempt(

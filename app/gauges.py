@@ -1,0 +1,114 @@
+"""Gauges read from the database, so they are right with any number of processes.
+
+A background task refreshes one snapshot every few seconds; ``/metrics``
+renders the last snapshot and never waits on the database. Every process
+exports the same values: aggregate them with ``max`` (not ``sum``) in
+Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.domain.circuit import CircuitPolicy, is_half_open
+from app.store.database import Database
+from app.store.gauges import Snapshot, snapshot
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseGauges(Collector):
+    def __init__(
+        self, db: Database, *, circuit: CircuitPolicy, interval_seconds: float = 5.0
+    ) -> None:
+        self._db = db
+        self._circuit = circuit
+        self._interval = interval_seconds
+        self._snapshot: Snapshot | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="db-gauges")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> None:
+        self._snapshot = await snapshot(self._db)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the database may be away; keep the last snapshot
+                log.warning("refreshing database gauges failed: %s", exc)
+            await asyncio.sleep(self._interval)
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot
+        if snap is None:
+            return
+        deliveries = GaugeMetricFamily(
+            "eventrelay_deliveries", "Deliveries by status (database-wide).", labels=["status"]
+        )
+        for status, count in snap.deliveries.items():
+            deliveries.add_metric([status], count)
+        yield deliveries
+        per_sub = GaugeMetricFamily(
+            "eventrelay_subscription_deliveries",
+            "Deliveries per subscription and status.",
+            labels=["subscription_id", "status"],
+        )
+        for (sid, status), count in sorted(snap.per_subscription.items()):
+            per_sub.add_metric([sid, status], count)
+        yield per_sub
+        age = 0.0
+        if snap.oldest_pending is not None:
+            age = max((datetime.now(UTC) - snap.oldest_pending).total_seconds(), 0.0)
+        yield GaugeMetricFamily(
+            "eventrelay_oldest_pending_delivery_age_seconds",
+            "Age of the oldest pending delivery (delivery lag).",
+            value=age,
+        )
+        yield from self._subscription_metrics(snap)
+
+    def _subscription_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        now = datetime.now(UTC)
+        by_status = GaugeMetricFamily(
+            "eventrelay_subscriptions", "Subscriptions by status.", labels=["status"]
+        )
+        counts = dict.fromkeys(("active", "paused", "disabled"), 0)
+        circuit = GaugeMetricFamily(
+            "eventrelay_subscription_circuit_state",
+            "Circuit per subscription: 0 closed, 1 half-open (one probe), 2 open.",
+            labels=["subscription_id"],
+        )
+        failures = GaugeMetricFamily(
+            "eventrelay_subscription_consecutive_failures",
+            "Failed attempts in a row per subscription.",
+            labels=["subscription_id"],
+        )
+        for sub in snap.subscriptions:
+            counts[sub.status] = counts.get(sub.status, 0) + 1
+            state = 0
+            if sub.circuit_open_until is not None and sub.circuit_open_until > now:
+                state = 2
+            elif is_half_open(sub.consecutive_failures, self._circuit):
+                state = 1
+            circuit.add_metric([sub.id], state)
+            failures.add_metric([sub.id], sub.consecutive_failures)
+        for status, count in counts.items():
+            by_status.add_metric([status], count)
+        yield by_status
+        yield circuit
+        yield failures

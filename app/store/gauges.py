@@ -1,0 +1,53 @@
+"""What the operator gauges read from the database: one cheap snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+
+from app.store.database import Database
+from app.store.schema import UTCDateTime
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionHealth:
+    id: str
+    status: str
+    consecutive_failures: int
+    circuit_open_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    deliveries: dict[str, int]  # pending / in_flight / dead
+    per_subscription: dict[tuple[str, str], int]
+    oldest_pending: datetime | None
+    subscriptions: list[SubscriptionHealth]
+
+
+_BY_SUBSCRIPTION = text(
+    """
+    SELECT subscription_id, status, count(*) FROM deliveries
+    WHERE status IN ('pending', 'in_flight', 'dead')
+    GROUP BY subscription_id, status
+    """
+)
+_OLDEST = text("SELECT min(created_at) AS oldest FROM deliveries WHERE status = 'pending'").columns(
+    oldest=UTCDateTime()
+)
+_SUBSCRIPTIONS = text(
+    "SELECT id, status, consecutive_failures, circuit_open_until FROM subscriptions"
+).columns(circuit_open_until=UTCDateTime())
+
+
+async def snapshot(db: Database) -> Snapshot:
+    async with db.read() as conn:
+        per_subscription = {(r[0], r[1]): int(r[2]) for r in await conn.execute(_BY_SUBSCRIPTION)}
+        oldest = (await conn.execute(_OLDEST)).scalar()
+        subscriptions = [SubscriptionHealth(*r) for r in await conn.execute(_SUBSCRIPTIONS)]
+    totals = dict.fromkeys(("pending", "in_flight", "dead"), 0)
+    for (_, status), count in per_subscription.items():
+        totals[status] += count
+    return Snapshot(totals, per_subscription, oldest, subscriptions)
