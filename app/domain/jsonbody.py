@@ -19,7 +19,14 @@ from app.errors import BadRequest, FieldError, ValidationFailed
 
 # Only an escape can put NUL or a surrogate into a JSON string, so bodies
 # without one of these never need the slow walk.
+_INT_MIN = -(2**63)
+_UINT_MAX = 2**64 - 1
 _SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+# Answers wrap a stored value in up to three more levels (a list page); orjson
+# writes at most 254, so a body must leave room for that.
+_ANSWER_WRAPPING = 3
 
 
 def parse(body: bytes) -> Any:
@@ -29,11 +36,23 @@ def parse(body: bytes) -> Any:
         problems = list(unstorable_strings(document, ""))
         if problems:
             raise ValidationFailed("the body contains strings that cannot be stored", problems)
-        return document
+    else:
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    _check_depth(document)
+    return document
+
+
+def _check_depth(document: Any) -> None:
+    wrapped = document
+    for _ in range(_ANSWER_WRAPPING):
+        wrapped = [wrapped]
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        raise BadRequest("the body is nested too deeply (at most 250 levels)") from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -47,10 +66,24 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _int_like_orjson(text: str) -> int | float:
+    # orjson keeps integers that fit 64 bits and reads larger ones as doubles;
+    # both paths must give a number the same meaning.
+    value = int(text)
+    if _INT_MIN <= value <= _UINT_MAX:
+        return value
+    return _finite_float(text)
+
+
 def _parse_permissive(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_int_like_orjson,
+        )
     except UnicodeDecodeError:
         raise BadRequest("the body is not valid UTF-8") from None
     except (ValueError, RecursionError) as exc:

@@ -9,12 +9,14 @@ The schedule holds the delays between attempts, so a delivery gets
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 JITTER = 0.2
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 _RNG = random.Random()
 RETRY_AFTER_CAP_SECONDS = 3600.0
 
@@ -78,7 +80,7 @@ def jittered(delay: float, rng: random.Random) -> float:
 def retry_after_seconds(value: str, now: datetime) -> float | None:
     """Seconds a ``Retry-After`` value asks for (delta-seconds or HTTP date), capped at 1 h."""
     text = value.strip()
-    if text.isdigit():
+    if _DELTA_SECONDS.fullmatch(text):
         return min(float(text), RETRY_AFTER_CAP_SECONDS)
     try:
         when = parsedate_to_datetime(text)

@@ -11,8 +11,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from app.domain.jsonbody import unstorable_strings
 from app.domain.signing import secret_key
 
-PATTERN = re.compile(r"^(\*|[A-Za-z0-9._:/-]{1,200}(\.\*)?)$")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+PATTERN = re.compile(r"\*|[A-Za-z0-9._:/-]{1,200}(\.\*)?")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
 RESERVED_HEADERS = frozenset(
     {
         "content-type",
@@ -50,14 +50,14 @@ def _url(value: str) -> str:
 
 def _patterns(value: list[str]) -> list[str]:
     for pattern in value:
-        if not PATTERN.match(pattern):
+        if not PATTERN.fullmatch(pattern):
             raise ValueError(f"{pattern!r} is not an event type, '*' or a 'prefix.*' pattern")
     return value
 
 
 def _headers(value: dict[str, str]) -> dict[str, str]:
     for name, header in value.items():
-        if not HEADER_NAME.match(name):
+        if not HEADER_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid header name")
         if name.lower() in RESERVED_HEADERS:
             raise ValueError(f"{name!r} is set by eventrelay and cannot be overridden")

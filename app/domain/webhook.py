@@ -8,6 +8,10 @@ import orjson
 
 from app.domain.signing import signature_header
 
+_OURS = frozenset(
+    {"content-type", "webhook-id", "webhook-timestamp", "webhook-signature", "user-agent"}
+)
+
 
 def body(
     event_id: str,
@@ -39,7 +43,8 @@ def headers(
     user_agent: str,
     custom: Mapping[str, str],
 ) -> dict[str, str]:
-    result = dict(custom)
+    # Ours win whatever the spelling of a custom header (HTTP names are case-insensitive).
+    result = {k: v for k, v in custom.items() if k.lower() not in _OURS}
     result.update(
         {
             "content-type": "application/json",

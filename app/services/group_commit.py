@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from app.errors import ServiceUnavailable
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -32,26 +34,30 @@ class GroupCommitter(Generic[T, R]):
         self._writers = writers
         self._max_batch = max_batch
         self._on_flush = on_flush
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        # ``None`` tells a writer to exit once everything queued before it is written.
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     def start(self) -> None:
+        self._closing = False
         self._tasks = [
             asyncio.create_task(self._run(), name=f"group-commit-{i}") for i in range(self._writers)
         ]
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the writers."""
-        while not self._queue.empty():
-            await asyncio.sleep(0.005)
-        for task in self._tasks:
-            task.cancel()
+        """Write everything queued (a flush under way is never cut short), then stop."""
+        self._closing = True
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
 
     async def submit(self, item: T) -> R:
+        if self._closing:
+            raise ServiceUnavailable("eventrelay is shutting down")
         if not self._tasks:
             raise RuntimeError("the group committer is not running")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -60,10 +66,20 @@ class GroupCommitter(Generic[T, R]):
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
             while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                queued = self._queue.get_nowait()
+                if queued is None:
+                    stop = True
+                    break
+                batch.append(queued)
             await self._flush_batch(batch)
+            if stop:
+                return
 
     async def _flush_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         if self._on_flush is not None:
