@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # Delivery worker tuning (the defaults suit most installations).
     worker_concurrency: int = Field(default=256, ge=1, le=10_000)
     worker_poll_seconds: float = Field(default=0.5, gt=0, le=60)
-    lease_margin_seconds: float = Field(default=30, gt=0)
+    lease_seconds: float = Field(default=30, ge=0.3)
     circuit_failure_threshold: int = Field(default=20, ge=1)
     circuit_cooldown_seconds: float = Field(default=30, gt=0)
     shutdown_grace_seconds: float = Field(default=10, ge=0)

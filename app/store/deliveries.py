@@ -142,8 +142,9 @@ _RECORD_ATTEMPT = _sql(
     """
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                           response_body)
-    VALUES (:delivery_id, :attempt, :started_at, :duration_ms, :status_code, :error,
-            :response_body)
+    SELECT :delivery_id, :attempt, :started_at, :duration_ms, :status_code, :error,
+           :response_body
+    WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = :delivery_id)
     """,
     ("started_at",),
 )
@@ -217,6 +218,16 @@ async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
     )
     async with db.write() as conn:
         await conn.execute(statement, {"seqs": list(seqs), "owner": owner})
+
+
+async def renew_leases(db: Database, owner: str, until: datetime) -> None:
+    statement = _sql(
+        "UPDATE deliveries SET lease_expires_at = :until "
+        "WHERE status = 'in_flight' AND lease_owner = :owner",
+        ("until",),
+    )
+    async with db.write() as conn:
+        await conn.execute(statement, {"owner": owner, "until": until})
 
 
 async def reap_expired_leases(db: Database, now: datetime) -> int:

@@ -60,9 +60,10 @@ class WorkerConfig:
     concurrency: int = 256
     claim_batch: int = 128
     poll_seconds: float = 0.5
-    lease_margin: timedelta = timedelta(seconds=30)
+    # A claim lasts this long and is renewed every third of it while the attempt
+    # runs, so a dead worker's claims come back within one lease.
+    lease: timedelta = timedelta(seconds=30)
     grace_seconds: float = 10.0
-    reap_seconds: float = 5.0
     circuit: CircuitPolicy = field(default_factory=CircuitPolicy)
     retention: timedelta = timedelta(days=7)
     idempotency_ttl: timedelta = timedelta(days=1)
@@ -118,7 +119,7 @@ class DeliveryWorker:
             self._listener = Listener(self._db.url, self.wake)
             self._listener.start()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
-        self._reaper_task = asyncio.create_task(self._reap(), name="lease-reaper")
+        self._reaper_task = asyncio.create_task(self._keep_leases(), name="leases")
         self._retention.start()
         log.info("delivery worker started", extra={"worker": self.owner})
 
@@ -135,13 +136,14 @@ class DeliveryWorker:
         await self._retention.stop()
         if self._listener is not None:
             await self._listener.stop()
-        pending = [t for t, _ in self._tasks.values()]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self._config.grace_seconds)
+        running = dict(self._tasks.values())
+        leftovers: list[int] = []
+        if running:
+            _, late = await asyncio.wait(running, timeout=self._config.grace_seconds)
+            leftovers = [running[task].seq for task in late]
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        leftovers = [c.seq for _, c in self._tasks.values()]
         await self._committer.stop()
         with contextlib.suppress(Exception):
             await store.release(self._db, self.owner, leftovers)
@@ -185,13 +187,12 @@ class DeliveryWorker:
             return 0, 0
         limit = min(capacity, self._config.claim_batch)
         now = datetime.now(UTC)
-        timeout = timedelta(milliseconds=self._config.timeout_ms)
         started = time.perf_counter()
         claimed = await store.claim(
             self._db,
             owner=self.owner,
             now=now,
-            lease_until=now + timeout * 4 + self._config.lease_margin,
+            lease_until=now + self._config.lease,
             limit=limit,
             exclude=[sid for sid, line in self._subs.items() if self._allowance(line) <= 0],
         )
@@ -386,14 +387,19 @@ class DeliveryWorker:
                 )
         return list(changed.values())
 
-    async def _reap(self) -> None:
+    async def _keep_leases(self) -> None:
+        """Renew our claims and take back the claims of workers that died."""
+        interval = self._config.lease.total_seconds() / 3
         while True:
-            await asyncio.sleep(self._config.reap_seconds)
+            await asyncio.sleep(interval)
+            now = datetime.now(UTC)
             try:
-                if await store.reap_expired_leases(self._db, datetime.now(UTC)):
+                if self._tasks:
+                    await store.renew_leases(self._db, self.owner, now + self._config.lease)
+                if await store.reap_expired_leases(self._db, now):
                     self.wake()
             except Exception:
-                log.exception("reaping expired leases failed")
+                log.exception("keeping leases failed")
 
 
 def _payload(event: StoredEvent) -> bytes:
@@ -433,7 +439,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         allow_private_targets=settings.allow_private_targets,
         concurrency=settings.worker_concurrency,
         poll_seconds=settings.worker_poll_seconds,
-        lease_margin=timedelta(seconds=settings.lease_margin_seconds),
+        lease=timedelta(seconds=settings.lease_seconds),
         grace_seconds=settings.shutdown_grace_seconds,
         circuit=CircuitPolicy(
             failure_threshold=settings.circuit_failure_threshold,
