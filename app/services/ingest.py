@@ -19,7 +19,7 @@ from app.domain.events import (
     parse_batch,
     parse_event,
 )
-from app.domain.idempotency import fingerprint
+from app.domain.idempotency import fingerprint, parse_key
 from app.domain.ids import new_id
 from app.errors import BadRequest, FieldError, StoreUnavailable, ValidationFailed
 from app.services.group_commit import GroupCommitter
@@ -68,15 +68,29 @@ class IngestService:
     async def ingest_batch(self, document: Any) -> list[Accepted]:
         """Store every event of a batch in one transaction, or none of them."""
         batch = parse_batch(document)
-        if self._require_key:
-            missing = [
-                FieldError(f"/events/{i}/idempotency_key", "an idempotency_key is required")
-                for i, item in enumerate(batch.events)
-                if item.idempotency_key is None
-            ]
-            if missing:
-                raise ValidationFailed("every batch item needs an idempotency_key", missing)
-        return await self._submit([_new_event(item, item.idempotency_key) for item in batch.events])
+        keys = self._batch_keys(batch.events)
+        return await self._submit(
+            [_new_event(item, key) for item, key in zip(batch.events, keys, strict=True)]
+        )
+
+    def _batch_keys(self, items: list[BatchItemInput]) -> list[str | None]:
+        """Each item's key, by the same rules as the Idempotency-Key header."""
+        keys: list[str | None] = []
+        errors: list[FieldError] = []
+        for index, item in enumerate(items):
+            loc = f"/events/{index}/idempotency_key"
+            if item.idempotency_key is None:
+                if self._require_key:
+                    errors.append(FieldError(loc, "an idempotency_key is required"))
+                keys.append(None)
+                continue
+            try:
+                keys.append(parse_key(item.idempotency_key))
+            except BadRequest as exc:
+                errors.append(FieldError(loc, exc.detail))
+        if errors:
+            raise ValidationFailed("some batch items have no usable idempotency_key", errors)
+        return keys
 
     async def _submit(self, events: list[NewEvent]) -> list[Accepted]:
         result = await self._committer.submit(events)
