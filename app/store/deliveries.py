@@ -138,13 +138,15 @@ _FINISH = _sql(
     ("next_attempt_at", "completed_at", "dead_lettered_at"),
 )
 
+# Only the worker that still holds the claim records its attempt: a worker
+# whose lease ran out and was taken over must not add a second "attempt 1".
 _RECORD_ATTEMPT = _sql(
     """
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                           response_body)
-    SELECT :delivery_id, :attempt, :started_at, :duration_ms, :status_code, :error,
-           :response_body
-    WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = :delivery_id)
+    SELECT d.id, d.attempts + 1, :started_at, :duration_ms, :status_code, :error, :response_body
+    FROM deliveries d
+    WHERE d.seq = :seq AND d.status = 'in_flight' AND d.lease_owner = :owner
     """,
     ("started_at",),
 )
@@ -178,8 +180,8 @@ async def _complete(conn: AsyncConnection, db: Database, completions: Sequence[C
         _RECORD_ATTEMPT,
         [
             {
-                "delivery_id": c.delivery.id,
-                "attempt": c.delivery.attempts + 1,
+                "seq": c.delivery.seq,
+                "owner": c.owner,
                 "started_at": c.started_at,
                 "duration_ms": c.duration_ms,
                 "status_code": c.status_code,

@@ -173,9 +173,10 @@ class DeliveryWorker:
             return timeout
         with contextlib.suppress(Exception):
             due = await store.next_due(self._db)
-            if due is not None:
-                wait = (due - datetime.now(UTC)).total_seconds()
-                timeout = min(timeout, max(wait, 0.001))
+            # Due now yet unclaimed means held (paused, circuit open, at a limit):
+            # a completion or a commit will wake us, so do not spin.
+            if due is not None and due > datetime.now(UTC):
+                timeout = min(timeout, (due - datetime.now(UTC)).total_seconds())
         for line in self._subs.values():
             if line.bucket is not None and line.bucket.available() < 1:
                 timeout = min(timeout, line.bucket.seconds_until_token())

@@ -1,0 +1,327 @@
+"""The claim query and completions on both databases: per-key order, dead letters
+(skip and block), retries, leases, and what keeps a delivery from being claimed.
+
+API.md, Delivery: "for one subscription and one key, the first attempt of event
+N+1 starts only after event N's delivery has succeeded or, with skip, was
+dead-lettered or discarded. With block the key waits until its dead letter is
+redriven and succeeds, or is discarded. Other keys, and events without a key,
+never wait on it."
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+
+from app.domain.subscriptions import SubscriptionPatch
+from app.services.subscriptions import SubscriptionService
+from app.store import deliveries as delivery_store
+from app.store import dlq, schema
+from app.store.deliveries import Claimed
+from tests.integration.conftest import DeliveryKit
+
+
+def event_ids(claimed: list[Claimed]) -> list[str]:
+    return [c.event_id for c in claimed]
+
+
+async def test_only_the_head_of_a_key_is_claimable(kit: DeliveryKit) -> None:
+    await kit.subscription()
+    # Events of one key arriving in separate requests, and in one batch.
+    alone = await kit.events(("t", "k1"), ("t", "k1"), ("t", "k1"))
+    batch = await kit.events(("t", "k2"), ("t", "k2"), ("t", "k2"), together=True)
+
+    for i in range(3):
+        claimed = await kit.claim()
+        assert event_ids(claimed) == [alone[i].id, batch[i].id], f"step {i}"
+        assert await kit.claim() == [], "the heads are in flight: nothing else of their keys"
+        for c in claimed:
+            await kit.finish(c, "succeeded")
+    assert await kit.claim() == []
+
+
+async def test_other_keys_keyless_events_and_other_subscriptions_do_not_wait(
+    kit: DeliveryKit,
+) -> None:
+    a = await kit.subscription()
+    e = await kit.events(
+        ("t", "k1"), ("t", "k1"), ("t", "k2"), ("t", None), ("t", None), ("t", "k2")
+    )
+    claimed = await kit.claim()
+    assert event_ids(claimed) == [e[0].id, e[2].id, e[3].id, e[4].id]
+    by_event = {c.event_id: c for c in claimed}
+
+    await kit.finish(by_event[e[2].id], "succeeded")  # k2 moves on while k1 is still out
+    assert event_ids(await kit.claim()) == [e[5].id]
+
+    # The same key on another subscription is another line.
+    b = await kit.subscription()
+    f = await kit.events(("t", "k1"), ("t", "k1"))
+    assert [(c.subscription_id, c.event_id) for c in await kit.claim()] == [(b.id, f[0].id)]
+
+    await kit.finish(by_event[e[0].id], "succeeded")
+    assert [(c.subscription_id, c.event_id) for c in await kit.claim()] == [(a.id, e[1].id)]
+
+
+async def test_claim_basics(kit: DeliveryKit) -> None:
+    """Not before it is due; the oldest first within the limit; the lease on the row."""
+    sub = await kit.subscription()
+    e = await kit.events(("t", None), ("t", None), ("t", "k"), together=True)
+    assert await kit.claim(at=datetime.now(UTC) - timedelta(minutes=1)) == []
+
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    first = await kit.claim("worker-x", at=at, limit=2, lease=timedelta(seconds=90))
+    assert event_ids(first) == [e[0].id, e[1].id]
+    row = await kit.delivery_for(e[0], sub)
+    assert row["id"] == first[0].id
+    assert (row["status"], row["lease_owner"]) == ("in_flight", "worker-x")
+    assert row["lease_expires_at"] == at + timedelta(seconds=90)
+
+    (last,) = await kit.claim(limit=2)
+    assert (last.event_id, last.attempts, last.ordering_key, last.subscription_id) == (
+        e[2].id,
+        0,
+        "k",
+        sub.id,
+    )
+
+
+async def test_ordering_none_claims_everything_at_once(kit: DeliveryKit) -> None:
+    keyed = await kit.subscription()
+    unordered = await kit.subscription(ordering="none")
+    e = await kit.events(("t", "k1"), ("t", "k1"), ("t", "k1"))
+    claimed = await kit.claim()
+    assert [(c.subscription_id, c.event_id) for c in claimed] == [
+        (keyed.id, e[0].id),
+        (unordered.id, e[0].id),
+        (unordered.id, e[1].id),
+        (unordered.id, e[2].id),
+    ]
+    assert all(c.ordering_key is None for c in claimed if c.subscription_id == unordered.id)
+    assert (await kit.delivery_for(e[1], unordered))["ordering_key"] is None
+
+
+# -- dead letters: skip and block ---------------------------------------------
+
+
+async def test_dead_head_with_skip_frees_the_key(kit: DeliveryKit) -> None:
+    sub = await kit.subscription(on_dead_letter="skip")
+    e = await kit.events(("t", "k"), ("t", "k"))
+    (head,) = await kit.claim()
+    await kit.finish(head, "dead")
+    assert (await kit.delivery_for(e[0], sub))["status"] == "dead"
+    (second,) = await kit.claim()
+    assert second.event_id == e[1].id
+    await kit.finish(second, "dead")
+
+    # A key whose dead letters are skipped takes new events straight away.
+    (later,) = await kit.events(("t", "k"))
+    assert event_ids(await kit.claim()) == [later.id]
+
+
+async def test_dead_head_with_block_holds_the_key(kit: DeliveryKit) -> None:
+    sub = await kit.subscription(on_dead_letter="block")
+    e = await kit.events(("t", "k"), ("t", "k"), ("t", "j"), ("t", "j"), ("t", "m"), ("t", "m"))
+    claimed = await kit.claim()
+    assert event_ids(claimed) == [e[0].id, e[2].id, e[4].id]
+    for c in claimed:
+        await kit.finish(c, "dead")
+    assert await kit.claim() == []
+
+    # New events of a blocked key wait too; other keys and key-less ones do not.
+    late = await kit.events(("t", "k"), ("t", "fresh"), ("t", None))
+    assert event_ids(await kit.claim()) == [late[1].id, late[2].id]
+
+    # The query itself enforces the block, whatever the ready mark says.
+    d = schema.deliveries
+    waiting = await kit.delivery_for(e[1], sub)
+    async with kit.db.write() as conn:
+        await conn.execute(update(d).where(d.c.id == waiting["id"]).values(ready=True))
+    assert await kit.claim() == []
+
+    # Discarding the dead letter (DELETE /v1/dlq/{id}) unblocks the key, in order.
+    now = datetime.now(UTC)
+    assert await dlq.discard(kit.db, (await kit.delivery_for(e[0], sub))["id"], now)
+    (next_up,) = await kit.claim()
+    assert next_up.event_id == e[1].id
+    assert await kit.claim() == []
+    await kit.finish(next_up, "succeeded")
+    assert event_ids(await kit.claim()) == [late[0].id]
+
+    # Redriving it goes first, then the key moves on once it succeeds.
+    dead_j = await kit.delivery_for(e[2], sub)
+    assert await dlq.redrive(kit.db, dead_j["id"], datetime.now(UTC))
+    (redriven,) = await kit.claim()
+    assert (redriven.id, redriven.attempts) == (dead_j["id"], 1)
+    assert await kit.claim() == []
+    await kit.finish(redriven, "succeeded")
+    assert event_ids(await kit.claim()) == [e[3].id]
+
+    # Loosening the rule to skip frees the last blocked key.
+    service = SubscriptionService(kit.db, allow_private_targets=True)
+    await service.patch(sub.id, SubscriptionPatch(on_dead_letter="skip"))
+    assert event_ids(await kit.claim()) == [e[5].id]
+
+
+async def test_redriven_dead_letter_is_delivered_again_with_skip(kit: DeliveryKit) -> None:
+    await kit.subscription(on_dead_letter="skip")
+    e = await kit.events(("t", "k"), ("t", "k"))
+    (head,) = await kit.claim()
+    await kit.finish(head, "dead")
+    (second,) = await kit.claim()
+    assert second.event_id == e[1].id
+    await kit.finish(second, "succeeded")
+
+    assert await dlq.redrive(kit.db, head.id, datetime.now(UTC))
+    (again,) = await kit.claim()
+    assert (again.id, again.attempts) == (head.id, 1)
+    await kit.finish(again, "succeeded")
+    assert [a["attempt"] for a in await kit.attempts_of(head.id)] == [1, 2]
+
+
+# -- retries ----------------------------------------------------------------------
+
+
+async def test_a_retry_keeps_its_place_in_the_line(kit: DeliveryKit) -> None:
+    assert await delivery_store.next_due(kit.db) is None
+    sub = await kit.subscription()
+    e = await kit.events(("t", "k"), ("t", "k"), ("t", None))
+    assert await delivery_store.next_due(kit.db) == e[0].received_at
+    claimed = await kit.claim()
+    assert event_ids(claimed) == [e[0].id, e[2].id]
+    await kit.finish(claimed[1], "succeeded")
+
+    retry_at = datetime.now(UTC) + timedelta(minutes=5)
+    await kit.finish(claimed[0], "pending", status_code=503, next_attempt_at=retry_at)
+    row = await kit.delivery_for(e[0], sub)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 503)
+    assert row["next_attempt_at"] == retry_at
+    assert row["lease_owner"] is None
+
+    assert await kit.claim() == [], "the next event of the key waits for the retry"
+    assert await delivery_store.next_due(kit.db) == retry_at
+
+    (again,) = await kit.claim(at=retry_at + timedelta(seconds=1))
+    assert (again.event_id, again.attempts) == (e[0].id, 1)
+    await kit.finish(again, "succeeded")
+    (last,) = await kit.claim(at=retry_at + timedelta(seconds=2))
+    assert last.event_id == e[1].id
+    await kit.finish(last, "succeeded")
+    assert await delivery_store.next_due(kit.db) is None
+
+    attempts = await kit.attempts_of(again.id)
+    assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 503), (2, 200)]
+
+
+# -- leases -----------------------------------------------------------------------
+
+
+async def test_leases_expire_and_are_released(kit: DeliveryKit) -> None:
+    sub = await kit.subscription()
+    e = await kit.events(("t", "k"), ("t", "k"), ("t", "j"))
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    (stale,) = await kit.claim("worker-a", at=now, limit=1, lease=timedelta(seconds=-1))
+    (live,) = await kit.claim("worker-a", at=now, limit=1, lease=timedelta(seconds=30))
+    assert (stale.event_id, live.event_id) == (e[0].id, e[2].id)
+
+    assert await delivery_store.reap_expired_leases(kit.db, now) == 1
+    row = await kit.delivery_for(e[0], sub)
+    assert (row["status"], row["lease_owner"], row["lease_expires_at"]) == ("pending", None, None)
+    assert (await kit.delivery_for(e[2], sub))["lease_owner"] == "worker-a"
+
+    (fresh,) = await kit.claim("worker-b", at=now)
+    assert (fresh.id, fresh.event_id) == (stale.id, e[0].id), "the head again, not the next"
+    assert (await kit.delivery_for(e[0], sub))["lease_owner"] == "worker-b"
+
+    # Renewed leases outlive their first expiry.
+    await delivery_store.renew_leases(kit.db, "worker-a", now + timedelta(minutes=10))
+    assert await delivery_store.reap_expired_leases(kit.db, now + timedelta(minutes=2)) == 0
+    assert (await kit.delivery_for(e[2], sub))["lease_owner"] == "worker-a"
+
+    # release: only the owner's leases, back to pending untouched.
+    await delivery_store.release(kit.db, "worker-b", [live.seq])
+    assert (await kit.delivery_for(e[2], sub))["status"] == "in_flight"
+    await delivery_store.release(kit.db, "worker-a", [live.seq])
+    row = await kit.delivery_for(e[2], sub)
+    assert (row["status"], row["attempts"], row["lease_owner"]) == ("pending", 0, None)
+    assert event_ids(await kit.claim("worker-c")) == [e[2].id]
+
+
+async def _stolen(kit: DeliveryKit, keys: int) -> list[tuple[Claimed, Claimed]]:
+    """Heads of ``keys`` lines claimed by worker-a, whose leases expired, then claimed
+    by worker-b: (worker-a's claim, worker-b's claim) each."""
+    await kit.subscription()
+    await kit.events(*[("t", f"k{i}") for i in range(keys) for _ in range(2)])
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    stale = await kit.claim("worker-a", at=now, lease=timedelta(seconds=-1))
+    assert await delivery_store.reap_expired_leases(kit.db, now) == keys
+    fresh = await kit.claim("worker-b", at=now)
+    assert [c.id for c in stale] == [c.id for c in fresh]
+    return list(zip(stale, fresh, strict=True))
+
+
+async def test_completion_from_a_former_owner_changes_no_delivery(kit: DeliveryKit) -> None:
+    stolen = await _stolen(kit, 3)
+    retry_at = datetime.now(UTC) + timedelta(hours=1)
+    for (stale, _), status in zip(stolen, ["succeeded", "dead", "pending"], strict=True):
+        before = await kit.delivery(stale.id)
+        await kit.finish(stale, status, owner="worker-a", next_attempt_at=retry_at)
+        assert await kit.delivery(stale.id) == before, status
+        assert (before["status"], before["lease_owner"], before["attempts"]) == (
+            "in_flight",
+            "worker-b",
+            0,
+        )
+    assert await kit.claim("worker-c") == [], "no line moved on"
+
+    for _, fresh in stolen:
+        await kit.finish(fresh, "succeeded", owner="worker-b")
+        after = await kit.delivery(fresh.id)
+        assert (after["status"], after["attempts"], after["lease_owner"]) == ("succeeded", 1, None)
+    assert len(await kit.claim("worker-c")) == 3
+
+
+async def test_completion_from_a_former_owner_records_no_attempt(kit: DeliveryKit) -> None:
+    """Owner fencing covers the attempt history too: one attempt, numbered once."""
+    ((stale, fresh),) = await _stolen(kit, 1)
+    await kit.finish(stale, "succeeded", owner="worker-a")
+    assert await kit.attempts_of(stale.id) == []
+    await kit.finish(fresh, "succeeded", owner="worker-b")
+    assert [a["attempt"] for a in await kit.attempts_of(stale.id)] == [1]
+
+
+# -- what keeps a subscription's deliveries from being claimed ---------------------
+
+
+async def test_excluded_and_open_circuit_subscriptions_are_not_claimed(kit: DeliveryKit) -> None:
+    a = await kit.subscription()
+    b = await kit.subscription()
+    c = await kit.subscription()
+    await kit.events(("t", "k"), ("t", None))
+    claimed = await kit.claim(exclude=[a.id, c.id])
+    assert {x.subscription_id for x in claimed} == {b.id}
+    assert len(claimed) == 2
+
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    await kit.set_subscription(a.id, circuit_open_until=now + timedelta(seconds=30))
+    await kit.set_subscription(c.id, circuit_open_until=now - timedelta(seconds=1))
+    rest = await kit.claim(at=now)
+    assert {x.subscription_id for x in rest} == {c.id}
+    assert len(rest) == 2
+    later = await kit.claim(at=now + timedelta(seconds=31))
+    assert {x.subscription_id for x in later} == {a.id}
+    assert len(later) == 2
+
+
+async def test_inactive_subscriptions_are_not_claimed(kit: DeliveryKit) -> None:
+    paused = await kit.subscription()
+    disabled = await kit.subscription()
+    await kit.events(("t", "k"), ("t", None))
+    await kit.set_subscription(paused.id, status="paused")
+    await kit.set_subscription(disabled.id, status="disabled")
+    assert await kit.claim() == []
+    await kit.set_subscription(paused.id, status="active")
+    assert {c.subscription_id for c in await kit.claim()} == {paused.id}
+    await kit.set_subscription(disabled.id, status="active")
+    assert {c.subscription_id for c in await kit.claim()} == {disabled.id}
