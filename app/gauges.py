@@ -77,8 +77,17 @@ class DatabaseGauges(Collector):
             age = max((datetime.now(UTC) - snap.oldest_pending).total_seconds(), 0.0)
         yield GaugeMetricFamily(
             "eventrelay_oldest_pending_delivery_age_seconds",
-            "Age of the oldest pending delivery (delivery lag).",
+            "Age of the oldest pending delivery, including those waiting for a retry, "
+            "a paused subscription or a blocked key.",
             value=age,
+        )
+        wait = 0.0
+        if snap.oldest_due is not None:
+            wait = max((datetime.now(UTC) - snap.oldest_due).total_seconds(), 0.0)
+        yield GaugeMetricFamily(
+            "eventrelay_delivery_lag_seconds",
+            "How long the longest-waiting claimable delivery has been due: worker lag.",
+            value=wait,
         )
         yield from self._subscription_metrics(snap)
 

@@ -23,6 +23,7 @@ class RequestIdMiddleware:
         value = incoming.decode("latin-1")[:128] if incoming.isascii() and incoming else ""
         rid = value or uuid.uuid4().hex
         token = request_id.set(rid)
+        scope["request_id"] = rid  # for the error handler, which runs outside us
         raw = rid.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:

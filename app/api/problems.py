@@ -96,13 +96,13 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc)
-    return problem_response(
-        problem_body(
-            500, _TITLES[500], "an unexpected error occurred", "urn:eventrelay:problem:internal"
-        )
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    rid = request.scope.get("request_id")
+    log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+    body = problem_body(
+        500, _TITLES[500], "an unexpected error occurred", "urn:eventrelay:problem:internal"
     )
+    return problem_response(body, {"x-request-id": rid} if rid else None)
 
 
 def install(app: FastAPI) -> None:

@@ -82,8 +82,15 @@ def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; by then the work is
+    # done, so that second delivery only has to end the process with status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
     return 0 if server.started else 1
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def _bootstrap_token(settings: Settings) -> str | None:

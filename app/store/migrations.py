@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -26,7 +29,21 @@ def alembic_config(url: str) -> Config:
 
 def upgrade_head(url: str) -> None:
     """Apply every migration (blocking; call from a thread inside an event loop)."""
-    command.upgrade(alembic_config(url), "head")
+    with _migration_log(logging.INFO):
+        command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def _migration_log(level: int) -> Iterator[None]:
+    # Alembic says "Context impl …" each time it looks at a database; worth
+    # reading while migrating, noise on every /readyz probe.
+    logger = logging.getLogger("alembic.runtime.migration")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 @cache
@@ -35,7 +52,8 @@ def head_revision() -> str | None:
 
 
 def _current(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    with _migration_log(logging.WARNING):
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 async def current_revision(db: Database) -> str | None:

@@ -1,0 +1,509 @@
+"""Schema compatibility with the Confluent Schema Registry meanings, for JSON Schema.
+
+A schema stands for the set of documents it accepts, and every mode is a
+subset question, answered by :func:`is_subset`::
+
+    BACKWARD   new reads old: every document the old schema accepts, the new
+               one accepts too            is_subset(old, new)
+    FORWARD    old reads new              is_subset(new, old)
+    FULL       both
+    *_TRANSITIVE  against every earlier version; otherwise the latest only
+    NONE       no check
+
+``is_subset(narrow, wide)`` returns one :class:`Breaking` per reason it cannot
+prove the inclusion: a change that turns documents away, or a construct it
+cannot reason about (a changed ``pattern``, ``oneOf``, ``not``, ``if``,
+``patternProperties`` that differ, ``$ref`` outside the schema, ...). An empty
+answer is a proof; the checker refuses rather than guesses, so it may reject
+a compatible change, never accept an incompatible one. Identical subschemas
+are compatible whatever they contain. The object and array keywords live in
+:mod:`app.domain.compat_containers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import orjson
+
+from app.domain import compat_containers as containers
+from app.domain.event_schemas import Compatibility, Schema
+from app.domain.schema_nodes import (
+    DYNAMIC,
+    Doc,
+    Node,
+    asserts,
+    only_ref,
+    resolve,
+    same,
+    same_keyword,
+)
+
+MAX_STEPS = 50_000
+MAX_VALUE_REASONS = 5
+ALL_TYPES = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
+NUMERIC = frozenset({"integer", "number"})
+# Compared only when identical, wherever they appear (self-contained groups).
+OPAQUE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("not",),
+    ("oneOf",),
+    ("if", "then", "else"),
+)
+# Keywords of the other draft: the validator may or may not apply them.
+FOREIGN_2020 = ("additionalItems",)
+FOREIGN_7 = (
+    "prefixItems",
+    "dependentRequired",
+    "dependentSchemas",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "minContains",
+    "maxContains",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Breaking:
+    """One reason: pointers into the narrow and the wide schema, and what breaks."""
+
+    narrow_loc: str
+    wide_loc: str
+    msg: str
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a new schema version is refused; ``loc`` points into the new schema."""
+
+    loc: str
+    msg: str
+
+
+class _TooComplex(Exception):
+    pass
+
+
+def check(
+    mode: Compatibility, new: Schema, previous: Sequence[tuple[int, Schema]]
+) -> list[Problem]:
+    """Why ``new`` breaks ``mode`` against ``previous`` (``(version, schema)``, oldest first)."""
+    if mode is Compatibility.NONE or not previous:
+        return []
+    against = previous if mode.value.endswith("_TRANSITIVE") else previous[-1:]
+    backward = mode.value.startswith(("BACKWARD", "FULL"))
+    forward = mode.value.startswith(("FORWARD", "FULL"))
+    found: list[Problem] = []
+    for version, old in reversed(against):
+        name = f"version {version}"
+        if backward:
+            for b in is_subset(old, new, narrow_name=name, wide_name="the new schema"):
+                found.append(Problem(b.wide_loc, b.msg))
+        if forward:
+            for b in is_subset(new, old, narrow_name="the new schema", wide_name=name):
+                found.append(Problem(b.narrow_loc, b.msg))
+    return list(dict.fromkeys(found))
+
+
+def is_subset(
+    narrow: Schema, wide: Schema, *, narrow_name: str = "old", wide_name: str = "new"
+) -> list[Breaking]:
+    """Why some document ``narrow`` accepts may be rejected by ``wide``; empty if none is."""
+    checker = Checker(Doc(narrow), Doc(wide), narrow_name, wide_name)
+    try:
+        return checker.sub(Node.root_of(checker.narrow), Node.root_of(checker.wide))
+    except (_TooComplex, RecursionError):
+        return [Breaking("", "", "cannot decide: the schemas are too complex to compare")]
+
+
+class Checker:
+    def __init__(self, narrow: Doc, wide: Doc, narrow_name: str, wide_name: str) -> None:
+        self.narrow, self.wide = narrow, wide
+        self.n_name, self.w_name = narrow_name, wide_name
+        self._assumed: set[tuple[str, str]] = set()
+        self._steps = 0
+
+    # -- reasons --------------------------------------------------------------
+
+    def br(self, n: Node, w: Node, msg: str, n_kw: str = "", w_kw: str = "") -> Breaking:
+        return Breaking(n.at(n_kw) if n_kw else n.path, w.at(w_kw) if w_kw else w.path, msg)
+
+    def opaque(self, n: Node, w: Node, keyword: str) -> Breaking:
+        return self.br(
+            n,
+            w,
+            f"cannot decide whether '{keyword}' in {self.w_name} accepts everything "
+            f"{self.n_name} accepts; only an identical '{keyword}' can be compared",
+            w_kw=keyword,
+        )
+
+    # -- the relation ---------------------------------------------------------
+
+    def sub(self, n: Node, w: Node) -> list[Breaking]:
+        """Reasons some document ``n`` accepts may be rejected by ``w``."""
+        self._steps += 1
+        if self._steps > MAX_STEPS:
+            raise _TooComplex()
+        n_target, w_target = _follow(n), _follow(w)
+        if n_target is None or w_target is None:
+            bad = n if n_target is None else w
+            return [
+                self.br(
+                    n,
+                    w,
+                    f"cannot decide: '$ref' {bad.keywords['$ref']!r} is not a "
+                    "reference to a definition inside the schema",
+                )
+            ]
+        n, w = n_target, w_target
+        if not asserts(w) or n.schema is False:
+            return []
+        key = (n.path, w.path)
+        if key in self._assumed or same(n, w):
+            return []
+        if w.schema is False:
+            return [self.br(n, w, f"{self.w_name} accepts nothing here, {self.n_name} does")]
+        self._assumed.add(key)
+        try:
+            found = self._compare(n, w)
+            if found and self._alternatives_fit(n, w):
+                return []
+            return found
+        finally:
+            self._assumed.discard(key)
+
+    def fits(self, n: Node, w: Node) -> bool:
+        return not self.sub(n, w)
+
+    def _compare(self, n: Node, w: Node) -> list[Breaking]:
+        values = finite_values(n)
+        if values is not None:
+            return self._values_fit(n, w, values)
+        types = types_of(n)
+        found = self._type(n, w, types) + self._enum(n, w)
+        if types & NUMERIC:
+            found += self._numbers(n, w, types <= {"integer"})
+        if "string" in types:
+            found += self.limits(n, w, "minLength", "maxLength", "characters")
+            found += self._pattern(n, w)
+        if "array" in types:
+            found += containers.arrays(self, n, w)
+        if "object" in types:
+            found += containers.objects(self, n, w)
+        return found + self._applicators(n, w)
+
+    def _alternatives_fit(self, n: Node, w: Node) -> bool:
+        """Whether a part of ``n`` that holds all its documents fits ``w`` on its own."""
+        k = n.keywords
+        for keyword in ("anyOf", "oneOf"):
+            branches = k.get(keyword)
+            if isinstance(branches, list) and all(
+                self.fits(n.child(keyword, i), w) for i in range(len(branches))
+            ):
+                return True
+        branches = k.get("allOf")
+        if isinstance(branches, list) and any(
+            self.fits(n.child("allOf", i), w) for i in range(len(branches))
+        ):
+            return True
+        if "$ref" in k and not only_ref(n):
+            target = resolve(n)
+            return target is not None and self.fits(target, w)
+        return False
+
+    # -- any type -------------------------------------------------------------
+
+    def _values_fit(self, n: Node, w: Node, values: list[Any]) -> list[Breaking]:
+        found = []
+        for value in values:
+            if n.doc.accepts(n, value) is False:
+                continue  # not a document of n after all
+            accepted = w.doc.accepts(w, value)
+            if accepted is None:
+                return [
+                    self.br(n, w, f"cannot decide whether {self.w_name} accepts {_show(value)}")
+                ]
+            if not accepted:
+                found.append(
+                    self.br(n, w, f"{self.n_name} accepts {_show(value)}, {self.w_name} rejects it")
+                )
+        return found[:MAX_VALUE_REASONS]
+
+    def _type(self, n: Node, w: Node, types: frozenset[str]) -> list[Breaking]:
+        wanted = w.keywords.get("type")
+        if wanted is None:
+            return []
+        allowed = {wanted} if isinstance(wanted, str) else set(wanted)
+        if types == ALL_TYPES and not allowed >= {
+            "null",
+            "boolean",
+            "number",
+            "string",
+            "array",
+            "object",
+        }:
+            return [
+                self.br(
+                    n,
+                    w,
+                    f"{self.w_name} accepts only {_names(allowed)}, {self.n_name} accepts any type",
+                    w_kw="type",
+                )
+            ]
+        return [
+            self.br(
+                n,
+                w,
+                f"{self.n_name} accepts {t} values, {self.w_name} does not",
+                n_kw="type",
+                w_kw="type",
+            )
+            for t in sorted(types)
+            if t not in allowed and not (t == "integer" and "number" in allowed)
+        ]
+
+    def _enum(self, n: Node, w: Node) -> list[Breaking]:
+        return [
+            self.br(
+                n,
+                w,
+                f"{self.w_name} accepts only the values its '{kw}' lists, "
+                f"{self.n_name} accepts others",
+                w_kw=kw,
+            )
+            for kw in ("enum", "const")
+            if kw in w.keywords
+        ]
+
+    def _applicators(self, n: Node, w: Node) -> list[Breaking]:
+        found: list[Breaking] = []
+        k = w.keywords
+        for i in range(len(k.get("allOf") or [])):
+            found += self.sub(n, w.child("allOf", i))
+        if "$ref" in k:  # beside other keywords (Draft 2020-12): both apply
+            target = resolve(w)
+            found += self.sub(n, target) if target is not None else [self.opaque(n, w, "$ref")]
+        if isinstance(k.get("anyOf"), list) and not self._any_of_fits(n, w):
+            found.append(self.opaque(n, w, "anyOf"))
+        foreign = FOREIGN_7 if w.doc.draft7 else FOREIGN_2020
+        groups = OPAQUE_GROUPS + tuple((kw,) for kw in (*DYNAMIC, *foreign))
+        return found + self.opaque_groups(n, w, groups)
+
+    def _any_of_fits(self, n: Node, w: Node) -> bool:
+        if same_keyword(n, w, "anyOf"):
+            return True
+        branches = range(len(w.keywords["anyOf"]))
+        if any(self.fits(n, w.child("anyOf", i)) for i in branches):
+            return True
+        own = n.keywords.get("anyOf") or n.keywords.get("oneOf")
+        keyword = "anyOf" if "anyOf" in n.keywords else "oneOf"
+        return isinstance(own, list) and all(
+            any(self.fits(n.child(keyword, j), w.child("anyOf", i)) for i in branches)
+            for j in range(len(own))
+        )
+
+    def opaque_groups(self, n: Node, w: Node, groups: Iterable[tuple[str, ...]]) -> list[Breaking]:
+        """Keywords compared only for identity: each group present in ``w`` must be in ``n``."""
+        found = []
+        for group in groups:
+            present = [kw for kw in group if kw in w.keywords]
+            if present and not all(same_keyword(n, w, kw) for kw in group):
+                found.append(self.opaque(n, w, present[0]))
+        return found
+
+    # -- numbers and strings --------------------------------------------------
+
+    def _numbers(self, n: Node, w: Node, integers: bool) -> list[Breaking]:
+        found = []
+        for kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+            limit = _number(w.keywords.get(kw))
+            if limit is None:
+                continue
+            upper = kw in ("maximum", "exclusiveMaximum")
+            bound = _bound(n.keywords, upper)
+            if not _within(bound, (limit, kw.startswith("exclusive")), upper, integers):
+                own = "none" if bound is None else _show(bound[0])
+                found.append(
+                    self.br(
+                        n,
+                        w,
+                        f"{kw}: {self.w_name} has {_show(limit)}, "
+                        f"{self.n_name}'s {'upper' if upper else 'lower'} "
+                        f"bound is {own}",
+                        w_kw=kw,
+                    )
+                )
+        step = _number(w.keywords.get("multipleOf"))
+        if step is not None and not _multiple(
+            _number(n.keywords.get("multipleOf")), step, integers
+        ):
+            found.append(
+                self.br(
+                    n,
+                    w,
+                    f"multipleOf: {self.w_name} requires multiples of "
+                    f"{_show(step)}, {self.n_name} does not",
+                    w_kw="multipleOf",
+                )
+            )
+        return found
+
+    def _pattern(self, n: Node, w: Node) -> list[Breaking]:
+        wanted = w.keywords.get("pattern")
+        if wanted is None or n.keywords.get("pattern") == wanted:
+            return []
+        if "pattern" in n.keywords:
+            return [self.opaque(n, w, "pattern")]
+        return [
+            self.br(
+                n,
+                w,
+                f"{self.w_name} requires strings to match {wanted!r}, {self.n_name} does not",
+                w_kw="pattern",
+            )
+        ]
+
+    def limits(
+        self,
+        n: Node,
+        w: Node,
+        low: str,
+        high: str,
+        unit: str,
+        n_low: int = 0,
+        n_high: int | None = None,
+    ) -> list[Breaking]:
+        """A minimum/maximum count pair (lengths, items, properties)."""
+        found = []
+        least = max(_count(n.keywords.get(low)) or 0, n_low)
+        most = _smaller(_count(n.keywords.get(high)), n_high)
+        need = _count(w.keywords.get(low))
+        if need is not None and least < need:
+            found.append(
+                self.br(
+                    n,
+                    w,
+                    f"{low}: {self.w_name} requires at least {need} {unit}, "
+                    f"{self.n_name} accepts {least}",
+                    w_kw=low,
+                )
+            )
+        cap = _count(w.keywords.get(high))
+        if cap is not None and (most is None or most > cap):
+            own = "any number" if most is None else str(most)
+            found.append(
+                self.br(
+                    n,
+                    w,
+                    f"{high}: {self.w_name} accepts at most {cap} {unit}, "
+                    f"{self.n_name} accepts {own}",
+                    w_kw=high,
+                )
+            )
+        return found
+
+
+def _follow(node: Node) -> Node | None:
+    """``node``, or what its ``$ref`` stands for when the reference is all it says."""
+    if not only_ref(node):
+        return node
+    return resolve(node)
+
+
+def types_of(node: Node) -> frozenset[str]:
+    """The JSON types ``node``'s ``type`` keyword lets through (``number`` includes integers)."""
+    declared = node.keywords.get("type")
+    if declared is None:
+        return ALL_TYPES
+    return frozenset([declared] if isinstance(declared, str) else declared)
+
+
+def finite_values(node: Node) -> list[Any] | None:
+    """The values ``node`` can take if they are few (``const``, ``enum``, null, booleans)."""
+    k = node.keywords
+    if "const" in k:
+        return [k["const"]]
+    if isinstance(k.get("enum"), list):
+        return list(k["enum"])
+    types = types_of(node)
+    if types <= {"null", "boolean"}:
+        return ([None] if "null" in types else []) + ([False, True] if "boolean" in types else [])
+    return None
+
+
+Bound = tuple[int | float, bool]  # (limit, exclusive)
+
+
+def _number(value: Any) -> int | float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _bound(keywords: dict[str, Any], upper: bool) -> Bound | None:
+    """The tightest lower (or upper) bound a schema sets on numbers."""
+    inclusive = _number(keywords.get("maximum" if upper else "minimum"))
+    exclusive = _number(keywords.get("exclusiveMaximum" if upper else "exclusiveMinimum"))
+    candidates: list[Bound] = []
+    if inclusive is not None:
+        candidates.append((inclusive, False))
+    if exclusive is not None:
+        candidates.append((exclusive, True))
+    if not candidates:
+        return None
+    if upper:
+        return min(candidates, key=lambda b: (b[0], not b[1]))
+    return max(candidates, key=lambda b: (b[0], b[1]))
+
+
+def _within(bound: Bound | None, limit: Bound, upper: bool, integers: bool) -> bool:
+    """Whether every number inside ``bound`` is inside ``limit`` (same side)."""
+    if bound is None:
+        return False
+    if integers:
+        return (
+            _int_bound(bound, upper) <= _int_bound(limit, upper)
+            if upper
+            else (_int_bound(bound, upper) >= _int_bound(limit, upper))
+        )
+    (own, own_excl), (lim, lim_excl) = bound, limit
+    if upper:
+        return own < lim or (own == lim and (own_excl or not lim_excl))
+    return own > lim or (own == lim and (own_excl or not lim_excl))
+
+
+def _int_bound(bound: Bound, upper: bool) -> Fraction:
+    """The inclusive integer bound an inclusive or exclusive number bound means."""
+    value, exclusive = Fraction(bound[0]), bound[1]
+    if upper:
+        floor = value.__floor__()
+        return Fraction(floor - 1 if exclusive and floor == value else floor)
+    ceil = value.__ceil__()
+    return Fraction(ceil + 1 if exclusive and ceil == value else ceil)
+
+
+def _multiple(own: int | float | None, step: int | float, integers: bool) -> bool:
+    wanted = Fraction(str(step))
+    if wanted == 0:
+        return False
+    if own is not None and (Fraction(str(own)) / wanted).denominator == 1:
+        return True
+    return integers and (1 / wanted).denominator == 1
+
+
+def _names(types: Iterable[str]) -> str:
+    return ", ".join(sorted(types))
+
+
+def _show(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
