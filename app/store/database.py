@@ -124,14 +124,26 @@ def translate_errors() -> Iterator[None]:
         raise
 
 
+# SQLSTATE classes that mean "the database is not there for us right now":
+# connection exceptions, insufficient resources, operator intervention (shutdown,
+# cannot connect now), and a database that refuses or lacks connections.
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_UNAVAILABLE_STATES = frozenset({"55000", "3D000"})
+_UNAVAILABLE_NAMES = (
+    "ConnectionDoesNotExist",
+    "CannotConnectNow",
+    "ConnectionFailure",
+    "AdminShutdown",
+)
+
+
 def _is_connection_error(exc: sa_exc.DBAPIError) -> bool:
-    name = type(exc.orig).__name__ if exc.orig is not None else ""
-    return any(
-        marker in name
-        for marker in (
-            "ConnectionDoesNotExist",
-            "CannotConnectNow",
-            "ConnectionFailure",
-            "AdminShutdown",
-        )
-    )
+    for cause in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        if cause is None:
+            continue
+        state = str(getattr(cause, "sqlstate", "") or "")
+        if state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_STATES:
+            return True
+        if any(marker in type(cause).__name__ for marker in _UNAVAILABLE_NAMES):
+            return True
+    return False
