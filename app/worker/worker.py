@@ -240,7 +240,9 @@ class DeliveryWorker:
 
     async def _refresh_subscriptions(self, ids: set[str]) -> None:
         now = time.monotonic()
-        stale = {i for i in ids if i not in self._subs}
+        # What is about to be sent always uses the subscription as it is now
+        # (a rotated secret, a new URL); idle entries are refreshed now and then.
+        stale = set(ids)
         stale |= {
             i for i, line in self._subs.items() if now - line.loaded_at > SUBSCRIPTION_CACHE_SECONDS
         }

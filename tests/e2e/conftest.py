@@ -249,7 +249,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 
 
 @pytest.fixture
-def server(server_factory: ServerFactory, database_url: str) -> ServerProcess:
+def server(database_url: str, server_factory: ServerFactory) -> ServerProcess:
     """A running server on this test's own database (SQLite and PostgreSQL)."""
     return server_factory(database_url)
 
