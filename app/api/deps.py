@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from app.api.state import Services, services
 from app.domain.tokens import Scope
@@ -14,20 +14,15 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 
 async def _authorize(request: Request, scope: Scope) -> TokenRecord:
-    return await services(request).auth.authenticate(request.headers.get("authorization"), scope)
+    svc: Services = request.app.state.services
+    return await svc.auth.authenticate(request.headers.get("authorization"), scope)
 
 
-async def require_admin(
-    request: Request,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> TokenRecord:
+async def require_admin(request: Request) -> TokenRecord:
     return await _authorize(request, Scope.ADMIN)
 
 
-async def require_ingest(
-    request: Request,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> TokenRecord:
+async def require_ingest(request: Request) -> TokenRecord:
     return await _authorize(request, Scope.INGEST)
 
 

@@ -10,6 +10,7 @@ from app.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.dlq import DeadLetterService
 from app.services.ingest import IngestService
+from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
 from app.store.database import Database
@@ -24,8 +25,10 @@ class Services:
     subscriptions: SubscriptionService
     dlq: DeadLetterService
     metrics: Metrics
+    schemas: SchemaService
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI would run a plain ``def`` dependency in its thread pool.
     found: Services = request.app.state.services
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Authenticator:
         self._db = db
         self._bootstrap_hash = hash_token(bootstrap_token) if bootstrap_token else None
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        self._lookups: dict[str, asyncio.Future[TokenRecord | None]] = {}
 
     async def authenticate(self, authorization: str | None, required: Scope) -> TokenRecord:
         token = _bearer(authorization)
@@ -49,7 +51,14 @@ class Authenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = await store.find_token(self._db, digest)
+        # One lookup per token at a time: when an entry expires under load,
+        # the requests in flight share one query instead of stampeding.
+        pending = self._lookups.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(store.find_token(self._db, digest))
+            self._lookups[digest] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        record = await asyncio.shield(pending)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + CACHE_SECONDS, record)
