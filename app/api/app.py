@@ -10,14 +10,16 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
-from app.api import dlq, events, health, openapi, problems, subscriptions, tokens
+from app.api import dlq, event_types, events, health, openapi, problems, subscriptions, tokens
 from app.api.middleware import RequestIdMiddleware
+from app.domain.event_schemas import SchemaCreate
 from app.domain.events import BatchInput, EventInput
 from app.gauges import DatabaseGauges
 from app.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.dlq import DeadLetterService
 from app.services.ingest import IngestService
+from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
 from app.store.database import Database, open_database
@@ -35,6 +37,7 @@ def build_services(
     settings: Settings, db: Database, metrics: Metrics, wake: Callable[[], None]
 ) -> Services:
     writers = settings.ingest_writers or (1 if db.is_sqlite else 4)
+    schemas = SchemaService(db)
     ingest = IngestService(
         db,
         require_idempotency_key=settings.require_idempotency_key,
@@ -43,6 +46,7 @@ def build_services(
         on_flush=metrics.group_commit_batch.observe,
         on_accepted=metrics.accepted,
         on_deliveries=wake,
+        schemas=schemas,
     )
     return Services(
         settings=settings,
@@ -54,6 +58,7 @@ def build_services(
         ),
         dlq=DeadLetterService(db, wake_workers=wake),
         metrics=metrics,
+        schemas=schemas,
     )
 
 
@@ -95,11 +100,12 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(dlq.router)
     app.include_router(tokens.router)
+    app.include_router(event_types.router)
     app.include_router(health.router)
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(
         app
     ).expose(app, include_in_schema=False)
-    openapi.install(app, [EventInput, BatchInput])
+    openapi.install(app, [EventInput, BatchInput, SchemaCreate])
     return app
 
 

@@ -9,14 +9,16 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from app.api import schemas, shapes
-from app.api.body import read_json
+from app.api.body import media_type, read_json, read_limited
 from app.api.deps import AdminDep, IngestDep, ServicesDep
+from app.api.openapi import REF as openapi_ref
 from app.api.openapi import json_body
 from app.api.pagination import decode_cursor, encode_cursor
 from app.api.problems import PROBLEM_JSON
+from app.domain import cloudevents, jsonbody
 from app.domain.events import BatchInput, EventInput, rfc3339
 from app.domain.idempotency import parse_key
-from app.errors import NotFound
+from app.errors import BadRequest, NotFound
 from app.store import dlq as dlq_store
 from app.store import events as store
 from app.store.ingest import Accepted
@@ -34,14 +36,57 @@ def _accepted(accepted: Accepted) -> Response:
     return Response(accepted.body, status_code=202, media_type="application/json", headers=headers)
 
 
+def _batch_accepted(accepted: list[Accepted]) -> Response:
+    body = {"items": [{"id": a.event_id, "replayed": a.replayed} for a in accepted]}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _cloudevents_body() -> dict[str, object]:
+    """The request body of ``POST /v1/events``: an event, or CloudEvents (structured, batch)."""
+    extra = json_body(EventInput)
+    schema = cloudevents.CloudEventDocument.model_json_schema(ref_template=openapi_ref)
+    content = extra["requestBody"]["content"]
+    content[cloudevents.STRUCTURED] = {"schema": schema}
+    content[cloudevents.BATCH] = {"schema": {"type": "array", "items": schema, "maxItems": 500}}
+    return extra
+
+
+async def _cloudevent_answer(request: Request, svc: ServicesDep, key: str | None) -> Response:
+    """Ingest CloudEvents in the mode the request is in (see app.domain.cloudevents)."""
+    limit = svc.settings.max_payload_bytes
+    media = media_type(request)
+    if media == cloudevents.STRUCTURED:
+        event = cloudevents.parse_structured(_json(await read_limited(request, limit)))
+        return _accepted(await svc.ingest.ingest_cloudevent(event, key))
+    if media == cloudevents.BATCH:
+        events = cloudevents.parse_batch(_json(await read_limited(request, limit)))
+        return _batch_accepted(await svc.ingest.ingest_cloudevent_batch(events))
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    event = cloudevents.parse_binary(headers, await read_limited(request, limit))
+    return _accepted(await svc.ingest.ingest_cloudevent(event, key))
+
+
+def _json(body: bytes) -> object:
+    if not body:
+        raise BadRequest("the body is empty")
+    return jsonbody.parse(body)
+
+
+def _is_cloudevent(request: Request) -> bool:
+    return media_type(request) in (cloudevents.STRUCTURED, cloudevents.BATCH) or (
+        "ce-specversion" in request.headers
+    )
+
+
 @router.post(
     "/events",
     status_code=202,
     dependencies=[IngestDep],
     response_model=schemas.EventAccepted,
-    responses=_PROBLEMS,
-    openapi_extra=json_body(EventInput),
-    summary="Ingest one event",
+    responses=_PROBLEMS
+    | {200: {"model": schemas.BatchAccepted, "description": "A CloudEvents batch was accepted"}},
+    openapi_extra=_cloudevents_body(),
+    summary="Ingest one event, or CloudEvents (structured, binary, batch)",
 )
 async def post_event(
     request: Request,
@@ -49,6 +94,8 @@ async def post_event(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     key = parse_key(idempotency_key) if idempotency_key is not None else None
+    if _is_cloudevent(request):
+        return await _cloudevent_answer(request, svc, key)
     document = await read_json(request, svc.settings.max_payload_bytes)
     return _accepted(await svc.ingest.ingest_one(document, key))
 
@@ -64,9 +111,7 @@ async def post_event(
 )
 async def post_batch(request: Request, svc: ServicesDep) -> Response:
     document = await read_json(request, svc.settings.max_payload_bytes)
-    accepted = await svc.ingest.ingest_batch(document)
-    body = {"items": [{"id": a.event_id, "replayed": a.replayed} for a in accepted]}
-    return Response(orjson.dumps(body), media_type="application/json")
+    return _batch_accepted(await svc.ingest.ingest_batch(document))
 
 
 @router.get(

@@ -122,7 +122,11 @@ class Checker:
     def __init__(self, narrow: Doc, wide: Doc, narrow_name: str, wide_name: str) -> None:
         self.narrow, self.wide = narrow, wide
         self.n_name, self.w_name = narrow_name, wide_name
-        self._assumed: set[tuple[str, str]] = set()
+        # Pairs being compared, with the document depth they were met at: meeting
+        # one again deeper down proves nothing new (a guarded cycle); at the same
+        # depth it is a cycle that never reaches a document, and is refused.
+        self._assumed: dict[tuple[str, str], int] = {}
+        self._depth = 0
         self._steps = 0
 
     # -- reasons --------------------------------------------------------------
@@ -160,19 +164,35 @@ class Checker:
         n, w = n_target, w_target
         if not asserts(w) or n.schema is False:
             return []
-        key = (n.path, w.path)
-        if key in self._assumed or same(n, w):
+        if same(n, w):
             return []
+        key = (n.path, w.path)
+        if key in self._assumed:
+            if self._assumed[key] < self._depth:
+                return []
+            return [
+                self.br(
+                    n, w, "cannot decide: a '$ref' cycle that does not descend into the document"
+                )
+            ]
         if w.schema is False:
             return [self.br(n, w, f"{self.w_name} accepts nothing here, {self.n_name} does")]
-        self._assumed.add(key)
+        self._assumed[key] = self._depth
         try:
             found = self._compare(n, w)
             if found and self._alternatives_fit(n, w):
                 return []
             return found
         finally:
-            self._assumed.discard(key)
+            del self._assumed[key]
+
+    def descend(self, n: Node, w: Node) -> list[Breaking]:
+        """:meth:`sub` for the schemas of a property or an item of the document."""
+        self._depth += 1
+        try:
+            return self.sub(n, w)
+        finally:
+            self._depth -= 1
 
     def fits(self, n: Node, w: Node) -> bool:
         return not self.sub(n, w)

@@ -66,11 +66,11 @@ def _items(c: Checker, n: Node, w: Node) -> list[Breaking]:
     span = max(len(n_lead), len(w_lead))
     found: list[Breaking] = []
     for i in range(span if most is None else min(span, most)):
-        found += c.sub(
+        found += c.descend(
             n_lead[i] if i < len(n_lead) else n_rest, w_lead[i] if i < len(w_lead) else w_rest
         )
     if most is None or most > span:
-        found += c.sub(n_rest, w_rest)
+        found += c.descend(n_rest, w_rest)
     return found
 
 
@@ -105,7 +105,7 @@ def _content(c: Checker, n: Node, w: Node) -> list[Breaking]:
     for name in n_props:
         if name in w_props or patterns.matching(name):
             continue  # governed alike, or by the same pattern schemas on both sides
-        reasons = c.sub(n.child("properties", name), w_extra)
+        reasons = c.descend(n.child("properties", name), w_extra)
         if reasons and w_extra.schema is False:
             msg = (
                 f"property '{name}' is not in {c.w_name}, "
@@ -113,7 +113,7 @@ def _content(c: Checker, n: Node, w: Node) -> list[Breaking]:
             )
             reasons = [c.br(n.child("properties", name), w, msg, w_kw="additionalProperties")]
         found += reasons
-    reasons = c.sub(n_extra, w_extra)
+    reasons = c.descend(n_extra, w_extra)
     if reasons and not asserts(n_extra):
         msg = (
             f"{c.w_name} restricts properties it does not list, {c.n_name} accepts any "
@@ -134,13 +134,13 @@ def _new_property(
 ) -> list[Breaking]:
     target = w.child("properties", name)
     if name in n_props:
-        return c.sub(n.child("properties", name), target)
+        return c.descend(n.child("properties", name), target)
     matching = patterns.matching(name)
     if matching:
-        if any(c.fits(m, target) for m in matching):
+        if any(not c.descend(m, target) for m in matching):
             return []
         return [c.opaque(n, w, "patternProperties")]
-    reasons = c.sub(n_extra, target)
+    reasons = c.descend(n_extra, target)
     if reasons and not asserts(n_extra):
         msg = (
             f"property '{name}' is not in {c.n_name}, whose documents may already carry it "

@@ -62,12 +62,24 @@ class EventTypeCreate(BaseModel):
     compatibility: Compatibility = Compatibility.BACKWARD
 
 
+class EventTypePatch(BaseModel):
+    """The body of ``PATCH /v1/event-types/{name}``; a new mode applies to later versions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(default=None, max_length=1000)
+    compatibility: Compatibility | None = None
+
+
 class SchemaCreate(BaseModel):
     """The body of ``POST /v1/event-types/{name}/schemas``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    schema_: dict[str, Any] | bool = Field(alias="schema")
+    # Checked by schema_problems, so that every problem is reported the same way.
+    schema_: Any = Field(
+        alias="schema", json_schema_extra={"type": ["object", "boolean"]}, description="JSON Schema"
+    )
 
 
 def is_draft7(schema: Schema) -> bool:

@@ -7,11 +7,13 @@ rows and its idempotency key has been committed to disk.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.domain import jsonbody
+from app.domain.cloudevents import MappedEvent
 from app.domain.events import (
     BatchItemInput,
     EventInput,
@@ -23,6 +25,7 @@ from app.domain.idempotency import fingerprint, parse_key
 from app.domain.ids import new_id
 from app.errors import BadRequest, FieldError, StoreUnavailable, ValidationFailed
 from app.services.group_commit import GroupCommitter
+from app.services.schemas import SchemaService
 from app.store import ingest as store
 from app.store.database import Database
 from app.store.ingest import Accepted, UnitResult
@@ -41,8 +44,10 @@ class IngestService:
         on_flush: Callable[[int], None] | None = None,
         on_accepted: Callable[[int, int], None] | None = None,
         on_deliveries: Callable[[], None] | None = None,
+        schemas: SchemaService | None = None,
     ) -> None:
         self._db = db
+        self._schemas = schemas
         self._require_key = require_idempotency_key
         self._ttl = idempotency_ttl
         self._on_accepted = on_accepted
@@ -62,16 +67,69 @@ class IngestService:
         if idempotency_key is None and self._require_key:
             raise BadRequest("the Idempotency-Key header is required")
         event = parse_event(document)
-        (accepted,) = await self._submit([_new_event(event, idempotency_key)])
+        (version,) = await self._schema_versions([(event, "/data", "/schema_version")])
+        (accepted,) = await self._submit([_new_event(event, idempotency_key, version)])
         return accepted
 
     async def ingest_batch(self, document: Any) -> list[Accepted]:
         """Store every event of a batch in one transaction, or none of them."""
         batch = parse_batch(document)
         keys = self._batch_keys(batch.events)
-        return await self._submit(
-            [_new_event(item, key) for item, key in zip(batch.events, keys, strict=True)]
+        versions = await self._schema_versions(
+            [
+                (item, f"/events/{i}/data", f"/events/{i}/schema_version")
+                for i, item in enumerate(batch.events)
+            ]
         )
+        return await self._submit(
+            [
+                _new_event(item, key, version)
+                for item, key, version in zip(batch.events, keys, versions, strict=True)
+            ]
+        )
+
+    async def ingest_cloudevent(self, event: MappedEvent, idempotency_key: str | None) -> Accepted:
+        """Store one CloudEvent, keyed by the header's key or else its (source, id)."""
+        (version,) = await self._schema_versions([(event.event, event.data_loc, event.version_loc)])
+        new = _new_event(event.event, idempotency_key or event.pair_key, version, event.attributes)
+        try:
+            (accepted,) = await self._submit([new])
+        except ValidationFailed as exc:
+            raise exc if idempotency_key else _pair_mismatch(exc, [event]) from None
+        return accepted
+
+    async def ingest_cloudevent_batch(self, events: list[MappedEvent]) -> list[Accepted]:
+        """Store a CloudEvents batch atomically, each event keyed by its (source, id)."""
+        versions = await self._schema_versions(
+            [(m.event, m.data_loc, m.version_loc) for m in events]
+        )
+        new = [
+            _new_event(m.event, m.pair_key, version, m.attributes)
+            for m, version in zip(events, versions, strict=True)
+        ]
+        try:
+            return await self._submit(new)
+        except ValidationFailed as exc:
+            raise _pair_mismatch(exc, events) from None
+
+    async def _schema_versions(self, items: list[tuple[EventInput, str, str]]) -> list[int | None]:
+        """Each event's schema version, its data validated; 422 naming every failure.
+
+        Runs before the group committer, so invalid events never reach a transaction.
+        """
+        if self._schemas is None:
+            return [event.schema_version for event, _, _ in items]
+        versions: list[int | None] = []
+        errors: list[FieldError] = []
+        for event, data_loc, version_loc in items:
+            version, problems = await self._schemas.check(
+                event.type, event.schema_version, event.data, data_loc, version_loc
+            )
+            versions.append(version)
+            errors += problems
+        if errors:
+            raise ValidationFailed("the event does not fit its type's schemas", errors)
+        return versions
 
     def _batch_keys(self, items: list[BatchItemInput]) -> list[str | None]:
         """Each item's key, by the same rules as the Idempotency-Key header."""
@@ -125,7 +183,32 @@ class IngestService:
             self._on_deliveries()
 
 
-def _new_event(event: EventInput, idempotency_key: str | None) -> NewEvent:
+_BATCH_KEY = re.compile(r"/events/(\d+)/idempotency_key")
+
+
+def _pair_mismatch(exc: ValidationFailed, events: list[MappedEvent]) -> ValidationFailed:
+    """The store names the request's key (``/``) or a batch item's; a CloudEvent's key is
+    its (source, id)."""
+    errors = []
+    for error in exc.errors:
+        found = _BATCH_KEY.fullmatch(error.loc)
+        index = int(found.group(1)) if found else 0 if error.loc == "/" else None
+        if index is None or index >= len(events):
+            errors.append(error)
+        else:
+            msg = "this (source, id) was already used with a different event"
+            errors.append(FieldError(events[index].id_loc, msg))
+    return ValidationFailed("a (source, id) was already used with a different event", errors)
+
+
+def _new_event(
+    event: EventInput,
+    idempotency_key: str | None,
+    schema_version: int | None,
+    cloudevent: dict[str, str] | None = None,
+) -> NewEvent:
+    """The event to store; ``schema_version`` is the resolved one, the request's counts
+    for the fingerprint (a replay must match after a newer version is registered)."""
     received_at = datetime.now(UTC)
     occurred_at = event.occurred_at.astimezone(UTC) if event.occurred_at else None
     meaning = {
@@ -135,12 +218,14 @@ def _new_event(event: EventInput, idempotency_key: str | None) -> NewEvent:
         "schema_version": event.schema_version,
         "occurred_at": occurred_at.isoformat() if occurred_at else None,
     }
+    if cloudevent is not None:
+        meaning["cloudevent"] = cloudevent
     return NewEvent(
         id=new_id("evt"),
         type=event.type,
         key=event.key,
         data_json=jsonbody.dumps(event.data),
-        schema_version=event.schema_version,
+        schema_version=schema_version,
         occurred_at=occurred_at,
         received_at=received_at,
         idempotency_key=idempotency_key,

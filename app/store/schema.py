@@ -238,3 +238,28 @@ attempts = Table(
     Column("response_body", Text, nullable=True),
     Index("ix_attempts_delivery_id_attempt", "delivery_id", "attempt"),
 )
+
+# Event types and their JSON Schema versions. Versions are immutable and
+# numbered per type from 1; ``schema`` is the canonical JSON text.
+event_types = Table(
+    "event_types",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("description", Text, nullable=True),
+    Column("compatibility", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+event_schemas = Table(
+    "event_schemas",
+    metadata,
+    Column(
+        "event_type",
+        String(200),
+        ForeignKey("event_types.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("schema", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
