@@ -36,7 +36,7 @@ def _sql(
 
 _CANDIDATES = """
     SELECT d.seq
-    FROM deliveries d
+    FROM deliveries d {index_hint}
     JOIN subscriptions s ON s.id = d.subscription_id
     WHERE d.status = 'pending' AND ready
       AND d.next_attempt_at <= :now
@@ -54,9 +54,13 @@ _CANDIDATES = """
     LIMIT :limit
 """
 
+# SQLite's planner prefers the (status, subscription_id) index and then sorts
+# the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
+_SQLITE_HINT = "INDEXED BY ix_deliveries_claim"
+
 CLAIM = {
     "postgresql": f"""
-        WITH claimed AS ({_CANDIDATES} FOR UPDATE OF d SKIP LOCKED)
+        WITH claimed AS ({_CANDIDATES.format(index_hint="")} FOR UPDATE OF d SKIP LOCKED)
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
         FROM claimed WHERE deliveries.seq = claimed.seq
         RETURNING deliveries.seq, deliveries.id, deliveries.event_id,
@@ -65,7 +69,7 @@ CLAIM = {
     """,
     "sqlite": f"""
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
-        WHERE seq IN ({_CANDIDATES})
+        WHERE seq IN ({_CANDIDATES.format(index_hint=_SQLITE_HINT)})
         RETURNING seq, id, event_id, subscription_id, ordering_key, attempts, round_attempts
     """,
 }
@@ -257,9 +261,20 @@ async def release_all_leases(db: Database) -> int:
 
 async def next_due(db: Database) -> datetime | None:
     """When the earliest ready delivery falls due (the worker sleeps until then)."""
+    hint = _SQLITE_HINT if db.is_sqlite else ""
     statement = text(
-        "SELECT min(next_attempt_at) AS due FROM deliveries WHERE status = 'pending' AND ready"
+        f"SELECT min(next_attempt_at) AS due FROM deliveries {hint} "
+        "WHERE status = 'pending' AND ready"
     ).columns(due=UTCDateTime())
     async with db.read() as conn:
         due: datetime | None = (await conn.execute(statement)).scalar()
     return due
+
+
+async def refresh_statistics(db: Database) -> None:
+    """Keep the planners' picture of the deliveries table current after bulk changes."""
+    async with db.write() as conn:
+        if db.is_sqlite:
+            await conn.execute(text("PRAGMA optimize"))
+        else:
+            await conn.execute(text("ANALYZE deliveries"))

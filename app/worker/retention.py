@@ -9,6 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 from app.store.database import Database
+from app.store.deliveries import refresh_statistics
 from app.store.retention import prune
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class RetentionJob:
                 await self._task
 
     async def run_once(self) -> None:
+        await refresh_statistics(self._db)
         now = datetime.now(UTC)
         pruned = await prune(self._db, cutoff=now - self._keep, keys_cutoff=now - self._keys_ttl)
         if any(asdict(pruned).values()):

@@ -9,6 +9,7 @@ checked at connect time and the connection goes only to a checked address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import time
@@ -86,7 +87,7 @@ class HttpSender:
                 data=payload,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                timeout=_timeout(timeout_s),
             ) as response:
                 body = await response.content.read(MAX_RESPONSE_BODY)
                 outcome = Outcome(
@@ -118,6 +119,11 @@ class HttpSender:
     @staticmethod
     def _failed(started: float, error: str) -> SendResult:
         return SendResult(Outcome(error=error), _elapsed_ms(started), None)
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
 
 
 def _elapsed_ms(started: float) -> int:

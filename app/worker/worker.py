@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"eventrelay/{__version__}"
 SUBSCRIPTION_CACHE_SECONDS = 1.0
+UNKNOWN_SUBSCRIPTION_PROBE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class _Line:
     in_flight: int = 0
     bucket: TokenBucket | None = None
     circuit: CircuitState = field(default_factory=lambda: CircuitState(0, None, None))
+    keys: list[bytes] = field(default_factory=list)
+    keys_until: datetime | None = None  # when the previous secret stops signing
 
 
 class DeliveryWorker:
@@ -169,8 +172,8 @@ class DeliveryWorker:
 
     async def _idle_timeout(self, claimed: int) -> float:
         timeout = self._config.poll_seconds
-        if len(self._tasks) >= self._config.concurrency:
-            return timeout
+        if self._tasks:
+            return timeout  # a finishing attempt wakes the loop
         with contextlib.suppress(Exception):
             due = await store.next_due(self._db)
             # Due now yet unclaimed means held (paused, circuit open, at a limit):
@@ -186,7 +189,11 @@ class DeliveryWorker:
         capacity = self._config.concurrency - len(self._tasks)
         if capacity <= 0:
             return 0, 0
-        limit = min(capacity, self._config.claim_batch)
+        # Claim no more than the known subscriptions can start now (plus a few
+        # for subscriptions this worker has not met yet): what is claimed over
+        # a limit has to be given back in another transaction.
+        room = sum(max(self._allowance(line), 0) for line in self._subs.values())
+        limit = min(capacity, self._config.claim_batch, room + UNKNOWN_SUBSCRIPTION_PROBE)
         now = datetime.now(UTC)
         started = time.perf_counter()
         claimed = await store.claim(
@@ -262,6 +269,7 @@ class DeliveryWorker:
                     sub.consecutive_failures, sub.failing_since, sub.circuit_open_until
                 )
             line.subscription, line.loaded_at = sub, now
+            line.keys, line.keys_until = _signing_keys(sub, datetime.now(UTC))
             rate = sub.rate_limit_per_second
             if rate is None:
                 line.bucket = None
@@ -274,7 +282,7 @@ class DeliveryWorker:
         self, delivery: Claimed, line: _Line, event: StoredEvent, payload: bytes
     ) -> None:
         try:
-            result, started = await self._attempt(line.subscription, event, payload)
+            result, started = await self._attempt(line, event, payload)
             completion = self._conclude(delivery, line, event, result, started)
             await self._committer.submit(completion)
         except asyncio.CancelledError:
@@ -291,15 +299,18 @@ class DeliveryWorker:
             self.wake()
 
     async def _attempt(
-        self, sub: Subscription, event: StoredEvent, payload: bytes
+        self, line: _Line, event: StoredEvent, payload: bytes
     ) -> tuple[SendResult, datetime]:
         assert self._sender is not None
+        sub = line.subscription
         started = datetime.now(UTC)
+        if line.keys_until is not None and started >= line.keys_until:
+            line.keys, line.keys_until = _signing_keys(sub, started)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
             payload=payload,
-            keys=_signing_keys(sub, started),
+            keys=line.keys,
             user_agent=USER_AGENT,
             custom=sub.headers,
         )
@@ -322,26 +333,21 @@ class DeliveryWorker:
             sub.retry_schedule if sub.retry_schedule is not None else self._config.retry_schedule
         )
         decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
-        context = {
-            "delivery_id": delivery.id,
-            "event_id": delivery.event_id,
-            "subscription_id": delivery.subscription_id,
-            "attempt": delivery.attempts + 1,
-            "status_code": result.outcome.status_code,
-        }
         if isinstance(decision, Succeeded):
             status, next_at = "succeeded", None
             self._metrics.attempts.labels("success").inc()
             self._metrics.latency.observe((now - event.received_at).total_seconds())
-            log.debug("delivered", extra=context)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("delivered", extra=_context(delivery, result))
         elif isinstance(decision, Retry):
             status, next_at = "pending", decision.at
             self._metrics.attempts.labels("retry").inc()
-            log.info("attempt failed; will retry", extra=context | {"error": result.outcome.error})
+            context = _context(delivery, result) | {"error": result.outcome.error}
+            log.info("attempt failed; will retry", extra=context)
         else:
             status, next_at = "dead", None
             self._metrics.attempts.labels("dead_letter").inc()
-            log.warning("dead-lettered: %s", decision.reason, extra=context)
+            log.warning("dead-lettered: %s", decision.reason, extra=_context(delivery, result))
         return Completion(
             delivery=delivery,
             owner=self.owner,
@@ -405,6 +411,16 @@ class DeliveryWorker:
                 log.exception("keeping leases failed")
 
 
+def _context(delivery: Claimed, result: SendResult) -> dict[str, object]:
+    return {
+        "delivery_id": delivery.id,
+        "event_id": delivery.event_id,
+        "subscription_id": delivery.subscription_id,
+        "attempt": delivery.attempts + 1,
+        "status_code": result.outcome.status_code,
+    }
+
+
 def _payload(event: StoredEvent) -> bytes:
     return webhook.body(
         event.id,
@@ -416,12 +432,14 @@ def _payload(event: StoredEvent) -> bytes:
     )
 
 
-def _signing_keys(sub: Subscription, now: datetime) -> list[bytes]:
+def _signing_keys(sub: Subscription, now: datetime) -> tuple[list[bytes], datetime | None]:
+    """The keys that sign now, and when that changes (the previous secret expires)."""
     keys = [secret_key(sub.secret)]
     expires = sub.previous_secret_expires_at
     if sub.previous_secret and expires is not None and expires > now:
         keys.append(secret_key(sub.previous_secret))
-    return keys
+        return keys, expires
+    return keys, None
 
 
 def _summary(result: SendResult, decision: Succeeded | Retry | DeadLetter) -> str | None:
