@@ -118,7 +118,8 @@ def _worker(settings: Settings) -> int:
 
 
 async def _run_worker(settings: Settings) -> None:
-    db = open_database(settings.database_url)
+    # A worker acknowledges no event: a lost outcome only means a redelivery.
+    db = open_database(settings.database_url, durable_commits=False)
     try:
         await _wait_for_migrations(db)
         metrics = Metrics()

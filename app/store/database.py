@@ -57,23 +57,34 @@ class Database:
             await self.reader.dispose()
 
 
-def open_database(url: str, *, pool_size: int = 10) -> Database:
+def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True) -> Database:
+    """Engines for ``url``.
+
+    ``durable_commits=False`` is for a process that never acknowledges an
+    event (``eventrelay worker``): its commits (claims, outcomes) may be lost
+    to a power failure, which only means a delivery is made again, so they do
+    not wait for the disk. Whatever accepts events keeps the default.
+    """
     if url.startswith("sqlite"):
-        writer = _sqlite_engine(url, immediate=True, pool_size=1)
-        reader = _sqlite_engine(url, immediate=False, pool_size=4)
+        sync = "FULL" if durable_commits else "NORMAL"
+        writer = _sqlite_engine(url, immediate=True, pool_size=1, synchronous=sync)
+        reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sync)
         return Database(url, writer, reader)
+    connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 30}
+    if not durable_commits:
+        connect_args["server_settings"] = {"synchronous_commit": "off"}
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args=connect_args,
     )
     return Database(url, engine, engine)
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: str) -> AsyncEngine:
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -88,7 +99,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
