@@ -34,7 +34,11 @@ DESCRIPTION = (
 
 
 def build_services(
-    settings: Settings, db: Database, metrics: Metrics, wake: Callable[[], None]
+    settings: Settings,
+    db: Database,
+    metrics: Metrics,
+    wake: Callable[[], None],
+    changed: Callable[[str], None],
 ) -> Services:
     writers = settings.ingest_writers or (1 if db.is_sqlite else 4)
     schemas = SchemaService(db)
@@ -54,7 +58,10 @@ def build_services(
         auth=Authenticator(db, settings.admin_token),
         ingest=ingest,
         subscriptions=SubscriptionService(
-            db, allow_private_targets=settings.allow_private_targets, wake_workers=wake
+            db,
+            allow_private_targets=settings.allow_private_targets,
+            wake_workers=wake,
+            changed=changed,
         ),
         dlq=DeadLetterService(db, wake_workers=wake),
         metrics=metrics,
@@ -70,7 +77,13 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = open_database(settings.database_url)
         embedded = DeliveryWorker(db, worker_config(settings), metrics) if worker else None
-        svc = build_services(settings, db, metrics, embedded.wake if embedded else _nothing)
+        svc = build_services(
+            settings,
+            db,
+            metrics,
+            embedded.wake if embedded else _nothing,
+            embedded.subscription_changed if embedded else _ignore,
+        )
         gauges = DatabaseGauges(db, circuit=worker_config(settings).circuit)
         metrics.registry.register(gauges)
         gauges.start()
@@ -110,4 +123,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
 
 
 def _nothing() -> None:
+    return None
+
+
+def _ignore(_: str) -> None:
     return None

@@ -41,10 +41,12 @@ class SubscriptionService:
         *,
         allow_private_targets: bool,
         wake_workers: Callable[[], None] = lambda: None,
+        changed: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._db = db
         self._allow_private = allow_private_targets
         self._wake = wake_workers
+        self._changed = changed
 
     async def create(self, body: SubscriptionCreate) -> Subscription:
         await self._check_target(body.url)
@@ -95,12 +97,13 @@ class SubscriptionService:
         updated = await store.patch(self._db, subscription_id, changes)
         if updated is None:
             raise NotFound(f"no subscription {subscription_id}")
-        self._wake()
+        self._changed(subscription_id)
         return updated
 
     async def delete(self, subscription_id: str) -> None:
         if not await store.remove(self._db, subscription_id):
             raise NotFound(f"no subscription {subscription_id}")
+        self._changed(subscription_id)
 
     async def rotate_secret(self, subscription_id: str) -> str:
         current = await self.get(subscription_id)
@@ -116,6 +119,7 @@ class SubscriptionService:
                 "updated_at": now,
             },
         )
+        self._changed(subscription_id)
         return secret
 
     async def replay(self, subscription_id: str, since: datetime, until: datetime | None) -> int:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 log = logging.getLogger(__name__)
 
 CHANNEL = "eventrelay_deliveries"
+CHANGED = "subscription:"  # payload prefix: this subscription changed
 RECONNECT_SECONDS = 2.0
 
 
@@ -27,7 +28,7 @@ def asyncpg_dsn(url: str) -> str:
 
 
 class Listener:
-    def __init__(self, url: str, on_notify: Callable[[], None]) -> None:
+    def __init__(self, url: str, on_notify: Callable[[str], None]) -> None:
         self._dsn = asyncpg_dsn(url)
         self._on_notify = on_notify
         self._task: asyncio.Task[None] | None = None
@@ -41,8 +42,8 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _callback(self, *_: Any) -> None:
-        self._on_notify()
+    def _callback(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._on_notify(payload)
 
     async def _run(self) -> None:
         while True:
@@ -50,7 +51,7 @@ class Listener:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=5)
                 await conn.add_listener(CHANNEL, self._callback)
-                self._on_notify()  # anything committed while we were away
+                self._on_notify("")  # anything committed while we were away
                 while not conn.is_closed():
                     await asyncio.sleep(RECONNECT_SECONDS)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:

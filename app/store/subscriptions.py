@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.store import schema
 from app.store.database import Database
 from app.store.lines import lock_lines, promote_heads
-from app.store.notify import CHANNEL
+from app.store.notify import CHANGED, CHANNEL
 
 s = schema.subscriptions
 
@@ -130,8 +130,12 @@ async def patch(
             return None
         if values.get("on_dead_letter") == "skip" or values.get("ordering") is not None:
             await _promote_all_lines(conn, db, subscription_id)
-        if db.dialect == "postgresql" and values.get("status") == "active":
-            await conn.execute(text(f"NOTIFY {CHANNEL}"))
+        if db.dialect == "postgresql":
+            # Workers in other processes drop their copy and, on resume, claim.
+            await conn.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": f"{CHANGED}{subscription_id}"},
+            )
         row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
     return _subscription(row)
 

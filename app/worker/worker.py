@@ -40,7 +40,7 @@ from app.store import subscriptions as subscription_store
 from app.store.database import Database
 from app.store.deliveries import Claimed, Completion
 from app.store.events import StoredEvent
-from app.store.notify import Listener
+from app.store.notify import CHANGED, Listener
 from app.store.subscriptions import CircuitUpdate, Subscription
 from app.worker.limits import TokenBucket
 from app.worker.retention import RetentionJob
@@ -109,6 +109,19 @@ class DeliveryWorker:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def subscription_changed(self, subscription_id: str) -> None:
+        """Forget what this worker knows of a subscription's settings (not its counters)."""
+        line = self._subs.get(subscription_id)
+        if line is not None:
+            line.loaded_at = 0.0
+        self.wake()
+
+    def _notified(self, payload: str) -> None:
+        if payload.startswith(CHANGED):
+            self.subscription_changed(payload[len(CHANGED) :])
+        else:
+            self.wake()
+
     async def start(self) -> None:
         if self._db.is_sqlite:
             # One worker process per SQLite file: anything in flight is an orphan.
@@ -119,7 +132,7 @@ class DeliveryWorker:
         )
         self._committer.start()
         if not self._db.is_sqlite:
-            self._listener = Listener(self._db.url, self.wake)
+            self._listener = Listener(self._db.url, self._notified)
             self._listener.start()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
         self._reaper_task = asyncio.create_task(self._keep_leases(), name="leases")
@@ -247,9 +260,10 @@ class DeliveryWorker:
 
     async def _refresh_subscriptions(self, ids: set[str]) -> None:
         now = time.monotonic()
-        # What is about to be sent always uses the subscription as it is now
-        # (a rotated secret, a new URL); idle entries are refreshed now and then.
-        stale = set(ids)
+        # A change made through the API marks the entry stale at once (in this
+        # process directly, in others by NOTIFY on PostgreSQL); the age limit
+        # covers a separate worker on SQLite.
+        stale = {i for i in ids if i not in self._subs}
         stale |= {
             i for i, line in self._subs.items() if now - line.loaded_at > SUBSCRIPTION_CACHE_SECONDS
         }
