@@ -106,6 +106,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # eventrelay exports Prometheus metrics; FastAPI's own OpenTelemetry
+        # hooks would only cost time on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     problems.install(app)
     app.add_middleware(RequestIdMiddleware)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,7 +21,7 @@ class RequestIdMiddleware:
             return
         incoming = next((v for k, v in scope["headers"] if k == HEADER), b"")
         value = incoming.decode("latin-1")[:128] if incoming.isascii() and incoming else ""
-        rid = value or uuid.uuid4().hex
+        rid = value or os.urandom(16).hex()
         token = request_id.set(rid)
         scope["request_id"] = rid  # for the error handler, which runs outside us
         raw = rid.encode("latin-1")

@@ -30,9 +30,9 @@ _BUSY = text(
     FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
     WHERE d.status IN ('pending', 'in_flight', 'dead')
       AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
-      AND d.subscription_id = :sub AND d.ordering_key = :key
+      AND d.subscription_id IN :subs AND d.ordering_key IN :keys
     """
-)
+).bindparams(bindparam("subs", expanding=True), bindparam("keys", expanding=True))
 
 _PROMOTE = text(
     """
@@ -61,11 +61,15 @@ async def lock_lines(conn: AsyncConnection, lines: Iterable[tuple[str, str | Non
 
 
 async def busy_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object]]) -> set[Line]:
-    busy: set[Line] = set()
-    for sub, key in lines:
-        rows = await conn.execute(_BUSY, {"sub": sub, "key": key})
-        busy.update((r[0], r[1]) for r in rows)
-    return busy
+    """Which of ``lines`` hold an unfinished delivery (one query for all of them)."""
+    wanted = {(str(sub), str(key)) for sub, key in lines}
+    if not wanted:
+        return set()
+    rows = await conn.execute(
+        _BUSY,
+        {"subs": sorted({sub for sub, _ in wanted}), "keys": sorted({key for _, key in wanted})},
+    )
+    return {(r[0], r[1]) for r in rows} & wanted
 
 
 async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
