@@ -231,7 +231,12 @@ def start_bare(workdir: Path) -> Server:
 
 
 def start_eventrelay(
-    name: str, db_url: str, workdir: Path, patches: str = "", subscriptions: int = 0
+    name: str,
+    db_url: str,
+    workdir: Path,
+    patches: str = "",
+    subscriptions: int = 0,
+    schemas: bool = False,
 ) -> Server:
     port = free_port()
     admin = secrets.token_urlsafe(24)
@@ -258,15 +263,59 @@ def start_eventrelay(
         )
     server = Server(name, f"http://127.0.0.1:{port}", proc, log_path, admin, db_url=db_url)
     try:
-        prepare(server, subscriptions)
+        prepare(server, subscriptions, schemas)
     except BaseException:
         stop(server)  # the caller never got hold of it
         raise
     return server
 
 
-def prepare(server: Server, subscriptions: int) -> None:
-    """Wait for health, create the ingest token wrk uses and the subscriptions."""
+# A schema for each of bench/ingest.lua's event types that its events satisfy.
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["order_id", "total", "currency", "items", "customer"],
+    "properties": {
+        "order_id": {"type": "string", "minLength": 1},
+        "total": {"type": "number", "minimum": 0},
+        "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]},
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["sku", "qty"],
+                "properties": {
+                    "sku": {"type": "string"},
+                    "qty": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "customer": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {"id": {"type": "integer"}, "tier": {"type": "string"}},
+        },
+    },
+}
+LUA_EVENT_TYPES = ("order.created", "order.paid", "order.shipped", "customer.updated")
+
+
+def register_schemas(server: Server) -> None:
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    for name in LUA_EVENT_TYPES:
+        httpx.post(
+            f"{server.url}/v1/event-types", json={"name": name}, headers=headers, timeout=10
+        ).raise_for_status()
+        httpx.post(
+            f"{server.url}/v1/event-types/{name}/schemas",
+            json={"schema": EVENT_SCHEMA},
+            headers=headers,
+            timeout=10,
+        ).raise_for_status()
+
+
+def prepare(server: Server, subscriptions: int, schemas: bool = False) -> None:
+    """Wait for health, create the ingest token wrk uses, the subscriptions and schemas."""
     wait_healthy(server)
     admin = server.admin_token
     # wrk authenticates like a producer would: with an ingest-scope token.
@@ -286,6 +335,8 @@ def prepare(server: Server, subscriptions: int) -> None:
             timeout=10,
         )
         created.raise_for_status()
+    if schemas:
+        register_schemas(server)
 
 
 def stop(server: Server) -> None:
@@ -701,6 +752,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=PATCH[,PATCH]",
         help="the same on a fresh PostgreSQL database",
     )
+    parser.add_argument(
+        "--schemas",
+        action="store_true",
+        help="also run each backend with a JSON Schema registered for every event type "
+        "(reported as <backend>+schema, with its ratio to the plain backend)",
+    )
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
@@ -743,6 +800,14 @@ def report(run: Run, args: argparse.Namespace) -> list[Verdict]:
         "wrk runs on the same CPUs.\n"
     )
     print(summary_table(found, args.connections))
+    by_target = {v.target: v for v in found}
+    for v in found:
+        plain = by_target.get(v.target.removesuffix("+schema"))
+        if v.target.endswith("+schema") and plain is not None and plain.rps:
+            print(
+                f"\n{v.target}: {v.rps / plain.rps:.2f} x {plain.target} without schemas "
+                f"(server CPU {v.cpu_us:,.0f} vs {plain.cpu_us:,.0f} µs/request)"
+            )
     print("\n### Rounds\n")
     print(round_table(run.rounds))
     if run.final_counts:
@@ -775,20 +840,22 @@ def start_servers(
     stack.callback(stop, servers[0])
     pg: dict[str, tuple[str, str]] = {}
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
-    targets = [(b, "", b == "postgres") for b in backends]
+    targets = [(b, "", b == "postgres", False) for b in backends]
+    if args.schemas:
+        targets += [(f"{b}+schema", "", b == "postgres", True) for b in backends]
     for variant in args.variant + args.pg_variant:
         name, _, patches = variant.partition("=")
-        targets.append((name, patches, variant in args.pg_variant))
-    for name, patches, on_postgres in targets:
+        targets.append((name, patches, variant in args.pg_variant, False))
+    for name, patches, on_postgres, schemas in targets:
         if on_postgres:
             url, dbname = stack.enter_context(fresh_pg_database(args.pg_dsn))
-            server = start_eventrelay(name, url, workdir, patches, args.subscriptions)
+            server = start_eventrelay(name, url, workdir, patches, args.subscriptions, schemas)
             server.pg_dbname = dbname
             pg[name] = (args.pg_dsn, dbname)
         else:
             db_file = workdir / f"{name}.db"
             url = f"sqlite+aiosqlite:///{db_file}"
-            server = start_eventrelay(name, url, workdir, patches, args.subscriptions)
+            server = start_eventrelay(name, url, workdir, patches, args.subscriptions, schemas)
             server.sqlite_path = db_file
         stack.callback(stop, server)
         servers.append(server)

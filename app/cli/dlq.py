@@ -15,36 +15,58 @@ PAGE = 500
 REDRIVE_STEP = 500
 
 
-def add_commands(commands: Any) -> None:
-    dlq = commands.add_parser("dlq", help="browse and act on the dead-letter queue")
-    dlq.add_argument(
+def _connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Accepted before the action (`dlq --url U list`) and after it (`dlq list --url U`);
+    # the copies after it must not overwrite a value given before.
+    parser.add_argument(
         "--url",
-        default=os.environ.get("EVENTRELAY_URL", "http://127.0.0.1:8000"),
+        default=(
+            os.environ.get("EVENTRELAY_URL", "http://127.0.0.1:8000")
+            if defaults
+            else argparse.SUPPRESS
+        ),
         help="eventrelay's base URL (env EVENTRELAY_URL)",
     )
-    dlq.add_argument(
+    parser.add_argument(
         "--token",
-        default=os.environ.get("EVENTRELAY_TOKEN") or os.environ.get("EVENTRELAY_ADMIN_TOKEN"),
+        default=(
+            os.environ.get("EVENTRELAY_TOKEN") or os.environ.get("EVENTRELAY_ADMIN_TOKEN")
+            if defaults
+            else argparse.SUPPRESS
+        ),
         help="an admin token (env EVENTRELAY_TOKEN)",
     )
+
+
+def add_commands(commands: Any) -> None:
+    dlq = commands.add_parser("dlq", help="browse and act on the dead-letter queue")
+    _connection_options(dlq, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, defaults=False)
     actions = dlq.add_subparsers(dest="action", required=True)
 
-    listing = actions.add_parser("list", help="list dead letters")
+    listing = actions.add_parser("list", help="list dead letters", parents=[common])
     _filters(listing)
     listing.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(run=_list)
 
-    show = actions.add_parser("show", help="one dead letter with its event and attempts")
+    show = actions.add_parser(
+        "show", help="one dead letter with its event and attempts", parents=[common]
+    )
     show.add_argument("id")
     show.set_defaults(run=_show)
 
-    redrive = actions.add_parser("redrive", help="send dead letters again with a fresh schedule")
+    redrive = actions.add_parser(
+        "redrive", help="send dead letters again with a fresh schedule", parents=[common]
+    )
     redrive.add_argument("id", nargs="?", help="one dead letter; without it, every match")
     _filters(redrive)
     redrive.set_defaults(run=_redrive)
 
-    discard = actions.add_parser("discard", help="drop a dead letter (unblocks its key)")
+    discard = actions.add_parser(
+        "discard", help="drop a dead letter (unblocks its key)", parents=[common]
+    )
     discard.add_argument("id")
     discard.set_defaults(run=_discard)
 

@@ -42,7 +42,9 @@ _EVENTS = _sql(
         WHERE ev.received_at < :cutoff
           AND NOT EXISTS (
             SELECT 1 FROM deliveries d
-            WHERE d.event_id = ev.id AND d.status IN ('pending', 'in_flight', 'dead'))
+            WHERE d.event_id = ev.id
+              AND (d.status IN ('pending', 'in_flight', 'dead')
+                   OR (d.status = 'succeeded' AND d.completed_at >= :cutoff)))
         LIMIT :batch)
     """
 )
