@@ -176,7 +176,13 @@ async def _redrive(
         )
         .returning(d.c.subscription_id, d.c.ordering_key)
     )
-    lines = [(r[0], r[1]) for r in result]
+    return await _lines_move_on(conn, db, [(r[0], r[1]) for r in result])
+
+
+async def _lines_move_on(
+    conn: AsyncConnection, db: Database, lines: list[tuple[str, str | None]]
+) -> int:
+    """After deliveries left the DLQ: settle their lines' heads and wake the workers."""
     if db.dialect == "postgresql":
         await lock_lines(conn, lines)
     await promote_heads(conn, lines)
@@ -194,10 +200,4 @@ async def discard(db: Database, delivery_id: str, now: datetime) -> bool:
             .values(status="discarded", completed_at=now)
             .returning(d.c.subscription_id, d.c.ordering_key)
         )
-        lines = [(r[0], r[1]) for r in result]
-        if db.dialect == "postgresql":
-            await lock_lines(conn, lines)
-        await promote_heads(conn, lines)
-        if lines and db.dialect == "postgresql":
-            await conn.execute(text(f"NOTIFY {CHANNEL}"))
-    return bool(lines)
+        return bool(await _lines_move_on(conn, db, [(r[0], r[1]) for r in result]))
