@@ -21,6 +21,9 @@ MIGRATION_LOCK = 0x65766E7472656C61
 def _run(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+    else:
+        # WAL is a property of the file: set it once here, before any server opens it.
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     context.configure(
         connection=connection,
         target_metadata=metadata,
