@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store.database import Database
+from app.store.database import Database, translate_errors
 from app.store.lines import lock_lines, promote_heads
 from app.store.schema import UTCDateTime
 from app.store.subscriptions import CircuitUpdate, apply_circuit
@@ -271,10 +271,18 @@ async def next_due(db: Database) -> datetime | None:
     return due
 
 
+_CHURNING_TABLES = "deliveries, attempts, events, idempotency_keys"
+
+
 async def refresh_statistics(db: Database) -> None:
-    """Keep the planners' picture of the deliveries table current after bulk changes."""
-    async with db.write() as conn:
-        if db.is_sqlite:
+    """After pruning: keep the planners' statistics current and, on PostgreSQL,
+    make the deleted rows' space reusable at once (autovacuum would get there,
+    but under steady churn the tables would grow in the meantime)."""
+    if db.is_sqlite:
+        async with db.write() as conn:
             await conn.execute(text("PRAGMA optimize"))
-        else:
-            await conn.execute(text("ANALYZE deliveries"))
+        return
+    with translate_errors():
+        async with db.writer.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text(f"VACUUM (ANALYZE) {_CHURNING_TABLES}"))

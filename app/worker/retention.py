@@ -35,11 +35,11 @@ class RetentionJob:
                 await self._task
 
     async def run_once(self) -> None:
-        await refresh_statistics(self._db)
         now = datetime.now(UTC)
         pruned = await prune(self._db, cutoff=now - self._keep, keys_cutoff=now - self._keys_ttl)
         if any(asdict(pruned).values()):
             log.info("retention pruned old rows", extra=asdict(pruned))
+        await refresh_statistics(self._db)
 
     async def _run(self) -> None:
         while True:
