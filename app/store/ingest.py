@@ -106,9 +106,9 @@ async def _ingest(
             claimed.update({e.idempotency_key: e for e in plan.new if e.idempotency_key})
 
     new_events = [e for p in plans if isinstance(p, _Plan) for e in p.new]
-    counts = await _write(conn, dialect, new_events, reclaim, cutoff)
-    results = [_answer(p, counts) if isinstance(p, _Plan) else p for p in plans]
-    return IngestOutcome(results, sum(counts.values()))
+    bodies, deliveries = await _write(conn, dialect, new_events, reclaim, cutoff)
+    results = [_answer(p, bodies) if isinstance(p, _Plan) else p for p in plans]
+    return IngestOutcome(results, deliveries)
 
 
 def _plan_unit(
@@ -151,16 +151,16 @@ def _mismatch(index: int, size: int) -> FieldError:
     return FieldError(loc, "this idempotency key was already used with a different body")
 
 
-def _answer(plan: _Plan, counts: dict[str, int]) -> list[Accepted]:
+def _answer(plan: _Plan, bodies: dict[str, str]) -> list[Accepted]:
     answers: list[Accepted] = []
     for item in plan.items:
         if isinstance(item, Accepted):
             answers.append(item)
         elif isinstance(item, tuple):
             (earlier,) = item
-            answers.append(Accepted(earlier.id, accepted_body(earlier, counts[earlier.id]), True))
+            answers.append(Accepted(earlier.id, bodies[earlier.id], True))
         else:
-            answers.append(Accepted(item.id, accepted_body(item, counts[item.id]), False))
+            answers.append(Accepted(item.id, bodies[item.id], False))
     return answers
 
 
@@ -180,10 +180,14 @@ async def _write(
     new_events: list[NewEvent],
     reclaim: list[str],
     cutoff: datetime,
-) -> dict[str, int]:
-    """Insert the new events, their deliveries and keys; return deliveries per event."""
+) -> tuple[dict[str, str], int]:
+    """Insert the new events, their deliveries and keys.
+
+    Returns each new event's 202 body (built once: it is both stored with the
+    idempotency key and answered) and the number of delivery rows created.
+    """
     if not new_events:
-        return {}
+        return {}, 0
     subscriptions = await _load_subscriptions(conn)
     fanout = _fan_out(new_events, subscriptions)
     if dialect == "postgresql":
@@ -197,8 +201,9 @@ async def _write(
     counts = dict.fromkeys((e.id for e in new_events), 0)
     for row in fanout:
         counts[str(row["event_id"])] += 1
-    await _insert_keys(conn, dialect, new_events, counts, reclaim, cutoff)
-    return counts
+    bodies = {e.id: accepted_body(e, counts[e.id]) for e in new_events}
+    await _insert_keys(conn, dialect, new_events, bodies, reclaim, cutoff)
+    return bodies, len(fanout)
 
 
 async def _load_subscriptions(conn: AsyncConnection) -> list[_Subscription]:
@@ -243,7 +248,7 @@ async def _insert_keys(
     conn: AsyncConnection,
     dialect: str,
     new_events: list[NewEvent],
-    counts: dict[str, int],
+    bodies: dict[str, str],
     reclaim: list[str],
     cutoff: datetime,
 ) -> None:
@@ -263,7 +268,7 @@ async def _insert_keys(
             "fingerprint": e.fingerprint,
             "event_id": e.id,
             "response_status": 202,
-            "response_body": accepted_body(e, counts[e.id]),
+            "response_body": bodies[e.id],
             "created_at": e.received_at,
         }
         for e in keyed
