@@ -192,7 +192,7 @@ def child(args: argparse.Namespace) -> None:
             from patched_serve import PATCHES
 
             names = [n for n in args.patches.split(",") if n]
-            for name in sorted(names, key=lambda n: n != "async-services"):
+            for name in names:
                 PATCHES[name]()
         with tempfile.TemporaryDirectory(prefix="eventrelay-inproc-") as tmp:
             result = uvloop.run(measure_eventrelay(args, Path(tmp)))

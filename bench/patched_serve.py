@@ -1,7 +1,7 @@
 """``eventrelay`` with experimental patches applied at run time, to price a
 proposed change to ``app/`` before anyone makes it.
 
-    .venv/bin/python bench/patched_serve.py --patches async-services,auth-single-flight \\
+    .venv/bin/python bench/patched_serve.py --patches no-observability \\
         serve --no-worker --host 127.0.0.1 --port 8000
 
 ``bench/ingest.py --variant NAME=patch,patch`` starts one of these beside the
@@ -11,32 +11,11 @@ patch is the smallest monkeypatch that has the effect of the proposed change.
 
 Patches:
 
-``async-services``
-    ``app/api/state.py: services`` is a plain ``def`` used as a FastAPI
-    dependency, so FastAPI runs it in the AnyIO thread pool: one thread hop
-    per request. The patch makes the dependency ``async def`` (a no-op since
-    fcee3f5, which made that change in main).
-``auth-single-flight``
-    ``app/services/auth.py: Authenticator._lookup`` caches a token for 1 s;
-    when the entry expires every request in flight misses at once and each
-    runs its own ``SELECT`` (a stampede on a 4-connection reader pool). The
-    patch lets one lookup per token run and the others await it (main has
-    done the same since fcee3f5).
-``fast-ingest-route``
-    Serves ``POST /v1/events`` through a plain Starlette route placed before
-    the FastAPI routes (same auth, parsing, service call and answer), skipping
-    FastAPI's per-request dependency solving. The FastAPI route stays for the
-    OpenAPI document.
-``lean-fastapi-route``
-    Like ``fast-ingest-route`` but still a FastAPI route: the endpoint takes
-    only the ``Request`` (as ``bench/bare_app.py`` does) and authenticates and
-    reads ``Idempotency-Key`` itself, so FastAPI has no dependencies, no
-    header parameters and no thread-pool call to resolve. This is the change
-    proposed for ``app/api/events.py`` (the header and the security scheme
-    then go into ``openapi_extra``).
-``no-instrumentator``
-    Drops prometheus-fastapi-instrumentator's middleware (to price it only;
-    the API requires its metrics).
+``no-observability``
+    Metrics and logging off, to price them (issue: at most 5 % of ingest):
+    the HTTP metrics and request-ID middlewares pass requests straight
+    through, every Prometheus counter and histogram update is a no-op, and
+    logging is disabled.
 ``sqlite-one-hop``
     Runs the whole group-commit transaction on SQLite (BEGIN IMMEDIATE ...
     COMMIT, the same statements from ``app/store/ingest.py``) in one call to
@@ -44,12 +23,6 @@ Patches:
     same pragmas), instead of one aiosqlite round trip per cursor, execute,
     fetch and close (about 25 per flush). The event loop hands over the batch
     once and gets the answers once.
-``batch-busy-lines``
-    ``app/store/lines.py: busy_lines`` runs one ``SELECT`` per (subscription,
-    ordering key) line of the flush: with N subscriptions and a batch of 32
-    events, 32·N statements per group commit. The patch asks once per flush
-    (``subscription_id IN (...) AND ordering_key IN (...)``, the same partial
-    index predicate) and keeps the requested pairs.
 ``switch-interval``
     ``sys.setswitchinterval(0.0005)`` (default 5 ms): how long a thread that
     wants the GIL waits for a busy one. On SQLite every statement of the
@@ -73,7 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import hmac
 import json
 import os
 import sys
@@ -83,135 +55,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 COUNTS: Counter[str] = Counter()
 TIMINGS: dict[str, list[float]] = {"flush_ms": [], "loop_delay_ms": []}
-
-
-def patch_async_services() -> None:
-    import inspect
-
-    import app.api.state as state
-
-    sync_services = state.services
-    if inspect.iscoroutinefunction(sync_services):
-        return  # main has had it since fcee3f5
-
-    async def services(request: Request) -> Any:
-        return request.app.state.services
-
-    # deps.py builds ServicesDep from state.services when it is first imported.
-    setattr(state, "services", services)  # noqa: B010
-    import app.api.deps as deps
-
-    setattr(deps, "services", sync_services)  # noqa: B010  (older _authorize calls it directly)
-
-
-def patch_auth_single_flight() -> None:
-    from app.domain.tokens import Scope
-    from app.services import auth
-    from app.store import tokens as store
-    from app.store.tokens import TokenRecord
-
-    pending: dict[str, asyncio.Future[Any]] = {}
-
-    async def _lookup(self: Any, digest: str) -> Any:
-        if self._bootstrap_hash is not None and hmac.compare_digest(digest, self._bootstrap_hash):
-            return TokenRecord(auth.BOOTSTRAP_ID, Scope.ADMIN)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        future = pending.get(digest)
-        if future is None:
-            future = asyncio.ensure_future(store.find_token(self._db, digest))
-            pending[digest] = future
-            try:
-                record = await future
-            finally:
-                pending.pop(digest, None)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (time.monotonic() + auth.CACHE_SECONDS, record)
-            return record
-        return await asyncio.shield(future)
-
-    auth.Authenticator._lookup = _lookup  # type: ignore[method-assign]
-
-
-def _ingest_endpoint() -> Callable[[Request], Awaitable[Any]]:
-    """``POST /v1/events`` without FastAPI dependencies: auth, key, body, service call."""
-    from app.api.body import read_json
-    from app.api.events import _accepted
-    from app.domain.idempotency import parse_key
-    from app.domain.tokens import Scope
-
-    async def post_event(request: Request) -> Any:
-        svc = request.app.state.services
-        await svc.auth.authenticate(request.headers.get("authorization"), Scope.INGEST)
-        raw_key = request.headers.get("idempotency-key")
-        key = parse_key(raw_key) if raw_key is not None else None
-        document = await read_json(request, svc.settings.max_payload_bytes)
-        return _accepted(await svc.ingest.ingest_one(document, key))
-
-    return post_event
-
-
-def _wrap_create_app(extend: Callable[[Any], None]) -> None:
-    """Run ``extend(app)`` on every app ``create_app`` builds, wherever it is imported."""
-    import app.api.app as api_app
-    import app.cli  # noqa: F401  (loads whichever module of the CLI imports create_app)
-
-    original = api_app.create_app
-
-    def create_app(*args: Any, **kwargs: Any) -> Any:
-        built = original(*args, **kwargs)
-        extend(built)
-        return built
-
-    for module in list(sys.modules.values()):
-        if getattr(module, "__name__", "").startswith("app.") and (
-            getattr(module, "create_app", None) is original
-        ):
-            setattr(module, "create_app", create_app)  # noqa: B010
-
-
-def patch_fast_ingest_route() -> None:
-    from starlette.routing import Route
-
-    endpoint = _ingest_endpoint()
-
-    def extend(built: Any) -> None:
-        built.router.routes.insert(0, Route("/v1/events", endpoint, methods=["POST"]))
-
-    _wrap_create_app(extend)
-
-
-def patch_lean_fastapi_route() -> None:
-    endpoint = _ingest_endpoint()
-
-    async def post_event(request: Request) -> Any:
-        return await endpoint(request)
-
-    def extend(built: Any) -> None:
-        built.add_api_route(
-            "/v1/events", post_event, methods=["POST"], status_code=202, include_in_schema=False
-        )
-        built.router.routes.insert(0, built.router.routes.pop())
-
-    _wrap_create_app(extend)
-
-
-def patch_no_instrumentator() -> None:
-    from prometheus_fastapi_instrumentator import Instrumentator
-
-    def instrument(self: Instrumentator, app: Any, **_: Any) -> Instrumentator:
-        return self
-
-    Instrumentator.instrument = instrument  # type: ignore[method-assign,assignment]
 
 
 def _counted(name: str, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -419,31 +266,27 @@ def patch_sqlite_one_hop() -> None:
     store.ingest = ingest
 
 
-def patch_batch_busy_lines() -> None:
-    from sqlalchemy import bindparam, text
+def patch_no_observability() -> None:
+    import logging
 
-    from app.store import lines
+    from prometheus_client import Counter, Histogram, Summary
+    from prometheus_client.metrics import MetricWrapperBase
 
-    busy = text(
-        """
-        SELECT DISTINCT d.subscription_id, d.ordering_key
-        FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-        WHERE d.status IN ('pending', 'in_flight', 'dead')
-          AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
-          AND d.subscription_id IN :subs AND d.ordering_key IN :keys
-        """
-    ).bindparams(bindparam("subs", expanding=True), bindparam("keys", expanding=True))
+    from app.api.http_metrics import HttpMetrics
+    from app.api.middleware import RequestIdMiddleware
 
-    async def busy_lines(conn: Any, wanted: Any) -> set[tuple[str, str]]:
-        pairs = {(str(sub), str(key)) for sub, key in wanted}
-        if not pairs:
-            return set()
-        subs = sorted({sub for sub, _ in pairs})
-        keys = sorted({key for _, key in pairs})
-        rows = await conn.execute(busy, {"subs": subs, "keys": keys})
-        return {(r[0], r[1]) for r in rows} & pairs
+    async def passthrough(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
-    setattr(lines, "busy_lines", busy_lines)  # noqa: B010
+    def nothing(self: MetricWrapperBase, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    HttpMetrics.__call__ = passthrough  # type: ignore[method-assign]
+    RequestIdMiddleware.__call__ = passthrough  # type: ignore[method-assign]
+    Counter.inc = nothing  # type: ignore[method-assign]
+    Histogram.observe = nothing  # type: ignore[method-assign]
+    Summary.observe = nothing  # type: ignore[method-assign]
+    logging.disable(logging.CRITICAL)
 
 
 def patch_switch_interval() -> None:
@@ -451,13 +294,8 @@ def patch_switch_interval() -> None:
 
 
 PATCHES: dict[str, Callable[[], None]] = {
-    "async-services": patch_async_services,
-    "auth-single-flight": patch_auth_single_flight,
-    "fast-ingest-route": patch_fast_ingest_route,
-    "lean-fastapi-route": patch_lean_fastapi_route,
-    "no-instrumentator": patch_no_instrumentator,
+    "no-observability": patch_no_observability,
     "switch-interval": patch_switch_interval,
-    "batch-busy-lines": patch_batch_busy_lines,
     "sqlite-one-hop": patch_sqlite_one_hop,
     "flush-timing": patch_flush_timing,
     "sqlite-timing": patch_sqlite_timing,
@@ -475,8 +313,7 @@ def main() -> int:
     unknown = [n for n in names if n not in PATCHES]
     if unknown:
         parser.error(f"unknown patches: {', '.join(unknown)}")
-    # async-services must run before anything imports app.api.deps.
-    for name in sorted(names, key=lambda n: n != "async-services"):
+    for name in names:
         PATCHES[name]()
     from app.cli import main as eventrelay
 
