@@ -11,6 +11,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
 from app.api import dlq, event_types, events, health, openapi, problems, subscriptions, tokens
+from app.api.hot_path import IngestHotPath, find_route
 from app.api.http_metrics import HttpMetrics
 from app.api.middleware import RequestIdMiddleware
 from app.domain.event_schemas import SchemaCreate
@@ -112,13 +113,21 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     problems.install(app)
-    app.add_middleware(RequestIdMiddleware)
     app.include_router(events.router)
     app.include_router(subscriptions.router)
     app.include_router(dlq.router)
     app.include_router(tokens.router)
     app.include_router(event_types.router)
     app.include_router(health.router)
+    # Middlewares run outermost last added: metrics, request IDs, the ingest hot path.
+    app.add_middleware(
+        IngestHotPath,
+        method="POST",
+        path="/v1/events",
+        endpoint=events.post_event,
+        route=find_route(events.router.routes, "POST", "/v1/events"),
+    )
+    app.add_middleware(RequestIdMiddleware)
     # prometheus-fastapi-instrumentator serves /metrics; its HTTP metric families
     # are recorded by HttpMetrics, which costs a fraction of its middleware.
     app.add_middleware(HttpMetrics, registry=metrics.registry, excluded=["/metrics"])

@@ -57,7 +57,7 @@ def render(exc: EventRelayError) -> Response:
     )
 
 
-async def _domain_error(_: Request, exc: Exception) -> Response:
+async def domain_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, EventRelayError)
     if exc.status >= 500:
         log.warning("request failed: %s", exc.detail, exc_info=exc.__cause__)
@@ -84,7 +84,7 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return pointer(parts)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     title = _TITLES.get(exc.status_code, "Error")
     detail = exc.detail if isinstance(exc.detail, str) else title
@@ -106,7 +106,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(EventRelayError, _domain_error)
+    app.add_exception_handler(EventRelayError, domain_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, _unexpected)
