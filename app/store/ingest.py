@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 
 import orjson
 from sqlalchemy import delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.events import NewEvent, accepted_body
@@ -192,7 +191,7 @@ async def _write(
     fanout = _fan_out(new_events, subscriptions)
     if dialect == "postgresql":
         await lock_lines(conn, [_line(r) for r in fanout])
-    await conn.execute(schema.events.insert(), [_event_row(e) for e in new_events])
+    await _insert_events(conn, dialect, new_events)
     if fanout:
         await mark_heads(conn, fanout)
         await conn.execute(schema.deliveries.insert(), fanout)
@@ -232,16 +231,57 @@ def _line(row: dict[str, object]) -> tuple[str, str | None]:
     return str(row["subscription_id"]), None if key is None else str(key)
 
 
-def _event_row(event: NewEvent) -> dict[str, object]:
-    return {
-        "id": event.id,
-        "type": event.type,
-        "key": event.key,
-        "data": event.data_json,
-        "schema_version": event.schema_version,
-        "occurred_at": event.occurred_at,
-        "received_at": event.received_at,
-    }
+# The two inserts every event makes are rendered once per dialect and fed plain
+# tuples: SQLAlchemy's compiled inserts spent more CPU per event on cache keys
+# and per-row bind processing (every timestamp of every row) than the database
+# spent storing it (BENCHMARKS.md, "Ingest"). PostgreSQL gets one statement per
+# flush (unnest of arrays), SQLite an executemany.
+_EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at"
+_KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at"
+_INSERT_EVENTS = {
+    "sqlite": f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "postgresql": f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT * FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], "
+    "$7::timestamptz[])",
+}
+_INSERT_KEYS = {
+    "sqlite": f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO NOTHING",
+    "postgresql": f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) SELECT * FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) "
+    "ON CONFLICT (key) DO NOTHING RETURNING key",
+}
+
+
+async def _insert_events(conn: AsyncConnection, dialect: str, new_events: list[NewEvent]) -> None:
+    if dialect == "postgresql":
+        rows = [
+            (e.id, e.type, e.key, e.data_json, e.schema_version, e.occurred_at, e.received_at)
+            for e in new_events
+        ]
+        await conn.exec_driver_sql(_INSERT_EVENTS[dialect], (*_columns(rows, 7),))
+        return
+    stamp = schema.sqlite_timestamp
+    await conn.exec_driver_sql(
+        _INSERT_EVENTS[dialect],
+        [
+            (
+                e.id,
+                e.type,
+                e.key,
+                e.data_json,
+                e.schema_version,
+                stamp(e.occurred_at) if e.occurred_at else None,
+                stamp(e.received_at),
+            )
+            for e in new_events
+        ],
+    )
+
+
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows to one list per column (PostgreSQL's ``unnest`` arguments)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
 async def _insert_keys(
@@ -260,19 +300,22 @@ async def _insert_keys(
         return
     if reclaim:
         await conn.execute(delete(t).where(t.c.key.in_(reclaim), t.c.created_at < cutoff))
-    insert = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
-    stmt = insert.on_conflict_do_nothing(index_elements=["key"]).returning(t.c.key)
-    rows = [
-        {
-            "key": e.idempotency_key,
-            "fingerprint": e.fingerprint,
-            "event_id": e.id,
-            "response_status": 202,
-            "response_body": bodies[e.id],
-            "created_at": e.received_at,
-        }
-        for e in keyed
-    ]
-    result = await conn.execute(stmt, rows)
-    if len(result.all()) != len(rows):
+    if dialect == "postgresql":
+        rows = [
+            (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], e.received_at)
+            for e in keyed
+        ]
+        result = await conn.exec_driver_sql(_INSERT_KEYS[dialect], (*_columns(rows, 6),))
+        stored = len(result.all())
+    else:
+        stamp = schema.sqlite_timestamp
+        result = await conn.exec_driver_sql(
+            _INSERT_KEYS[dialect],
+            [
+                (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], stamp(e.received_at))
+                for e in keyed
+            ],
+        )
+        stored = result.rowcount
+    if stored != len(keyed):
         raise KeyRace()

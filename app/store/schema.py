@@ -60,6 +60,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)  # type: ignore[no-any-return]
 
 
+def sqlite_timestamp(value: datetime) -> str:
+    """``value`` as :class:`UTCDateTime` stores it on SQLite, for statements that
+    bypass SQLAlchemy's bind processing (``2026-11-26 05:44:20.123456``, UTC)."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 tokens = Table(
     "tokens",
     metadata,
