@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.events import NewEvent, accepted_body
@@ -92,7 +93,7 @@ async def _ingest(
     conn: AsyncConnection, dialect: str, units: Sequence[Sequence[NewEvent]], cutoff: datetime
 ) -> IngestOutcome:
     keys = {e.idempotency_key for unit in units for e in unit if e.idempotency_key}
-    stored = await _load_keys(conn, keys) if keys else {}
+    stored = await _load_keys(conn, dialect, keys) if keys else {}
     live = {k: row for k, row in stored.items() if row.created_at >= cutoff}
     reclaim = [k for k, row in stored.items() if row.created_at < cutoff]
 
@@ -163,14 +164,28 @@ def _answer(plan: _Plan, bodies: dict[str, str]) -> list[Accepted]:
     return answers
 
 
-async def _load_keys(conn: AsyncConnection, keys: set[str]) -> dict[str, _Stored]:
-    t = schema.idempotency_keys
-    rows = await conn.execute(
-        select(t.c.key, t.c.fingerprint, t.c.event_id, t.c.response_body, t.c.created_at).where(
-            t.c.key.in_(sorted(keys))
-        )
-    )
-    return {r.key: _Stored(r.fingerprint, r.event_id, r.response_body, r.created_at) for r in rows}
+_KEY_CHUNK = 500  # keys per SELECT on SQLite, well under its limit on bound variables
+_SELECT_KEYS = "SELECT key, fingerprint, event_id, response_body, created_at FROM idempotency_keys"
+
+
+async def _load_keys(conn: AsyncConnection, dialect: str, keys: set[str]) -> dict[str, _Stored]:
+    ordered = sorted(keys)
+    if dialect == "postgresql":
+        sql = f"{_SELECT_KEYS} WHERE key = ANY($1::text[])"
+        rows: list[Any] = list(await conn.exec_driver_sql(sql, (ordered,)))
+    else:
+        rows = []
+        for start in range(0, len(ordered), _KEY_CHUNK):
+            chunk = ordered[start : start + _KEY_CHUNK]
+            sql = f"{_SELECT_KEYS} WHERE key IN ({', '.join('?' * len(chunk))})"
+            rows += await conn.exec_driver_sql(sql, tuple(chunk))
+    return {r[0]: _Stored(r[1], r[2], r[3], _utc(r[4])) for r in rows}
+
+
+def _utc(stored: datetime | str) -> datetime:
+    """A timestamp read with raw SQL: SQLite gives its stored text, PostgreSQL a datetime."""
+    moment = datetime.fromisoformat(stored) if isinstance(stored, str) else stored
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 async def _write(
@@ -205,16 +220,14 @@ async def _write(
     return bodies, len(fanout)
 
 
+_SELECT_SUBSCRIPTIONS = (
+    "SELECT id, event_types, ordering FROM subscriptions WHERE status <> 'disabled' ORDER BY id"
+)
+
+
 async def _load_subscriptions(conn: AsyncConnection) -> list[_Subscription]:
-    s = schema.subscriptions
-    rows = await conn.execute(
-        select(s.c.id, s.c.event_types, s.c.ordering)
-        .where(s.c.status != "disabled")
-        .order_by(s.c.id)
-    )
-    return [
-        _Subscription(r.id, tuple(orjson.loads(r.event_types)), r.ordering == "key") for r in rows
-    ]
+    rows: list[Any] = list(await conn.exec_driver_sql(_SELECT_SUBSCRIPTIONS))
+    return [_Subscription(r[0], tuple(orjson.loads(r[1])), r[2] == "key") for r in rows]
 
 
 def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list[dict[str, object]]:
