@@ -12,19 +12,31 @@ unchanged:
 
 What differs is the cost. The instrumentator's middleware matches the request
 against every route again to name its handler, builds a Starlette ``Request``,
-``Response`` and ``Headers`` per request and resolves five label sets; that
-was ~60 µs a request here, a fifth of the ingest path (BENCHMARKS.md). This
-middleware reads the route the router already matched (``scope["route"]``)
-and keeps the labelled children per (handler, method, status), so a request
-costs a dictionary lookup and five observations.
+``Response`` and ``Headers`` per request and updates five metrics under nine
+locks; that was ~60 µs a request here, a fifth of the ingest path
+(BENCHMARKS.md). This middleware reads the route the router already matched
+(``scope["route"]``) and adds to plain numbers per (handler, method, status),
+which a collector turns into the families when Prometheus scrapes. Requests
+are recorded on the event loop's thread only; a scrape copies the numbers
+first, and derives each histogram's count from its buckets so the two always
+agree. (The ``*_created`` series prometheus_client would add are not exported.)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Summary
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HIGHR_BUCKETS = (
@@ -35,18 +47,33 @@ LOWR_BUCKETS = (0.1, 0.5, 1)
 UNTEMPLATED = "none"  # the handler label of a request no route matched (a 404)
 
 _CONTENT_LENGTH = b"content-length"
+_SIZE_NOTE = "Only value of header is respected. Otherwise ignored. No percentile calculated. "
+HELP = {
+    "http_requests": "Total number of requests by method, status and handler.",
+    "http_request_size_bytes": f"Content length of incoming requests by handler. {_SIZE_NOTE}",
+    "http_response_size_bytes": f"Content length of outgoing responses by handler. {_SIZE_NOTE}",
+    "http_request_duration_highr_seconds": (
+        "Latency with many buckets but no API specific labels. "
+        "Made for more accurate percentile calculations. "
+    ),
+    "http_request_duration_seconds": (
+        "Latency with only few buckets by handler. "
+        "Made to be only used if aggregation by handler is important. "
+    ),
+}
 
 
 class _Series:
-    """The children of one (handler, method, status) combination."""
+    """What was observed for one (handler, method, status class)."""
 
-    __slots__ = ("in_size", "latency", "out_size", "total")
+    __slots__ = ("count", "latency", "latency_sum", "received", "sent")
 
-    def __init__(self, families: HttpMetrics, handler: str, method: str, status: str) -> None:
-        self.total = families.total.labels(method, status, handler)
-        self.in_size = families.in_size.labels(handler)
-        self.out_size = families.out_size.labels(handler)
-        self.latency = families.latency.labels(method, handler)
+    def __init__(self) -> None:
+        self.count = 0
+        self.received = 0
+        self.sent = 0
+        self.latency_sum = 0.0
+        self.latency = [0] * (len(LOWR_BUCKETS) + 1)  # the last one is +Inf
 
 
 class HttpMetrics:
@@ -57,44 +84,10 @@ class HttpMetrics:
     ) -> None:
         self.app = app
         self.excluded = frozenset(excluded)
-        self.total = Counter(
-            "http_requests_total",
-            "Total number of requests by method, status and handler.",
-            ("method", "status", "handler"),
-            registry=registry,
-        )
-        self.in_size = Summary(
-            "http_request_size_bytes",
-            "Content length of incoming requests by handler. "
-            "Only value of header is respected. Otherwise ignored. "
-            "No percentile calculated. ",
-            ("handler",),
-            registry=registry,
-        )
-        self.out_size = Summary(
-            "http_response_size_bytes",
-            "Content length of outgoing responses by handler. "
-            "Only value of header is respected. Otherwise ignored. "
-            "No percentile calculated. ",
-            ("handler",),
-            registry=registry,
-        )
-        self.latency_highr = Histogram(
-            "http_request_duration_highr_seconds",
-            "Latency with many buckets but no API specific labels. "
-            "Made for more accurate percentile calculations. ",
-            buckets=HIGHR_BUCKETS,
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "http_request_duration_seconds",
-            "Latency with only few buckets by handler. "
-            "Made to be only used if aggregation by handler is important. ",
-            ("method", "handler"),
-            buckets=LOWR_BUCKETS,
-            registry=registry,
-        )
         self._series: dict[tuple[str, str, str], _Series] = {}
+        self._highr = [0] * (len(HIGHR_BUCKETS) + 1)
+        self._highr_sum = 0.0
+        registry.register(_Exporter(self))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,15 +122,80 @@ class HttpMetrics:
     def _observe(
         self, handler: str, method: str, status: int, received: int, sent: int, seconds: float
     ) -> None:
-        group = f"{str(status)[0]}xx"
-        series = self._series.get((handler, method, group))
+        key = (handler, method, f"{str(status)[0]}xx")
+        series = self._series.get(key)
         if series is None:
-            series = self._series[handler, method, group] = _Series(self, handler, method, group)
-        series.total.inc()
-        series.in_size.observe(received)
-        series.out_size.observe(sent)
-        self.latency_highr.observe(seconds)
-        series.latency.observe(seconds)
+            series = self._series[key] = _Series()
+        series.count += 1
+        series.received += received
+        series.sent += sent
+        series.latency_sum += seconds
+        series.latency[bisect_left(LOWR_BUCKETS, seconds)] += 1
+        self._highr[bisect_left(HIGHR_BUCKETS, seconds)] += 1
+        self._highr_sum += seconds
+
+    def families(self) -> Iterator[Metric]:
+        """The metric families, from a copy of what has been observed so far."""
+        snapshot = [
+            (key, s.count, s.received, s.sent, s.latency_sum, list(s.latency))
+            for key, s in list(self._series.items())
+        ]
+        total = CounterMetricFamily(
+            "http_requests", HELP["http_requests"], labels=("method", "status", "handler")
+        )
+        received = SummaryMetricFamily(
+            "http_request_size_bytes", HELP["http_request_size_bytes"], labels=("handler",)
+        )
+        sent = SummaryMetricFamily(
+            "http_response_size_bytes", HELP["http_response_size_bytes"], labels=("handler",)
+        )
+        latency = HistogramMetricFamily(
+            "http_request_duration_seconds",
+            HELP["http_request_duration_seconds"],
+            labels=("method", "handler"),
+        )
+        by_handler: dict[str, tuple[int, int, int]] = {}
+        by_route: dict[tuple[str, str], tuple[list[int], float]] = {}
+        for (handler, method, status), count, in_bytes, out_bytes, seconds, buckets in snapshot:
+            total.add_metric((method, status, handler), count)
+            n, i, o = by_handler.get(handler, (0, 0, 0))
+            by_handler[handler] = (n + count, i + in_bytes, o + out_bytes)
+            counts, sum_seconds = by_route.get((method, handler), ([0] * len(buckets), 0.0))
+            by_route[method, handler] = (
+                [a + b for a, b in zip(counts, buckets, strict=True)],
+                sum_seconds + seconds,
+            )
+        for handler, (n, in_bytes, out_bytes) in by_handler.items():
+            received.add_metric((handler,), n, in_bytes)
+            sent.add_metric((handler,), n, out_bytes)
+        for (method, handler), (counts, sum_seconds) in by_route.items():
+            latency.add_metric((method, handler), _cumulative(LOWR_BUCKETS, counts), sum_seconds)
+        highr = HistogramMetricFamily(
+            "http_request_duration_highr_seconds", HELP["http_request_duration_highr_seconds"]
+        )
+        highr.add_metric((), _cumulative(HIGHR_BUCKETS, list(self._highr)), self._highr_sum)
+        yield from (total, received, sent, highr, latency)
+
+
+class _Exporter(Collector):
+    def __init__(self, metrics: HttpMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the families are known only once requests are seen
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> Sequence[tuple[str, float]]:
+    """Prometheus buckets (``le``, cumulative count) from per-bucket counts."""
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*map(floatToGoString, bounds), "+Inf"), counts, strict=True):
+        running += count
+        buckets.append((bound, running))
+    return buckets
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:

@@ -8,10 +8,13 @@ a sequence for that.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# base64's base32 writes RFC 4648's alphabet; this table turns it into Crockford's.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 _LENGTH = 26
 PREFIXES = frozenset({"evt", "sub", "dlv", "tok", "att"})
 
@@ -21,11 +24,10 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
         raise ValueError(f"unknown id prefix {prefix!r}")
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(_LENGTH):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    # The 130 bits of 26 characters (two leading zeros, then the 128-bit value),
+    # placed at the top of 160 bits so base32 encodes them first.
+    encoded = base64.b32encode((value << 30).to_bytes(20, "big"))[:_LENGTH]
+    return f"{prefix}_{encoded.translate(_TO_CROCKFORD).decode()}"
 
 
 def id_timestamp_ms(identifier: str) -> int:

@@ -63,7 +63,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 def sqlite_timestamp(value: datetime) -> str:
     """``value`` as :class:`UTCDateTime` stores it on SQLite, for statements that
     bypass SQLAlchemy's bind processing (``2026-11-26 05:44:20.123456``, UTC)."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
 tokens = Table(

@@ -73,7 +73,8 @@ async def _exercise(instrument: Callable[[FastAPI, CollectorRegistry], None]) ->
 def _families(text: str) -> dict[str, tuple[str, str, dict[Sample, float]]]:
     found = {}
     for family in text_string_to_metric_families(text):
-        if not family.name.startswith("http_"):
+        # prometheus_client's *_created series are not exported by eventrelay.
+        if not family.name.startswith("http_") or family.name.endswith("_created"):
             continue
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
         found[family.name] = (family.type, family.documentation, samples)

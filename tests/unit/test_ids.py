@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
 
+from app.domain import ids
 from app.domain.ids import PREFIXES, id_timestamp_ms, looks_like_id, new_id
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
@@ -94,3 +96,23 @@ def test_looks_like_id_rejects(identifier: str, prefix: str) -> None:
 
 def test_looks_like_id_accepts_a_well_formed_id() -> None:
     assert looks_like_id("evt_01JD0000000000000000000000", "evt")
+
+
+def _reference_ulid(ms: int, randomness: bytes) -> str:
+    """The ULID spec's encoding, five bits at a time from the least significant end."""
+    value = (ms << 80) | int.from_bytes(randomness, "big")
+    chars = []
+    for _ in range(26):
+        chars.append(sorted(CROCKFORD)[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_encoding_matches_the_ulid_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    draw = random.Random(seed)
+    for _ in range(200):
+        ms = draw.randrange(2**48)
+        randomness = draw.randbytes(10)
+        monkeypatch.setattr(ids.os, "urandom", lambda n, r=randomness: r[:n])
+        assert new_id("evt", now_ms=ms) == f"evt_{_reference_ulid(ms, randomness)}"
