@@ -61,7 +61,7 @@ class GroupCommitter(Generic[T, R]):
         if not self._tasks:
             raise RuntimeError("the group committer is not running")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))  # unbounded: never waits
         return await future
 
     async def _run(self) -> None:

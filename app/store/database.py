@@ -8,6 +8,7 @@ pool of readers. PostgreSQL gets one pool for both.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -117,6 +118,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: st
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
+    sqlite3.OperationalError,  # from statements run on the driver (app.store.driver)
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
     OSError,

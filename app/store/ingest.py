@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 from sqlalchemy import delete, text
@@ -22,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.domain.events import NewEvent, accepted_body
 from app.domain.filters import any_matches
 from app.errors import FieldError, ValidationFailed
-from app.store import schema
+from app.store import driver, schema
 from app.store.database import Database
 from app.store.lines import delivery_row, lock_lines, mark_heads
 from app.store.notify import CHANNEL
@@ -171,14 +170,15 @@ _SELECT_KEYS = "SELECT key, fingerprint, event_id, response_body, created_at FRO
 async def _load_keys(conn: AsyncConnection, dialect: str, keys: set[str]) -> dict[str, _Stored]:
     ordered = sorted(keys)
     if dialect == "postgresql":
-        sql = f"{_SELECT_KEYS} WHERE key = ANY($1::text[])"
-        rows: list[Any] = list(await conn.exec_driver_sql(sql, (ordered,)))
+        rows = await driver.fetch_all(
+            conn, f"{_SELECT_KEYS} WHERE key = ANY($1::text[])", [ordered]
+        )
     else:
         rows = []
         for start in range(0, len(ordered), _KEY_CHUNK):
             chunk = ordered[start : start + _KEY_CHUNK]
             sql = f"{_SELECT_KEYS} WHERE key IN ({', '.join('?' * len(chunk))})"
-            rows += await conn.exec_driver_sql(sql, tuple(chunk))
+            rows += await driver.fetch_all(conn, sql, chunk)
     return {r[0]: _Stored(r[1], r[2], r[3], _utc(r[4])) for r in rows}
 
 
@@ -226,7 +226,7 @@ _SELECT_SUBSCRIPTIONS = (
 
 
 async def _load_subscriptions(conn: AsyncConnection) -> list[_Subscription]:
-    rows: list[Any] = list(await conn.exec_driver_sql(_SELECT_SUBSCRIPTIONS))
+    rows = await driver.fetch_all(conn, _SELECT_SUBSCRIPTIONS)
     return [_Subscription(r[0], tuple(orjson.loads(r[1])), r[2] == "key") for r in rows]
 
 
@@ -244,11 +244,9 @@ def _line(row: dict[str, object]) -> tuple[str, str | None]:
     return str(row["subscription_id"]), None if key is None else str(key)
 
 
-# The two inserts every event makes are rendered once per dialect and fed plain
-# tuples: SQLAlchemy's compiled inserts spent more CPU per event on cache keys
-# and per-row bind processing (every timestamp of every row) than the database
-# spent storing it (BENCHMARKS.md, "Ingest"). PostgreSQL gets one statement per
-# flush (unnest of arrays), SQLite an executemany.
+# The statements every flush runs are rendered once per dialect and take plain
+# tuples (app.store.driver says why). PostgreSQL gets one statement per flush
+# (unnest of arrays), SQLite an executemany.
 _EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at"
 _KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at"
 _INSERT_EVENTS = {
@@ -272,10 +270,11 @@ async def _insert_events(conn: AsyncConnection, dialect: str, new_events: list[N
             (e.id, e.type, e.key, e.data_json, e.schema_version, e.occurred_at, e.received_at)
             for e in new_events
         ]
-        await conn.exec_driver_sql(_INSERT_EVENTS[dialect], (*_columns(rows, 7),))
+        await driver.fetch_all(conn, _INSERT_EVENTS[dialect], driver.columns(rows, 7))
         return
     stamp = schema.sqlite_timestamp
-    await conn.exec_driver_sql(
+    await driver.execute_many(
+        conn,
         _INSERT_EVENTS[dialect],
         [
             (
@@ -290,11 +289,6 @@ async def _insert_events(conn: AsyncConnection, dialect: str, new_events: list[N
             for e in new_events
         ],
     )
-
-
-def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
-    """Rows to one list per column (PostgreSQL's ``unnest`` arguments)."""
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
 
 
 async def _insert_keys(
@@ -318,17 +312,16 @@ async def _insert_keys(
             (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], e.received_at)
             for e in keyed
         ]
-        result = await conn.exec_driver_sql(_INSERT_KEYS[dialect], (*_columns(rows, 6),))
-        stored = len(result.all())
+        stored = len(await driver.fetch_all(conn, _INSERT_KEYS[dialect], driver.columns(rows, 6)))
     else:
         stamp = schema.sqlite_timestamp
-        result = await conn.exec_driver_sql(
+        stored = await driver.execute_many(
+            conn,
             _INSERT_KEYS[dialect],
             [
                 (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], stamp(e.received_at))
                 for e in keyed
             ],
         )
-        stored = result.rowcount
     if stored != len(keyed):
         raise KeyRace()

@@ -1,0 +1,88 @@
+"""Raw statements (``app.store.driver``) run inside the store's transactions, on both databases."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from app.errors import StoreUnavailable
+from app.store import driver
+from app.store.database import Database
+
+INSERT = {
+    "sqlite": "INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, "
+    "response_body, created_at) VALUES (?, 'f', 'evt_x', 202, '{}', '2026-11-26 00:00:00.000000') "
+    "ON CONFLICT (key) DO NOTHING",
+    "postgresql": "INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, "
+    "response_body, created_at) SELECT k, 'f', 'evt_x', 202, '{}', now() "
+    "FROM unnest($1::text[]) AS k ON CONFLICT (key) DO NOTHING RETURNING key",
+}
+SELECT = {
+    "sqlite": "SELECT key FROM idempotency_keys WHERE key IN (?, ?, ?) ORDER BY key",
+    "postgresql": "SELECT key FROM idempotency_keys WHERE key = ANY($1::text[]) ORDER BY key",
+}
+
+
+async def _insert(db: Database, conn: object, keys: list[str]) -> int:
+    if db.is_sqlite:
+        return await driver.execute_many(conn, INSERT["sqlite"], [(k,) for k in keys])  # type: ignore[arg-type]
+    rows = await driver.fetch_all(conn, INSERT["postgresql"], [keys])  # type: ignore[arg-type]
+    return len(rows)
+
+
+async def _stored(db: Database, keys: list[str]) -> list[str]:
+    async with db.read() as conn:
+        params = keys if db.is_sqlite else [keys]
+        return [r[0] for r in await driver.fetch_all(conn, SELECT[db.dialect], params)]
+
+
+async def test_changes_are_counted_and_conflicts_are_not(db: Database) -> None:
+    async with db.write() as conn:
+        assert await _insert(db, conn, ["a", "b"]) == 2
+    async with db.write() as conn:
+        assert await _insert(db, conn, ["b", "c"]) == 1  # b was already there
+    assert await _stored(db, ["a", "b", "c"]) == ["a", "b", "c"]
+
+
+async def _insert_then_fail(db: Database) -> None:
+    async with db.write() as conn:
+        assert await _insert(db, conn, ["x", "y"]) == 2
+        await conn.execute(text("SELECT 1"))  # SQLAlchemy and the driver share the transaction
+        raise RuntimeError("after the insert")
+
+
+async def test_a_failed_transaction_takes_its_raw_statements_with_it(db: Database) -> None:
+    with pytest.raises(RuntimeError, match="after the insert"):
+        await _insert_then_fail(db)
+    assert await _stored(db, ["x", "y", "z"]) == []
+
+
+async def test_raw_and_sqlalchemy_statements_see_each_other(db: Database) -> None:
+    async with db.write() as conn:
+        await _insert(db, conn, ["seen"])
+        count = await conn.scalar(text("SELECT count(*) FROM idempotency_keys WHERE key = 'seen'"))
+        assert count == 1
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_execute_many_is_only_for_sqlite(db: Database) -> None:
+    async with db.write() as conn:
+        with pytest.raises(ValueError, match="SQLite"):
+            await driver.execute_many(conn, "SELECT 1", [()])
+
+
+async def _query_missing_table(db: Database) -> None:
+    async with db.write() as conn:
+        await driver.fetch_all(conn, "SELECT * FROM no_such_table")
+
+
+# PostgreSQL statements go through SQLAlchemy, whose errors are translated already.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_sqlite_error_from_the_driver_is_translated(db: Database) -> None:
+    with pytest.raises(StoreUnavailable):
+        await _query_missing_table(db)
+
+
+def test_columns_are_the_unnest_arrays() -> None:
+    assert driver.columns([(1, "a"), (2, "b")], 2) == [[1, 2], ["a", "b"]]
+    assert driver.columns([], 3) == [[], [], []]
