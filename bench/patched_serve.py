@@ -187,6 +187,9 @@ class _SyncConnection:
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         return self._conn.execute(*args, **kwargs)
 
+    async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
+        return self._conn.exec_driver_sql(*args, **kwargs)
+
 
 def _sync_sqlite_writer(url: str) -> Any:
     from sqlalchemy import create_engine, event

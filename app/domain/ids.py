@@ -8,13 +8,13 @@ a sequence for that.
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# base64's base32 writes RFC 4648's alphabet; this table turns it into Crockford's.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# Two characters (ten bits) at a time: 13 lookups make the 26 characters.
+_PAIRS = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 _LENGTH = 26
 PREFIXES = frozenset({"evt", "sub", "dlv", "tok", "att"})
 
@@ -24,10 +24,8 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
         raise ValueError(f"unknown id prefix {prefix!r}")
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    # The 130 bits of 26 characters (two leading zeros, then the 128-bit value),
-    # placed at the top of 160 bits so base32 encodes them first.
-    encoded = base64.b32encode((value << 30).to_bytes(20, "big"))[:_LENGTH]
-    return f"{prefix}_{encoded.translate(_TO_CROCKFORD).decode()}"
+    pairs = _PAIRS
+    return f"{prefix}_{''.join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])}"
 
 
 def id_timestamp_ms(identifier: str) -> int:
