@@ -18,14 +18,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, BACKENDS, pg_admin, pg_url
+from tests.e2e.receivers import ReceiverPool
+
+if TYPE_CHECKING:
+    from tests.e2e.procs import Relay
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
@@ -320,3 +324,19 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         assert isinstance(value, dict), f"log line {number} is not a JSON object: {line[:300]!r}"
         objects.append(value)
     return objects
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[ReceiverPool]:
+    """Webhook receivers on loopback, closed after the test."""
+    async with ReceiverPool() as pool:
+        yield pool
+
+
+@pytest.fixture
+async def relay(shared_server: ServerProcess) -> AsyncIterator[Relay]:
+    """An API client of the module's ``shared_server`` (each module starts its own)."""
+    from tests.e2e.procs import Relay  # procs imports this module
+
+    async with Relay(shared_server) as client:
+        yield client

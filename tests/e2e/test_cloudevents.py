@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -34,18 +34,6 @@ def shared_server(
     module_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     yield from start_module_server(module_database_url, tmp_path_factory)
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[ReceiverPool]:
-    async with ReceiverPool() as pool:
-        yield pool
-
-
-@pytest.fixture
-async def relay(shared_server: ServerProcess) -> AsyncIterator[Relay]:
-    async with Relay(shared_server) as client:
-        yield client
 
 
 def cloudevent(event_type: str, data: Any, key: str, event_id: str | None = None) -> CloudEvent:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -40,18 +40,6 @@ def shared_server(
     module_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     yield from start_module_server(module_database_url, tmp_path_factory)
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[ReceiverPool]:
-    async with ReceiverPool() as pool:
-        yield pool
-
-
-@pytest.fixture
-async def relay(shared_server: ServerProcess) -> AsyncIterator[Relay]:
-    async with Relay(shared_server) as client:
-        yield client
 
 
 async def settled(relay: Relay, event_id: str, *statuses: str) -> dict[str, object]:

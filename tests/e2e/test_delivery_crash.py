@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +32,6 @@ from tests.e2e.receivers import (
 
 FAST_LEASES = {"EVENTRELAY_DELIVERY_TIMEOUT_MS": "500", "EVENTRELAY_LEASE_SECONDS": "1"}
 RECOVERY_SECONDS = 45.0
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[ReceiverPool]:
-    async with ReceiverPool() as pool:
-        yield pool
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,18 +43,6 @@ def shared_server(
     module_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     yield from start_module_server(module_database_url, tmp_path_factory)
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[ReceiverPool]:
-    async with ReceiverPool() as pool:
-        yield pool
-
-
-@pytest.fixture
-async def relay(shared_server: ServerProcess) -> AsyncIterator[Relay]:
-    async with Relay(shared_server) as client:
-        yield client
 
 
 async def publish_in_order(relay: Relay, event_type: str, key: str, count: int) -> list[str]:

@@ -15,7 +15,7 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,12 +31,6 @@ QUICK_SECONDS = 0.7  # well inside the grace period
 EXIT_BOUND_SECONDS = GRACE_SECONDS + 6.0
 SETTLE_SECONDS = 15.0
 SHUTDOWN_ENV = {"EVENTRELAY_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS)}
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[ReceiverPool]:
-    async with ReceiverPool() as pool:
-        yield pool
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,18 +36,6 @@ def shared_server(
 ) -> Iterator[ServerProcess]:
     env = {"EVENTRELAY_ACCESS_LOG": "true"}
     yield from start_module_server(module_database_url, tmp_path_factory, env=env)
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[ReceiverPool]:
-    async with ReceiverPool() as pool:
-        yield pool
-
-
-@pytest.fixture
-async def relay(shared_server: ServerProcess) -> AsyncIterator[Relay]:
-    async with Relay(shared_server) as client:
-        yield client
 
 
 async def logged(

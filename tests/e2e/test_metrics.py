@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,18 +149,6 @@ def shared_server(
 ) -> Iterator[ServerProcess]:
     env = {"EVENTRELAY_CIRCUIT_FAILURE_THRESHOLD": str(CIRCUIT_THRESHOLD)}
     yield from start_module_server(module_database_url, tmp_path_factory, env=env)
-
-
-@pytest.fixture
-async def receivers() -> AsyncIterator[ReceiverPool]:
-    async with ReceiverPool() as pool:
-        yield pool
-
-
-@pytest.fixture
-async def relay(shared_server: ServerProcess) -> AsyncIterator[Relay]:
-    async with Relay(shared_server) as client:
-        yield client
 
 
 @pytest.fixture
