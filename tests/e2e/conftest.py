@@ -57,7 +57,48 @@ class ServerStartError(RuntimeError):
     pass
 
 
-class ServerProcess:
+class ManagedProcess:
+    """Signals and stopping for a test's child process (``self.process``)."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def send_signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL, no warning: the crash the durability contract is about."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM and wait; SIGKILL if it outlives ``timeout``. Returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_TIMEOUT)
+                raise
+        return self.process.returncode
+
+    def stop(self) -> None:
+        """Teardown: stop whatever is still running."""
+        if self.process is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.terminate()
+
+
+class ServerProcess(ManagedProcess):
     """One ``eventrelay serve`` on one database; restartable."""
 
     def __init__(
@@ -83,10 +124,6 @@ class ServerProcess:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTRELAY_")}
@@ -158,41 +195,10 @@ class ServerProcess:
         self.kill()
         raise ServerStartError(f"the server was not ready within {timeout} s\n" + self.log_tail())
 
-    def send_signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        """SIGKILL, no warning: the crash the durability contract is about."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-        if self.process is not None:
-            self.process.wait(timeout=STOP_TIMEOUT)
-
-    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM and wait; SIGKILL if it outlives ``timeout``. Returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT)
-                raise
-        return self.process.returncode
-
     def restart(self) -> None:
         if self.running:
             self.terminate()
         self.start()
-
-    def stop(self) -> None:
-        """Teardown: stop whatever is still running."""
-        if self.process is None:
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.terminate()
 
     # -- clients ------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import uuid
@@ -25,13 +24,13 @@ from typing import Any
 import httpx
 
 from tests.conftest import ADMIN_TOKEN
-from tests.e2e.conftest import STOP_TIMEOUT, ServerProcess, eventrelay_executable
+from tests.e2e.conftest import ManagedProcess, ServerProcess, eventrelay_executable
 
 READY_TIMEOUT = 30.0
 WORKER_STARTED = "delivery worker started"
 
 
-class WorkerProcess:
+class WorkerProcess(ManagedProcess):
     """One ``eventrelay worker`` on one database; restartable."""
 
     def __init__(self, database_url: str, workdir: Path, env: dict[str, str] | None = None):
@@ -45,10 +44,6 @@ class WorkerProcess:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTRELAY_")}
@@ -96,29 +91,6 @@ class WorkerProcess:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"the worker did not start within {timeout} s\n{self.log()[-4000:]}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-        if self.process is not None:
-            self.process.wait(timeout=STOP_TIMEOUT)
-
-    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM and wait; SIGKILL if it outlives ``timeout`` (and re-raise)."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise
-        return self.process.returncode
-
-    def stop(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.terminate()
 
 
 class WorkerPool:
