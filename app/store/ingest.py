@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import orjson
 from sqlalchemy import delete, text
@@ -209,7 +210,7 @@ async def _write(
     await _insert_events(conn, dialect, new_events)
     if fanout:
         await mark_heads(conn, fanout)
-        await conn.execute(schema.deliveries.insert(), fanout)
+        await _insert_deliveries(conn, dialect, fanout)
         if dialect == "postgresql":
             await conn.execute(text(f"NOTIFY {CHANNEL}"))
     counts = dict.fromkeys((e.id for e in new_events), 0)
@@ -251,9 +252,23 @@ _EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at"
 _KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at"
 _INSERT_EVENTS = {
     "sqlite": f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "postgresql": f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT * FROM unnest("
+    # Rows are inserted, and so numbered (seq), in array order: a batch's order.
+    "postgresql": f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM unnest("
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], "
-    "$7::timestamptz[])",
+    f"$7::timestamptz[]) WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n",
+}
+_DELIVERY_COLUMNS = (
+    "id, event_id, subscription_id, event_type, ordering_key, status, ready, attempts, "
+    "round_attempts, next_attempt_at, created_at"
+)
+_DELIVERY_FIELDS = tuple(_DELIVERY_COLUMNS.split(", "))
+_INSERT_DELIVERIES = {
+    "sqlite": f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "postgresql": f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+    "$7::boolean[], $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[]) "
+    f"WITH ORDINALITY AS t({_DELIVERY_COLUMNS}, n) ORDER BY n",
 }
 _INSERT_KEYS = {
     "sqlite": f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
@@ -262,6 +277,31 @@ _INSERT_KEYS = {
     "$1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) "
     "ON CONFLICT (key) DO NOTHING RETURNING key",
 }
+
+
+async def _insert_deliveries(
+    conn: AsyncConnection, dialect: str, fanout: list[dict[str, object]]
+) -> None:
+    if dialect == "postgresql":
+        rows = [tuple(row[f] for f in _DELIVERY_FIELDS) for row in fanout]
+        await driver.fetch_all(conn, _INSERT_DELIVERIES[dialect], driver.columns(rows, 11))
+        return
+    stamp = schema.sqlite_timestamp
+    await driver.execute_many(
+        conn,
+        _INSERT_DELIVERIES[dialect],
+        [
+            (
+                *(row[f] for f in _DELIVERY_FIELDS[:6]),
+                1 if row["ready"] else 0,
+                row["attempts"],
+                row["round_attempts"],
+                stamp(cast(datetime, row["next_attempt_at"])),
+                stamp(cast(datetime, row["created_at"])),
+            )
+            for row in fanout
+        ],
+    )
 
 
 async def _insert_events(conn: AsyncConnection, dialect: str, new_events: list[NewEvent]) -> None:
