@@ -8,18 +8,23 @@ The per-key ordering rule lives in the query: a delivery with an ordering key
 is claimed only while no earlier delivery of its line is unfinished (pending,
 in flight, or dead with ``on_dead_letter = 'block'``). The ``ready`` mark only
 keeps the scan short; the ``NOT EXISTS`` is what guarantees the order.
+
+The worker writes once per cycle: :func:`complete_and_claim` records the
+attempts that finished, frees their lines, and claims replacements for the
+freed slots (with their events) in the same transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.database import Database, translate_errors
+from app.store.events import StoredEvent
 from app.store.lines import lock_lines, promote_heads
 from app.store.schema import UTCDateTime
 from app.store.subscriptions import CircuitUpdate, apply_circuit
@@ -58,14 +63,26 @@ _CANDIDATES = """
 # the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
 _SQLITE_HINT = "INDEXED BY ix_deliveries_claim"
 
+_CLAIMED_COLUMNS = (
+    "deliveries.seq, deliveries.id, deliveries.event_id, deliveries.subscription_id, "
+    "deliveries.ordering_key, deliveries.attempts, deliveries.round_attempts"
+)
+_EVENT_COLUMNS = (
+    "e.seq AS event_seq, e.type AS event_type, e.key AS event_key, e.data AS event_data, "
+    "e.schema_version AS event_schema_version, e.occurred_at AS event_occurred_at, "
+    "e.received_at AS event_received_at"
+)
+
+# PostgreSQL returns each claimed delivery with its event (UPDATE … FROM joins
+# it); SQLite's RETURNING sees only the updated table, so its events are read
+# right after, in the same transaction (_SQLITE_EVENTS).
 CLAIM = {
     "postgresql": f"""
         WITH claimed AS ({_CANDIDATES.format(index_hint="")} FOR UPDATE OF d SKIP LOCKED)
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
-        FROM claimed WHERE deliveries.seq = claimed.seq
-        RETURNING deliveries.seq, deliveries.id, deliveries.event_id,
-                  deliveries.subscription_id, deliveries.ordering_key, deliveries.attempts,
-                  deliveries.round_attempts
+        FROM claimed, events e
+        WHERE deliveries.seq = claimed.seq AND e.id = deliveries.event_id
+        RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
     """,
     "sqlite": f"""
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
@@ -73,6 +90,13 @@ CLAIM = {
         RETURNING seq, id, event_id, subscription_id, ordering_key, attempts, round_attempts
     """,
 }
+
+_SQLITE_EVENTS = text(
+    "SELECT id, seq, type, key, data, schema_version, occurred_at, received_at "
+    "FROM events WHERE id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+_EVENT_TIMES = ("occurred_at", "received_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +127,30 @@ class Completion:
     summary: str | None = None  # the delivery's ``last_error``
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``."""
+
+    owner: str
+    now: datetime
+    lease_until: datetime
+    limit: int
+    exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A claimed delivery with the event it carries."""
+
+    delivery: Claimed
+    event: StoredEvent
+
+
+_CLAIM_STATEMENTS = {
+    dialect: _sql(statement, ("now", "lease"), ("exclude",)) for dialect, statement in CLAIM.items()
+}
+
+
 async def claim(
     db: Database,
     *,
@@ -112,21 +160,81 @@ async def claim(
     limit: int,
     exclude: Sequence[str],
 ) -> list[Claimed]:
-    statement = _sql(CLAIM[db.dialect], ("now", "lease"), ("exclude",))
+    """Claim due deliveries in a transaction of their own."""
+    request = ClaimRequest(owner, now, lease_until, limit, exclude)
     async with db.write() as conn:
-        rows = await conn.execute(
-            statement,
-            {
-                "owner": owner,
-                "now": now,
-                "lease": lease_until,
-                "limit": limit,
-                "exclude": list(exclude) or ["-"],
-            },
-        )
-        claimed = [Claimed(*r) for r in rows]
-    claimed.sort(key=lambda c: c.seq)
-    return claimed
+        work = await _claim(conn, db, request)
+    return [w.delivery for w in work]
+
+
+async def complete_and_claim(
+    db: Database,
+    completions: Sequence[Completion],
+    circuit: Sequence[CircuitUpdate] = (),
+    request: ClaimRequest | None = None,
+    now: datetime | None = None,
+) -> list[Work]:
+    """One worker cycle in one transaction: record ``completions`` as :func:`complete`
+    does, then claim per ``request``, which sees the heads those completions
+    promoted. Returns the claimed deliveries with their events, in ``seq`` order."""
+    if not completions and request is None:
+        return []
+    async with db.write() as conn:
+        if completions:
+            await _complete(conn, db, completions)
+            if circuit:
+                await apply_circuit(conn, circuit, now or completions[-1].finished_at)
+        if request is None or request.limit <= 0:
+            return []
+        return await _claim(conn, db, request)
+
+
+async def _claim(conn: AsyncConnection, db: Database, request: ClaimRequest) -> list[Work]:
+    result = await conn.execute(
+        _CLAIM_STATEMENTS[db.dialect],
+        {
+            "owner": request.owner,
+            "now": request.now,
+            "lease": request.lease_until,
+            "limit": request.limit,
+            "exclude": list(request.exclude) or ["-"],
+        },
+    )
+    rows = sorted(result, key=lambda r: r[0])
+    if db.dialect == "postgresql":
+        return [Work(Claimed(*r[:7]), _event(r[2], *r[7:])) for r in rows]
+    claimed = [Claimed(*r) for r in rows]
+    if not claimed:
+        return []
+    found = await conn.execute(_SQLITE_EVENTS, {"ids": sorted({c.event_id for c in claimed})})
+    events = {r[0]: _event(*r) for r in found}
+    return [Work(c, events[c.event_id]) for c in claimed]
+
+
+def _event(
+    event_id: str,
+    seq: int,
+    event_type: str,
+    key: str | None,
+    data: str,
+    schema_version: int | None,
+    occurred_at: object,
+    received_at: object,
+) -> StoredEvent:
+    received = _as_utc(received_at)
+    assert received is not None
+    return StoredEvent(
+        seq, event_id, event_type, key, data, schema_version, _as_utc(occurred_at), received
+    )
+
+
+def _as_utc(value: object) -> datetime | None:
+    """A time column read by raw SQL, as :class:`UTCDateTime` would return it."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(moment, datetime)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 _FINISH = _sql(
