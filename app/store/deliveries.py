@@ -242,7 +242,7 @@ _FINISH = _sql(
     UPDATE deliveries SET
         status = :status, attempts = attempts + 1, round_attempts = round_attempts + 1,
         next_attempt_at = :next_attempt_at,
-        last_status_code = :status_code, last_error = :error,
+        last_status_code = :status_code, last_error = :summary,
         completed_at = :completed_at, dead_lettered_at = :dead_lettered_at,
         lease_owner = NULL, lease_expires_at = NULL
     WHERE seq = :seq AND status = 'in_flight' AND lease_owner = :owner
@@ -261,6 +261,40 @@ _RECORD_ATTEMPT = _sql(
     WHERE d.seq = :seq AND d.status = 'in_flight' AND d.lease_owner = :owner
     """,
     ("started_at",),
+)
+
+
+# PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
+# returns each delivery still leased to the outcome's writer with its new
+# attempt count, and only those get an attempt row.
+_FINISH_AND_RECORD_PG = text(
+    """
+    WITH outcome AS (
+        SELECT * FROM unnest(
+            CAST(:seq AS BIGINT[]), CAST(:owner AS TEXT[]), CAST(:status AS TEXT[]),
+            CAST(:next_attempt_at AS TIMESTAMPTZ[]), CAST(:status_code AS INTEGER[]),
+            CAST(:summary AS TEXT[]), CAST(:completed_at AS TIMESTAMPTZ[]),
+            CAST(:dead_lettered_at AS TIMESTAMPTZ[]), CAST(:started_at AS TIMESTAMPTZ[]),
+            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[])
+        ) AS o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
+               dead_lettered_at, started_at, duration_ms, error, response_body)
+    ), finished AS (
+        UPDATE deliveries d SET
+            status = o.status, attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
+            next_attempt_at = o.next_attempt_at,
+            last_status_code = o.status_code, last_error = o.summary,
+            completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
+            lease_owner = NULL, lease_expires_at = NULL
+        FROM outcome o
+        WHERE d.seq = o.seq AND d.status = 'in_flight' AND d.lease_owner = o.owner
+        RETURNING d.seq, d.id, d.attempts
+    )
+    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                          response_body)
+    SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body
+    FROM finished f JOIN outcome o ON o.seq = f.seq
+    ORDER BY f.seq
+    """
 )
 
 
@@ -288,23 +322,44 @@ async def _complete(conn: AsyncConnection, db: Database, completions: Sequence[C
     ]
     if db.dialect == "postgresql":
         await lock_lines(conn, finished_lines)
-    await conn.execute(
-        _RECORD_ATTEMPT,
-        [
-            {
-                "seq": c.delivery.seq,
-                "owner": c.owner,
-                "started_at": c.started_at,
-                "duration_ms": c.duration_ms,
-                "status_code": c.status_code,
-                "error": c.error,
-                "response_body": c.response_body,
-            }
-            for c in completions
-        ],
-    )
-    await conn.execute(_FINISH, [_finish_params(c) for c in completions])
+        await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
+    else:
+        await conn.execute(_RECORD_ATTEMPT, [_attempt_params(c) for c in completions])
+        await conn.execute(_FINISH, [_finish_params(c) for c in completions])
     await promote_heads(conn, finished_lines)
+
+
+def _attempt_params(c: Completion) -> dict[str, object]:
+    return {
+        "seq": c.delivery.seq,
+        "owner": c.owner,
+        "started_at": c.started_at,
+        "duration_ms": c.duration_ms,
+        "status_code": c.status_code,
+        "error": c.error,
+        "response_body": c.response_body,
+    }
+
+
+def _outcome_arrays(completions: Sequence[Completion]) -> dict[str, list[object]]:
+    rows = [_finish_params(c) | _attempt_params(c) for c in completions]
+    return {name: [row[name] for row in rows] for name in _OUTCOME_FIELDS}
+
+
+_OUTCOME_FIELDS = (
+    "seq",
+    "owner",
+    "status",
+    "next_attempt_at",
+    "status_code",
+    "summary",
+    "completed_at",
+    "dead_lettered_at",
+    "started_at",
+    "duration_ms",
+    "error",
+    "response_body",
+)
 
 
 def _finish_params(c: Completion) -> dict[str, object]:
@@ -315,7 +370,7 @@ def _finish_params(c: Completion) -> dict[str, object]:
         "status": c.status,
         "next_attempt_at": c.next_attempt_at if c.status == "pending" else finished,
         "status_code": c.status_code,
-        "error": c.summary,
+        "summary": c.summary,
         "completed_at": finished if c.status == "succeeded" else None,
         "dead_lettered_at": finished if c.status == "dead" else None,
     }
