@@ -47,7 +47,7 @@ _CANDIDATES = """
       AND d.next_attempt_at <= :now
       AND s.status = 'active'
       AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= :now)
-      AND d.subscription_id NOT IN :exclude
+      AND {exclude}
       AND (d.ordering_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM deliveries p
             WHERE p.subscription_id = d.subscription_id
@@ -62,6 +62,16 @@ _CANDIDATES = """
 # SQLite's planner prefers the (status, subscription_id) index and then sorts
 # the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
 _SQLITE_HINT = "INDEXED BY ix_deliveries_claim"
+
+# PostgreSQL runs the claim as a prepared statement and soon with a generic
+# plan, which must not sort the backlog either. Two spellings keep it on the
+# claim index: the excluded subscriptions as one array on the subscriptions
+# side (``d.subscription_id NOT IN ($n)`` with one subscription in the
+# statistics estimated one row, and a sort looked cheap), and the claimed rows
+# joined back by ``seq = ANY(ARRAY(…))`` (a LIMIT of unknown size estimated
+# hundreds of rows and hashed the whole table).
+_PG_CANDIDATES = _CANDIDATES.format(index_hint="", exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))")
+_SQLITE_CANDIDATES = _CANDIDATES.format(index_hint=_SQLITE_HINT, exclude="s.id NOT IN :exclude")
 
 _CLAIMED_COLUMNS = (
     "deliveries.seq, deliveries.id, deliveries.event_id, deliveries.subscription_id, "
@@ -78,15 +88,15 @@ _EVENT_COLUMNS = (
 # right after, in the same transaction (_SQLITE_EVENTS).
 CLAIM = {
     "postgresql": f"""
-        WITH claimed AS ({_CANDIDATES.format(index_hint="")} FOR UPDATE OF d SKIP LOCKED)
+        WITH claimed AS ({_PG_CANDIDATES} FOR UPDATE OF d SKIP LOCKED)
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
-        FROM claimed, events e
-        WHERE deliveries.seq = claimed.seq AND e.id = deliveries.event_id
+        FROM events e
+        WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM claimed)) AND e.id = deliveries.event_id
         RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
     """,
     "sqlite": f"""
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
-        WHERE seq IN ({_CANDIDATES.format(index_hint=_SQLITE_HINT)})
+        WHERE seq IN ({_SQLITE_CANDIDATES})
         RETURNING seq, id, event_id, subscription_id, ordering_key, attempts, round_attempts
     """,
 }
@@ -147,7 +157,8 @@ class Work:
 
 
 _CLAIM_STATEMENTS = {
-    dialect: _sql(statement, ("now", "lease"), ("exclude",)) for dialect, statement in CLAIM.items()
+    "postgresql": _sql(CLAIM["postgresql"], ("now", "lease")),
+    "sqlite": _sql(CLAIM["sqlite"], ("now", "lease"), ("exclude",)),
 }
 
 
@@ -286,7 +297,8 @@ _FINISH_AND_RECORD_PG = text(
             completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
             lease_owner = NULL, lease_expires_at = NULL
         FROM outcome o
-        WHERE d.seq = o.seq AND d.status = 'in_flight' AND d.lease_owner = o.owner
+        WHERE d.seq = ANY(CAST(:seq AS BIGINT[])) AND d.seq = o.seq
+          AND d.status = 'in_flight' AND d.lease_owner = o.owner
         RETURNING d.seq, d.id, d.attempts
     )
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,

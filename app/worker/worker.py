@@ -92,6 +92,9 @@ class DeliveryWorker:
         self._metrics = metrics
         self.owner = f"{os.getpid()}-{new_id('dlv')[-10:]}"
         self._wakeup = asyncio.Event()
+        # Set by outside wake-ups and timeouts: claim even when every known
+        # subscription is at its limit, for subscriptions not met yet.
+        self._probe = True
         self._stopping = False
         self._subs: dict[str, _Line] = {}
         self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
@@ -108,6 +111,7 @@ class DeliveryWorker:
         )
 
     def wake(self) -> None:
+        self._probe = True
         self._wakeup.set()
 
     def subscription_changed(self, subscription_id: str) -> None:
@@ -185,8 +189,10 @@ class DeliveryWorker:
             if self._finished or (claimed and claimed >= limit):
                 continue
             timeout = await self._idle_timeout()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                self._probe = True
 
     async def _idle_timeout(self) -> float:
         timeout = self._config.poll_seconds
@@ -227,9 +233,11 @@ class DeliveryWorker:
         capacity = self._config.concurrency - len(self._tasks)
         if capacity <= 0:
             return None
-        # Claim no more than the known subscriptions can start now (plus a few
-        # for subscriptions this worker has not met yet): what is claimed over
-        # a limit has to be given back in another transaction.
+        # Claim no more than the known subscriptions can start now: what is
+        # claimed over a limit has to be given back in another transaction.
+        # Subscriptions this worker has not met yet compete in the same claim;
+        # when every known one is full, a few are claimed for them, but only
+        # after an outside wake-up or a timeout, not after every attempt.
         exclude: list[str] = []
         room = 0
         for sid, line in self._subs.items():
@@ -238,7 +246,12 @@ class DeliveryWorker:
                 room += allowance
             else:
                 exclude.append(sid)
-        limit = min(capacity, self._config.claim_batch, room + UNKNOWN_SUBSCRIPTION_PROBE)
+        if room <= 0:
+            if not self._probe:
+                return None
+            room = UNKNOWN_SUBSCRIPTION_PROBE
+        self._probe = False
+        limit = min(capacity, self._config.claim_batch, room)
         return ClaimRequest(self.owner, now, now + self._config.lease, limit, exclude)
 
     async def _start(self, work: list[Work]) -> int:
@@ -330,7 +343,7 @@ class DeliveryWorker:
             line.in_flight -= 1
             self._tasks.pop(delivery.seq, None)
             self._metrics.in_flight.dec()
-            self.wake()
+            self._wakeup.set()
 
     async def _attempt(
         self, line: _Line, event: StoredEvent, payload: bytes
