@@ -8,18 +8,23 @@ The per-key ordering rule lives in the query: a delivery with an ordering key
 is claimed only while no earlier delivery of its line is unfinished (pending,
 in flight, or dead with ``on_dead_letter = 'block'``). The ``ready`` mark only
 keeps the scan short; the ``NOT EXISTS`` is what guarantees the order.
+
+The worker writes once per cycle: :func:`complete_and_claim` records the
+attempts that finished, frees their lines, and claims replacements for the
+freed slots (with their events) in the same transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.database import Database, translate_errors
+from app.store.events import StoredEvent
 from app.store.lines import lock_lines, promote_heads
 from app.store.schema import UTCDateTime
 from app.store.subscriptions import CircuitUpdate, apply_circuit
@@ -42,7 +47,7 @@ _CANDIDATES = """
       AND d.next_attempt_at <= :now
       AND s.status = 'active'
       AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= :now)
-      AND d.subscription_id NOT IN :exclude
+      AND {exclude}
       AND (d.ordering_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM deliveries p
             WHERE p.subscription_id = d.subscription_id
@@ -58,21 +63,50 @@ _CANDIDATES = """
 # the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
 _SQLITE_HINT = "INDEXED BY ix_deliveries_claim"
 
+# PostgreSQL runs the claim as a prepared statement and soon with a generic
+# plan, which must not sort the backlog either. Two spellings keep it on the
+# claim index: the excluded subscriptions as one array on the subscriptions
+# side (``d.subscription_id NOT IN ($n)`` with one subscription in the
+# statistics estimated one row, and a sort looked cheap), and the claimed rows
+# joined back by ``seq = ANY(ARRAY(…))`` (a LIMIT of unknown size estimated
+# hundreds of rows and hashed the whole table).
+_PG_CANDIDATES = _CANDIDATES.format(index_hint="", exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))")
+_SQLITE_CANDIDATES = _CANDIDATES.format(index_hint=_SQLITE_HINT, exclude="s.id NOT IN :exclude")
+
+_CLAIMED_COLUMNS = (
+    "deliveries.seq, deliveries.id, deliveries.event_id, deliveries.subscription_id, "
+    "deliveries.ordering_key, deliveries.attempts, deliveries.round_attempts"
+)
+_EVENT_COLUMNS = (
+    "e.seq AS event_seq, e.type AS event_type, e.key AS event_key, e.data AS event_data, "
+    "e.schema_version AS event_schema_version, e.occurred_at AS event_occurred_at, "
+    "e.received_at AS event_received_at"
+)
+
+# PostgreSQL returns each claimed delivery with its event (UPDATE … FROM joins
+# it); SQLite's RETURNING sees only the updated table, so its events are read
+# right after, in the same transaction (_SQLITE_EVENTS).
 CLAIM = {
     "postgresql": f"""
-        WITH claimed AS ({_CANDIDATES.format(index_hint="")} FOR UPDATE OF d SKIP LOCKED)
+        WITH claimed AS ({_PG_CANDIDATES} FOR UPDATE OF d SKIP LOCKED)
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
-        FROM claimed WHERE deliveries.seq = claimed.seq
-        RETURNING deliveries.seq, deliveries.id, deliveries.event_id,
-                  deliveries.subscription_id, deliveries.ordering_key, deliveries.attempts,
-                  deliveries.round_attempts
+        FROM events e
+        WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM claimed)) AND e.id = deliveries.event_id
+        RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
     """,
     "sqlite": f"""
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
-        WHERE seq IN ({_CANDIDATES.format(index_hint=_SQLITE_HINT)})
+        WHERE seq IN ({_SQLITE_CANDIDATES})
         RETURNING seq, id, event_id, subscription_id, ordering_key, attempts, round_attempts
     """,
 }
+
+_SQLITE_EVENTS = text(
+    "SELECT id, seq, type, key, data, schema_version, occurred_at, received_at "
+    "FROM events WHERE id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+_EVENT_TIMES = ("occurred_at", "received_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +137,31 @@ class Completion:
     summary: str | None = None  # the delivery's ``last_error``
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``."""
+
+    owner: str
+    now: datetime
+    lease_until: datetime
+    limit: int
+    exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A claimed delivery with the event it carries."""
+
+    delivery: Claimed
+    event: StoredEvent
+
+
+_CLAIM_STATEMENTS = {
+    "postgresql": _sql(CLAIM["postgresql"], ("now", "lease")),
+    "sqlite": _sql(CLAIM["sqlite"], ("now", "lease"), ("exclude",)),
+}
+
+
 async def claim(
     db: Database,
     *,
@@ -112,21 +171,81 @@ async def claim(
     limit: int,
     exclude: Sequence[str],
 ) -> list[Claimed]:
-    statement = _sql(CLAIM[db.dialect], ("now", "lease"), ("exclude",))
+    """Claim due deliveries in a transaction of their own."""
+    request = ClaimRequest(owner, now, lease_until, limit, exclude)
     async with db.write() as conn:
-        rows = await conn.execute(
-            statement,
-            {
-                "owner": owner,
-                "now": now,
-                "lease": lease_until,
-                "limit": limit,
-                "exclude": list(exclude) or ["-"],
-            },
-        )
-        claimed = [Claimed(*r) for r in rows]
-    claimed.sort(key=lambda c: c.seq)
-    return claimed
+        work = await _claim(conn, db, request)
+    return [w.delivery for w in work]
+
+
+async def complete_and_claim(
+    db: Database,
+    completions: Sequence[Completion],
+    circuit: Sequence[CircuitUpdate] = (),
+    request: ClaimRequest | None = None,
+    now: datetime | None = None,
+) -> list[Work]:
+    """One worker cycle in one transaction: record ``completions`` as :func:`complete`
+    does, then claim per ``request``, which sees the heads those completions
+    promoted. Returns the claimed deliveries with their events, in ``seq`` order."""
+    if not completions and request is None:
+        return []
+    async with db.write() as conn:
+        if completions:
+            await _complete(conn, db, completions)
+            if circuit:
+                await apply_circuit(conn, circuit, now or completions[-1].finished_at)
+        if request is None or request.limit <= 0:
+            return []
+        return await _claim(conn, db, request)
+
+
+async def _claim(conn: AsyncConnection, db: Database, request: ClaimRequest) -> list[Work]:
+    result = await conn.execute(
+        _CLAIM_STATEMENTS[db.dialect],
+        {
+            "owner": request.owner,
+            "now": request.now,
+            "lease": request.lease_until,
+            "limit": request.limit,
+            "exclude": list(request.exclude) or ["-"],
+        },
+    )
+    rows = sorted(result, key=lambda r: r[0])
+    if db.dialect == "postgresql":
+        return [Work(Claimed(*r[:7]), _event(r[2], *r[7:])) for r in rows]
+    claimed = [Claimed(*r) for r in rows]
+    if not claimed:
+        return []
+    found = await conn.execute(_SQLITE_EVENTS, {"ids": sorted({c.event_id for c in claimed})})
+    events = {r[0]: _event(*r) for r in found}
+    return [Work(c, events[c.event_id]) for c in claimed]
+
+
+def _event(
+    event_id: str,
+    seq: int,
+    event_type: str,
+    key: str | None,
+    data: str,
+    schema_version: int | None,
+    occurred_at: object,
+    received_at: object,
+) -> StoredEvent:
+    received = _as_utc(received_at)
+    assert received is not None
+    return StoredEvent(
+        seq, event_id, event_type, key, data, schema_version, _as_utc(occurred_at), received
+    )
+
+
+def _as_utc(value: object) -> datetime | None:
+    """A time column read by raw SQL, as :class:`UTCDateTime` would return it."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(moment, datetime)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 _FINISH = _sql(
@@ -134,7 +253,7 @@ _FINISH = _sql(
     UPDATE deliveries SET
         status = :status, attempts = attempts + 1, round_attempts = round_attempts + 1,
         next_attempt_at = :next_attempt_at,
-        last_status_code = :status_code, last_error = :error,
+        last_status_code = :status_code, last_error = :summary,
         completed_at = :completed_at, dead_lettered_at = :dead_lettered_at,
         lease_owner = NULL, lease_expires_at = NULL
     WHERE seq = :seq AND status = 'in_flight' AND lease_owner = :owner
@@ -153,6 +272,41 @@ _RECORD_ATTEMPT = _sql(
     WHERE d.seq = :seq AND d.status = 'in_flight' AND d.lease_owner = :owner
     """,
     ("started_at",),
+)
+
+
+# PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
+# returns each delivery still leased to the outcome's writer with its new
+# attempt count, and only those get an attempt row.
+_FINISH_AND_RECORD_PG = text(
+    """
+    WITH outcome AS (
+        SELECT * FROM unnest(
+            CAST(:seq AS BIGINT[]), CAST(:owner AS TEXT[]), CAST(:status AS TEXT[]),
+            CAST(:next_attempt_at AS TIMESTAMPTZ[]), CAST(:status_code AS INTEGER[]),
+            CAST(:summary AS TEXT[]), CAST(:completed_at AS TIMESTAMPTZ[]),
+            CAST(:dead_lettered_at AS TIMESTAMPTZ[]), CAST(:started_at AS TIMESTAMPTZ[]),
+            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[])
+        ) AS o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
+               dead_lettered_at, started_at, duration_ms, error, response_body)
+    ), finished AS (
+        UPDATE deliveries d SET
+            status = o.status, attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
+            next_attempt_at = o.next_attempt_at,
+            last_status_code = o.status_code, last_error = o.summary,
+            completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
+            lease_owner = NULL, lease_expires_at = NULL
+        FROM outcome o
+        WHERE d.seq = ANY(CAST(:seq AS BIGINT[])) AND d.seq = o.seq
+          AND d.status = 'in_flight' AND d.lease_owner = o.owner
+        RETURNING d.seq, d.id, d.attempts
+    )
+    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                          response_body)
+    SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body
+    FROM finished f JOIN outcome o ON o.seq = f.seq
+    ORDER BY f.seq
+    """
 )
 
 
@@ -180,23 +334,44 @@ async def _complete(conn: AsyncConnection, db: Database, completions: Sequence[C
     ]
     if db.dialect == "postgresql":
         await lock_lines(conn, finished_lines)
-    await conn.execute(
-        _RECORD_ATTEMPT,
-        [
-            {
-                "seq": c.delivery.seq,
-                "owner": c.owner,
-                "started_at": c.started_at,
-                "duration_ms": c.duration_ms,
-                "status_code": c.status_code,
-                "error": c.error,
-                "response_body": c.response_body,
-            }
-            for c in completions
-        ],
-    )
-    await conn.execute(_FINISH, [_finish_params(c) for c in completions])
+        await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
+    else:
+        await conn.execute(_RECORD_ATTEMPT, [_attempt_params(c) for c in completions])
+        await conn.execute(_FINISH, [_finish_params(c) for c in completions])
     await promote_heads(conn, finished_lines)
+
+
+def _attempt_params(c: Completion) -> dict[str, object]:
+    return {
+        "seq": c.delivery.seq,
+        "owner": c.owner,
+        "started_at": c.started_at,
+        "duration_ms": c.duration_ms,
+        "status_code": c.status_code,
+        "error": c.error,
+        "response_body": c.response_body,
+    }
+
+
+def _outcome_arrays(completions: Sequence[Completion]) -> dict[str, list[object]]:
+    rows = [_finish_params(c) | _attempt_params(c) for c in completions]
+    return {name: [row[name] for row in rows] for name in _OUTCOME_FIELDS}
+
+
+_OUTCOME_FIELDS = (
+    "seq",
+    "owner",
+    "status",
+    "next_attempt_at",
+    "status_code",
+    "summary",
+    "completed_at",
+    "dead_lettered_at",
+    "started_at",
+    "duration_ms",
+    "error",
+    "response_body",
+)
 
 
 def _finish_params(c: Completion) -> dict[str, object]:
@@ -207,7 +382,7 @@ def _finish_params(c: Completion) -> dict[str, object]:
         "status": c.status,
         "next_attempt_at": c.next_attempt_at if c.status == "pending" else finished,
         "status_code": c.status_code,
-        "error": c.summary,
+        "summary": c.summary,
         "completed_at": finished if c.status == "succeeded" else None,
         "dead_lettered_at": finished if c.status == "dead" else None,
     }

@@ -48,6 +48,26 @@ _PROMOTE = text(
     """
 )
 
+# PostgreSQL: every line in one statement, the lines as two parallel arrays.
+# Each head is the first unfinished delivery in ``seq`` order (the line index
+# walked for one row), joined back by primary key.
+_PROMOTE_ALL = text(
+    """
+    UPDATE deliveries SET ready = TRUE
+    FROM unnest(CAST(:subs AS TEXT[]), CAST(:keys AS TEXT[])) AS line(sub, key)
+    JOIN subscriptions s ON s.id = line.sub
+    CROSS JOIN LATERAL (
+        SELECT d.seq FROM deliveries d
+        WHERE d.status IN ('pending', 'in_flight', 'dead')
+          AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
+          AND d.subscription_id = line.sub AND d.ordering_key = line.key
+        ORDER BY d.seq
+        LIMIT 1
+    ) AS head
+    WHERE deliveries.seq = head.seq AND deliveries.status = 'pending' AND NOT deliveries.ready
+    """
+)
+
 _LOCK = text(
     "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k"
 ).bindparams(bindparam("keys", type_=ARRAY(String)))
@@ -74,9 +94,14 @@ async def busy_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object
 
 async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
     """Mark the head of each line ready, if it is a pending delivery."""
-    params = [{"sub": sub, "key": key} for sub, key in sorted({ln for ln in lines if ln[1]})]
-    if params:
-        await conn.execute(_PROMOTE, params)
+    wanted = sorted({(sub, key) for sub, key in lines if key})
+    if not wanted:
+        return
+    if conn.dialect.name == "postgresql":
+        subs, keys = [sub for sub, _ in wanted], [key for _, key in wanted]
+        await conn.execute(_PROMOTE_ALL, {"subs": subs, "keys": keys})
+    else:
+        await conn.execute(_PROMOTE, [{"sub": sub, "key": key} for sub, key in wanted])
 
 
 def delivery_row(

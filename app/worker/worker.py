@@ -1,10 +1,13 @@
 """The delivery worker.
 
-One loop claims due deliveries (woken by commits, with polling as the fallback)
-and starts a task per delivery; each task sends its request and hands the
-outcome to a group committer, which writes many outcomes in one transaction.
-Limits per subscription (``max_in_flight``, ``rate_limit_per_second``, the
-circuit's single probe) hold within this process.
+One loop owns the worker's writes. Each cycle is one transaction: it records
+the outcomes of the attempts that finished since the last cycle and claims due
+deliveries (with their events) for the slots that are free, including the
+heads those outcomes just freed. A task per claimed delivery sends its request
+and queues its outcome for the next cycle. The loop is woken by finishing
+attempts and by commits elsewhere, with polling as the fallback. Limits per
+subscription (``max_in_flight``, ``rate_limit_per_second``, the circuit's
+single probe) hold within this process.
 """
 
 from __future__ import annotations
@@ -32,13 +35,11 @@ from app.domain.ids import new_id
 from app.domain.retry import DeadLetter, Retry, Succeeded, decide
 from app.domain.signing import secret_key
 from app.metrics import Metrics
-from app.services.group_commit import GroupCommitter
 from app.settings import Settings
 from app.store import deliveries as store
-from app.store import events as event_store
 from app.store import subscriptions as subscription_store
 from app.store.database import Database
-from app.store.deliveries import Claimed, Completion
+from app.store.deliveries import Claimed, ClaimRequest, Completion, Work
 from app.store.events import StoredEvent
 from app.store.notify import CHANGED, Listener
 from app.store.subscriptions import CircuitUpdate, Subscription
@@ -91,11 +92,14 @@ class DeliveryWorker:
         self._metrics = metrics
         self.owner = f"{os.getpid()}-{new_id('dlv')[-10:]}"
         self._wakeup = asyncio.Event()
+        # Set by outside wake-ups and timeouts: claim even when every known
+        # subscription is at its limit, for subscriptions not met yet.
+        self._probe = True
         self._stopping = False
         self._subs: dict[str, _Line] = {}
         self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
+        self._finished: list[Completion] = []  # outcomes the next cycle writes
         self._sender: HttpSender | None = None
-        self._committer: GroupCommitter[Completion, None] = GroupCommitter(self._write_back)
         self._loop_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
@@ -107,6 +111,7 @@ class DeliveryWorker:
         )
 
     def wake(self) -> None:
+        self._probe = True
         self._wakeup.set()
 
     def subscription_changed(self, subscription_id: str) -> None:
@@ -130,7 +135,6 @@ class DeliveryWorker:
             allow_private=self._config.allow_private_targets,
             max_connections=self._config.concurrency,
         )
-        self._committer.start()
         if not self._db.is_sqlite:
             self._listener = Listener(self._db.url, self._notified)
             self._listener.start()
@@ -141,14 +145,13 @@ class DeliveryWorker:
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight attempts finish within the grace period,
-        give back what did not finish."""
+        write their outcomes, give back what did not finish."""
         self._stopping = True
         self.wake()
-        for task in (self._loop_task, self._reaper_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._reaper_task is not None:
+            self._reaper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper_task
         await self._retention.stop()
         if self._listener is not None:
             await self._listener.stop()
@@ -160,7 +163,11 @@ class DeliveryWorker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await self._committer.stop()
+        if self._loop_task is not None:
+            # With nothing running the loop writes what is queued and returns.
+            self.wake()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
         with contextlib.suppress(Exception):
             await store.release(self._db, self.owner, leftovers)
         if self._sender is not None:
@@ -170,22 +177,26 @@ class DeliveryWorker:
     # -- the loop -------------------------------------------------------------
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while True:
             self._wakeup.clear()
+            if self._stopping and not self._finished and not self._tasks:
+                return
             try:
-                claimed, limit = await self._claim_round()
+                claimed, limit = await self._cycle()
             except Exception:
-                log.exception("claiming deliveries failed; retrying shortly")
+                log.exception("writing outcomes or claiming deliveries failed; retrying shortly")
                 claimed, limit = 0, 1
-            if claimed and claimed >= limit:
+            if self._finished or (claimed and claimed >= limit):
                 continue
-            timeout = await self._idle_timeout(claimed)
-            with contextlib.suppress(TimeoutError):
+            timeout = await self._idle_timeout()
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                self._probe = True
 
-    async def _idle_timeout(self, claimed: int) -> float:
+    async def _idle_timeout(self) -> float:
         timeout = self._config.poll_seconds
-        if self._tasks:
+        if self._tasks or self._stopping:
             return timeout  # a finishing attempt wakes the loop
         with contextlib.suppress(Exception):
             due = await store.next_due(self._db)
@@ -198,37 +209,60 @@ class DeliveryWorker:
                 timeout = min(timeout, line.bucket.seconds_until_token())
         return timeout
 
-    async def _claim_round(self) -> tuple[int, int]:
+    async def _cycle(self) -> tuple[int, int]:
+        """Write the finished outcomes and claim for the free slots, in one transaction.
+        Returns how many deliveries started and how many were asked for."""
+        finished, self._finished = self._finished, []
+        now = datetime.now(UTC)
+        # The circuits first: an outcome that opens one keeps this claim off it.
+        updates = self._circuit_updates(finished, now)
+        request = None if self._stopping else self._claim_request(now)
+        if request is None and not finished:
+            return 0, 0
+        started = time.perf_counter()
+        work = await store.complete_and_claim(self._db, finished, updates, request, now)
+        if request is None:
+            return 0, 0
+        self._metrics.claim_duration.observe(time.perf_counter() - started)
+        if not work:
+            return 0, request.limit
+        self._metrics.claimed.inc(len(work))
+        return await self._start(work), request.limit
+
+    def _claim_request(self, now: datetime) -> ClaimRequest | None:
         capacity = self._config.concurrency - len(self._tasks)
         if capacity <= 0:
-            return 0, 0
-        # Claim no more than the known subscriptions can start now (plus a few
-        # for subscriptions this worker has not met yet): what is claimed over
-        # a limit has to be given back in another transaction.
-        room = sum(max(self._allowance(line), 0) for line in self._subs.values())
-        limit = min(capacity, self._config.claim_batch, room + UNKNOWN_SUBSCRIPTION_PROBE)
-        now = datetime.now(UTC)
-        started = time.perf_counter()
-        claimed = await store.claim(
-            self._db,
-            owner=self.owner,
-            now=now,
-            lease_until=now + self._config.lease,
-            limit=limit,
-            exclude=[sid for sid, line in self._subs.items() if self._allowance(line) <= 0],
-        )
-        self._metrics.claim_duration.observe(time.perf_counter() - started)
-        self._metrics.claimed.inc(len(claimed))
-        if not claimed:
-            return 0, limit
-        await self._refresh_subscriptions({c.subscription_id for c in claimed})
-        events = await event_store.get_events(self._db, [c.event_id for c in claimed])
+            return None
+        # Claim no more than the known subscriptions can start now: what is
+        # claimed over a limit has to be given back in another transaction.
+        # Subscriptions this worker has not met yet compete in the same claim;
+        # when every known one is full, a few are claimed for them, but only
+        # after an outside wake-up or a timeout, not after every attempt.
+        exclude: list[str] = []
+        room = 0
+        for sid, line in self._subs.items():
+            allowance = self._allowance(line)
+            if allowance > 0:
+                room += allowance
+            else:
+                exclude.append(sid)
+        if room <= 0:
+            if not self._probe:
+                return None
+            room = UNKNOWN_SUBSCRIPTION_PROBE
+        self._probe = False
+        limit = min(capacity, self._config.claim_batch, room)
+        return ClaimRequest(self.owner, now, now + self._config.lease, limit, exclude)
+
+    async def _start(self, work: list[Work]) -> int:
+        """Start a task per claimed delivery; give back what a limit does not allow now."""
+        await self._refresh_subscriptions({w.delivery.subscription_id for w in work})
         payloads: dict[str, bytes] = {}
         over_limit: list[int] = []
-        for delivery in claimed:
+        for w in work:
+            delivery, event = w.delivery, w.event
             line = self._subs.get(delivery.subscription_id)
-            event = events.get(delivery.event_id)
-            if line is None or event is None or not self._take_slot(line):
+            if line is None or not self._take_slot(line):
                 over_limit.append(delivery.seq)
                 continue
             payload = payloads.get(event.id)
@@ -239,7 +273,7 @@ class DeliveryWorker:
             self._metrics.in_flight.inc()
         if over_limit:
             await store.release(self._db, self.owner, over_limit)
-        return len(claimed) - len(over_limit), limit
+        return len(work) - len(over_limit)
 
     def _allowance(self, line: _Line) -> int:
         sub = line.subscription
@@ -297,8 +331,7 @@ class DeliveryWorker:
     ) -> None:
         try:
             result, started = await self._attempt(line, event, payload)
-            completion = self._conclude(delivery, line, event, result, started)
-            await self._committer.submit(completion)
+            self._finished.append(self._conclude(delivery, line, event, result, started))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -310,7 +343,7 @@ class DeliveryWorker:
             line.in_flight -= 1
             self._tasks.pop(delivery.seq, None)
             self._metrics.in_flight.dec()
-            self.wake()
+            self._wakeup.set()
 
     async def _attempt(
         self, line: _Line, event: StoredEvent, payload: bytes
@@ -377,12 +410,6 @@ class DeliveryWorker:
         )
 
     # -- writing outcomes back -------------------------------------------------
-
-    async def _write_back(self, completions: Sequence[Completion]) -> list[None]:
-        now = datetime.now(UTC)
-        updates = self._circuit_updates(completions, now)
-        await store.complete(self._db, completions, updates, now)
-        return [None] * len(completions)
 
     def _circuit_updates(
         self, completions: Sequence[Completion], now: datetime

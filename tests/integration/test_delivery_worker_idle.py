@@ -13,7 +13,7 @@ import pytest
 
 from app.metrics import Metrics
 from app.store import deliveries as delivery_store
-from app.store.deliveries import Claimed
+from app.store.deliveries import ClaimRequest, Completion, Work
 from app.worker.worker import DeliveryWorker, WorkerConfig
 from tests.integration.conftest import DeliveryKit
 
@@ -31,13 +31,17 @@ async def test_held_deliveries_do_not_make_the_worker_spin(
     await kit.set_subscription(sub.id, status="paused")
 
     calls: list[datetime] = []
-    real_claim = delivery_store.claim
+    real_cycle = delivery_store.complete_and_claim
 
-    async def counting_claim(*args: Any, **kwargs: Any) -> Sequence[Claimed]:
-        calls.append(kwargs["now"])
-        return await real_claim(*args, **kwargs)
+    async def counting_cycle(
+        db: Any, completions: Sequence[Completion], *args: Any, **kwargs: Any
+    ) -> list[Work]:
+        request: ClaimRequest | None = args[1] if len(args) > 1 else kwargs.get("request")
+        if request is not None:
+            calls.append(request.now)
+        return await real_cycle(db, completions, *args, **kwargs)
 
-    monkeypatch.setattr(delivery_store, "claim", counting_claim)
+    monkeypatch.setattr(delivery_store, "complete_and_claim", counting_cycle)
     config = WorkerConfig(
         retry_schedule=(1.0,),
         timeout_ms=1000,
