@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.store import driver
 from app.store.database import Database, translate_errors
 from app.store.events import StoredEvent
 from app.store.lines import lock_lines, promote_heads
-from app.store.schema import UTCDateTime
+from app.store.schema import UTCDateTime, sqlite_timestamp
 from app.store.subscriptions import CircuitUpdate, apply_circuit
 
 
@@ -83,9 +84,14 @@ _EVENT_COLUMNS = (
     "e.received_at AS event_received_at"
 )
 
-# PostgreSQL returns each claimed delivery with its event (UPDATE … FROM joins
-# it); SQLite's RETURNING sees only the updated table, so its events are read
-# right after, in the same transaction (_SQLITE_EVENTS).
+# Each claimed delivery comes back with its event: PostgreSQL's UPDATE … FROM
+# joins it; SQLite's RETURNING cannot join (and a correlated subquery there
+# scans the events table), so its events are read right after, in the same
+# transaction (_SQLITE_EVENTS).
+_SQLITE_EVENTS = (
+    "SELECT id, seq, type, key, data, schema_version, occurred_at, received_at "
+    "FROM events WHERE id IN ({marks})"
+)
 CLAIM = {
     "postgresql": f"""
         WITH claimed AS ({_PG_CANDIDATES} FOR UPDATE OF d SKIP LOCKED)
@@ -100,11 +106,6 @@ CLAIM = {
         RETURNING seq, id, event_id, subscription_id, ordering_key, attempts, round_attempts
     """,
 }
-
-_SQLITE_EVENTS = text(
-    "SELECT id, seq, type, key, data, schema_version, occurred_at, received_at "
-    "FROM events WHERE id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
 
 _EVENT_TIMES = ("occurred_at", "received_at")
 
@@ -156,10 +157,7 @@ class Work:
     event: StoredEvent
 
 
-_CLAIM_STATEMENTS = {
-    "postgresql": _sql(CLAIM["postgresql"], ("now", "lease")),
-    "sqlite": _sql(CLAIM["sqlite"], ("now", "lease"), ("exclude",)),
-}
+_PG_CLAIM = _sql(CLAIM["postgresql"], ("now", "lease"))
 
 
 async def claim(
@@ -201,8 +199,14 @@ async def complete_and_claim(
 
 
 async def _claim(conn: AsyncConnection, db: Database, request: ClaimRequest) -> list[Work]:
+    if db.dialect == "postgresql":
+        return await _claim_postgresql(conn, request)
+    return await _claim_sqlite(conn, request)
+
+
+async def _claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> list[Work]:
     result = await conn.execute(
-        _CLAIM_STATEMENTS[db.dialect],
+        _PG_CLAIM,
         {
             "owner": request.owner,
             "now": request.now,
@@ -211,14 +215,31 @@ async def _claim(conn: AsyncConnection, db: Database, request: ClaimRequest) -> 
             "exclude": list(request.exclude) or ["-"],
         },
     )
-    rows = sorted(result, key=lambda r: r[0])
-    if db.dialect == "postgresql":
-        return [Work(Claimed(*r[:7]), _event(r[2], *r[7:])) for r in rows]
-    claimed = [Claimed(*r) for r in rows]
+    rows = sorted(result, key=lambda r: int(r[0]))
+    return [Work(Claimed(*r[:7]), _event(r[2], *r[7:])) for r in rows]
+
+
+async def _claim_sqlite(conn: AsyncConnection, request: ClaimRequest) -> list[Work]:
+    """The claim on SQLite's driver (app.store.driver): times in their stored form,
+    the excluded subscriptions as numbered parameters; then the claimed events."""
+    exclude = list(request.exclude) or ["-"]
+    params: dict[str, object] = {
+        "owner": request.owner,
+        "now": sqlite_timestamp(request.now),
+        "lease": sqlite_timestamp(request.lease_until),
+        "limit": request.limit,
+    }
+    params.update((f"x{i}", sub) for i, sub in enumerate(exclude))
+    marks = ", ".join(f":x{i}" for i in range(len(exclude)))
+    sql = CLAIM["sqlite"].replace(":exclude", f"({marks})")
+    claimed = sorted(
+        (Claimed(*r) for r in await driver.fetch_all(conn, sql, params)), key=lambda c: c.seq
+    )
     if not claimed:
         return []
-    found = await conn.execute(_SQLITE_EVENTS, {"ids": sorted({c.event_id for c in claimed})})
-    events = {r[0]: _event(*r) for r in found}
+    ids = sorted({c.event_id for c in claimed})
+    sql = _SQLITE_EVENTS.format(marks=", ".join("?" * len(ids)))
+    events = {r[0]: _event(*r) for r in await driver.fetch_all(conn, sql, ids)}
     return [Work(c, events[c.event_id]) for c in claimed]
 
 
@@ -336,9 +357,19 @@ async def _complete(conn: AsyncConnection, db: Database, completions: Sequence[C
         await lock_lines(conn, finished_lines)
         await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
     else:
-        await conn.execute(_RECORD_ATTEMPT, [_attempt_params(c) for c in completions])
-        await conn.execute(_FINISH, [_finish_params(c) for c in completions])
+        attempts = [_sqlite_times(_attempt_params(c)) for c in completions]
+        await driver.execute_many(conn, _RECORD_ATTEMPT.text, attempts)
+        finished = [_sqlite_times(_finish_params(c)) for c in completions]
+        await driver.execute_many(conn, _FINISH.text, finished)
     await promote_heads(conn, finished_lines)
+
+
+def _sqlite_times(params: dict[str, object]) -> dict[str, object]:
+    """Parameters for a statement run on SQLite's driver: times as stored."""
+    return {
+        name: sqlite_timestamp(value) if isinstance(value, datetime) else value
+        for name, value in params.items()
+    }
 
 
 def _attempt_params(c: Completion) -> dict[str, object]:

@@ -14,17 +14,18 @@ pre-rendered SQL with plain tuples:
   the transaction; the SQL is rendered once and takes arrays (``unnest``,
   ``ANY``), so a whole flush is one statement.
 
-Parameters are in each dialect's own style: ``?`` on SQLite, ``$n`` on PostgreSQL.
+Parameters are in each dialect's own style: ``?`` or ``:name`` (with a mapping)
+on SQLite, ``$n`` on PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-Params = Sequence[Any]
+Params = Sequence[Any] | Mapping[str, Any]
 
 
 async def fetch_all(conn: AsyncConnection, sql: str, params: Params = ()) -> list[Sequence[Any]]:
@@ -32,7 +33,9 @@ async def fetch_all(conn: AsyncConnection, sql: str, params: Params = ()) -> lis
     if conn.dialect.name == "sqlite":
         driver = await _aiosqlite(conn)
         return list(await driver.execute_fetchall(sql, params))
-    result = await conn.exec_driver_sql(sql, tuple(params))
+    result = await conn.exec_driver_sql(
+        sql, params if isinstance(params, Mapping) else tuple(params)
+    )
     return list(result) if result.returns_rows else []
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import ARRAY, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.ids import new_id
+from app.store import driver
 
 Line = tuple[str, str]
 
@@ -101,7 +102,8 @@ async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | 
         subs, keys = [sub for sub, _ in wanted], [key for _, key in wanted]
         await conn.execute(_PROMOTE_ALL, {"subs": subs, "keys": keys})
     else:
-        await conn.execute(_PROMOTE, [{"sub": sub, "key": key} for sub, key in wanted])
+        rows = [{"sub": sub, "key": key} for sub, key in wanted]
+        await driver.execute_many(conn, _PROMOTE.text, rows)
 
 
 def delivery_row(

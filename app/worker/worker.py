@@ -70,6 +70,11 @@ class WorkerConfig:
     retention: timedelta = timedelta(days=7)
     idempotency_ttl: timedelta = timedelta(days=1)
     retention_interval_seconds: float = 60.0
+    # A cycle that only has outcomes to write waits up to this long for more
+    # attempts to finish while others still run, so that one transaction (a
+    # BEGIN … COMMIT, and on SQLite trips to its thread) carries several.
+    # Outside wake-ups (new events, changes) never wait.
+    cycle_linger_seconds: float = 0.002
 
 
 @dataclass(slots=True)
@@ -181,6 +186,7 @@ class DeliveryWorker:
             self._wakeup.clear()
             if self._stopping and not self._finished and not self._tasks:
                 return
+            await self._gather_outcomes()
             try:
                 claimed, limit = await self._cycle()
             except Exception:
@@ -193,6 +199,24 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
                 self._probe = True
+
+    async def _gather_outcomes(self) -> None:
+        """Before writing a few outcomes, give the attempts still running a moment to
+        finish too: until a quarter of them have, or the linger is over."""
+        if self._probe or self._stopping or not self._finished or not self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.cycle_linger_seconds
+        enough = max(4, (len(self._finished) + len(self._tasks)) // 4)
+        while len(self._finished) < enough and self._tasks and not self._probe:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
 
     async def _idle_timeout(self) -> float:
         timeout = self._config.poll_seconds

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import TextClause, text
 
 from app.store.database import Database
-from app.store.deliveries import _CLAIM_STATEMENTS, _FINISH_AND_RECORD_PG
+from app.store.deliveries import _FINISH_AND_RECORD_PG, _PG_CLAIM
 from tests.integration.conftest import DeliveryKit
 
 pytestmark = [
@@ -135,7 +135,7 @@ async def _assert_claim_uses_the_claim_index(
     now = datetime.now(UTC)
     nodes = await _plan(
         kit.db,
-        _CLAIM_STATEMENTS["postgresql"],
+        _PG_CLAIM,
         {
             "owner": "worker-a",
             "now": now,
