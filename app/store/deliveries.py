@@ -432,14 +432,19 @@ async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
         await conn.execute(statement, {"seqs": list(seqs), "owner": owner})
 
 
-async def renew_leases(db: Database, owner: str, until: datetime) -> None:
+async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: datetime) -> None:
+    """Extend the leases of the deliveries ``owner`` is still working on, and only
+    those: a claim whose outcome was lost must expire, so that it is sent again."""
+    if not seqs:
+        return
     statement = _sql(
         "UPDATE deliveries SET lease_expires_at = :until "
-        "WHERE status = 'in_flight' AND lease_owner = :owner",
+        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
         ("until",),
+        ("seqs",),
     )
     async with db.write() as conn:
-        await conn.execute(statement, {"owner": owner, "until": until})
+        await conn.execute(statement, {"owner": owner, "seqs": sorted(seqs), "until": until})
 
 
 async def reap_expired_leases(db: Database, now: datetime) -> int:

@@ -468,8 +468,10 @@ class DeliveryWorker:
             await asyncio.sleep(interval)
             now = datetime.now(UTC)
             try:
-                if self._tasks:
-                    await store.renew_leases(self._db, self.owner, now + self._config.lease)
+                # Running attempts and outcomes not yet written; a dropped
+                # outcome's claim is left to expire.
+                held = [*self._tasks, *(c.delivery.seq for c in self._finished)]
+                await store.renew_leases(self._db, self.owner, held, now + self._config.lease)
                 if await store.reap_expired_leases(self._db, now):
                     self.wake()
             except Exception:

@@ -234,10 +234,14 @@ async def test_leases_expire_and_are_released(kit: DeliveryKit) -> None:
     assert (fresh.id, fresh.event_id) == (stale.id, e[0].id), "the head again, not the next"
     assert (await kit.delivery_for(e[0], sub))["lease_owner"] == "worker-b"
 
-    # Renewed leases outlive their first expiry.
-    await delivery_store.renew_leases(kit.db, "worker-a", now + timedelta(minutes=10))
-    assert await delivery_store.reap_expired_leases(kit.db, now + timedelta(minutes=2)) == 0
+    # Renewed leases outlive their first expiry; only the named ones are renewed.
+    later = now + timedelta(minutes=10)
+    # worker-a names worker-b's claim too: not its own, so not renewed (LEASE is 5 min).
+    await delivery_store.renew_leases(kit.db, "worker-a", [live.seq, fresh.seq], later)
+    await delivery_store.renew_leases(kit.db, "worker-b", [], later)
+    assert await delivery_store.reap_expired_leases(kit.db, now + timedelta(minutes=7)) == 1
     assert (await kit.delivery_for(e[2], sub))["lease_owner"] == "worker-a"
+    assert (await kit.delivery_for(e[0], sub))["status"] == "pending", "worker-b's, not renewed"
 
     # release: only the owner's leases, back to pending untouched.
     await delivery_store.release(kit.db, "worker-b", [live.seq])
@@ -245,7 +249,8 @@ async def test_leases_expire_and_are_released(kit: DeliveryKit) -> None:
     await delivery_store.release(kit.db, "worker-a", [live.seq])
     row = await kit.delivery_for(e[2], sub)
     assert (row["status"], row["attempts"], row["lease_owner"]) == ("pending", 0, None)
-    assert event_ids(await kit.claim("worker-c")) == [e[2].id]
+    # Both heads are free: the reaped one of line k and the released one of line j.
+    assert event_ids(await kit.claim("worker-c")) == [e[0].id, e[2].id]
 
 
 async def _stolen(kit: DeliveryKit, keys: int) -> list[tuple[Claimed, Claimed]]:
