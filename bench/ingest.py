@@ -774,7 +774,10 @@ def run_rounds(
                 measure(server, args, 0, duration=args.warmup, warmup=True, pg=pg.get(server.name))
             )
     for number in range(1, args.rounds + 1):
-        for server in servers:
+        # The order rotates each round: a target's place in the round (what ran
+        # just before it, how warm the machine is) moved results by up to 10 %.
+        shift = (number - 1) % len(servers)
+        for server in servers[shift:] + servers[:shift]:
             result = measure(server, args, number, duration=args.duration, pg=pg.get(server.name))
             run.rounds.append(result)
             print(

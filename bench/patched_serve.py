@@ -11,11 +11,19 @@ patch is the smallest monkeypatch that has the effect of the proposed change.
 
 Patches:
 
+``nothing``
+    No change: the same server through this launcher, to calibrate the others.
 ``no-observability``
     Metrics and logging off, to price them (issue: at most 5 % of ingest):
-    the HTTP metrics and request-ID middlewares pass requests straight
-    through, every Prometheus counter and histogram update is a no-op, and
-    logging is disabled.
+    ``no-request-telemetry``, ``no-prometheus`` and ``no-logging``.
+``no-http-metrics``
+    Requests are not recorded in the HTTP metrics (the middleware still runs).
+``no-request-telemetry``
+    The middleware for request IDs and HTTP metrics passes requests straight through.
+``no-prometheus``
+    Every prometheus_client counter, gauge, histogram and summary update is a no-op.
+``no-logging``
+    ``logging.disable(logging.CRITICAL)``.
 ``sqlite-one-hop``
     Runs the whole group-commit transaction on SQLite (BEGIN IMMEDIATE ...
     COMMIT, the same statements from ``app/store/ingest.py``) in one call to
@@ -269,27 +277,52 @@ def patch_sqlite_one_hop() -> None:
     store.ingest = ingest
 
 
-def patch_no_observability() -> None:
-    import logging
+async def _passthrough(self: Any, scope: Any, receive: Any, send: Any) -> None:
+    await self.app(scope, receive, send)
 
-    from prometheus_client import Counter, Histogram, Summary
-    from prometheus_client.metrics import MetricWrapperBase
 
+def patch_no_http_metrics() -> None:
     from app.api.http_metrics import HttpMetrics
-    from app.api.middleware import RequestIdMiddleware
 
-    async def passthrough(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
+    def record(self: HttpMetrics, *args: Any) -> None:
+        return None
+
+    HttpMetrics.record = record  # type: ignore[method-assign,assignment]
+
+
+def patch_no_request_telemetry() -> None:
+    from app.api.middleware import RequestTelemetry
+
+    RequestTelemetry.__call__ = _passthrough  # type: ignore[method-assign]
+
+
+def patch_no_prometheus() -> None:
+    from prometheus_client import Counter, Gauge, Histogram, Summary
+    from prometheus_client.metrics import MetricWrapperBase
 
     def nothing(self: MetricWrapperBase, *args: Any, **kwargs: Any) -> None:
         return None
 
-    HttpMetrics.__call__ = passthrough  # type: ignore[method-assign]
-    RequestIdMiddleware.__call__ = passthrough  # type: ignore[method-assign]
     Counter.inc = nothing  # type: ignore[method-assign]
+    Gauge.inc = Gauge.dec = nothing  # type: ignore[method-assign]
     Histogram.observe = nothing  # type: ignore[method-assign]
     Summary.observe = nothing  # type: ignore[method-assign]
+
+
+def patch_no_logging() -> None:
+    import logging
+
     logging.disable(logging.CRITICAL)
+
+
+def patch_no_observability() -> None:
+    patch_no_request_telemetry()
+    patch_no_prometheus()
+    patch_no_logging()
+
+
+def patch_nothing() -> None:
+    return None
 
 
 def patch_switch_interval() -> None:
@@ -297,7 +330,12 @@ def patch_switch_interval() -> None:
 
 
 PATCHES: dict[str, Callable[[], None]] = {
+    "nothing": patch_nothing,
     "no-observability": patch_no_observability,
+    "no-http-metrics": patch_no_http_metrics,
+    "no-request-telemetry": patch_no_request_telemetry,
+    "no-prometheus": patch_no_prometheus,
+    "no-logging": patch_no_logging,
     "switch-interval": patch_switch_interval,
     "sqlite-one-hop": patch_sqlite_one_hop,
     "flush-timing": patch_flush_timing,

@@ -14,7 +14,9 @@ What differs is the cost. The instrumentator's middleware matches the request
 against every route again to name its handler, builds a Starlette ``Request``,
 ``Response`` and ``Headers`` per request and updates five metrics under nine
 locks; that was ~60 µs a request here, a fifth of the ingest path
-(BENCHMARKS.md). This middleware reads the route the router already matched
+(BENCHMARKS.md). Here the request-ID middleware
+(:class:`app.api.middleware.RequestTelemetry`) times the request in the same
+pass, and :class:`HttpMetrics` takes the route the router already matched
 (``scope["route"]``) and adds to plain numbers per (handler, method, status),
 which a collector turns into the families when Prometheus scrapes. Requests
 are recorded on the event loop's thread only; a scrape copies the numbers
@@ -24,7 +26,6 @@ agree. (The ``*_created`` series prometheus_client would add are not exported.)
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -37,7 +38,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 HIGHR_BUCKETS = (
     0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5,
@@ -46,7 +47,7 @@ HIGHR_BUCKETS = (
 LOWR_BUCKETS = (0.1, 0.5, 1)
 UNTEMPLATED = "none"  # the handler label of a request no route matched (a 404)
 
-_CONTENT_LENGTH = b"content-length"
+CONTENT_LENGTH = b"content-length"
 _SIZE_NOTE = "Only value of header is respected. Otherwise ignored. No percentile calculated. "
 HELP = {
     "http_requests": "Total number of requests by method, status and handler.",
@@ -63,6 +64,9 @@ HELP = {
 }
 
 
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
+
+
 class _Series:
     """What was observed for one (handler, method, status class)."""
 
@@ -77,52 +81,28 @@ class _Series:
 
 
 class HttpMetrics:
-    """Pure ASGI middleware; ``excluded`` handlers (route paths) are not recorded."""
+    """The HTTP metric families: :class:`app.api.middleware.RequestTelemetry` records
+    each request here, and a collector on ``registry`` exports them. Requests to
+    ``excluded`` handlers (route paths) are not recorded."""
 
-    def __init__(
-        self, app: ASGIApp, *, registry: CollectorRegistry, excluded: Iterable[str] = ()
-    ) -> None:
-        self.app = app
+    def __init__(self, *, registry: CollectorRegistry, excluded: Iterable[str] = ()) -> None:
         self.excluded = frozenset(excluded)
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._highr = [0] * (len(HIGHR_BUCKETS) + 1)
         self._highr_sum = 0.0
         registry.register(_Exporter(self))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500  # what an exception that escapes the app becomes
-        sent = 0
-
-        async def record_status(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                sent = _content_length(message.get("headers", ()))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = scope.get("route")
-            handler = getattr(route, "path", None) or UNTEMPLATED
-            if handler not in self.excluded:
-                self._observe(
-                    handler,
-                    scope["method"],
-                    status,
-                    _content_length(scope["headers"]),
-                    sent,
-                    max(time.perf_counter() - start, 0.0),
-                )
+    def record(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
+        """One finished request: its route (set by the router), method and status."""
+        handler = getattr(scope.get("route"), "path", None) or UNTEMPLATED
+        if handler not in self.excluded:
+            self._observe(handler, scope["method"], status, received, sent, max(seconds, 0.0))
 
     def _observe(
         self, handler: str, method: str, status: int, received: int, sent: int, seconds: float
     ) -> None:
-        key = (handler, method, f"{str(status)[0]}xx")
+        group = status // 100
+        key = (handler, method, _STATUS_CLASS.get(group) or f"{group}xx")
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series()
@@ -198,8 +178,9 @@ def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> Sequence[tuple[
     return buckets
 
 
-def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
+def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The ``Content-Length`` of ASGI headers; 0 when absent or not a number."""
     for name, value in headers:
-        if name == _CONTENT_LENGTH:
+        if name == CONTENT_LENGTH:
             return int(value) if value.isdigit() else 0
     return 0

@@ -154,8 +154,6 @@ class IngestService:
         result = await self._committer.submit(events)
         if isinstance(result, ValidationFailed):
             raise result
-        if self._on_accepted is not None:
-            self._on_accepted(sum(not a.replayed for a in result), sum(a.replayed for a in result))
         return result
 
     async def _flush(self, units: Sequence[list[NewEvent]]) -> list[UnitResult]:
@@ -170,15 +168,21 @@ class IngestService:
             # One request must not sink the others that shared its transaction.
             log.exception("a shared ingest transaction failed; retrying its requests one by one")
             return [await self._flush_alone(unit, now) for unit in units]
-        self._created(outcome.deliveries)
+        self._stored(outcome.results, outcome.deliveries)
         return outcome.results
 
     async def _flush_alone(self, unit: list[NewEvent], now: datetime) -> UnitResult:
         outcome = await store.ingest(self._db, [unit], ttl=self._ttl, now=now)
-        self._created(outcome.deliveries)
+        self._stored(outcome.results, outcome.deliveries)
         return outcome.results[0]
 
-    def _created(self, deliveries: int) -> None:
+    def _stored(self, results: list[UnitResult], deliveries: int) -> None:
+        """Count what a committed flush accepted (once per flush, not per request)
+        and wake the workers if it made deliveries."""
+        if self._on_accepted is not None:
+            answers = [a for r in results if not isinstance(r, ValidationFailed) for a in r]
+            replayed = sum(a.replayed for a in answers)
+            self._on_accepted(len(answers) - replayed, replayed)
         if deliveries and self._on_deliveries is not None:
             self._on_deliveries()
 

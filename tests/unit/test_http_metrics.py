@@ -1,4 +1,5 @@
-"""HttpMetrics records what prometheus-fastapi-instrumentator's defaults record.
+"""HttpMetrics (fed by RequestTelemetry) records what prometheus-fastapi-instrumentator's
+defaults record.
 
 The same FastAPI app is instrumented twice, once by the instrumentator and
 once by eventrelay's middleware, the same requests go to both, and the
@@ -19,6 +20,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.responses import Response
 
 from app.api.http_metrics import HttpMetrics
+from app.api.middleware import RequestTelemetry
 
 Sample = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -49,7 +51,8 @@ def _instrumentator(app: FastAPI, registry: CollectorRegistry) -> None:
 
 
 def _ours(app: FastAPI, registry: CollectorRegistry) -> None:
-    app.add_middleware(HttpMetrics, registry=registry, excluded=["/metrics"])
+    metrics = HttpMetrics(registry=registry, excluded=["/metrics"])
+    app.add_middleware(RequestTelemetry, metrics=metrics)
     Instrumentator(registry=registry).expose(app)
 
 
@@ -137,7 +140,7 @@ async def test_a_bad_content_length_counts_as_zero(header: bytes) -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
 
-    middleware = HttpMetrics(app, registry=registry)  # type: ignore[arg-type]
+    middleware = RequestTelemetry(app, metrics=HttpMetrics(registry=registry))  # type: ignore[arg-type]
 
     async def send(message: object) -> None:
         seen.append(1)
