@@ -7,6 +7,7 @@ any backlog (a scan of 20,000 deliveries or events per claim was 10 ms).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -17,36 +18,21 @@ from app.store.lines import _PROMOTE
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
+
+def _named(sql: str) -> tuple[str, dict[str, None]]:
+    """A statement with ``:name`` parameters, each bound to NULL (the plan is the question)."""
+    return sql, dict.fromkeys(re.findall(r"(?<!:):(\w+)", sql))
+
+
 STATEMENTS = {
     "claim": (
         CLAIM["sqlite"].replace(":exclude", "(:x0, :x1)"),
         {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "x0": "a", "x1": "b"},
     ),
     "claimed events": (_SQLITE_EVENTS.format(marks="?, ?"), ["evt_a", "evt_b"]),
-    "finish": (
-        _FINISH.text,
-        dict.fromkeys(
-            [
-                "status",
-                "next_attempt_at",
-                "status_code",
-                "summary",
-                "completed_at",
-                "dead_lettered_at",
-                "seq",
-                "owner",
-            ],
-            None,
-        ),
-    ),
-    "record attempt": (
-        _RECORD_ATTEMPT.text,
-        dict.fromkeys(
-            ["started_at", "duration_ms", "status_code", "error", "response_body", "seq", "owner"],
-            None,
-        ),
-    ),
-    "promote head": (_PROMOTE.text, {"sub": "sub_a", "key": "k"}),
+    "finish": _named(_FINISH.text),
+    "record attempt": _named(_RECORD_ATTEMPT.text),
+    "promote head": _named(_PROMOTE.text),
 }
 
 
