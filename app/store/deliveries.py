@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,7 +27,7 @@ from app.store import driver
 from app.store.database import Database, translate_errors
 from app.store.events import StoredEvent
 from app.store.lines import lock_lines, promote_heads
-from app.store.schema import UTCDateTime, sqlite_timestamp
+from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.subscriptions import CircuitUpdate, apply_circuit
 
 
@@ -253,20 +253,11 @@ def _event(
     occurred_at: object,
     received_at: object,
 ) -> StoredEvent:
-    received = _as_utc(received_at)
+    received = stored_utc(received_at)
     assert received is not None
     return StoredEvent(
-        seq, event_id, event_type, key, data, schema_version, _as_utc(occurred_at), received
+        seq, event_id, event_type, key, data, schema_version, stored_utc(occurred_at), received
     )
-
-
-def _as_utc(value: object) -> datetime | None:
-    """A time column read by raw SQL, as :class:`UTCDateTime` would return it."""
-    if value is None:
-        return None
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    assert isinstance(moment, datetime)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 _FINISH = _sql(

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import cast
+from datetime import datetime, timedelta
 
 import orjson
 from sqlalchemy import delete, text
@@ -180,13 +179,13 @@ async def _load_keys(conn: AsyncConnection, dialect: str, keys: set[str]) -> dic
             chunk = ordered[start : start + _KEY_CHUNK]
             sql = f"{_SELECT_KEYS} WHERE key IN ({', '.join('?' * len(chunk))})"
             rows += await driver.fetch_all(conn, sql, chunk)
-    return {r[0]: _Stored(r[1], r[2], r[3], _utc(r[4])) for r in rows}
+    return {r[0]: _Stored(r[1], r[2], r[3], _created_at(r[4])) for r in rows}
 
 
-def _utc(stored: datetime | str) -> datetime:
-    """A timestamp read with raw SQL: SQLite gives its stored text, PostgreSQL a datetime."""
-    moment = datetime.fromisoformat(stored) if isinstance(stored, str) else stored
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+def _created_at(stored: object) -> datetime:
+    moment = schema.stored_utc(stored)
+    assert moment is not None  # the column is NOT NULL
+    return moment
 
 
 async def _write(
@@ -207,17 +206,24 @@ async def _write(
     fanout = _fan_out(new_events, subscriptions)
     if dialect == "postgresql":
         await lock_lines(conn, [_line(r) for r in fanout])
-    await _insert_events(conn, dialect, new_events)
+    # SQLite stores times as text: each event's receipt is formatted once for
+    # the event, its deliveries and its key.
+    received = (
+        {e.id: schema.sqlite_timestamp(e.received_at) for e in new_events}
+        if dialect == "sqlite"
+        else {}
+    )
+    await _insert_events(conn, dialect, new_events, received)
     if fanout:
         await mark_heads(conn, fanout)
-        await _insert_deliveries(conn, dialect, fanout)
+        await _insert_deliveries(conn, dialect, fanout, received)
         if dialect == "postgresql":
             await conn.execute(text(f"NOTIFY {CHANNEL}"))
     counts = dict.fromkeys((e.id for e in new_events), 0)
     for row in fanout:
         counts[str(row["event_id"])] += 1
     bodies = {e.id: accepted_body(e, counts[e.id]) for e in new_events}
-    await _insert_keys(conn, dialect, new_events, bodies, reclaim, cutoff)
+    await _insert_keys(conn, dialect, new_events, bodies, received, reclaim, cutoff)
     return bodies, len(fanout)
 
 
@@ -280,13 +286,13 @@ _INSERT_KEYS = {
 
 
 async def _insert_deliveries(
-    conn: AsyncConnection, dialect: str, fanout: list[dict[str, object]]
+    conn: AsyncConnection, dialect: str, fanout: list[dict[str, object]], received: dict[str, str]
 ) -> None:
     if dialect == "postgresql":
         rows = [tuple(row[f] for f in _DELIVERY_FIELDS) for row in fanout]
         await driver.fetch_all(conn, _INSERT_DELIVERIES[dialect], driver.columns(rows, 11))
         return
-    stamp = schema.sqlite_timestamp
+    # A new delivery is created, and due, when its event was received (_fan_out).
     await driver.execute_many(
         conn,
         _INSERT_DELIVERIES[dialect],
@@ -296,15 +302,17 @@ async def _insert_deliveries(
                 1 if row["ready"] else 0,
                 row["attempts"],
                 row["round_attempts"],
-                stamp(cast(datetime, row["next_attempt_at"])),
-                stamp(cast(datetime, row["created_at"])),
+                received[str(row["event_id"])],
+                received[str(row["event_id"])],
             )
             for row in fanout
         ],
     )
 
 
-async def _insert_events(conn: AsyncConnection, dialect: str, new_events: list[NewEvent]) -> None:
+async def _insert_events(
+    conn: AsyncConnection, dialect: str, new_events: list[NewEvent], received: dict[str, str]
+) -> None:
     if dialect == "postgresql":
         rows = [
             (e.id, e.type, e.key, e.data_json, e.schema_version, e.occurred_at, e.received_at)
@@ -324,7 +332,7 @@ async def _insert_events(conn: AsyncConnection, dialect: str, new_events: list[N
                 e.data_json,
                 e.schema_version,
                 stamp(e.occurred_at) if e.occurred_at else None,
-                stamp(e.received_at),
+                received[e.id],
             )
             for e in new_events
         ],
@@ -336,6 +344,7 @@ async def _insert_keys(
     dialect: str,
     new_events: list[NewEvent],
     bodies: dict[str, str],
+    received: dict[str, str],
     reclaim: list[str],
     cutoff: datetime,
 ) -> None:
@@ -354,12 +363,11 @@ async def _insert_keys(
         ]
         stored = len(await driver.fetch_all(conn, _INSERT_KEYS[dialect], driver.columns(rows, 6)))
     else:
-        stamp = schema.sqlite_timestamp
         stored = await driver.execute_many(
             conn,
             _INSERT_KEYS[dialect],
             [
-                (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], stamp(e.received_at))
+                (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], received[e.id])
                 for e in keyed
             ],
         )
