@@ -160,22 +160,6 @@ class Work:
 _PG_CLAIM = _sql(CLAIM["postgresql"], ("now", "lease"))
 
 
-async def claim(
-    db: Database,
-    *,
-    owner: str,
-    now: datetime,
-    lease_until: datetime,
-    limit: int,
-    exclude: Sequence[str],
-) -> list[Claimed]:
-    """Claim due deliveries in a transaction of their own."""
-    request = ClaimRequest(owner, now, lease_until, limit, exclude)
-    async with db.write() as conn:
-        work = await _claim(conn, db, request)
-    return [w.delivery for w in work]
-
-
 async def complete_and_claim(
     db: Database,
     completions: Sequence[Completion],
@@ -183,9 +167,11 @@ async def complete_and_claim(
     request: ClaimRequest | None = None,
     now: datetime | None = None,
 ) -> list[Work]:
-    """One worker cycle in one transaction: record ``completions`` as :func:`complete`
-    does, then claim per ``request``, which sees the heads those completions
-    promoted. Returns the claimed deliveries with their events, in ``seq`` order."""
+    """One worker cycle in one transaction: record the attempts and outcomes of
+    ``completions``, free each finished line's next delivery, update the circuits
+    of the subscriptions involved; then claim per ``request``, which sees the heads
+    those completions promoted. Returns the claimed deliveries with their events,
+    in ``seq`` order."""
     if not completions and request is None:
         return []
     async with db.write() as conn:
@@ -320,22 +306,6 @@ _FINISH_AND_RECORD_PG = text(
     ORDER BY f.seq
     """
 )
-
-
-async def complete(
-    db: Database,
-    completions: Sequence[Completion],
-    circuit: Sequence[CircuitUpdate] = (),
-    now: datetime | None = None,
-) -> None:
-    """Record attempts and their outcomes; free each finished line's next delivery;
-    update the circuits of the subscriptions involved. One transaction."""
-    if not completions:
-        return
-    async with db.write() as conn:
-        await _complete(conn, db, completions)
-        if circuit:
-            await apply_circuit(conn, circuit, now or completions[-1].finished_at)
 
 
 async def _complete(conn: AsyncConnection, db: Database, completions: Sequence[Completion]) -> None:

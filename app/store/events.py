@@ -145,12 +145,3 @@ async def _stats(conn: AsyncConnection) -> Stats:
     for status, count in await conn.execute(select(d.c.status, func.count()).group_by(d.c.status)):
         by_status[status] = count
     return Stats(events, subs, by_status)
-
-
-async def get_events(db: Database, ids: list[str]) -> dict[str, StoredEvent]:
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    async with db.read() as conn:
-        rows = await conn.execute(select(*_EVENT_COLUMNS).where(schema.events.c.id.in_(wanted)))
-        return {r.id: _event(r) for r in rows}

@@ -18,7 +18,7 @@ from app.services.subscriptions import SubscriptionService
 from app.store import deliveries as delivery_store
 from app.store import schema
 from app.store.database import Database, open_database
-from app.store.deliveries import Claimed, Completion
+from app.store.deliveries import Claimed, ClaimRequest, Completion
 from app.store.ingest import ingest
 from app.store.subscriptions import Subscription
 
@@ -83,14 +83,9 @@ class DeliveryKit:
         db: Database | None = None,
     ) -> list[Claimed]:
         now = at or datetime.now(UTC) + timedelta(seconds=1)
-        return await delivery_store.claim(
-            db or self.db,
-            owner=owner,
-            now=now,
-            lease_until=now + lease,
-            limit=limit,
-            exclude=list(exclude),
-        )
+        request = ClaimRequest(owner, now, now + lease, limit, list(exclude))
+        work = await delivery_store.complete_and_claim(db or self.db, [], request=request)
+        return [w.delivery for w in work]
 
     async def finish(
         self,
@@ -104,7 +99,7 @@ class DeliveryKit:
     ) -> None:
         now = datetime.now(UTC)
         code = status_code or {"succeeded": 200, "pending": 500, "dead": 500}[status]
-        await delivery_store.complete(
+        await delivery_store.complete_and_claim(
             db or self.db,
             [
                 Completion(
