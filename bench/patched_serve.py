@@ -61,6 +61,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -186,17 +187,36 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(ordered), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
 
 
+class _SyncDriver:
+    """aiosqlite's calls that ``app.store.driver`` makes, on a plain sqlite3 connection."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def execute_fetchall(self, sql: str, params: Any) -> Any:
+        return self._connection.execute(sql, params).fetchall()
+
+    async def executemany(self, sql: str, rows: Any) -> Any:
+        return self._connection.executemany(sql, rows)
+
+
 class _SyncConnection:
     """``await conn.execute(...)`` on a synchronous connection: returns at once."""
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self.dialect = conn.dialect
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         return self._conn.execute(*args, **kwargs)
 
     async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
         return self._conn.exec_driver_sql(*args, **kwargs)
+
+    async def get_raw_connection(self) -> Any:
+        return SimpleNamespace(
+            driver_connection=_SyncDriver(self._conn.connection.dbapi_connection)
+        )
 
 
 def _sync_sqlite_writer(url: str) -> Any:
