@@ -65,7 +65,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -83,11 +82,11 @@ import aiohttp
 import httpx
 import orjson
 import uvloop
+from common import CLK_TCK, free_port, process_cpu_seconds
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV_BIN = Path(sys.executable).parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TARGETS = {"none": 0.5, "key": 0.35}
 TARGET_P50_MS = 15.0
@@ -207,14 +206,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def process_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def thread_cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU seconds of a process's main thread and of all its other threads together."""
     main = others = 0.0
@@ -230,13 +221,6 @@ def thread_cpu_seconds(pid: int) -> tuple[float, float]:
             else:
                 others += seconds
     return main, others
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- payloads

@@ -49,7 +49,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -63,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import free_port, pg_execute, process_cpu_seconds
 from pyspy_top import render, summarise
 
 BENCH = Path(__file__).resolve().parent
@@ -70,7 +70,6 @@ ROOT = BENCH.parent
 VENV_BIN = Path(sys.executable).parent
 LUA = BENCH / "ingest.lua"
 RESULTS = BENCH / "results"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 25.0
@@ -170,22 +169,6 @@ def machine_info() -> dict[str, Any]:
         "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "",
         "loadavg_start": os.getloadavg(),
     }
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- servers
@@ -353,16 +336,6 @@ def stop(server: Server) -> None:
 # --------------------------------------------------------------------------- postgres
 
 
-async def _pg_admin(dsn: str, statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def _pg_scalar(dsn: str, query: str) -> Any:
     import asyncpg
 
@@ -381,11 +354,11 @@ def _dsn_for(dsn: str, dbname: str) -> str:
 def fresh_pg_database(admin_dsn: str) -> Iterator[tuple[str, str]]:
     """Yield (sqlalchemy url, database name) of a database that exists for the run."""
     dbname = f"eventrelay_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    asyncio.run(_pg_admin(admin_dsn, f'CREATE DATABASE "{dbname}"'))
+    asyncio.run(pg_execute(admin_dsn, f'CREATE DATABASE "{dbname}"'))
     try:
         yield f"postgresql+asyncpg://{_dsn_for(admin_dsn, dbname)}", dbname
     finally:
-        asyncio.run(_pg_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        asyncio.run(pg_execute(admin_dsn, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
 
 def pg_sessions(admin_dsn: str, dbname: str) -> int:

@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +33,12 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from common import free_port, pg_execute
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SAMPLE_SECONDS = 10.0
 BATCH = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_receiver() -> tuple[subprocess.Popen[str], int]:
@@ -193,22 +187,14 @@ def main() -> int:
             path = workdir / "eventrelay.db"
             return asyncio.run(run(args, f"sqlite+aiosqlite:///{path}", path, workdir))
         name = f"er_retention_{secrets.token_hex(4)}"
-        asyncio.run(_pg(args.pg_dsn, f'CREATE DATABASE "{name}"'))
+        asyncio.run(pg_execute(args.pg_dsn, f'CREATE DATABASE "{name}"'))
         try:
             url = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
             return asyncio.run(run(args, f"{url}/{name}", None, workdir))
         finally:
-            asyncio.run(_pg(args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            asyncio.run(pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def _pg(dsn: str, statement: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":
