@@ -16,9 +16,11 @@ freed slots (with their events) in the same transaction.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.store import driver
 from app.store.database import Database, translate_errors
 from app.store.events import StoredEvent
-from app.store.lines import lock_lines, promote_heads
+from app.store.lines import PROMOTE_SQLITE, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
-from app.store.subscriptions import CircuitUpdate, apply_circuit
+from app.store.subscriptions import CircuitUpdate, apply_circuit, circuit_values
 
 
 def _sql(
@@ -174,20 +176,16 @@ async def complete_and_claim(
     in ``seq`` order."""
     if not completions and request is None:
         return []
+    if db.is_sqlite:
+        return await _cycle_sqlite(db, completions, circuit, request, now)
     async with db.write() as conn:
         if completions:
-            await _complete(conn, db, completions)
+            await _complete_postgresql(conn, completions)
             if circuit:
                 await apply_circuit(conn, circuit, now or completions[-1].finished_at)
         if request is None or request.limit <= 0:
             return []
-        return await _claim(conn, db, request)
-
-
-async def _claim(conn: AsyncConnection, db: Database, request: ClaimRequest) -> list[Work]:
-    if db.dialect == "postgresql":
         return await _claim_postgresql(conn, request)
-    return await _claim_sqlite(conn, request)
 
 
 async def _claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> list[Work]:
@@ -205,9 +203,71 @@ async def _claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> lis
     return [Work(Claimed(*r[:7]), _event(r[2], *r[7:])) for r in rows]
 
 
-async def _claim_sqlite(conn: AsyncConnection, request: ClaimRequest) -> list[Work]:
-    """The claim on SQLite's driver (app.store.driver): times in their stored form,
-    the excluded subscriptions as numbered parameters; then the claimed events."""
+async def _cycle_sqlite(
+    db: Database,
+    completions: Sequence[Completion],
+    circuit: Sequence[CircuitUpdate],
+    request: ClaimRequest | None,
+    now: datetime | None,
+) -> list[Work]:
+    """The cycle on SQLite as one hand-off to the driver's thread
+    (:func:`app.store.driver.run_on_sqlite_thread`): the parameters are built
+    here, the statements and the transaction run there, the rows come back."""
+    attempts = [_sqlite_times(_attempt_params(c)) for c in completions]
+    finished = [_sqlite_times(_finish_params(c)) for c in completions]
+    lines = sorted(
+        {
+            (c.delivery.subscription_id, c.delivery.ordering_key)
+            for c in completions
+            if c.status != "pending" and c.delivery.ordering_key
+        }
+    )
+    changed_at = now or (completions[-1].finished_at if completions else None)
+    circuits = [
+        _sqlite_times(circuit_values(u, changed_at) | {"id": u.subscription_id})
+        for u in circuit
+        if changed_at is not None
+    ]
+    claim = _sqlite_claim(request) if request is not None and request.limit > 0 else None
+
+    def cycle(c: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if attempts:
+                c.executemany(_RECORD_ATTEMPT.text, attempts)
+                c.executemany(_FINISH.text, finished)
+            if lines:
+                c.executemany(PROMOTE_SQLITE, [{"sub": sub, "key": key} for sub, key in lines])
+            for values in circuits:
+                c.execute(_circuit_sql(values), values)
+            claimed: list[Any] = []
+            events: list[Any] = []
+            if claim is not None:
+                claimed = c.execute(*claim).fetchall()
+                ids = sorted({row[2] for row in claimed})
+                if ids:
+                    sql = _SQLITE_EVENTS.format(marks=", ".join("?" * len(ids)))
+                    events = c.execute(sql, ids).fetchall()
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        return claimed, events
+
+    with translate_errors():
+        async with db.writer.connect() as conn:
+            claimed_rows, event_rows = await driver.run_on_sqlite_thread(conn, cycle)
+    if not claimed_rows:
+        return []
+    events = {r[0]: _event(*r) for r in event_rows}
+    claimed = sorted((Claimed(*r) for r in claimed_rows), key=lambda c: c.seq)
+    return [Work(c, events[c.event_id]) for c in claimed]
+
+
+def _sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
+    """The claim statement with its parameters: times in their stored form, the
+    excluded subscriptions as numbered parameters."""
     exclude = list(request.exclude) or ["-"]
     params: dict[str, object] = {
         "owner": request.owner,
@@ -217,16 +277,12 @@ async def _claim_sqlite(conn: AsyncConnection, request: ClaimRequest) -> list[Wo
     }
     params.update((f"x{i}", sub) for i, sub in enumerate(exclude))
     marks = ", ".join(f":x{i}" for i in range(len(exclude)))
-    sql = CLAIM["sqlite"].replace(":exclude", f"({marks})")
-    claimed = sorted(
-        (Claimed(*r) for r in await driver.fetch_all(conn, sql, params)), key=lambda c: c.seq
-    )
-    if not claimed:
-        return []
-    ids = sorted({c.event_id for c in claimed})
-    sql = _SQLITE_EVENTS.format(marks=", ".join("?" * len(ids)))
-    events = {r[0]: _event(*r) for r in await driver.fetch_all(conn, sql, ids)}
-    return [Work(c, events[c.event_id]) for c in claimed]
+    return CLAIM["sqlite"].replace(":exclude", f"({marks})"), params
+
+
+def _circuit_sql(values: dict[str, object]) -> str:
+    assignments = ", ".join(f"{name} = :{name}" for name in values if name != "id")
+    return f"UPDATE subscriptions SET {assignments} WHERE id = :id"
 
 
 def _event(
@@ -308,20 +364,14 @@ _FINISH_AND_RECORD_PG = text(
 )
 
 
-async def _complete(conn: AsyncConnection, db: Database, completions: Sequence[Completion]) -> None:
+async def _complete_postgresql(conn: AsyncConnection, completions: Sequence[Completion]) -> None:
     finished_lines = [
         (c.delivery.subscription_id, c.delivery.ordering_key)
         for c in completions
         if c.status != "pending"
     ]
-    if db.dialect == "postgresql":
-        await lock_lines(conn, finished_lines)
-        await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
-    else:
-        attempts = [_sqlite_times(_attempt_params(c)) for c in completions]
-        await driver.execute_many(conn, _RECORD_ATTEMPT.text, attempts)
-        finished = [_sqlite_times(_finish_params(c)) for c in completions]
-        await driver.execute_many(conn, _FINISH.text, finished)
+    await lock_lines(conn, finished_lines)
+    await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
     await promote_heads(conn, finished_lines)
 
 

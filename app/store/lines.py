@@ -49,6 +49,8 @@ _PROMOTE = text(
     """
 )
 
+PROMOTE_SQLITE = _PROMOTE.text  # per line, for statements run on the driver
+
 # PostgreSQL: every line in one statement, the lines as two parallel arrays.
 # Each head is the first unfinished delivery in ``seq`` order (the line index
 # walked for one row), joined back by primary key.
@@ -103,7 +105,7 @@ async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | 
         await conn.execute(_PROMOTE_ALL, {"subs": subs, "keys": keys})
     else:
         rows = [{"sub": sub, "key": key} for sub, key in wanted]
-        await driver.execute_many(conn, _PROMOTE.text, rows)
+        await driver.execute_many(conn, PROMOTE_SQLITE, rows)
 
 
 def delivery_row(

@@ -174,12 +174,17 @@ async def apply_circuit(
 ) -> None:
     """Within the caller's transaction (the worker's completion write)."""
     for u in updates:
-        values: dict[str, Any] = {
-            "consecutive_failures": u.consecutive_failures,
-            "failing_since": u.failing_since,
-            "circuit_open_until": u.circuit_open_until,
-        }
-        if u.disable_reason is not None:
-            values |= {"status": "disabled", "disabled_reason": u.disable_reason}
-            values["updated_at"] = now
+        values = circuit_values(u, now)
         await conn.execute(update(s).where(s.c.id == u.subscription_id).values(**values))
+
+
+def circuit_values(u: CircuitUpdate, now: datetime) -> dict[str, Any]:
+    """The subscription columns a circuit update sets."""
+    values: dict[str, Any] = {
+        "consecutive_failures": u.consecutive_failures,
+        "failing_since": u.failing_since,
+        "circuit_open_until": u.circuit_open_until,
+    }
+    if u.disable_reason is not None:
+        values |= {"status": "disabled", "disabled_reason": u.disable_reason, "updated_at": now}
+    return values

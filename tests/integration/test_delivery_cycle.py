@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from app.errors import StoreUnavailable
 from app.store import deliveries as delivery_store
 from app.store.deliveries import Claimed, ClaimRequest, Completion, Work
 from tests.integration.conftest import LEASE, DeliveryKit
@@ -105,3 +108,27 @@ async def test_a_cycle_claims_no_more_than_asked_and_in_sequence(kit: DeliveryKi
     assert [w.delivery.event_id for w in second] == [x.id for x in e[3:]]
     assert [w.delivery.seq for w in second] == sorted(w.delivery.seq for w in second)
     assert await delivery_store.complete_and_claim(kit.db, [], (), None) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_cycle_that_fails_on_sqlite_leaves_nothing_behind(
+    kit: DeliveryKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite cycle runs its own transaction on the driver's thread: a failure
+    after the outcomes and the claim were written rolls all of it back, and the
+    writer connection is usable again."""
+    sub = await kit.subscription(ordering="none")
+    e = await kit.events(*[("t", None) for _ in range(3)], together=True)
+    first = await cycle(kit, [], limit=1)
+
+    monkeypatch.setattr(delivery_store, "_SQLITE_EVENTS", "SELECT * FROM no_such_table {marks}")
+    with pytest.raises(StoreUnavailable):
+        await cycle(kit, [outcome(first[0].delivery, "succeeded")], limit=10)
+    assert (await kit.delivery(first[0].delivery.id))["status"] == "in_flight"
+    assert [(await kit.delivery_for(x, sub))["status"] for x in e[1:]] == ["pending", "pending"]
+    assert await kit.attempts_of(first[0].delivery.id) == []
+
+    monkeypatch.undo()
+    again = await cycle(kit, [outcome(first[0].delivery, "succeeded")], limit=10)
+    assert [w.delivery.event_id for w in again] == [x.id for x in e[1:]]
+    assert (await kit.delivery(first[0].delivery.id))["status"] == "succeeded"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pytest
 from sqlalchemy import text
 
@@ -86,3 +89,28 @@ async def test_a_sqlite_error_from_the_driver_is_translated(db: Database) -> Non
 def test_columns_are_the_unnest_arrays() -> None:
     assert driver.columns([(1, "a"), (2, "b")], 2) == [[1, 2], ["a", "b"]]
     assert driver.columns([], 3) == [[], [], []]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_work_runs_on_the_driver_thread_in_one_hand_off(db: Database) -> None:
+    loop_thread = threading.get_ident()
+
+    def work(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(INSERT["sqlite"], [("one",), ("two",)])
+        conn.execute("COMMIT")
+        keys = [r[0] for r in conn.execute("SELECT key FROM idempotency_keys")]
+        return threading.get_ident(), keys
+
+    async with db.writer.connect() as conn:
+        thread, keys = await driver.run_on_sqlite_thread(conn, work)
+    assert thread != loop_thread
+    assert sorted(keys) == ["one", "two"]
+    assert await _stored(db, ["one", "two", "three"]) == ["one", "two"]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_run_on_sqlite_thread_is_only_for_sqlite(db: Database) -> None:
+    async with db.writer.connect() as conn:
+        with pytest.raises(ValueError, match="SQLite"):
+            await driver.run_on_sqlite_thread(conn, lambda _: None)
