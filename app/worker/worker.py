@@ -4,10 +4,13 @@ One loop owns the worker's writes. Each cycle is one transaction: it records
 the outcomes of the attempts that finished since the last cycle and claims due
 deliveries (with their events) for the slots that are free, including the
 heads those outcomes just freed. A task per claimed delivery sends its request
-and queues its outcome for the next cycle. The loop is woken by finishing
-attempts and by commits elsewhere, with polling as the fallback. Limits per
-subscription (``max_in_flight``, ``rate_limit_per_second``, the circuit's
-single probe) hold within this process.
+and queues its outcome for the next cycle. For a healthy subscription a cycle
+also claims a few ``max_in_flight`` more than it can start (``claim_ahead``):
+they wait, leased, in the worker, and a successful attempt starts the next one
+at once, so requests keep flowing while a cycle is at the database. The loop
+is woken by finishing attempts and by commits elsewhere, with polling as the
+fallback. Limits per subscription (``max_in_flight``, ``rate_limit_per_second``,
+the circuit's single probe) hold within this process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,7 +64,11 @@ class WorkerConfig:
     timeout_ms: int
     allow_private_targets: bool
     concurrency: int = 256
-    claim_batch: int = 128
+    claim_batch: int = 512
+    # A healthy subscription's deliveries claimed ahead of a free slot, in
+    # multiples of its max_in_flight: they start the moment a slot frees, so
+    # requests keep flowing while a cycle is at the database.
+    claim_ahead: int = 4
     poll_seconds: float = 0.5
     # A claim lasts this long and is renewed every third of it while the attempt
     # runs, so a dead worker's claims come back within one lease.
@@ -77,6 +85,15 @@ class WorkerConfig:
     cycle_linger_seconds: float = 0.002
 
 
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A claimed delivery waiting in the worker for a free slot."""
+
+    delivery: Claimed
+    event: StoredEvent
+    payload: bytes
+
+
 @dataclass(slots=True)
 class _Line:
     """What the worker knows about one subscription while it delivers for it."""
@@ -88,6 +105,17 @@ class _Line:
     circuit: CircuitState = field(default_factory=lambda: CircuitState(0, None, None))
     keys: list[bytes] = field(default_factory=list)
     keys_until: datetime | None = None  # when the previous secret stops signing
+    # Claimed ahead, waiting for a slot (only while the subscription is healthy).
+    waiting: deque[_Ready] = field(default_factory=deque)
+
+    def prefetches(self) -> bool:
+        """Whether deliveries may be claimed ahead of a free slot: not when a
+        limit other than ``max_in_flight`` could hold them, nor while failing."""
+        return (
+            self.subscription.status == "active"
+            and self.bucket is None
+            and self.circuit.consecutive_failures == 0
+        )
 
 
 class DeliveryWorker:
@@ -104,6 +132,8 @@ class DeliveryWorker:
         self._subs: dict[str, _Line] = {}
         self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
         self._finished: list[Completion] = []  # outcomes the next cycle writes
+        self._waiting = 0  # claimed ahead, in the lines' ``waiting`` queues
+        self._to_release: list[int] = []  # claims to give back in the next cycle
         self._sender: HttpSender | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
@@ -173,6 +203,9 @@ class DeliveryWorker:
             self.wake()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        for line in self._subs.values():
+            self._drop_waiting(line)
+        leftovers += self._to_release
         with contextlib.suppress(Exception):
             await store.release(self._db, self.owner, leftovers)
         if self._sender is not None:
@@ -240,6 +273,7 @@ class DeliveryWorker:
         now = datetime.now(UTC)
         # The circuits first: an outcome that opens one keeps this claim off it.
         updates = self._circuit_updates(finished, now)
+        await self._settle_waiting()
         request = None if self._stopping else self._claim_request(now)
         if request is None and not finished:
             return 0, 0
@@ -254,7 +288,9 @@ class DeliveryWorker:
         return await self._start(work), request.limit
 
     def _claim_request(self, now: datetime) -> ClaimRequest | None:
-        capacity = self._config.concurrency - len(self._tasks)
+        concurrency = self._config.concurrency
+        ahead = self._config.claim_ahead * concurrency
+        capacity = concurrency - len(self._tasks) + max(0, ahead - self._waiting)
         if capacity <= 0:
             return None
         # Claim no more than the known subscriptions can start now: what is
@@ -265,7 +301,7 @@ class DeliveryWorker:
         exclude: list[str] = []
         room = 0
         for sid, line in self._subs.items():
-            allowance = self._allowance(line)
+            allowance = self._allowance(line) + self._room_ahead(line)
             if allowance > 0:
                 room += allowance
             else:
@@ -279,25 +315,72 @@ class DeliveryWorker:
         return ClaimRequest(self.owner, now, now + self._config.lease, limit, exclude)
 
     async def _start(self, work: list[Work]) -> int:
-        """Start a task per claimed delivery; give back what a limit does not allow now."""
+        """Start a task per claimed delivery that a slot allows now, keep the next
+        ones of a healthy subscription waiting, give back the rest."""
         await self._refresh_subscriptions({w.delivery.subscription_id for w in work})
         payloads: dict[str, bytes] = {}
         over_limit: list[int] = []
         for w in work:
             delivery, event = w.delivery, w.event
             line = self._subs.get(delivery.subscription_id)
-            if line is None or not self._take_slot(line):
+            can_start = line is not None and self._can_start() and self._take_slot(line)
+            if line is None or not (can_start or self._room_ahead(line) > 0):
                 over_limit.append(delivery.seq)
                 continue
             payload = payloads.get(event.id)
             if payload is None:
                 payload = payloads[event.id] = _payload(event)
-            task = asyncio.create_task(self._deliver(delivery, line, event, payload))
-            self._tasks[delivery.seq] = (task, delivery)
-            self._metrics.in_flight.inc()
+            if can_start:
+                self._launch(line, delivery, event, payload)
+            else:
+                line.waiting.append(_Ready(delivery, event, payload))
+                self._waiting += 1
         if over_limit:
             await store.release(self._db, self.owner, over_limit)
         return len(work) - len(over_limit)
+
+    def _launch(self, line: _Line, delivery: Claimed, event: StoredEvent, payload: bytes) -> None:
+        task = asyncio.create_task(self._deliver(delivery, line, event, payload))
+        self._tasks[delivery.seq] = (task, delivery)
+        self._metrics.in_flight.inc()
+
+    def _can_start(self) -> bool:
+        return len(self._tasks) < self._config.concurrency
+
+    def _room_ahead(self, line: _Line) -> int:
+        """How many more deliveries ``line`` may hold waiting for a slot."""
+        if not line.prefetches():
+            return 0
+        ahead = self._config.claim_ahead
+        room = ahead * line.subscription.max_in_flight - len(line.waiting)
+        return min(room, ahead * self._config.concurrency - self._waiting)
+
+    def _start_waiting(self, line: _Line) -> None:
+        while line.waiting and self._can_start() and self._take_slot(line):
+            ready = line.waiting.popleft()
+            self._waiting -= 1
+            self._launch(line, ready.delivery, ready.event, ready.payload)
+
+    def _drop_waiting(self, line: _Line) -> None:
+        """Give back what ``line`` holds waiting (in the next cycle)."""
+        self._to_release.extend(ready.delivery.seq for ready in line.waiting)
+        self._waiting -= len(line.waiting)
+        line.waiting.clear()
+
+    async def _settle_waiting(self) -> None:
+        """Before a claim: start what the free slots allow, and give back what a
+        subscription that is failing, limited, paused or gone holds waiting."""
+        held = [line for line in self._subs.values() if line.waiting]
+        if held:
+            await self._refresh_subscriptions({line.subscription.id for line in held})
+        for line in held:
+            if self._stopping or not line.prefetches():
+                self._drop_waiting(line)
+            else:
+                self._start_waiting(line)
+        if self._to_release:
+            seqs, self._to_release = self._to_release, []
+            await store.release(self._db, self.owner, seqs)
 
     def _allowance(self, line: _Line) -> int:
         sub = line.subscription
@@ -332,8 +415,10 @@ class DeliveryWorker:
             sub = fresh.get(sid)
             line = self._subs.get(sid)
             if sub is None:
-                if line is not None and line.in_flight == 0:
-                    del self._subs[sid]
+                if line is not None:
+                    self._drop_waiting(line)
+                    if line.in_flight == 0:
+                        del self._subs[sid]
                 continue
             if line is None:
                 self._subs[sid] = line = _Line(sub, now)
@@ -353,9 +438,12 @@ class DeliveryWorker:
     async def _deliver(
         self, delivery: Claimed, line: _Line, event: StoredEvent, payload: bytes
     ) -> None:
+        succeeded = False
         try:
             result, started = await self._attempt(line, event, payload)
-            self._finished.append(self._conclude(delivery, line, event, result, started))
+            completion = self._conclude(delivery, line, event, result, started)
+            self._finished.append(completion)
+            succeeded = completion.status == "succeeded"
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -367,6 +455,10 @@ class DeliveryWorker:
             line.in_flight -= 1
             self._tasks.pop(delivery.seq, None)
             self._metrics.in_flight.dec()
+            # The next one waiting goes out now, without a trip to the database;
+            # after a failure the cycle decides (the circuit may hold the rest).
+            if succeeded and not self._stopping:
+                self._start_waiting(line)
             self._wakeup.set()
 
     async def _attempt(
@@ -468,9 +560,10 @@ class DeliveryWorker:
             await asyncio.sleep(interval)
             now = datetime.now(UTC)
             try:
-                # Running attempts and outcomes not yet written; a dropped
-                # outcome's claim is left to expire.
+                # Running attempts, deliveries waiting for a slot and outcomes
+                # not yet written; a dropped outcome's claim is left to expire.
                 held = [*self._tasks, *(c.delivery.seq for c in self._finished)]
+                held += [r.delivery.seq for line in self._subs.values() for r in line.waiting]
                 await store.renew_leases(self._db, self.owner, held, now + self._config.lease)
                 if await store.reap_expired_leases(self._db, now):
                     self.wake()
