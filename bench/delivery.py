@@ -837,7 +837,7 @@ class Profiler:
                 "--pid",
                 str(pid),
                 "--rate",
-                "100",
+                "400",
                 *([] if native else ["--nonblocking"]),  # py-spy: --native needs pauses
                 "--threads",
                 "--function",
