@@ -213,8 +213,7 @@ async def _cycle_sqlite(
     """The cycle on SQLite as one hand-off to the driver's thread
     (:func:`app.store.driver.run_on_sqlite_thread`): the parameters are built
     here, the statements and the transaction run there, the rows come back."""
-    attempts = [_sqlite_times(_attempt_params(c)) for c in completions]
-    finished = [_sqlite_times(_finish_params(c)) for c in completions]
+    attempts, finished = _sqlite_outcomes(completions)
     lines = sorted(
         {
             (c.delivery.subscription_id, c.delivery.ordering_key)
@@ -234,8 +233,8 @@ async def _cycle_sqlite(
         c.execute("BEGIN IMMEDIATE")
         try:
             if attempts:
-                c.executemany(_RECORD_ATTEMPT.text, attempts)
-                c.executemany(_FINISH.text, finished)
+                c.executemany(SQLITE_RECORD_ATTEMPT, attempts)
+                c.executemany(SQLITE_FINISH, finished)
             if lines:
                 c.executemany(PROMOTE_SQLITE, [{"sub": sub, "key": key} for sub, key in lines])
             for values in circuits:
@@ -302,8 +301,8 @@ def _event(
     )
 
 
-_FINISH = _sql(
-    """
+# The outcome statements on SQLite's driver (app.store.driver), times as stored.
+SQLITE_FINISH = """
     UPDATE deliveries SET
         status = :status, attempts = attempts + 1, round_attempts = round_attempts + 1,
         next_attempt_at = :next_attempt_at,
@@ -311,22 +310,17 @@ _FINISH = _sql(
         completed_at = :completed_at, dead_lettered_at = :dead_lettered_at,
         lease_owner = NULL, lease_expires_at = NULL
     WHERE seq = :seq AND status = 'in_flight' AND lease_owner = :owner
-    """,
-    ("next_attempt_at", "completed_at", "dead_lettered_at"),
-)
+"""
 
 # Only the worker that still holds the claim records its attempt: a worker
 # whose lease ran out and was taken over must not add a second "attempt 1".
-_RECORD_ATTEMPT = _sql(
-    """
+SQLITE_RECORD_ATTEMPT = """
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                           response_body)
     SELECT d.id, d.attempts + 1, :started_at, :duration_ms, :status_code, :error, :response_body
     FROM deliveries d
     WHERE d.seq = :seq AND d.status = 'in_flight' AND d.lease_owner = :owner
-    """,
-    ("started_at",),
-)
+"""
 
 
 # PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
@@ -381,6 +375,46 @@ def _sqlite_times(params: dict[str, object]) -> dict[str, object]:
         name: sqlite_timestamp(value) if isinstance(value, datetime) else value
         for name, value in params.items()
     }
+
+
+def _sqlite_outcomes(
+    completions: Sequence[Completion],
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The parameters of SQLITE_RECORD_ATTEMPT and SQLITE_FINISH for each outcome
+    (what :func:`_attempt_params` and :func:`_finish_params` hold, times as stored)."""
+    attempts: list[dict[str, object]] = []
+    finished: list[dict[str, object]] = []
+    for c in completions:
+        seq, status, done = c.delivery.seq, c.status, sqlite_timestamp(c.finished_at)
+        attempts.append(
+            {
+                "seq": seq,
+                "owner": c.owner,
+                "started_at": sqlite_timestamp(c.started_at),
+                "duration_ms": c.duration_ms,
+                "status_code": c.status_code,
+                "error": c.error,
+                "response_body": c.response_body,
+            }
+        )
+        retry_at = c.next_attempt_at
+        finished.append(
+            {
+                "seq": seq,
+                "owner": c.owner,
+                "status": status,
+                "next_attempt_at": (
+                    (sqlite_timestamp(retry_at) if retry_at else None)
+                    if status == "pending"
+                    else done
+                ),
+                "status_code": c.status_code,
+                "summary": c.summary,
+                "completed_at": done if status == "succeeded" else None,
+                "dead_lettered_at": done if status == "dead" else None,
+            }
+        )
+    return attempts, finished
 
 
 def _attempt_params(c: Completion) -> dict[str, object]:

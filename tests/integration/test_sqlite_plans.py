@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.store.deliveries import _FINISH, _RECORD_ATTEMPT, _SQLITE_EVENTS, CLAIM
+from app.store.deliveries import _SQLITE_EVENTS, CLAIM, SQLITE_FINISH, SQLITE_RECORD_ATTEMPT
 from app.store.lines import _PROMOTE
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -30,8 +30,8 @@ STATEMENTS = {
         {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "x0": "a", "x1": "b"},
     ),
     "claimed events": (_SQLITE_EVENTS.format(marks="?, ?"), ["evt_a", "evt_b"]),
-    "finish": _named(_FINISH.text),
-    "record attempt": _named(_RECORD_ATTEMPT.text),
+    "finish": _named(SQLITE_FINISH),
+    "record attempt": _named(SQLITE_RECORD_ATTEMPT),
     "promote head": _named(_PROMOTE.text),
 }
 
