@@ -28,8 +28,9 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        for outcome in ("success", "retry", "dead_letter"):
-            self.attempts.labels(outcome)
+        # Bound once: a label lookup per attempt costs more than the increment.
+        outcomes = ("success", "retry", "dead_letter")
+        self.attempt_outcome = {outcome: self.attempts.labels(outcome) for outcome in outcomes}
         self.attempt_duration = Histogram(
             "eventrelay_delivery_attempt_duration_seconds",
             "Duration of one webhook request.",

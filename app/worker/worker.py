@@ -138,6 +138,7 @@ class DeliveryWorker:
         self._loop_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
+        metrics.in_flight.set_function(lambda: len(self._tasks))  # read when scraped
         self._retention = RetentionJob(
             db,
             keep=config.retention,
@@ -342,7 +343,6 @@ class DeliveryWorker:
     def _launch(self, line: _Line, delivery: Claimed, event: StoredEvent, payload: bytes) -> None:
         task = asyncio.create_task(self._deliver(delivery, line, event, payload))
         self._tasks[delivery.seq] = (task, delivery)
-        self._metrics.in_flight.inc()
 
     def _can_start(self) -> bool:
         return len(self._tasks) < self._config.concurrency
@@ -454,7 +454,6 @@ class DeliveryWorker:
         finally:
             line.in_flight -= 1
             self._tasks.pop(delivery.seq, None)
-            self._metrics.in_flight.dec()
             # The next one waiting goes out now, without a trip to the database;
             # after a failure the cycle decides (the circuit may hold the rest).
             if succeeded and not self._stopping:
@@ -498,18 +497,18 @@ class DeliveryWorker:
         decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
         if isinstance(decision, Succeeded):
             status, next_at = "succeeded", None
-            self._metrics.attempts.labels("success").inc()
+            self._metrics.attempt_outcome["success"].inc()
             self._metrics.latency.observe((now - event.received_at).total_seconds())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("delivered", extra=_context(delivery, result))
         elif isinstance(decision, Retry):
             status, next_at = "pending", decision.at
-            self._metrics.attempts.labels("retry").inc()
+            self._metrics.attempt_outcome["retry"].inc()
             context = _context(delivery, result) | {"error": result.outcome.error}
             log.info("attempt failed; will retry", extra=context)
         else:
             status, next_at = "dead", None
-            self._metrics.attempts.labels("dead_letter").inc()
+            self._metrics.attempt_outcome["dead_letter"].inc()
             log.warning("dead-lettered: %s", decision.reason, extra=_context(delivery, result))
         return Completion(
             delivery=delivery,
