@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,9 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.store import driver
 from app.store.database import Database, translate_errors
 from app.store.events import StoredEvent
-from app.store.lines import PROMOTE_SQLITE, lock_lines, promote_heads
+from app.store.lines import SQLITE_PROMOTE_ALL, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.subscriptions import CircuitUpdate, apply_circuit, circuit_values
+
+T = TypeVar("T")
 
 
 def _sql(
@@ -213,7 +215,7 @@ async def _cycle_sqlite(
     """The cycle on SQLite as one hand-off to the driver's thread
     (:func:`app.store.driver.run_on_sqlite_thread`): the parameters are built
     here, the statements and the transaction run there, the rows come back."""
-    attempts, finished = _sqlite_outcomes(completions)
+    outcomes = _sqlite_outcomes(completions)
     lines = sorted(
         {
             (c.delivery.subscription_id, c.delivery.ordering_key)
@@ -232,11 +234,14 @@ async def _cycle_sqlite(
     def cycle(c: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
         c.execute("BEGIN IMMEDIATE")
         try:
-            if attempts:
-                c.executemany(SQLITE_RECORD_ATTEMPT, attempts)
-                c.executemany(SQLITE_FINISH, finished)
-            if lines:
-                c.executemany(PROMOTE_SQLITE, [{"sub": sub, "key": key} for sub, key in lines])
+            for chunk in _chunks(outcomes, _SQLITE_ROWS_PER_STATEMENT):
+                # The attempts first: they read each delivery's count before the finish.
+                params = [value for row in chunk for value in row]
+                c.execute(_rows_sql(SQLITE_RECORD_ATTEMPTS, chunk), params)
+                c.execute(_rows_sql(SQLITE_FINISH_ALL, chunk), params)
+            for chunk in _chunks(lines, _SQLITE_ROWS_PER_STATEMENT):
+                params = [value for line in chunk for value in line]
+                c.execute(_rows_sql(SQLITE_PROMOTE_ALL, chunk), params)
             for values in circuits:
                 c.execute(_circuit_sql(values), values)
             claimed: list[Any] = []
@@ -301,26 +306,53 @@ def _event(
     )
 
 
-# The outcome statements on SQLite's driver (app.store.driver), times as stored.
-SQLITE_FINISH = """
-    UPDATE deliveries SET
-        status = :status, attempts = attempts + 1, round_attempts = round_attempts + 1,
-        next_attempt_at = :next_attempt_at,
-        last_status_code = :status_code, last_error = :summary,
-        completed_at = :completed_at, dead_lettered_at = :dead_lettered_at,
-        lease_owner = NULL, lease_expires_at = NULL
-    WHERE seq = :seq AND status = 'in_flight' AND lease_owner = :owner
+# SQLite writes a cycle's outcomes in two statements over the same rows (a
+# VALUES list, ``{rows}``), one step each: sqlite3 gives up the GIL for every
+# step and waits to get it back from the busy event loop, so a statement per
+# row made the cycle mostly waiting. The attempts go first, numbered from each
+# delivery's count, and only for deliveries still leased to the outcome's
+# writer (a worker whose lease ran out and was taken over records nothing).
+_SQLITE_OUTCOME = """
+    WITH o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
+           dead_lettered_at, started_at, duration_ms, error, response_body) AS (VALUES {rows})
 """
-
-# Only the worker that still holds the claim records its attempt: a worker
-# whose lease ran out and was taken over must not add a second "attempt 1".
-SQLITE_RECORD_ATTEMPT = """
+SQLITE_RECORD_ATTEMPTS = (
+    _SQLITE_OUTCOME
+    + """
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                           response_body)
-    SELECT d.id, d.attempts + 1, :started_at, :duration_ms, :status_code, :error, :response_body
-    FROM deliveries d
-    WHERE d.seq = :seq AND d.status = 'in_flight' AND d.lease_owner = :owner
+    SELECT d.id, d.attempts + 1, o.started_at, o.duration_ms, o.status_code, o.error,
+           o.response_body
+    FROM o JOIN deliveries d ON d.seq = o.seq
+    WHERE d.status = 'in_flight' AND d.lease_owner = o.owner
+    ORDER BY o.seq
 """
+)
+SQLITE_FINISH_ALL = (
+    _SQLITE_OUTCOME
+    + """
+    UPDATE deliveries SET
+        status = o.status, attempts = attempts + 1, round_attempts = round_attempts + 1,
+        next_attempt_at = o.next_attempt_at,
+        last_status_code = o.status_code, last_error = o.summary,
+        completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM o
+    WHERE deliveries.seq = o.seq AND deliveries.status = 'in_flight'
+      AND deliveries.lease_owner = o.owner
+"""
+)
+_SQLITE_ROWS_PER_STATEMENT = 500  # 12 parameters a row, well within SQLite's limit
+
+
+def _rows_sql(template: str, rows: Sequence[Sequence[object]]) -> str:
+    """``template`` with its ``{rows}`` VALUES list sized for ``rows``."""
+    row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    return template.format(rows=", ".join([row] * len(rows)))
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
@@ -377,44 +409,33 @@ def _sqlite_times(params: dict[str, object]) -> dict[str, object]:
     }
 
 
-def _sqlite_outcomes(
-    completions: Sequence[Completion],
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """The parameters of SQLITE_RECORD_ATTEMPT and SQLITE_FINISH for each outcome
-    (what :func:`_attempt_params` and :func:`_finish_params` hold, times as stored)."""
-    attempts: list[dict[str, object]] = []
-    finished: list[dict[str, object]] = []
+def _sqlite_outcomes(completions: Sequence[Completion]) -> list[tuple[object, ...]]:
+    """One row per outcome, columns in ``_SQLITE_OUTCOME`` order: what
+    :func:`_finish_params` and :func:`_attempt_params` hold, times as stored."""
+    rows: list[tuple[object, ...]] = []
     for c in completions:
-        seq, status, done = c.delivery.seq, c.status, sqlite_timestamp(c.finished_at)
-        attempts.append(
-            {
-                "seq": seq,
-                "owner": c.owner,
-                "started_at": sqlite_timestamp(c.started_at),
-                "duration_ms": c.duration_ms,
-                "status_code": c.status_code,
-                "error": c.error,
-                "response_body": c.response_body,
-            }
+        status, done, retry_at = c.status, sqlite_timestamp(c.finished_at), c.next_attempt_at
+        if status == "pending":
+            next_at = sqlite_timestamp(retry_at) if retry_at is not None else None
+        else:
+            next_at = done
+        rows.append(
+            (
+                c.delivery.seq,
+                c.owner,
+                status,
+                next_at,
+                c.status_code,
+                c.summary,
+                done if status == "succeeded" else None,
+                done if status == "dead" else None,
+                sqlite_timestamp(c.started_at),
+                c.duration_ms,
+                c.error,
+                c.response_body,
+            )
         )
-        retry_at = c.next_attempt_at
-        finished.append(
-            {
-                "seq": seq,
-                "owner": c.owner,
-                "status": status,
-                "next_attempt_at": (
-                    (sqlite_timestamp(retry_at) if retry_at else None)
-                    if status == "pending"
-                    else done
-                ),
-                "status_code": c.status_code,
-                "summary": c.summary,
-                "completed_at": done if status == "succeeded" else None,
-                "dead_lettered_at": done if status == "dead" else None,
-            }
-        )
-    return attempts, finished
+    return rows
 
 
 def _attempt_params(c: Completion) -> dict[str, object]:

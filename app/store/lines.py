@@ -51,6 +51,24 @@ _PROMOTE = text(
 
 PROMOTE_SQLITE = _PROMOTE.text  # per line, for statements run on the driver
 
+# SQLite, for the worker's cycle: the lines as a VALUES list (``{rows}``), so
+# that the whole promotion is one statement (see app.store.deliveries).
+SQLITE_PROMOTE_ALL = """
+    WITH line(sub, key) AS (VALUES {rows})
+    UPDATE deliveries SET ready = TRUE
+    FROM (
+        SELECT (
+            SELECT min(d.seq)
+            FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+            WHERE d.status IN ('pending', 'in_flight', 'dead')
+              AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
+              AND d.subscription_id = line.sub AND d.ordering_key = line.key
+        ) AS seq
+        FROM line
+    ) AS head
+    WHERE deliveries.seq = head.seq AND deliveries.status = 'pending' AND NOT deliveries.ready
+"""
+
 # PostgreSQL: every line in one statement, the lines as two parallel arrays.
 # Each head is the first unfinished delivery in ``seq`` order (the line index
 # walked for one row), joined back by primary key.

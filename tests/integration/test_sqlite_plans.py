@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from app.store.deliveries import _SQLITE_EVENTS, CLAIM, SQLITE_FINISH, SQLITE_RECORD_ATTEMPT
-from app.store.lines import _PROMOTE
+from app.store.deliveries import (
+    _SQLITE_EVENTS,
+    CLAIM,
+    SQLITE_FINISH_ALL,
+    SQLITE_RECORD_ATTEMPTS,
+)
+from app.store.lines import _PROMOTE, SQLITE_PROMOTE_ALL
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -24,15 +29,19 @@ def _named(sql: str) -> tuple[str, dict[str, None]]:
     return sql, dict.fromkeys(re.findall(r"(?<!:):(\w+)", sql))
 
 
+# The VALUES lists a statement brings its rows in: scanning those is the point.
+ROW_LISTS = {"SCAN 2 CONSTANT ROWS", "SCAN o", "SCAN line", "SCAN head"}
+OUTCOMES = ", ".join(["(" + ", ".join("?" * 12) + ")"] * 2)  # two rows of a cycle
 STATEMENTS = {
     "claim": (
         CLAIM["sqlite"].replace(":exclude", "(:x0, :x1)"),
         {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "x0": "a", "x1": "b"},
     ),
     "claimed events": (_SQLITE_EVENTS.format(marks="?, ?"), ["evt_a", "evt_b"]),
-    "finish": _named(SQLITE_FINISH),
-    "record attempt": _named(SQLITE_RECORD_ATTEMPT),
+    "finish": (SQLITE_FINISH_ALL.format(rows=OUTCOMES), [None] * 24),
+    "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
     "promote head": _named(_PROMOTE.text),
+    "promote heads": (SQLITE_PROMOTE_ALL.format(rows="(?, ?), (?, ?)"), ["a", "k", "b", "k"]),
 }
 
 
@@ -43,5 +52,5 @@ def test_no_statement_scans_a_table(database_url: str, name: str) -> None:
     with sqlite3.connect(path) as conn:
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
     assert plan, name
-    scans = [step for step in plan if step.startswith("SCAN")]
+    scans = [step for step in plan if step.startswith("SCAN") and step not in ROW_LISTS]
     assert not scans, f"{name}: {plan}"
