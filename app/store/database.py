@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
@@ -68,7 +68,9 @@ def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True
     """
     if url.startswith("sqlite"):
         sync = "FULL" if durable_commits else "NORMAL"
-        writer = _sqlite_engine(url, immediate=True, pool_size=1, synchronous=sync)
+        writer = _sqlite_engine(
+            url, immediate=True, pool_size=1, synchronous=sync, reset_on_return=None
+        )
         reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sync)
         return Database(url, writer, reader)
     connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 30}
@@ -85,12 +87,25 @@ def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True
     return Database(url, engine, engine)
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, synchronous: str) -> AsyncEngine:
+def _sqlite_engine(
+    url: str,
+    *,
+    immediate: bool,
+    pool_size: int,
+    synchronous: str,
+    reset_on_return: Literal["rollback"] | None = "rollback",
+) -> AsyncEngine:
+    # The writer returns its connection without the pool's ROLLBACK, a hand-off
+    # to aiosqlite's thread after every transaction (after every group commit
+    # and worker cycle): every use of it ends its own transaction, through
+    # SQLAlchemy's begin() or, for the worker's cycle, in the statements it
+    # runs on the driver, which end with COMMIT or ROLLBACK.
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=30,
+        pool_reset_on_return=reset_on_return,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
     )
 
