@@ -20,8 +20,9 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
+import orjson
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -88,14 +89,12 @@ _EVENT_COLUMNS = (
     "e.received_at AS event_received_at"
 )
 
-# Each claimed delivery comes back with its event: PostgreSQL's UPDATE … FROM
-# joins it; SQLite's RETURNING cannot join (and a correlated subquery there
-# scans the events table), so its events are read right after, in the same
-# transaction (_SQLITE_EVENTS).
-_SQLITE_EVENTS = (
-    "SELECT id, seq, type, key, data, schema_version, occurred_at, received_at "
-    "FROM events WHERE id IN ({marks})"
-)
+# Each claimed delivery comes back with its event. PostgreSQL's UPDATE … FROM
+# joins it. SQLite's RETURNING cannot join, and sqlite3 gives up the GIL for
+# every row it steps through (and waits to get it back from the busy event
+# loop), so SQLite claims in three statements of one row each: the candidates'
+# seqs as a JSON array, the lease on those seqs, and the claimed deliveries with
+# their events as one JSON array (an event's data is its stored text).
 CLAIM = {
     "postgresql": f"""
         WITH claimed AS ({_PG_CANDIDATES} FOR UPDATE OF d SKIP LOCKED)
@@ -104,12 +103,19 @@ CLAIM = {
         WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM claimed)) AND e.id = deliveries.event_id
         RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
     """,
-    "sqlite": f"""
-        UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
-        WHERE seq IN ({_SQLITE_CANDIDATES})
-        RETURNING seq, id, event_id, subscription_id, ordering_key, attempts, round_attempts
-    """,
+    "sqlite": f"SELECT json_group_array(seq) FROM ({_SQLITE_CANDIDATES})",
 }
+SQLITE_LEASE = """
+    UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
+    WHERE seq IN (SELECT value FROM json_each(:seqs))
+"""
+SQLITE_CLAIMED = """
+    SELECT json_group_array(json_array(
+        d.seq, d.id, d.event_id, d.subscription_id, d.ordering_key, d.attempts, d.round_attempts,
+        e.id, e.seq, e.type, e.key, e.data, e.schema_version, e.occurred_at, e.received_at))
+    FROM deliveries d JOIN events e ON e.id = d.event_id
+    WHERE d.seq IN (SELECT value FROM json_each(:seqs))
+"""
 
 _EVENT_TIMES = ("occurred_at", "received_at")
 
@@ -231,42 +237,39 @@ async def _cycle_sqlite(
     ]
     claim = _sqlite_claim(request) if request is not None and request.limit > 0 else None
 
-    def cycle(c: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+    def cycle(c: sqlite3.Connection) -> str:
         c.execute("BEGIN IMMEDIATE")
         try:
             for chunk in _chunks(outcomes, _SQLITE_ROWS_PER_STATEMENT):
                 # The attempts first: they read each delivery's count before the finish.
-                params = [value for row in chunk for value in row]
-                c.execute(_rows_sql(SQLITE_RECORD_ATTEMPTS, chunk), params)
-                c.execute(_rows_sql(SQLITE_FINISH_ALL, chunk), params)
+                values = [value for row in chunk for value in row]
+                c.execute(_rows_sql(SQLITE_RECORD_ATTEMPTS, chunk), values)
+                c.execute(_rows_sql(SQLITE_FINISH_ALL, chunk), values)
             for chunk in _chunks(lines, _SQLITE_ROWS_PER_STATEMENT):
-                params = [value for line in chunk for value in line]
-                c.execute(_rows_sql(SQLITE_PROMOTE_ALL, chunk), params)
-            for values in circuits:
-                c.execute(_circuit_sql(values), values)
-            claimed: list[Any] = []
-            events: list[Any] = []
+                values = [value for line in chunk for value in line]
+                c.execute(_rows_sql(SQLITE_PROMOTE_ALL, chunk), values)
+            for update in circuits:
+                c.execute(_circuit_sql(update), update)
+            claimed = "[]"
             if claim is not None:
-                claimed = c.execute(*claim).fetchall()
-                ids = sorted({row[2] for row in claimed})
-                if ids:
-                    sql = _SQLITE_EVENTS.format(marks=", ".join("?" * len(ids)))
-                    events = c.execute(sql, ids).fetchall()
+                sql, params = claim
+                seqs = c.execute(sql, params).fetchone()[0]
+                if seqs != "[]":
+                    lease = {"owner": params["owner"], "lease": params["lease"], "seqs": seqs}
+                    c.execute(SQLITE_LEASE, lease)
+                    claimed = c.execute(SQLITE_CLAIMED, {"seqs": seqs}).fetchone()[0]
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
-        return claimed, events
+        return claimed
 
     with translate_errors():
         async with db.writer.connect() as conn:
-            claimed_rows, event_rows = await driver.run_on_sqlite_thread(conn, cycle)
-    if not claimed_rows:
-        return []
-    events = {r[0]: _event(*r) for r in event_rows}
-    claimed = sorted((Claimed(*r) for r in claimed_rows), key=lambda c: c.seq)
-    return [Work(c, events[c.event_id]) for c in claimed]
+            claimed = await driver.run_on_sqlite_thread(conn, cycle)
+    rows = sorted(orjson.loads(claimed), key=lambda r: int(r[0]))
+    return [Work(Claimed(*r[:7]), _event(*r[7:])) for r in rows]
 
 
 def _sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:

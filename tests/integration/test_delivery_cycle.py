@@ -121,7 +121,7 @@ async def test_a_cycle_that_fails_on_sqlite_leaves_nothing_behind(
     e = await kit.events(*[("t", None) for _ in range(3)], together=True)
     first = await cycle(kit, [], limit=1)
 
-    monkeypatch.setattr(delivery_store, "_SQLITE_EVENTS", "SELECT * FROM no_such_table {marks}")
+    monkeypatch.setattr(delivery_store, "SQLITE_CLAIMED", "SELECT * FROM no_such_table")
     with pytest.raises(StoreUnavailable):
         await cycle(kit, [outcome(first[0].delivery, "succeeded")], limit=10)
     assert (await kit.delivery(first[0].delivery.id))["status"] == "in_flight"
