@@ -31,8 +31,11 @@ class CircuitState:
     disable: bool = False
 
 
+CLOSED = CircuitState(0, None, None)
+
+
 def after_success() -> CircuitState:
-    return CircuitState(0, None, None)
+    return CLOSED
 
 
 def after_failures(

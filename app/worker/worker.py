@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from app import __version__
 from app.domain import webhook
 from app.domain.circuit import (
+    CLOSED,
     CircuitPolicy,
     CircuitState,
     after_failures,
@@ -102,7 +103,7 @@ class _Line:
     loaded_at: float
     in_flight: int = 0
     bucket: TokenBucket | None = None
-    circuit: CircuitState = field(default_factory=lambda: CircuitState(0, None, None))
+    circuit: CircuitState = CLOSED
     keys: list[bytes] = field(default_factory=list)
     keys_until: datetime | None = None  # when the previous secret stops signing
     # Claimed ahead, waiting for a slot (only while the subscription is healthy).
@@ -133,6 +134,7 @@ class DeliveryWorker:
         self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
         self._finished: list[Completion] = []  # outcomes the next cycle writes
         self._waiting = 0  # claimed ahead, in the lines' ``waiting`` queues
+        self._succeeded = 0  # successful attempts not yet counted in the metrics
         self._to_release: list[int] = []  # claims to give back in the next cycle
         self._sender: HttpSender | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -271,6 +273,9 @@ class DeliveryWorker:
         """Write the finished outcomes and claim for the free slots, in one transaction.
         Returns how many deliveries started and how many were asked for."""
         finished, self._finished = self._finished, []
+        if self._succeeded:
+            self._metrics.attempt_outcome["success"].inc(self._succeeded)
+            self._succeeded = 0
         now = datetime.now(UTC)
         # The circuits first: an outcome that opens one keeps this claim off it.
         updates = self._circuit_updates(finished, now)
@@ -438,12 +443,37 @@ class DeliveryWorker:
     async def _deliver(
         self, delivery: Claimed, line: _Line, event: StoredEvent, payload: bytes
     ) -> None:
+        """Send ``delivery``; while attempts succeed, go on in the same task and
+        slot with the deliveries waiting for this subscription, without a trip to
+        the database (after a failure the cycle decides: the circuit may hold
+        the rest)."""
+        task = asyncio.current_task()
+        assert task is not None
         succeeded = False
+        try:
+            while True:
+                succeeded = await self._deliver_one(delivery, line, event, payload)
+                self._tasks.pop(delivery.seq, None)
+                ready = self._next_waiting(line) if succeeded and not self._stopping else None
+                if ready is None:
+                    return
+                delivery, event, payload = ready.delivery, ready.event, ready.payload
+                self._tasks[delivery.seq] = (task, delivery)
+                self._wakeup.set()  # an outcome to write
+        finally:
+            self._tasks.pop(delivery.seq, None)
+            line.in_flight -= 1
+            if succeeded and not self._stopping:
+                self._start_waiting(line)
+            self._wakeup.set()
+
+    async def _deliver_one(
+        self, delivery: Claimed, line: _Line, event: StoredEvent, payload: bytes
+    ) -> bool:
+        """One attempt; queues its outcome and says whether it succeeded."""
         try:
             result, started = await self._attempt(line, event, payload)
             completion = self._conclude(delivery, line, event, result, started)
-            self._finished.append(completion)
-            succeeded = completion.status == "succeeded"
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -451,14 +481,16 @@ class DeliveryWorker:
                 "delivery attempt failed unexpectedly",
                 extra={"delivery_id": delivery.id, "event_id": delivery.event_id},
             )
-        finally:
-            line.in_flight -= 1
-            self._tasks.pop(delivery.seq, None)
-            # The next one waiting goes out now, without a trip to the database;
-            # after a failure the cycle decides (the circuit may hold the rest).
-            if succeeded and not self._stopping:
-                self._start_waiting(line)
-            self._wakeup.set()
+            return False
+        self._finished.append(completion)
+        return completion.status == "succeeded"
+
+    def _next_waiting(self, line: _Line) -> _Ready | None:
+        """The next delivery waiting for ``line``, for a slot ``line`` already holds."""
+        if not line.waiting or line.in_flight > line.subscription.max_in_flight:
+            return None
+        self._waiting -= 1
+        return line.waiting.popleft()
 
     async def _attempt(
         self, line: _Line, event: StoredEvent, payload: bytes
@@ -497,7 +529,7 @@ class DeliveryWorker:
         decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
         if isinstance(decision, Succeeded):
             status, next_at = "succeeded", None
-            self._metrics.attempt_outcome["success"].inc()
+            self._succeeded += 1  # counted once per cycle
             self._metrics.latency.observe((now - event.received_at).total_seconds())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("delivered", extra=_context(delivery, result))
@@ -541,7 +573,7 @@ class DeliveryWorker:
                 line.circuit = after_success()
             else:
                 line.circuit = after_failures(before, 1, now, self._config.circuit)
-            if line.circuit != before or gone:
+            if (line.circuit is not before and line.circuit != before) or gone:
                 reason = "gone" if gone else ("failing" if line.circuit.disable else None)
                 changed[sid] = CircuitUpdate(
                     sid,
