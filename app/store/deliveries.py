@@ -94,7 +94,9 @@ _EVENT_COLUMNS = (
 # every row it steps through (and waits to get it back from the busy event
 # loop), so SQLite claims in three statements of one row each: the candidates'
 # seqs as a JSON array, the lease on those seqs, and the claimed deliveries with
-# their events as one JSON array (an event's data is its stored text).
+# their events as one JSON array (an event's data is its stored text). Data
+# longer than SQLITE_INLINE_DATA characters is read by a fourth statement, row
+# by row, so that no claim comes near SQLite's limit on one string's size.
 CLAIM = {
     "postgresql": f"""
         WITH claimed AS ({_PG_CANDIDATES} FOR UPDATE OF d SKIP LOCKED)
@@ -109,12 +111,20 @@ SQLITE_LEASE = """
     UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
     WHERE seq IN (SELECT value FROM json_each(:seqs))
 """
-SQLITE_CLAIMED = """
+SQLITE_INLINE_DATA = 65536
+SQLITE_CLAIMED = f"""
     SELECT json_group_array(json_array(
         d.seq, d.id, d.event_id, d.subscription_id, d.ordering_key, d.attempts, d.round_attempts,
-        e.id, e.seq, e.type, e.key, e.data, e.schema_version, e.occurred_at, e.received_at))
+        e.id, e.seq, e.type, e.key,
+        CASE WHEN length(e.data) <= {SQLITE_INLINE_DATA} THEN e.data END,
+        e.schema_version, e.occurred_at, e.received_at))
     FROM deliveries d JOIN events e ON e.id = d.event_id
     WHERE d.seq IN (SELECT value FROM json_each(:seqs))
+"""
+SQLITE_CLAIMED_LARGE_DATA = f"""
+    SELECT DISTINCT e.id, e.data
+    FROM deliveries d JOIN events e ON e.id = d.event_id
+    WHERE d.seq IN (SELECT value FROM json_each(:seqs)) AND length(e.data) > {SQLITE_INLINE_DATA}
 """
 
 _EVENT_TIMES = ("occurred_at", "received_at")
@@ -237,7 +247,7 @@ async def _cycle_sqlite(
     ]
     claim = _sqlite_claim(request) if request is not None and request.limit > 0 else None
 
-    def cycle(c: sqlite3.Connection) -> str:
+    def cycle(c: sqlite3.Connection) -> tuple[str, dict[str, str]]:
         c.execute("BEGIN IMMEDIATE")
         try:
             for chunk in _chunks(outcomes, _SQLITE_ROWS_PER_STATEMENT):
@@ -250,7 +260,7 @@ async def _cycle_sqlite(
                 c.execute(_rows_sql(SQLITE_PROMOTE_ALL, chunk), values)
             for update in circuits:
                 c.execute(_circuit_sql(update), update)
-            claimed = "[]"
+            claimed, large = "[]", {}
             if claim is not None:
                 sql, params = claim
                 seqs = c.execute(sql, params).fetchone()[0]
@@ -258,17 +268,21 @@ async def _cycle_sqlite(
                     lease = {"owner": params["owner"], "lease": params["lease"], "seqs": seqs}
                     c.execute(SQLITE_LEASE, lease)
                     claimed = c.execute(SQLITE_CLAIMED, {"seqs": seqs}).fetchone()[0]
+                    large = dict(c.execute(SQLITE_CLAIMED_LARGE_DATA, {"seqs": seqs}).fetchall())
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             raise
-        return claimed
+        return claimed, large
 
     with translate_errors():
         async with db.writer.connect() as conn:
-            claimed = await driver.run_on_sqlite_thread(conn, cycle)
+            claimed, large = await driver.run_on_sqlite_thread(conn, cycle)
     rows = sorted(orjson.loads(claimed), key=lambda r: int(r[0]))
+    for row in rows:
+        if row[11] is None:
+            row[11] = large[row[7]]
     return [Work(Claimed(*r[:7]), _event(*r[7:])) for r in rows]
 
 

@@ -46,7 +46,7 @@ class DeliveryKit:
         return await service.create(SubscriptionCreate(**fields))
 
     async def events(
-        self, *specs: tuple[str, str | None], together: bool = False
+        self, *specs: tuple[str, str | None], together: bool = False, data_json: str = "{}"
     ) -> list[NewEvent]:
         """Ingest events given as (type, key): one transaction each, or all in one."""
         now = datetime.now(UTC)
@@ -55,7 +55,7 @@ class DeliveryKit:
                 id=new_id("evt"),
                 type=event_type,
                 key=key,
-                data_json="{}",
+                data_json=data_json,
                 schema_version=None,
                 occurred_at=None,
                 received_at=now,

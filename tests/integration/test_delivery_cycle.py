@@ -132,3 +132,16 @@ async def test_a_cycle_that_fails_on_sqlite_leaves_nothing_behind(
     again = await cycle(kit, [outcome(first[0].delivery, "succeeded")], limit=10)
     assert [w.delivery.event_id for w in again] == [x.id for x in e[1:]]
     assert (await kit.delivery(first[0].delivery.id))["status"] == "succeeded"
+
+
+async def test_a_claim_carries_large_event_data_exactly(kit: DeliveryKit) -> None:
+    """On SQLite, data past the inline limit is read apart from the claim's JSON
+    array; either way the worker gets the stored text unchanged."""
+    await kit.subscription(ordering="none")
+    large = '{"blob": "' + 'a"\\u00e9\u00e9 ' * 20_000 + '"}'
+    assert len(large) > delivery_store.SQLITE_INLINE_DATA
+    small = await kit.events(("t", None))
+    big = await kit.events(("t", None), ("t", None), data_json=large)
+    claimed = await cycle(kit, [], limit=10)
+    data = {w.event.id: w.event.data_json for w in claimed}
+    assert data == {small[0].id: "{}", big[0].id: large, big[1].id: large}

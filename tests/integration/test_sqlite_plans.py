@@ -16,6 +16,7 @@ import pytest
 from app.store.deliveries import (
     CLAIM,
     SQLITE_CLAIMED,
+    SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_FINISH_ALL,
     SQLITE_LEASE,
     SQLITE_RECORD_ATTEMPTS,
@@ -47,6 +48,7 @@ STATEMENTS = {
     ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
+    "claimed large data": (SQLITE_CLAIMED_LARGE_DATA, {"seqs": "[1, 2]"}),
     "finish": (SQLITE_FINISH_ALL.format(rows=OUTCOMES), [None] * 24),
     "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
     "promote head": _named(_PROMOTE.text),
