@@ -96,9 +96,13 @@ async def _statuses(kit: DeliveryKit) -> dict[str, int]:
         return {str(status): int(count) for status, count in rows.all()}
 
 
-async def _setup(kit: DeliveryKit, gated: GatedReceiver) -> None:
+async def _started(kit: DeliveryKit, gated: GatedReceiver, worker: DeliveryWorker) -> None:
+    """Events for a subscription to the gated receiver, and the worker holding as
+    many as it may: ``max_in_flight`` sent, ``AHEAD`` more waiting."""
     await kit.subscription(url=gated.receiver.url(), ordering="none", max_in_flight=MAX_IN_FLIGHT)
     await kit.events(*[("t", None) for _ in range(EVENTS)], together=True)
+    await worker.start()
+    await _holding(kit, gated, sent=MAX_IN_FLIGHT, held=MAX_IN_FLIGHT + AHEAD)
 
 
 async def _holding(kit: DeliveryKit, gated: GatedReceiver, *, sent: int, held: int) -> None:
@@ -116,10 +120,7 @@ async def _holding(kit: DeliveryKit, gated: GatedReceiver, *, sent: int, held: i
 async def test_claims_ahead_but_sends_within_max_in_flight(
     kit: DeliveryKit, gated: GatedReceiver, worker: DeliveryWorker
 ) -> None:
-    await _setup(kit, gated)
-    await worker.start()
-
-    await _holding(kit, gated, sent=MAX_IN_FLIGHT, held=MAX_IN_FLIGHT + AHEAD)
+    await _started(kit, gated, worker)
     gated.open()
 
     async def all_delivered() -> bool:
@@ -134,13 +135,11 @@ async def test_claims_ahead_but_sends_within_max_in_flight(
 async def test_a_failure_gives_back_what_was_claimed_ahead(
     kit: DeliveryKit, gated: GatedReceiver, worker: DeliveryWorker
 ) -> None:
-    await _setup(kit, gated)
-    await worker.start()
-    await _holding(kit, gated, sent=MAX_IN_FLIGHT, held=MAX_IN_FLIGHT + AHEAD)
+    await _started(kit, gated, worker)
 
     gated.answer(500)
 
-    # The two failures are written, the two held back are given back, and only
+    # The failures are written, what was held ahead is given back, and only
     # what the slots allow is claimed again: nothing is held ahead any more.
     await _holding(kit, gated, sent=MAX_IN_FLIGHT, held=MAX_IN_FLIGHT)
     assert len(gated.receiver.receipts) == 2 * MAX_IN_FLIGHT
@@ -150,9 +149,7 @@ async def test_a_failure_gives_back_what_was_claimed_ahead(
 async def test_stopping_gives_back_what_was_claimed_ahead(
     kit: DeliveryKit, gated: GatedReceiver, worker: DeliveryWorker
 ) -> None:
-    await _setup(kit, gated)
-    await worker.start()
-    await _holding(kit, gated, sent=MAX_IN_FLIGHT, held=MAX_IN_FLIGHT + AHEAD)
+    await _started(kit, gated, worker)
 
     await worker.stop()  # the held requests outlast the grace period
 
