@@ -16,16 +16,26 @@ pre-rendered SQL with plain tuples:
 
 Parameters are in each dialect's own style: ``?`` or ``:name`` (with a mapping)
 on SQLite, ``$n`` on PostgreSQL.
+
+A transaction that runs many statements on every request's behalf (the ingest
+flush) can go further on SQLite: :func:`sqlite_write` runs a whole
+transaction, ``BEGIN IMMEDIATE`` to ``COMMIT``, as one call on aiosqlite's
+thread. SQLAlchemy's begin and commit alone cost more CPU than the statements
+of a 32-event flush (BENCHMARKS.md, "Ingest").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.store.database import Database, translate_errors
+
 Params = Sequence[Any] | Mapping[str, Any]
+T = TypeVar("T")
 
 
 async def fetch_all(conn: AsyncConnection, sql: str, params: Params = ()) -> list[Sequence[Any]]:
@@ -48,6 +58,38 @@ async def execute_many(conn: AsyncConnection, sql: str, rows: Sequence[Params]) 
     # A finished executemany holds no statement open, so the cursor needs no
     # closing round trip; sqlite3 sums the changes of every row.
     return int(cursor.rowcount)
+
+
+async def sqlite_write(db: Database, work: Callable[[sqlite3.Connection], T]) -> T:
+    """SQLite: ``work(connection)`` in a write transaction, in one hand-off.
+
+    The writer connection is checked out of its pool as for any other write
+    (the worker shares it); ``work`` then runs on aiosqlite's thread between
+    ``BEGIN IMMEDIATE`` and ``COMMIT``, with the plain sqlite3 connection, and
+    anything it raises rolls the transaction back. It must not touch the event
+    loop. sqlite3's errors are translated like :meth:`Database.write`'s.
+    """
+    if not db.is_sqlite:
+        raise ValueError("sqlite_write is for SQLite")
+    with translate_errors():
+        async with db.writer.connect() as conn:
+            driver = await _aiosqlite(conn)
+            # aiosqlite has no public call for "run this on your thread"; its
+            # queue is what every public method goes through.
+            result: T = await driver._execute(_transaction, driver._conn, work)
+            return result
+
+
+def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    # The connection is in autocommit mode (app.store.database): BEGIN is ours.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return result
 
 
 async def _aiosqlite(conn: AsyncConnection) -> Any:

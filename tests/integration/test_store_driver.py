@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from sqlalchemy import text
 
@@ -86,3 +88,42 @@ async def test_a_sqlite_error_from_the_driver_is_translated(db: Database) -> Non
 def test_columns_are_the_unnest_arrays() -> None:
     assert driver.columns([(1, "a"), (2, "b")], 2) == [[1, 2], ["a", "b"]]
     assert driver.columns([], 3) == [[], [], []]
+
+
+def _insert_sync(conn: sqlite3.Connection, keys: list[str]) -> int:
+    return conn.executemany(INSERT["sqlite"], [(k,) for k in keys]).rowcount
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_write_commits_what_its_work_did(db: Database) -> None:
+    assert await driver.sqlite_write(db, lambda conn: _insert_sync(conn, ["a", "b"])) == 2
+    assert await _stored(db, ["a", "b", "c"]) == ["a", "b"]
+
+
+def _insert_then_raise(conn: sqlite3.Connection) -> None:
+    assert conn.in_transaction  # BEGIN IMMEDIATE came first
+    _insert_sync(conn, ["x", "y"])
+    raise RuntimeError("after the insert")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_write_rolls_back_when_its_work_raises(db: Database) -> None:
+    with pytest.raises(RuntimeError, match="after the insert"):
+        await driver.sqlite_write(db, _insert_then_raise)
+    assert await _stored(db, ["x", "y", "z"]) == []
+    # The connection went back to the pool usable, outside any transaction.
+    assert await driver.sqlite_write(db, lambda conn: _insert_sync(conn, ["z"])) == 1
+    async with db.write() as conn:
+        assert await _insert(db, conn, ["x"]) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_write_translates_sqlite_errors(db: Database) -> None:
+    with pytest.raises(StoreUnavailable):
+        await driver.sqlite_write(db, lambda conn: conn.execute("SELECT * FROM no_such_table"))
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_sqlite_write_is_only_for_sqlite(db: Database) -> None:
+    with pytest.raises(ValueError, match="SQLite"):
+        await driver.sqlite_write(db, lambda conn: None)
