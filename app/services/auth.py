@@ -18,6 +18,9 @@ from app.store.tokens import TokenRecord
 # Token lookups are cached briefly: a revocation is immediate in the process
 # that served it and takes at most this long in the others.
 CACHE_SECONDS = 1.0
+# A token makes a 53-character header; longer ones are checked all the same but
+# not remembered, so the cache stays as small as when it held digests.
+MAX_CACHED_HEADER = 128
 BOOTSTRAP_ID = "tok_bootstrap"
 
 
@@ -48,7 +51,10 @@ class Authenticator:
         # request, and a hit then costs neither parsing nor hashing. Only
         # well-formed headers get in (_bearer raises for the others).
         now = time.monotonic()
-        cached = self._cache.get(authorization) if authorization else None
+        cacheable = (
+            authorization if authorization and len(authorization) <= MAX_CACHED_HEADER else None
+        )
+        cached = self._cache.get(cacheable) if cacheable else None
         if cached is not None and cached[0] > now:
             return cached[1]
         digest = hash_token(_bearer(authorization))
@@ -57,8 +63,8 @@ class Authenticator:
         record = await self._lookup(digest)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        if authorization:
-            self._cache[authorization] = (now + CACHE_SECONDS, record)
+        if cacheable:
+            self._cache[cacheable] = (now + CACHE_SECONDS, record)
         return record
 
     async def _lookup(self, digest: str) -> TokenRecord | None:

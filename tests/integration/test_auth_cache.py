@@ -78,3 +78,15 @@ async def test_the_bootstrap_token_is_checked_every_time_and_never_cached(
         assert record.id == auth_module.BOOTSTRAP_ID
     assert lookups == []
     assert auth._cache == {}
+
+
+async def test_overlong_headers_are_checked_but_not_remembered(
+    db: Database, lookups: list[str]
+) -> None:
+    auth = Authenticator(db, None)
+    header = "Bearer " + "x" * auth_module.MAX_CACHED_HEADER
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(header, Scope.INGEST)
+    assert len(lookups) == 2
+    assert auth._cache == {}
