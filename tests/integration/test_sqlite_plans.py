@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.store.deliveries import _FINISH, _RECORD_ATTEMPT, _SQLITE_EVENTS, CLAIM
-from app.store.lines import _PROMOTE
+from app.store.lines import _BUSY_SQL, _PROMOTE
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -33,6 +33,8 @@ STATEMENTS = {
     "finish": _named(_FINISH.text),
     "record attempt": _named(_RECORD_ATTEMPT.text),
     "promote head": _named(_PROMOTE.text),
+    # The ingest flush's busy-lines query, as it runs on the driver's thread.
+    "busy lines": (_BUSY_SQL.format(subs="(?, ?)", keys="(?, ?)"), ["sub_a", "sub_b", "k1", "k2"]),
 }
 
 
