@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api import schemas, shapes
-from app.api.body import media_type, read_json, read_limited
+from app.api.body import headers, media_type, read_json, read_limited
 from app.api.deps import AdminDep, ServicesDep
 from app.api.openapi import REF as openapi_ref
 from app.api.openapi import json_body
@@ -76,7 +76,7 @@ def _json(body: bytes) -> object:
 
 def _is_cloudevent(request: Request) -> bool:
     return media_type(request) in (cloudevents.STRUCTURED, cloudevents.BATCH) or (
-        "ce-specversion" in request.headers
+        "ce-specversion" in headers(request)
     )
 
 
@@ -93,7 +93,7 @@ _IDEMPOTENCY_KEY_PARAMETER = {
 
 async def _ingest_services(request: Request) -> Services:
     svc: Services = request.app.state.services
-    await svc.auth.authenticate(request.headers.get("authorization"), Scope.INGEST)
+    await svc.auth.authenticate(headers(request).get("authorization"), Scope.INGEST)
     return svc
 
 
@@ -108,7 +108,7 @@ async def _ingest_services(request: Request) -> Services:
 )
 async def post_event(request: Request) -> Response:
     svc = await _ingest_services(request)
-    idempotency_key = request.headers.get("idempotency-key")
+    idempotency_key = headers(request).get("idempotency-key")
     key = parse_key(idempotency_key) if idempotency_key is not None else None
     if _is_cloudevent(request):
         return await _cloudevent_answer(request, svc, key)

@@ -90,7 +90,9 @@ def rfc3339(moment: datetime | None) -> str | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    elif moment.tzinfo is not UTC:  # receipt times are UTC already: no copy for them
+        moment = moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def accepted_body(event: NewEvent, deliveries: int) -> str:

@@ -18,6 +18,9 @@ from app.store.tokens import TokenRecord
 # Token lookups are cached briefly: a revocation is immediate in the process
 # that served it and takes at most this long in the others.
 CACHE_SECONDS = 1.0
+# A token makes a 53-character header; longer ones are checked all the same but
+# not remembered, so the cache stays as small as when it held digests.
+MAX_CACHED_HEADER = 128
 BOOTSTRAP_ID = "tok_bootstrap"
 
 
@@ -36,21 +39,35 @@ class Authenticator:
         self._lookups: dict[str, asyncio.Future[TokenRecord | None]] = {}
 
     async def authenticate(self, authorization: str | None, required: Scope) -> TokenRecord:
-        token = _bearer(authorization)
-        record = await self._lookup(hash_token(token))
+        record = await self._record(authorization)
         if record is None:
             raise Unauthorized("the bearer token is not valid")
         if not scope_allows(record.scope, required):
             raise Forbidden(f"a token with scope {record.scope.value!r} cannot make this call")
         return record
 
-    async def _lookup(self, digest: str) -> TokenRecord | None:
-        if self._bootstrap_hash is not None and hmac.compare_digest(digest, self._bootstrap_hash):
-            return TokenRecord(BOOTSTRAP_ID, Scope.ADMIN)
+    async def _record(self, authorization: str | None) -> TokenRecord | None:
+        # Cached by the header as sent: a client sends the same one on every
+        # request, and a hit then costs neither parsing nor hashing. Only
+        # well-formed headers get in (_bearer raises for the others).
         now = time.monotonic()
-        cached = self._cache.get(digest)
+        cacheable = (
+            authorization if authorization and len(authorization) <= MAX_CACHED_HEADER else None
+        )
+        cached = self._cache.get(cacheable) if cacheable else None
         if cached is not None and cached[0] > now:
             return cached[1]
+        digest = hash_token(_bearer(authorization))
+        if self._bootstrap_hash is not None and hmac.compare_digest(digest, self._bootstrap_hash):
+            return TokenRecord(BOOTSTRAP_ID, Scope.ADMIN)
+        record = await self._lookup(digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        if cacheable:
+            self._cache[cacheable] = (now + CACHE_SECONDS, record)
+        return record
+
+    async def _lookup(self, digest: str) -> TokenRecord | None:
         # One lookup per token at a time: when an entry expires under load,
         # the requests in flight share one query instead of stampeding.
         pending = self._lookups.get(digest)
@@ -58,11 +75,7 @@ class Authenticator:
             pending = asyncio.ensure_future(store.find_token(self._db, digest))
             self._lookups[digest] = pending
             pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
-        record = await asyncio.shield(pending)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + CACHE_SECONDS, record)
-        return record
+        return await asyncio.shield(pending)
 
     async def issue(self, scope: Scope, description: str | None) -> IssuedToken:
         token = generate_token()

@@ -229,8 +229,8 @@ async def _cycle_sqlite(
     now: datetime | None,
 ) -> list[Work]:
     """The cycle on SQLite as one hand-off to the driver's thread
-    (:func:`app.store.driver.run_on_sqlite_thread`): the parameters are built
-    here, the statements and the transaction run there, the rows come back."""
+    (:func:`app.store.driver.sqlite_write`): the parameters are built here, the
+    statements run there in one transaction, the rows come back."""
     outcomes = _sqlite_outcomes(completions)
     lines = sorted(
         {
@@ -248,37 +248,27 @@ async def _cycle_sqlite(
     claim = _sqlite_claim(request) if request is not None and request.limit > 0 else None
 
     def cycle(c: sqlite3.Connection) -> tuple[str, dict[str, str]]:
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            for chunk in _chunks(outcomes, _SQLITE_ROWS_PER_STATEMENT):
-                # The attempts first: they read each delivery's count before the finish.
-                values = [value for row in chunk for value in row]
-                c.execute(_rows_sql(SQLITE_RECORD_ATTEMPTS, chunk), values)
-                c.execute(_rows_sql(SQLITE_FINISH_ALL, chunk), values)
-            for chunk in _chunks(lines, _SQLITE_ROWS_PER_STATEMENT):
-                values = [value for line in chunk for value in line]
-                c.execute(_rows_sql(SQLITE_PROMOTE_ALL, chunk), values)
-            for update in circuits:
-                c.execute(_circuit_sql(update), update)
-            claimed, large = "[]", {}
-            if claim is not None:
-                sql, params = claim
-                seqs = c.execute(sql, params).fetchone()[0]
-                if seqs != "[]":
-                    lease = {"owner": params["owner"], "lease": params["lease"], "seqs": seqs}
-                    c.execute(SQLITE_LEASE, lease)
-                    claimed = c.execute(SQLITE_CLAIMED, {"seqs": seqs}).fetchone()[0]
-                    large = dict(c.execute(SQLITE_CLAIMED_LARGE_DATA, {"seqs": seqs}).fetchall())
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
-        return claimed, large
+        for chunk in _chunks(outcomes, _SQLITE_ROWS_PER_STATEMENT):
+            # The attempts first: they read each delivery's count before the finish.
+            values = [value for row in chunk for value in row]
+            c.execute(_rows_sql(SQLITE_RECORD_ATTEMPTS, chunk), values)
+            c.execute(_rows_sql(SQLITE_FINISH_ALL, chunk), values)
+        for chunk in _chunks(lines, _SQLITE_ROWS_PER_STATEMENT):
+            values = [value for line in chunk for value in line]
+            c.execute(_rows_sql(SQLITE_PROMOTE_ALL, chunk), values)
+        for update in circuits:
+            c.execute(_circuit_sql(update), update)
+        if claim is None:
+            return "[]", {}
+        sql, params = claim
+        seqs = c.execute(sql, params).fetchone()[0]
+        if seqs == "[]":
+            return "[]", {}
+        c.execute(SQLITE_LEASE, {"owner": params["owner"], "lease": params["lease"], "seqs": seqs})
+        claimed = c.execute(SQLITE_CLAIMED, {"seqs": seqs}).fetchone()[0]
+        return claimed, dict(c.execute(SQLITE_CLAIMED_LARGE_DATA, {"seqs": seqs}).fetchall())
 
-    with translate_errors():
-        async with db.writer.connect() as conn:
-            claimed, large = await driver.run_on_sqlite_thread(conn, cycle)
+    claimed, large = await driver.sqlite_write(db, cycle)
     rows = sorted(orjson.loads(claimed), key=lambda r: int(r[0]))
     for row in rows:
         if row[11] is None:

@@ -17,8 +17,12 @@ pre-rendered SQL with plain tuples:
 Parameters are in each dialect's own style: ``?`` or ``:name`` (with a mapping)
 on SQLite, ``$n`` on PostgreSQL.
 
-:func:`run_on_sqlite_thread` goes one step further for the delivery worker's
-cycle, several statements and their transaction in a single hand-off.
+A transaction that runs many statements on many events' behalf (the ingest
+flush, the delivery worker's cycle) goes further on SQLite: :func:`sqlite_write`
+runs a whole transaction, ``BEGIN IMMEDIATE`` to ``COMMIT``, as one call on
+aiosqlite's thread. SQLAlchemy's begin and commit alone cost more CPU than the
+statements of a 32-event flush, and every hand-off waits for the event loop
+to come round, a millisecond or more under load (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.store.database import Database, translate_errors
 
 Params = Sequence[Any] | Mapping[str, Any]
 T = TypeVar("T")
@@ -55,21 +61,36 @@ async def execute_many(conn: AsyncConnection, sql: str, rows: Sequence[Params]) 
     return int(cursor.rowcount)
 
 
-async def run_on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``work`` with the sqlite3 connection under ``conn``, on aiosqlite's own
-    thread: one hand-off for all it does.
+async def sqlite_write(db: Database, work: Callable[[sqlite3.Connection], T]) -> T:
+    """SQLite: ``work(connection)`` in a write transaction, in one hand-off.
 
-    Each hand-off waits for the event loop to come round, which under load
-    takes a millisecond or more; a worker cycle of ten statements spent most
-    of its time waiting. ``work`` owns the transaction: ``conn`` must have none
-    open (a plain ``connect()``), and ``work`` must end its own with COMMIT or
-    ROLLBACK. aiosqlite has no public call for this, so it uses the one every
-    public method goes through (``Connection._execute``); a test pins it.
+    The writer connection is checked out of its pool as for any other write
+    (the worker shares it); ``work`` then runs on aiosqlite's thread between
+    ``BEGIN IMMEDIATE`` and ``COMMIT``, with the plain sqlite3 connection, and
+    anything it raises rolls the transaction back. It must not touch the event
+    loop. sqlite3's errors are translated like :meth:`Database.write`'s.
     """
-    if conn.dialect.name != "sqlite":
-        raise ValueError("run_on_sqlite_thread is for SQLite")
-    aio = await _aiosqlite(conn)
-    result: T = await aio._execute(work, aio._conn)
+    if not db.is_sqlite:
+        raise ValueError("sqlite_write is for SQLite")
+    with translate_errors():
+        async with db.writer.connect() as conn:
+            driver = await _aiosqlite(conn)
+            # aiosqlite has no public call for "run this on your thread"; its
+            # queue is what every public method goes through (pyproject.toml
+            # keeps aiosqlite within the releases that have it; a test pins it).
+            result: T = await driver._execute(_transaction, driver._conn, work)
+            return result
+
+
+def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    # The connection is in autocommit mode (app.store.database): BEGIN is ours.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
     return result
 
 

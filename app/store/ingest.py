@@ -6,13 +6,20 @@ first read what is already remembered and decide every item (new, replay,
 mismatch); then write. A key another process commits between the two phases
 (PostgreSQL only; SQLite has one writer) shows up as a missing ``RETURNING``
 row, and the whole transaction is retried, when the first phase will see it.
+
+The deciding is shared; each dialect has its own I/O. On SQLite the whole
+transaction is one call on the driver's thread (:func:`app.store.driver.sqlite_write`);
+on PostgreSQL every step is one statement, its rows as arrays.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 import orjson
 from sqlalchemy import delete, text
@@ -23,7 +30,14 @@ from app.domain.filters import any_matches
 from app.errors import FieldError, ValidationFailed
 from app.store import driver, schema
 from app.store.database import Database
-from app.store.lines import delivery_row, lock_lines, mark_heads
+from app.store.lines import (
+    busy_lines_sqlite,
+    delivery_row,
+    lines_of,
+    lock_lines,
+    mark_heads,
+    settle_heads,
+)
 from app.store.notify import CHANNEL
 
 MAX_RETRIES = 5
@@ -78,24 +92,36 @@ async def ingest(
     db: Database, units: Sequence[Sequence[NewEvent]], *, ttl: timedelta, now: datetime
 ) -> IngestOutcome:
     """Store every unit that can be stored, in one transaction."""
+    cutoff = now - ttl
     for attempt in range(MAX_RETRIES):
         try:
+            if db.is_sqlite:
+                return await driver.sqlite_write(db, partial(_ingest_sqlite, units, cutoff))
             async with db.write() as conn:
-                return await _ingest(conn, db.dialect, units, now - ttl)
+                return await _ingest_postgres(conn, units, cutoff)
         except KeyRace:
             if attempt == MAX_RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-async def _ingest(
-    conn: AsyncConnection, dialect: str, units: Sequence[Sequence[NewEvent]], cutoff: datetime
-) -> IngestOutcome:
-    keys = {e.idempotency_key for unit in units for e in unit if e.idempotency_key}
-    stored = await _load_keys(conn, dialect, keys) if keys else {}
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    plans: list[_Plan | ValidationFailed]
+    new_events: list[NewEvent]
+    reclaim: list[str]  # stored keys older than the TTL, taken over by new events
+
+
+def _keys(units: Sequence[Sequence[NewEvent]]) -> list[str]:
+    return sorted({e.idempotency_key for unit in units for e in unit if e.idempotency_key})
+
+
+def _decide(
+    units: Sequence[Sequence[NewEvent]], stored: dict[str, _Stored], cutoff: datetime
+) -> _Decision:
+    """Every unit's plan, given what the keys it names already stored."""
     live = {k: row for k, row in stored.items() if row.created_at >= cutoff}
     reclaim = [k for k, row in stored.items() if row.created_at < cutoff]
-
     claimed: dict[str, NewEvent] = {}
     plans: list[_Plan | ValidationFailed] = []
     for unit in units:
@@ -103,10 +129,12 @@ async def _ingest(
         plans.append(plan)
         if isinstance(plan, _Plan):
             claimed.update({e.idempotency_key: e for e in plan.new if e.idempotency_key})
-
     new_events = [e for p in plans if isinstance(p, _Plan) for e in p.new]
-    bodies, deliveries = await _write(conn, dialect, new_events, reclaim, cutoff)
-    results = [_answer(p, bodies) if isinstance(p, _Plan) else p for p in plans]
+    return _Decision(plans, new_events, reclaim)
+
+
+def _outcome(decision: _Decision, bodies: dict[str, str], deliveries: int) -> IngestOutcome:
+    results = [_answer(p, bodies) if isinstance(p, _Plan) else p for p in decision.plans]
     return IngestOutcome(results, deliveries)
 
 
@@ -163,78 +191,18 @@ def _answer(plan: _Plan, bodies: dict[str, str]) -> list[Accepted]:
     return answers
 
 
-_KEY_CHUNK = 500  # keys per SELECT on SQLite, well under its limit on bound variables
-_SELECT_KEYS = "SELECT key, fingerprint, event_id, response_body, created_at FROM idempotency_keys"
-
-
-async def _load_keys(conn: AsyncConnection, dialect: str, keys: set[str]) -> dict[str, _Stored]:
-    ordered = sorted(keys)
-    if dialect == "postgresql":
-        rows = await driver.fetch_all(
-            conn, f"{_SELECT_KEYS} WHERE key = ANY($1::text[])", [ordered]
-        )
-    else:
-        rows = []
-        for start in range(0, len(ordered), _KEY_CHUNK):
-            chunk = ordered[start : start + _KEY_CHUNK]
-            sql = f"{_SELECT_KEYS} WHERE key IN ({', '.join('?' * len(chunk))})"
-            rows += await driver.fetch_all(conn, sql, chunk)
-    return {r[0]: _Stored(r[1], r[2], r[3], _created_at(r[4])) for r in rows}
-
-
 def _created_at(stored: object) -> datetime:
     moment = schema.stored_utc(stored)
     assert moment is not None  # the column is NOT NULL
     return moment
 
 
-async def _write(
-    conn: AsyncConnection,
-    dialect: str,
-    new_events: list[NewEvent],
-    reclaim: list[str],
-    cutoff: datetime,
-) -> tuple[dict[str, str], int]:
-    """Insert the new events, their deliveries and keys.
-
-    Returns each new event's 202 body (built once: it is both stored with the
-    idempotency key and answered) and the number of delivery rows created.
-    """
-    if not new_events:
-        return {}, 0
-    subscriptions = await _load_subscriptions(conn)
-    fanout = _fan_out(new_events, subscriptions)
-    if dialect == "postgresql":
-        await lock_lines(conn, [_line(r) for r in fanout])
-    # SQLite stores times as text: each event's receipt is formatted once for
-    # the event, its deliveries and its key.
-    received = (
-        {e.id: schema.sqlite_timestamp(e.received_at) for e in new_events}
-        if dialect == "sqlite"
-        else {}
-    )
-    await _insert_events(conn, dialect, new_events, received)
-    if fanout:
-        await mark_heads(conn, fanout)
-        await _insert_deliveries(conn, dialect, fanout, received)
-        if dialect == "postgresql":
-            await conn.execute(text(f"NOTIFY {CHANNEL}"))
-    counts = dict.fromkeys((e.id for e in new_events), 0)
-    for row in fanout:
-        counts[str(row["event_id"])] += 1
-    bodies = {e.id: accepted_body(e, counts[e.id]) for e in new_events}
-    await _insert_keys(conn, dialect, new_events, bodies, received, reclaim, cutoff)
-    return bodies, len(fanout)
+def _stored(row: Sequence[Any]) -> tuple[str, _Stored]:
+    return row[0], _Stored(row[1], row[2], row[3], _created_at(row[4]))
 
 
-_SELECT_SUBSCRIPTIONS = (
-    "SELECT id, event_types, ordering FROM subscriptions WHERE status <> 'disabled' ORDER BY id"
-)
-
-
-async def _load_subscriptions(conn: AsyncConnection) -> list[_Subscription]:
-    rows = await driver.fetch_all(conn, _SELECT_SUBSCRIPTIONS)
-    return [_Subscription(r[0], tuple(orjson.loads(r[1])), r[2] == "key") for r in rows]
+def _subscription(row: Sequence[Any]) -> _Subscription:
+    return _Subscription(row[0], tuple(orjson.loads(row[1])), row[2] == "key")
 
 
 def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list[dict[str, object]]:
@@ -246,56 +214,111 @@ def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list
     ]
 
 
-def _line(row: dict[str, object]) -> tuple[str, str | None]:
-    key = row["ordering_key"]
-    return str(row["subscription_id"]), None if key is None else str(key)
+def _bodies(new_events: list[NewEvent], fanout: list[dict[str, object]]) -> dict[str, str]:
+    """Each new event's 202 body, built once: it is both stored with the
+    idempotency key and answered."""
+    counts = dict.fromkeys((e.id for e in new_events), 0)
+    for row in fanout:
+        counts[str(row["event_id"])] += 1
+    return {e.id: accepted_body(e, counts[e.id]) for e in new_events}
 
 
-# The statements every flush runs are rendered once per dialect and take plain
-# tuples (app.store.driver says why). PostgreSQL gets one statement per flush
-# (unnest of arrays), SQLite an executemany.
+def _keyed(new_events: list[NewEvent]) -> list[NewEvent]:
+    return sorted(
+        (e for e in new_events if e.idempotency_key), key=lambda e: e.idempotency_key or ""
+    )
+
+
+_SELECT_KEYS = "SELECT key, fingerprint, event_id, response_body, created_at FROM idempotency_keys"
+_SELECT_SUBSCRIPTIONS = (
+    "SELECT id, event_types, ordering FROM subscriptions WHERE status <> 'disabled' ORDER BY id"
+)
 _EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at"
 _KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at"
-_INSERT_EVENTS = {
-    "sqlite": f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    # Rows are inserted, and so numbered (seq), in array order: a batch's order.
-    "postgresql": f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], "
-    f"$7::timestamptz[]) WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n",
-}
 _DELIVERY_COLUMNS = (
     "id, event_id, subscription_id, event_type, ordering_key, status, ready, attempts, "
     "round_attempts, next_attempt_at, created_at"
 )
 _DELIVERY_FIELDS = tuple(_DELIVERY_COLUMNS.split(", "))
-_INSERT_DELIVERIES = {
-    "sqlite": f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "postgresql": f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} "
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-    "$7::boolean[], $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[]) "
-    f"WITH ORDINALITY AS t({_DELIVERY_COLUMNS}, n) ORDER BY n",
-}
-_INSERT_KEYS = {
-    "sqlite": f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (key) DO NOTHING",
-    "postgresql": f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) SELECT * FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) "
-    "ON CONFLICT (key) DO NOTHING RETURNING key",
-}
 
 
-async def _insert_deliveries(
-    conn: AsyncConnection, dialect: str, fanout: list[dict[str, object]], received: dict[str, str]
+# -- SQLite: the whole transaction in one call on the driver's thread ----------
+#
+# app.store.driver.sqlite_write runs it between BEGIN IMMEDIATE and COMMIT with
+# the plain sqlite3 connection: one hand-off a flush instead of one a statement
+# plus SQLAlchemy's begin and commit. Times are stored as text; each event's
+# receipt is formatted once for the event, its deliveries and its key.
+
+_KEY_CHUNK = 500  # keys per SELECT, well under SQLite's limit on bound variables
+_SQLITE_INSERT_EVENTS = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SQLITE_INSERT_DELIVERIES = (
+    f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_INSERT_KEYS = (
+    f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO NOTHING"
+)
+
+
+def _ingest_sqlite(
+    units: Sequence[Sequence[NewEvent]], cutoff: datetime, conn: sqlite3.Connection
+) -> IngestOutcome:
+    keys = _keys(units)
+    stored: dict[str, _Stored] = {}
+    for start in range(0, len(keys), _KEY_CHUNK):
+        chunk = keys[start : start + _KEY_CHUNK]
+        sql = f"{_SELECT_KEYS} WHERE key IN ({', '.join('?' * len(chunk))})"
+        stored.update(_stored(row) for row in conn.execute(sql, chunk))
+    decision = _decide(units, stored, cutoff)
+    new_events = decision.new_events
+    if not new_events:
+        return _outcome(decision, {}, 0)
+    subscriptions = [_subscription(row) for row in conn.execute(_SELECT_SUBSCRIPTIONS)]
+    fanout = _fan_out(new_events, subscriptions)
+    stamp = schema.sqlite_timestamp
+    received = {e.id: stamp(e.received_at) for e in new_events}
+    conn.executemany(
+        _SQLITE_INSERT_EVENTS,
+        [
+            (
+                e.id,
+                e.type,
+                e.key,
+                e.data_json,
+                e.schema_version,
+                stamp(e.occurred_at) if e.occurred_at else None,
+                received[e.id],
+            )
+            for e in new_events
+        ],
+    )
+    if fanout:
+        busy: set[tuple[object, object]] = set(busy_lines_sqlite(conn, lines_of(fanout)))
+        settle_heads(fanout, busy)
+        _insert_deliveries_sqlite(conn, fanout, received)
+    bodies = _bodies(new_events, fanout)
+    keyed = _keyed(new_events)
+    if decision.reclaim:
+        marks = ", ".join("?" * len(decision.reclaim))
+        conn.execute(
+            f"DELETE FROM idempotency_keys WHERE key IN ({marks}) AND created_at < ?",
+            [*decision.reclaim, stamp(cutoff)],
+        )
+    rows = [
+        (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], received[e.id]) for e in keyed
+    ]
+    # sqlite3 sums the changes of every row; a conflict changes none.
+    if conn.executemany(_SQLITE_INSERT_KEYS, rows).rowcount != len(keyed):
+        raise KeyRace()
+    return _outcome(decision, bodies, len(fanout))
+
+
+def _insert_deliveries_sqlite(
+    conn: sqlite3.Connection, fanout: list[dict[str, object]], received: dict[str, str]
 ) -> None:
-    if dialect == "postgresql":
-        rows = [tuple(row[f] for f in _DELIVERY_FIELDS) for row in fanout]
-        await driver.fetch_all(conn, _INSERT_DELIVERIES[dialect], driver.columns(rows, 11))
-        return
     # A new delivery is created, and due, when its event was received (_fan_out).
-    await driver.execute_many(
-        conn,
-        _INSERT_DELIVERIES[dialect],
+    conn.executemany(
+        _SQLITE_INSERT_DELIVERIES,
         [
             (
                 *(row[f] for f in _DELIVERY_FIELDS[:6]),
@@ -310,66 +333,81 @@ async def _insert_deliveries(
     )
 
 
-async def _insert_events(
-    conn: AsyncConnection, dialect: str, new_events: list[NewEvent], received: dict[str, str]
-) -> None:
-    if dialect == "postgresql":
-        rows = [
-            (e.id, e.type, e.key, e.data_json, e.schema_version, e.occurred_at, e.received_at)
-            for e in new_events
-        ]
-        await driver.fetch_all(conn, _INSERT_EVENTS[dialect], driver.columns(rows, 7))
-        return
-    stamp = schema.sqlite_timestamp
-    await driver.execute_many(
-        conn,
-        _INSERT_EVENTS[dialect],
-        [
-            (
-                e.id,
-                e.type,
-                e.key,
-                e.data_json,
-                e.schema_version,
-                stamp(e.occurred_at) if e.occurred_at else None,
-                received[e.id],
-            )
-            for e in new_events
-        ],
+# -- PostgreSQL: one statement each, the rows as arrays (unnest) ---------------
+#
+# Rendered once and run through exec_driver_sql (app.store.driver says why).
+# Rows are inserted, and so numbered (seq), in array order: a batch's order.
+
+_PG_INSERT_EVENTS = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], "
+    f"$7::timestamptz[]) WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n"
+)
+_PG_INSERT_DELIVERIES = (
+    f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+    "$7::boolean[], $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[]) "
+    f"WITH ORDINALITY AS t({_DELIVERY_COLUMNS}, n) ORDER BY n"
+)
+_PG_INSERT_KEYS = (
+    f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) SELECT * FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) "
+    "ON CONFLICT (key) DO NOTHING RETURNING key"
+)
+
+
+async def _ingest_postgres(
+    conn: AsyncConnection, units: Sequence[Sequence[NewEvent]], cutoff: datetime
+) -> IngestOutcome:
+    keys = _keys(units)
+    rows = (
+        await driver.fetch_all(conn, f"{_SELECT_KEYS} WHERE key = ANY($1::text[])", [keys])
+        if keys
+        else []
     )
+    decision = _decide(units, dict(_stored(row) for row in rows), cutoff)
+    new_events = decision.new_events
+    if not new_events:
+        return _outcome(decision, {}, 0)
+    subscriptions = [_subscription(r) for r in await driver.fetch_all(conn, _SELECT_SUBSCRIPTIONS)]
+    fanout = _fan_out(new_events, subscriptions)
+    await lock_lines(conn, [_line(r) for r in fanout])
+    events = [
+        (e.id, e.type, e.key, e.data_json, e.schema_version, e.occurred_at, e.received_at)
+        for e in new_events
+    ]
+    await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, 7))
+    if fanout:
+        await mark_heads(conn, fanout)
+        deliveries = [tuple(row[f] for f in _DELIVERY_FIELDS) for row in fanout]
+        await driver.fetch_all(conn, _PG_INSERT_DELIVERIES, driver.columns(deliveries, 11))
+        await conn.execute(text(f"NOTIFY {CHANNEL}"))
+    bodies = _bodies(new_events, fanout)
+    await _insert_keys_postgres(conn, new_events, bodies, decision.reclaim, cutoff)
+    return _outcome(decision, bodies, len(fanout))
 
 
-async def _insert_keys(
+def _line(row: dict[str, object]) -> tuple[str, str | None]:
+    key = row["ordering_key"]
+    return str(row["subscription_id"]), None if key is None else str(key)
+
+
+async def _insert_keys_postgres(
     conn: AsyncConnection,
-    dialect: str,
     new_events: list[NewEvent],
     bodies: dict[str, str],
-    received: dict[str, str],
     reclaim: list[str],
     cutoff: datetime,
 ) -> None:
-    t = schema.idempotency_keys
-    keyed = sorted(
-        (e for e in new_events if e.idempotency_key), key=lambda e: e.idempotency_key or ""
-    )
+    keyed = _keyed(new_events)
     if not keyed:
         return
     if reclaim:
+        t = schema.idempotency_keys
         await conn.execute(delete(t).where(t.c.key.in_(reclaim), t.c.created_at < cutoff))
-    if dialect == "postgresql":
-        rows = [
-            (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], e.received_at)
-            for e in keyed
-        ]
-        stored = len(await driver.fetch_all(conn, _INSERT_KEYS[dialect], driver.columns(rows, 6)))
-    else:
-        stored = await driver.execute_many(
-            conn,
-            _INSERT_KEYS[dialect],
-            [
-                (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], received[e.id])
-                for e in keyed
-            ],
-        )
-    if stored != len(keyed):
+    rows = [
+        (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], e.received_at) for e in keyed
+    ]
+    stored = await driver.fetch_all(conn, _PG_INSERT_KEYS, driver.columns(rows, 6))
+    if len(stored) != len(keyed):
         raise KeyRace()

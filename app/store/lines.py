@@ -12,6 +12,7 @@ arriving can never miss each other (SQLite has one writer and needs no lock).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -25,15 +26,16 @@ Line = tuple[str, str]
 
 # Both statements spell the partial index predicate of ``ix_deliveries_line``
 # literally, so the planners of both databases use that index.
-_BUSY = text(
-    """
+_BUSY_SQL = """
     SELECT DISTINCT d.subscription_id, d.ordering_key
     FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
     WHERE d.status IN ('pending', 'in_flight', 'dead')
       AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
-      AND d.subscription_id IN :subs AND d.ordering_key IN :keys
+      AND d.subscription_id IN {subs} AND d.ordering_key IN {keys}
     """
-).bindparams(bindparam("subs", expanding=True), bindparam("keys", expanding=True))
+_BUSY = text(_BUSY_SQL.format(subs=":subs", keys=":keys")).bindparams(
+    bindparam("subs", expanding=True), bindparam("keys", expanding=True)
+)
 
 _PROMOTE = text(
     """
@@ -113,6 +115,23 @@ async def busy_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object
     return {(r[0], r[1]) for r in rows} & wanted
 
 
+def busy_lines_sqlite(
+    conn: sqlite3.Connection, lines: Iterable[tuple[object, object]]
+) -> set[Line]:
+    """:func:`busy_lines` on a plain sqlite3 connection (a transaction run on the
+    driver's thread, :func:`app.store.driver.sqlite_write`)."""
+    wanted = {(str(sub), str(key)) for sub, key in lines}
+    if not wanted:
+        return set()
+    subs, keys = sorted({sub for sub, _ in wanted}), sorted({key for _, key in wanted})
+    sql = _BUSY_SQL.format(subs=_marks(len(subs)), keys=_marks(len(keys)))
+    return {(r[0], r[1]) for r in conn.execute(sql, [*subs, *keys])} & wanted
+
+
+def _marks(count: int) -> str:
+    return f"({', '.join('?' * count)})"
+
+
 async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
     """Mark the head of each line ready, if it is a pending delivery."""
     wanted = sorted({(sub, key) for sub, key in lines if key})
@@ -152,8 +171,18 @@ def delivery_row(
 
 async def mark_heads(conn: AsyncConnection, rows: list[dict[str, object]]) -> None:
     """Set ``ready`` on each new delivery (in ``seq`` order) that heads its line."""
-    lines = {(r["subscription_id"], r["ordering_key"]) for r in rows if r["ordering_key"]}
-    busy: set[tuple[object, object]] = set(await busy_lines(conn, lines)) if lines else set()
+    lines = lines_of(rows)
+    settle_heads(rows, set(await busy_lines(conn, lines)) if lines else set())
+
+
+def lines_of(rows: list[dict[str, object]]) -> set[tuple[object, object]]:
+    """The lines new delivery rows join (rows without an ordering key join none)."""
+    return {(r["subscription_id"], r["ordering_key"]) for r in rows if r["ordering_key"]}
+
+
+def settle_heads(rows: list[dict[str, object]], busy: set[tuple[object, object]]) -> None:
+    """Set ``ready`` on each new delivery (in ``seq`` order) whose line is not ``busy``
+    already, or taken by an earlier row; ``busy`` is updated with the lines taken."""
     for row in rows:
         line = (row["subscription_id"], row["ordering_key"])
         if row["ordering_key"] is None:

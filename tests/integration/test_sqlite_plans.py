@@ -21,7 +21,7 @@ from app.store.deliveries import (
     SQLITE_LEASE,
     SQLITE_RECORD_ATTEMPTS,
 )
-from app.store.lines import _PROMOTE, SQLITE_PROMOTE_ALL
+from app.store.lines import _BUSY_SQL, _PROMOTE, SQLITE_PROMOTE_ALL
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -53,6 +53,8 @@ STATEMENTS = {
     "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
     "promote head": _named(_PROMOTE.text),
     "promote heads": (SQLITE_PROMOTE_ALL.format(rows="(?, ?), (?, ?)"), ["a", "k", "b", "k"]),
+    # The ingest flush's busy-lines query, as it runs on the driver's thread.
+    "busy lines": (_BUSY_SQL.format(subs="(?, ?)", keys="(?, ?)"), ["sub_a", "sub_b", "k1", "k2"]),
 }
 
 

@@ -91,26 +91,46 @@ def test_columns_are_the_unnest_arrays() -> None:
     assert driver.columns([], 3) == [[], [], []]
 
 
+def _insert_sync(conn: sqlite3.Connection, keys: list[str]) -> int:
+    return conn.executemany(INSERT["sqlite"], [(k,) for k in keys]).rowcount
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_work_runs_on_the_driver_thread_in_one_hand_off(db: Database) -> None:
-    loop_thread = threading.get_ident()
+async def test_sqlite_write_commits_what_its_work_did(db: Database) -> None:
+    assert await driver.sqlite_write(db, lambda conn: _insert_sync(conn, ["a", "b"])) == 2
+    assert await _stored(db, ["a", "b", "c"]) == ["a", "b"]
 
-    def work(conn: sqlite3.Connection) -> tuple[int, list[str]]:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(INSERT["sqlite"], [("one",), ("two",)])
-        conn.execute("COMMIT")
-        keys = [r[0] for r in conn.execute("SELECT key FROM idempotency_keys")]
-        return threading.get_ident(), keys
 
-    async with db.writer.connect() as conn:
-        thread, keys = await driver.run_on_sqlite_thread(conn, work)
-    assert thread != loop_thread
-    assert sorted(keys) == ["one", "two"]
-    assert await _stored(db, ["one", "two", "three"]) == ["one", "two"]
+def _insert_then_raise(conn: sqlite3.Connection) -> None:
+    assert conn.in_transaction  # BEGIN IMMEDIATE came first
+    _insert_sync(conn, ["x", "y"])
+    raise RuntimeError("after the insert")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_write_rolls_back_when_its_work_raises(db: Database) -> None:
+    with pytest.raises(RuntimeError, match="after the insert"):
+        await driver.sqlite_write(db, _insert_then_raise)
+    assert await _stored(db, ["x", "y", "z"]) == []
+    # The connection went back to the pool usable, outside any transaction.
+    assert await driver.sqlite_write(db, lambda conn: _insert_sync(conn, ["z"])) == 1
+    async with db.write() as conn:
+        assert await _insert(db, conn, ["x"]) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_write_translates_sqlite_errors(db: Database) -> None:
+    with pytest.raises(StoreUnavailable):
+        await driver.sqlite_write(db, lambda conn: conn.execute("SELECT * FROM no_such_table"))
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-async def test_run_on_sqlite_thread_is_only_for_sqlite(db: Database) -> None:
-    async with db.writer.connect() as conn:
-        with pytest.raises(ValueError, match="SQLite"):
-            await driver.run_on_sqlite_thread(conn, lambda _: None)
+async def test_sqlite_write_is_only_for_sqlite(db: Database) -> None:
+    with pytest.raises(ValueError, match="SQLite"):
+        await driver.sqlite_write(db, lambda conn: None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_write_runs_on_the_drivers_thread(db: Database) -> None:
+    """Off the event loop's thread: what the work does never blocks the loop."""
+    assert await driver.sqlite_write(db, lambda _: threading.get_ident()) != threading.get_ident()

@@ -108,11 +108,28 @@ def _reference_ulid(ms: int, randomness: bytes) -> str:
     return "".join(reversed(chars))
 
 
+def _low_five_bits(drawn: bytes) -> bytes:
+    """The 80 random bits new_id takes from 16 random bytes: each byte's low five."""
+    value = 0
+    for byte in drawn:
+        value = (value << 5) | (byte & 31)
+    return value.to_bytes(10, "big")
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_encoding_matches_the_ulid_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     draw = random.Random(seed)
     for _ in range(200):
         ms = draw.randrange(2**48)
-        randomness = draw.randbytes(10)
-        monkeypatch.setattr(ids.os, "urandom", lambda n, r=randomness: r[:n])
-        assert new_id("evt", now_ms=ms) == f"evt_{_reference_ulid(ms, randomness)}"
+        drawn = draw.randbytes(16)
+        monkeypatch.setattr(ids.os, "urandom", lambda n, r=drawn: r[:n])
+        expected = _reference_ulid(ms, _low_five_bits(drawn))
+        assert new_id("evt", now_ms=ms) == f"evt_{expected}"
+
+
+def test_every_random_character_is_equally_likely() -> None:
+    """256 byte values over 32 characters: eight each, so no character is favoured."""
+    counts = dict.fromkeys(CROCKFORD, 0)
+    for byte in range(256):
+        counts[chr(ids._RANDOM_CHARACTER[byte])] += 1
+    assert set(counts.values()) == {8}

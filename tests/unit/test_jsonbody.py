@@ -7,6 +7,8 @@ element whose *text* contains ``\\u0000`` but whose value is harmless.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 
@@ -154,3 +156,24 @@ def test_whatever_parse_accepts_can_be_stored(body: bytes) -> None:
 def test_a_number_means_the_same_on_both_paths(number: str) -> None:
     fast, slow = (jsonbody.parse(body)[0] for body in both_paths(number.encode()))
     assert (type(fast), fast) == (type(slow), slow)
+
+
+def _objects(depth: int) -> bytes:
+    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+
+@pytest.mark.parametrize("make", [nested, _objects], ids=["arrays", "objects"])
+def test_depth_limit_is_the_same_on_both_sides_of_the_shortcut(
+    make: Callable[[int], bytes],
+) -> None:
+    """Short bodies and bodies with few brackets skip the depth check; the limit
+    must not move (250 arrays fit in 500 bytes, 250 objects do not)."""
+    assert jsonbody.parse(make(250)) is not None  # 250 brackets: skipped, and fine
+    jsonbody.parse(make(251))  # checked, and fine: 251 levels still fit in an answer
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        jsonbody.parse(make(252))
+
+
+def test_brackets_inside_strings_only_cost_the_check() -> None:
+    body = orjson.dumps({"text": "[{" * 300})
+    assert jsonbody.parse(body) == {"text": "[{" * 300}

@@ -1,0 +1,92 @@
+"""The Authenticator's cache of recent tokens (by the Authorization header as sent)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.domain.tokens import Scope
+from app.errors import Forbidden, Unauthorized
+from app.services import auth as auth_module
+from app.services.auth import Authenticator
+from app.store import tokens as token_store
+from app.store.database import Database
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The digests the Authenticator looked up in the database, in order."""
+    seen: list[str] = []
+    find = token_store.find_token
+
+    async def counted(db: Database, digest: str) -> token_store.TokenRecord | None:
+        seen.append(digest)
+        return await find(db, digest)
+
+    monkeypatch.setattr(auth_module.store, "find_token", counted)
+    return seen
+
+
+async def test_a_header_seen_recently_is_not_looked_up_again(
+    db: Database, lookups: list[str]
+) -> None:
+    auth = Authenticator(db, None)
+    issued = await auth.issue(Scope.INGEST, None)
+    header = f"Bearer {issued.token}"
+    for _ in range(3):
+        assert (await auth.authenticate(header, Scope.INGEST)).id == issued.id
+    assert len(lookups) == 1
+    # Another spelling of the same token is its own entry, and just as valid.
+    assert (await auth.authenticate(f"bearer  {issued.token}", Scope.INGEST)).id == issued.id
+    assert len(lookups) == 2
+    with pytest.raises(Forbidden):  # the scope is checked on every hit
+        await auth.authenticate(header, Scope.ADMIN)
+
+
+async def test_revoking_forgets_every_cached_header(db: Database, lookups: list[str]) -> None:
+    auth = Authenticator(db, None)
+    issued = await auth.issue(Scope.INGEST, None)
+    headers = [f"Bearer {issued.token}", f"bearer {issued.token}"]
+    for header in headers:
+        await auth.authenticate(header, Scope.INGEST)
+    await auth.revoke(issued.id)
+    for header in headers:
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(header, Scope.INGEST)
+
+
+async def test_unknown_tokens_are_remembered_too_and_malformed_headers_never(
+    db: Database, lookups: list[str]
+) -> None:
+    auth = Authenticator(db, None)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            await auth.authenticate("Bearer er_not_a_token", Scope.INGEST)
+    assert len(lookups) == 1
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            await auth.authenticate("Basic ZXI6eA==", Scope.INGEST)
+    assert len(lookups) == 1
+    assert "Basic ZXI6eA==" not in auth._cache
+
+
+async def test_the_bootstrap_token_is_checked_every_time_and_never_cached(
+    db: Database, lookups: list[str]
+) -> None:
+    auth = Authenticator(db, "the-bootstrap-token")
+    for _ in range(2):
+        record = await auth.authenticate("Bearer the-bootstrap-token", Scope.ADMIN)
+        assert record.id == auth_module.BOOTSTRAP_ID
+    assert lookups == []
+    assert auth._cache == {}
+
+
+async def test_overlong_headers_are_checked_but_not_remembered(
+    db: Database, lookups: list[str]
+) -> None:
+    auth = Authenticator(db, None)
+    header = "Bearer " + "x" * auth_module.MAX_CACHED_HEADER
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(header, Scope.INGEST)
+    assert len(lookups) == 2
+    assert auth._cache == {}
