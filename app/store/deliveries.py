@@ -20,7 +20,6 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 
 import orjson
 from sqlalchemy import TextClause, bindparam, text
@@ -32,8 +31,6 @@ from app.store.events import StoredEvent
 from app.store.lines import SQLITE_PROMOTE_ALL, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.subscriptions import CircuitUpdate, apply_circuit, circuit_values
-
-T = TypeVar("T")
 
 
 def _sql(
@@ -248,14 +245,10 @@ async def _cycle_sqlite(
     claim = _sqlite_claim(request) if request is not None and request.limit > 0 else None
 
     def cycle(c: sqlite3.Connection) -> tuple[str, dict[str, str]]:
-        for chunk in _chunks(outcomes, _SQLITE_ROWS_PER_STATEMENT):
-            # The attempts first: they read each delivery's count before the finish.
-            values = [value for row in chunk for value in row]
-            c.execute(_rows_sql(SQLITE_RECORD_ATTEMPTS, chunk), values)
-            c.execute(_rows_sql(SQLITE_FINISH_ALL, chunk), values)
-        for chunk in _chunks(lines, _SQLITE_ROWS_PER_STATEMENT):
-            values = [value for line in chunk for value in line]
-            c.execute(_rows_sql(SQLITE_PROMOTE_ALL, chunk), values)
+        # The attempts first: they read each delivery's count before the finish.
+        driver.sqlite_execute_rows(c, SQLITE_RECORD_ATTEMPTS, outcomes)
+        driver.sqlite_execute_rows(c, SQLITE_FINISH_ALL, outcomes)
+        driver.sqlite_execute_rows(c, SQLITE_PROMOTE_ALL, lines)
         for update in circuits:
             c.execute(_circuit_sql(update), update)
         if claim is None:
@@ -349,17 +342,6 @@ SQLITE_FINISH_ALL = (
       AND deliveries.lease_owner = o.owner
 """
 )
-_SQLITE_ROWS_PER_STATEMENT = 500  # 12 parameters a row, well within SQLite's limit
-
-
-def _rows_sql(template: str, rows: Sequence[Sequence[object]]) -> str:
-    """``template`` with its ``{rows}`` VALUES list sized for ``rows``."""
-    row = "(" + ", ".join("?" * len(rows[0])) + ")"
-    return template.format(rows=", ".join([row] * len(rows)))
-
-
-def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE

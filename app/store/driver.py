@@ -94,6 +94,28 @@ def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], 
     return result
 
 
+SQLITE_ROWS_PER_STATEMENT = 500  # a few thousand parameters, far within SQLite's limit
+
+
+def sqlite_execute_rows(
+    conn: sqlite3.Connection, template: str, rows: Sequence[Sequence[Any]]
+) -> int:
+    """Run ``template`` over ``rows`` given as one VALUES list (its ``{rows}``),
+    up to SQLITE_ROWS_PER_STATEMENT a statement; returns the rows it changed.
+
+    For work inside :func:`sqlite_write`. ``executemany`` steps once per row,
+    and sqlite3 gives up the GIL at every step and has to win it back from the
+    busy event loop; one statement steps once.
+    """
+    changed = 0
+    for start in range(0, len(rows), SQLITE_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + SQLITE_ROWS_PER_STATEMENT]
+        row = "(" + ", ".join("?" * len(chunk[0])) + ")"
+        sql = template.format(rows=", ".join([row] * len(chunk)))
+        changed += conn.execute(sql, [value for r in chunk for value in r]).rowcount
+    return changed
+
+
 async def _aiosqlite(conn: AsyncConnection) -> Any:
     raw = await conn.get_raw_connection()
     return raw.driver_connection

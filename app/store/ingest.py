@@ -250,13 +250,13 @@ _DELIVERY_FIELDS = tuple(_DELIVERY_COLUMNS.split(", "))
 # receipt is formatted once for the event, its deliveries and its key.
 
 _KEY_CHUNK = 500  # keys per SELECT, well under SQLite's limit on bound variables
-_SQLITE_INSERT_EVENTS = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_SQLITE_INSERT_DELIVERIES = (
-    f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+# The inserts take their rows as one VALUES list (driver.sqlite_execute_rows):
+# one step a statement, where executemany stepped, and gave up the GIL, per
+# row. SQLite inserts a VALUES list in order, so seq follows the batch.
+_SQLITE_INSERT_EVENTS = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {{rows}}"
+_SQLITE_INSERT_DELIVERIES = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES {{rows}}"
 _SQLITE_INSERT_KEYS = (
-    f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (key) DO NOTHING"
+    f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES {{rows}} ON CONFLICT (key) DO NOTHING"
 )
 
 
@@ -277,7 +277,8 @@ def _ingest_sqlite(
     fanout = _fan_out(new_events, subscriptions)
     stamp = schema.sqlite_timestamp
     received = {e.id: stamp(e.received_at) for e in new_events}
-    conn.executemany(
+    driver.sqlite_execute_rows(
+        conn,
         _SQLITE_INSERT_EVENTS,
         [
             (
@@ -307,8 +308,8 @@ def _ingest_sqlite(
     rows = [
         (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], received[e.id]) for e in keyed
     ]
-    # sqlite3 sums the changes of every row; a conflict changes none.
-    if conn.executemany(_SQLITE_INSERT_KEYS, rows).rowcount != len(keyed):
+    # A conflict changes no row.
+    if driver.sqlite_execute_rows(conn, _SQLITE_INSERT_KEYS, rows) != len(keyed):
         raise KeyRace()
     return _outcome(decision, bodies, len(fanout))
 
@@ -317,7 +318,8 @@ def _insert_deliveries_sqlite(
     conn: sqlite3.Connection, fanout: list[dict[str, object]], received: dict[str, str]
 ) -> None:
     # A new delivery is created, and due, when its event was received (_fan_out).
-    conn.executemany(
+    driver.sqlite_execute_rows(
+        conn,
         _SQLITE_INSERT_DELIVERIES,
         [
             (

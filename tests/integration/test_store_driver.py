@@ -134,3 +134,29 @@ async def test_sqlite_write_is_only_for_sqlite(db: Database) -> None:
 async def test_sqlite_write_runs_on_the_drivers_thread(db: Database) -> None:
     """Off the event loop's thread: what the work does never blocks the loop."""
     assert await driver.sqlite_write(db, lambda _: threading.get_ident()) != threading.get_ident()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_rows_go_in_as_values_lists_of_bounded_size(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver, "SQLITE_ROWS_PER_STATEMENT", 3)  # 7 rows: three statements
+    template = (
+        "INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, "
+        "response_body, created_at) SELECT column1, 'f', 'evt_x', 202, 'body', "
+        "'2026-11-26 00:00:00.000000' FROM (VALUES {rows}) WHERE true ON CONFLICT (key) DO NOTHING"
+    )
+    keys = [f"k{n}" for n in range(7)]
+    statements: list[str] = []
+
+    def work(conn: sqlite3.Connection) -> int:
+        conn.set_trace_callback(statements.append)
+        changed = driver.sqlite_execute_rows(conn, template, [(k,) for k in [*keys, "k0"]])
+        conn.set_trace_callback(None)
+        return changed
+
+    assert await driver.sqlite_write(db, work) == 7  # the repeated k0 changes nothing
+    assert len([s for s in statements if s.startswith("INSERT")]) == 3
+    async with db.read() as conn:
+        stored = await conn.scalars(text("SELECT key FROM idempotency_keys ORDER BY key"))
+        assert list(stored) == keys
