@@ -69,7 +69,7 @@ class WorkerConfig:
     # A healthy subscription's deliveries claimed ahead of a free slot, in
     # multiples of its max_in_flight: they start the moment a slot frees, so
     # requests keep flowing while a cycle is at the database.
-    claim_ahead: int = 4
+    claim_ahead: int = 8
     poll_seconds: float = 0.5
     # A claim lasts this long and is renewed every third of it while the attempt
     # runs, so a dead worker's claims come back within one lease.
