@@ -117,12 +117,15 @@ class IngestService:
 
         Runs before the group committer, so invalid events never reach a transaction.
         """
-        if self._schemas is None:
+        schemas = self._schemas
+        if schemas is None or all(
+            schemas.unschematized(e.type, e.schema_version) for e, _, _ in items
+        ):
             return [event.schema_version for event, _, _ in items]
         versions: list[int | None] = []
         errors: list[FieldError] = []
         for event, data_loc, version_loc in items:
-            version, problems = await self._schemas.check(
+            version, problems = await schemas.check(
                 event.type, event.schema_version, event.data, data_loc, version_loc
             )
             versions.append(version)

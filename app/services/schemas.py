@@ -165,6 +165,15 @@ class SchemaService:
 
     # -- ingest -----------------------------------------------------------------
 
+    def unschematized(self, event_type: str, requested: int | None) -> bool:
+        """Known without a trip anywhere: the event names no version and its type
+        has no schema, so :meth:`check` would answer ``(None, [])``."""
+        return (
+            requested is None
+            and self._clock() - self._loaded_at < self._refresh
+            and event_type not in self._latest
+        )
+
     async def check(
         self, event_type: str, requested: int | None, data: Any, data_loc: str, version_loc: str
     ) -> tuple[int | None, list[FieldError]]:

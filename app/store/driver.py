@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -112,7 +113,7 @@ def sqlite_execute_rows(
         chunk = rows[start : start + SQLITE_ROWS_PER_STATEMENT]
         row = "(" + ", ".join("?" * len(chunk[0])) + ")"
         sql = template.format(rows=", ".join([row] * len(chunk)))
-        changed += conn.execute(sql, [value for r in chunk for value in r]).rowcount
+        changed += conn.execute(sql, list(chain.from_iterable(chunk))).rowcount
     return changed
 
 
