@@ -24,13 +24,6 @@ Patches:
     Every prometheus_client counter, gauge, histogram and summary update is a no-op.
 ``no-logging``
     ``logging.disable(logging.CRITICAL)``.
-``sqlite-one-hop``
-    Runs the whole group-commit transaction on SQLite (BEGIN IMMEDIATE ...
-    COMMIT, the same statements from ``app/store/ingest.py``) in one call to
-    a dedicated writer thread with a synchronous SQLAlchemy engine (pysqlite,
-    same pragmas), instead of one aiosqlite round trip per cursor, execute,
-    fetch and close (about 25 per flush). The event loop hands over the batch
-    once and gets the answers once.
 ``switch-interval``
     ``sys.setswitchinterval(0.0005)`` (default 5 ms): how long a thread that
     wants the GIL waits for a busy one. On SQLite every statement of the
@@ -61,7 +54,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -187,116 +179,6 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"n": len(ordered), "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
 
 
-class _SyncDriver:
-    """aiosqlite's calls that ``app.store.driver`` makes, on a plain sqlite3 connection."""
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-
-    async def execute_fetchall(self, sql: str, params: Any) -> Any:
-        return self._connection.execute(sql, params).fetchall()
-
-    async def executemany(self, sql: str, rows: Any) -> Any:
-        return self._connection.executemany(sql, rows)
-
-
-class _SyncConnection:
-    """``await conn.execute(...)`` on a synchronous connection: returns at once."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-        self.dialect = conn.dialect
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return self._conn.execute(*args, **kwargs)
-
-    async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
-        return self._conn.exec_driver_sql(*args, **kwargs)
-
-    async def get_raw_connection(self) -> Any:
-        return SimpleNamespace(
-            driver_connection=_SyncDriver(self._conn.connection.dbapi_connection)
-        )
-
-
-def _sync_sqlite_writer(url: str) -> Any:
-    from sqlalchemy import create_engine, event
-
-    from app.store import database
-
-    engine = create_engine(url.replace("+aiosqlite", ""), pool_size=1, max_overflow=0)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={database.SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def patch_sqlite_one_hop() -> None:
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from app.store import ingest as store
-
-    original = store.ingest
-    writers: dict[str, tuple[Any, ThreadPoolExecutor]] = {}
-    lock = threading.Lock()
-
-    def flush(engine: Any, db: Any, units: Any, cutoff: Any) -> Any:
-        wall, cpu = time.perf_counter(), time.thread_time()
-        try:
-            return flush_once(engine, db, units, cutoff)
-        finally:
-            TIMINGS.setdefault("flush_in_thread_ms", []).append(1000 * (time.perf_counter() - wall))
-            TIMINGS.setdefault("flush_thread_cpu_ms", []).append(1000 * (time.thread_time() - cpu))
-
-    def flush_once(engine: Any, db: Any, units: Any, cutoff: Any) -> Any:
-        # Runs in the writer thread: the coroutine never really suspends.
-        for attempt in range(store.MAX_RETRIES):
-            try:
-                with engine.begin() as conn:
-                    shim: Any = _SyncConnection(conn)
-                    coro = store._ingest(shim, db.dialect, units, cutoff)
-                    try:
-                        coro.send(None)
-                    except StopIteration as done:
-                        return done.value
-                    raise RuntimeError("the ingest transaction awaited something real")
-            except store.KeyRace:
-                if attempt == store.MAX_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def ingest(db: Any, units: Any, *, ttl: Any, now: Any) -> Any:
-        if not db.is_sqlite:
-            return await original(db, units, ttl=ttl, now=now)
-        with lock:
-            if db.url not in writers:
-                writers[db.url] = (
-                    _sync_sqlite_writer(db.url),
-                    ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer"),
-                )
-        engine, executor = writers[db.url]
-        loop = asyncio.get_running_loop()
-        from app.store.database import translate_errors
-
-        with translate_errors():
-            return await loop.run_in_executor(executor, flush, engine, db, units, now - ttl)
-
-    store.ingest = ingest
-
-
 async def _passthrough(self: Any, scope: Any, receive: Any, send: Any) -> None:
     await self.app(scope, receive, send)
 
@@ -357,7 +239,6 @@ PATCHES: dict[str, Callable[[], None]] = {
     "no-prometheus": patch_no_prometheus,
     "no-logging": patch_no_logging,
     "switch-interval": patch_switch_interval,
-    "sqlite-one-hop": patch_sqlite_one_hop,
     "flush-timing": patch_flush_timing,
     "sqlite-timing": patch_sqlite_timing,
     "count": patch_count,
