@@ -250,6 +250,18 @@ _DELIVERY_FIELDS = tuple(_DELIVERY_COLUMNS.split(", "))
 # receipt is formatted once for the event, its deliveries and its key.
 
 _KEY_CHUNK = 500  # keys per SELECT, well under SQLite's limit on bound variables
+
+# The flush's reads in one statement of one row: the stored keys among the
+# first chunk and the subscriptions, each as a JSON array. Every statement on
+# the driver's thread gives up the GIL and waits to win it back from the busy
+# event loop (driver.sqlite_execute_rows), and the flush is what bounds ingest.
+_SQLITE_READS = f"""
+    SELECT
+      (SELECT json_group_array(json_array(key, fingerprint, event_id, response_body, created_at))
+       FROM idempotency_keys WHERE key IN ({{marks}})),
+      (SELECT json_group_array(json_array(id, event_types, ordering))
+       FROM ({_SELECT_SUBSCRIPTIONS}))
+"""
 # The inserts take their rows as one VALUES list (driver.sqlite_execute_rows):
 # one step a statement, where executemany stepped, and gave up the GIL, per
 # row. SQLite inserts a VALUES list in order, so seq follows the batch.
@@ -264,8 +276,11 @@ def _ingest_sqlite(
     units: Sequence[Sequence[NewEvent]], cutoff: datetime, conn: sqlite3.Connection
 ) -> IngestOutcome:
     keys = _keys(units)
-    stored: dict[str, _Stored] = {}
-    for start in range(0, len(keys), _KEY_CHUNK):
+    first = keys[:_KEY_CHUNK]
+    sql = _SQLITE_READS.format(marks=", ".join("?" * len(first)) or "NULL")
+    stored_json, subscriptions_json = conn.execute(sql, first).fetchone()
+    stored = dict(_stored(row) for row in orjson.loads(stored_json))
+    for start in range(_KEY_CHUNK, len(keys), _KEY_CHUNK):
         chunk = keys[start : start + _KEY_CHUNK]
         sql = f"{_SELECT_KEYS} WHERE key IN ({', '.join('?' * len(chunk))})"
         stored.update(_stored(row) for row in conn.execute(sql, chunk))
@@ -273,7 +288,7 @@ def _ingest_sqlite(
     new_events = decision.new_events
     if not new_events:
         return _outcome(decision, {}, 0)
-    subscriptions = [_subscription(row) for row in conn.execute(_SELECT_SUBSCRIPTIONS)]
+    subscriptions = [_subscription(row) for row in orjson.loads(subscriptions_json)]
     fanout = _fan_out(new_events, subscriptions)
     stamp = schema.sqlite_timestamp
     received = {e.id: stamp(e.received_at) for e in new_events}

@@ -21,6 +21,7 @@ from app.store.deliveries import (
     SQLITE_LEASE,
     SQLITE_RECORD_ATTEMPTS,
 )
+from app.store.ingest import _SQLITE_READS
 from app.store.lines import _BUSY_SQL, _PROMOTE, SQLITE_PROMOTE_ALL
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -33,7 +34,16 @@ def _named(sql: str) -> tuple[str, dict[str, None]]:
 
 # What a statement brings its rows in (VALUES lists, JSON arrays) or has just
 # selected (a subquery's result): scanning those is the point.
-ROW_LISTS = {"SCAN 2 CONSTANT ROWS", "SCAN o", "SCAN line", "SCAN head", "SCAN (subquery-2)"}
+ROW_LISTS = {
+    "SCAN 2 CONSTANT ROWS",
+    "SCAN CONSTANT ROW",
+    "SCAN o",
+    "SCAN line",
+    "SCAN head",
+    "SCAN (subquery-2)",
+    # The flush reads every subscription that is not disabled: a small table, read whole.
+    "SCAN subscriptions USING INDEX sqlite_autoindex_subscriptions_1",
+}
 
 
 def _scans_a_table(step: str) -> bool:
@@ -53,7 +63,8 @@ STATEMENTS = {
     "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
     "promote head": _named(_PROMOTE.text),
     "promote heads": (SQLITE_PROMOTE_ALL.format(rows="(?, ?), (?, ?)"), ["a", "k", "b", "k"]),
-    # The ingest flush's busy-lines query, as it runs on the driver's thread.
+    # The ingest flush's reads (keys and subscriptions) and busy-lines query.
+    "flush reads": (_SQLITE_READS.format(marks="?, ?"), ["k1", "k2"]),
     "busy lines": (_BUSY_SQL.format(subs="(?, ?)", keys="(?, ?)"), ["sub_a", "sub_b", "k1", "k2"]),
 }
 
