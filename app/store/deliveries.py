@@ -17,7 +17,7 @@ freed slots (with their events) in the same transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -228,7 +228,7 @@ async def _cycle_sqlite(
     """The cycle on SQLite as one hand-off to the driver's thread
     (:func:`app.store.driver.sqlite_write`): the parameters are built here, the
     statements run there in one transaction, the rows come back."""
-    outcomes = _sqlite_outcomes(completions)
+    outcomes = _outcome_rows(completions, sqlite_timestamp)
     lines = sorted(
         {
             (c.delivery.subscription_id, c.delivery.ordering_key)
@@ -398,14 +398,17 @@ def _sqlite_times(params: dict[str, object]) -> dict[str, object]:
     }
 
 
-def _sqlite_outcomes(completions: Sequence[Completion]) -> list[tuple[object, ...]]:
-    """One row per outcome, columns in ``_SQLITE_OUTCOME`` order: what
-    :func:`_finish_params` and :func:`_attempt_params` hold, times as stored."""
+def _outcome_rows(
+    completions: Sequence[Completion], stamp: Callable[[datetime], object]
+) -> list[tuple[object, ...]]:
+    """One row per outcome, columns in ``_OUTCOME_FIELDS`` order (the order of
+    ``_SQLITE_OUTCOME`` and of ``_FINISH_AND_RECORD_PG``'s arrays); ``stamp``
+    gives each time the form the statement takes."""
     rows: list[tuple[object, ...]] = []
     for c in completions:
-        status, done, retry_at = c.status, sqlite_timestamp(c.finished_at), c.next_attempt_at
+        status, done, retry_at = c.status, stamp(c.finished_at), c.next_attempt_at
         if status == "pending":
-            next_at = sqlite_timestamp(retry_at) if retry_at is not None else None
+            next_at = stamp(retry_at) if retry_at is not None else None
         else:
             next_at = done
         rows.append(
@@ -418,7 +421,7 @@ def _sqlite_outcomes(completions: Sequence[Completion]) -> list[tuple[object, ..
                 c.summary,
                 done if status == "succeeded" else None,
                 done if status == "dead" else None,
-                sqlite_timestamp(c.started_at),
+                stamp(c.started_at),
                 c.duration_ms,
                 c.error,
                 c.response_body,
@@ -427,21 +430,9 @@ def _sqlite_outcomes(completions: Sequence[Completion]) -> list[tuple[object, ..
     return rows
 
 
-def _attempt_params(c: Completion) -> dict[str, object]:
-    return {
-        "seq": c.delivery.seq,
-        "owner": c.owner,
-        "started_at": c.started_at,
-        "duration_ms": c.duration_ms,
-        "status_code": c.status_code,
-        "error": c.error,
-        "response_body": c.response_body,
-    }
-
-
 def _outcome_arrays(completions: Sequence[Completion]) -> dict[str, list[object]]:
-    rows = [_finish_params(c) | _attempt_params(c) for c in completions]
-    return {name: [row[name] for row in rows] for name in _OUTCOME_FIELDS}
+    rows = _outcome_rows(completions, lambda moment: moment)
+    return dict(zip(_OUTCOME_FIELDS, driver.columns(rows, len(_OUTCOME_FIELDS)), strict=True))
 
 
 _OUTCOME_FIELDS = (
@@ -458,20 +449,6 @@ _OUTCOME_FIELDS = (
     "error",
     "response_body",
 )
-
-
-def _finish_params(c: Completion) -> dict[str, object]:
-    finished = c.finished_at
-    return {
-        "seq": c.delivery.seq,
-        "owner": c.owner,
-        "status": c.status,
-        "next_attempt_at": c.next_attempt_at if c.status == "pending" else finished,
-        "status_code": c.status_code,
-        "summary": c.summary,
-        "completed_at": finished if c.status == "succeeded" else None,
-        "dead_lettered_at": finished if c.status == "dead" else None,
-    }
 
 
 async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
