@@ -28,7 +28,7 @@ to come round, a millisecond or more under load (BENCHMARKS.md).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -108,13 +108,21 @@ def sqlite_execute_rows(
     and sqlite3 gives up the GIL at every step and has to win it back from the
     busy event loop; one statement steps once.
     """
-    changed = 0
+    return sum(conn.execute(sql, params).rowcount for sql, params in row_statements(template, rows))
+
+
+def row_statements(template: str, rows: Sequence[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
+    """``template``'s ``{rows}`` as VALUES lists of up to SQLITE_ROWS_PER_STATEMENT
+    rows, each statement with its flat parameters."""
     for start in range(0, len(rows), SQLITE_ROWS_PER_STATEMENT):
         chunk = rows[start : start + SQLITE_ROWS_PER_STATEMENT]
-        row = "(" + ", ".join("?" * len(chunk[0])) + ")"
-        sql = template.format(rows=", ".join([row] * len(chunk)))
-        changed += conn.execute(sql, list(chain.from_iterable(chunk))).rowcount
-    return changed
+        row = marks(len(chunk[0]))
+        yield template.format(rows=", ".join([row] * len(chunk))), list(chain.from_iterable(chunk))
+
+
+def marks(count: int) -> str:
+    """``(?, ?, …)``: ``count`` positional parameters in parentheses."""
+    return f"({', '.join('?' * count)})"
 
 
 async def _aiosqlite(conn: AsyncConnection) -> Any:

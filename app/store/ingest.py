@@ -258,7 +258,7 @@ _KEY_CHUNK = 500  # keys per SELECT, well under SQLite's limit on bound variable
 _SQLITE_READS = f"""
     SELECT
       (SELECT json_group_array(json_array(key, fingerprint, event_id, response_body, created_at))
-       FROM idempotency_keys WHERE key IN ({{marks}})),
+       FROM idempotency_keys WHERE key IN {{marks}}),
       (SELECT json_group_array(json_array(id, event_types, ordering))
        FROM ({_SELECT_SUBSCRIPTIONS}))
 """
@@ -277,12 +277,12 @@ def _ingest_sqlite(
 ) -> IngestOutcome:
     keys = _keys(units)
     first = keys[:_KEY_CHUNK]
-    sql = _SQLITE_READS.format(marks=", ".join("?" * len(first)) or "NULL")
+    sql = _SQLITE_READS.format(marks=driver.marks(len(first)) if first else "(NULL)")
     stored_json, subscriptions_json = conn.execute(sql, first).fetchone()
     stored = dict(_stored(row) for row in orjson.loads(stored_json))
     for start in range(_KEY_CHUNK, len(keys), _KEY_CHUNK):
         chunk = keys[start : start + _KEY_CHUNK]
-        sql = f"{_SELECT_KEYS} WHERE key IN ({', '.join('?' * len(chunk))})"
+        sql = f"{_SELECT_KEYS} WHERE key IN {driver.marks(len(chunk))}"
         stored.update(_stored(row) for row in conn.execute(sql, chunk))
     decision = _decide(units, stored, cutoff)
     new_events = decision.new_events
@@ -315,9 +315,9 @@ def _ingest_sqlite(
     bodies = _bodies(new_events, fanout)
     keyed = _keyed(new_events)
     if decision.reclaim:
-        marks = ", ".join("?" * len(decision.reclaim))
         conn.execute(
-            f"DELETE FROM idempotency_keys WHERE key IN ({marks}) AND created_at < ?",
+            f"DELETE FROM idempotency_keys WHERE key IN {driver.marks(len(decision.reclaim))} "
+            "AND created_at < ?",
             [*decision.reclaim, stamp(cutoff)],
         )
     rows = [

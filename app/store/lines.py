@@ -37,24 +37,9 @@ _BUSY = text(_BUSY_SQL.format(subs=":subs", keys=":keys")).bindparams(
     bindparam("subs", expanding=True), bindparam("keys", expanding=True)
 )
 
-_PROMOTE = text(
-    """
-    UPDATE deliveries SET ready = TRUE
-    WHERE seq = (
-        SELECT min(d.seq)
-        FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-        WHERE d.status IN ('pending', 'in_flight', 'dead')
-          AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
-          AND d.subscription_id = :sub AND d.ordering_key = :key
-    )
-    AND status = 'pending' AND NOT ready
-    """
-)
-
-PROMOTE_SQLITE = _PROMOTE.text  # per line, for statements run on the driver
-
-# SQLite, for the worker's cycle: the lines as a VALUES list (``{rows}``), so
-# that the whole promotion is one statement (see app.store.deliveries).
+# SQLite: the lines as a VALUES list (``{rows}``, driver.row_statements), so
+# that a whole promotion is one statement. Each head is the first unfinished
+# delivery in ``seq`` order, found on the line index.
 SQLITE_PROMOTE_ALL = """
     WITH line(sub, key) AS (VALUES {rows})
     UPDATE deliveries SET ready = TRUE
@@ -124,12 +109,8 @@ def busy_lines_sqlite(
     if not wanted:
         return set()
     subs, keys = sorted({sub for sub, _ in wanted}), sorted({key for _, key in wanted})
-    sql = _BUSY_SQL.format(subs=_marks(len(subs)), keys=_marks(len(keys)))
+    sql = _BUSY_SQL.format(subs=driver.marks(len(subs)), keys=driver.marks(len(keys)))
     return {(r[0], r[1]) for r in conn.execute(sql, [*subs, *keys])} & wanted
-
-
-def _marks(count: int) -> str:
-    return f"({', '.join('?' * count)})"
 
 
 async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
@@ -141,8 +122,8 @@ async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | 
         subs, keys = [sub for sub, _ in wanted], [key for _, key in wanted]
         await conn.execute(_PROMOTE_ALL, {"subs": subs, "keys": keys})
     else:
-        rows = [{"sub": sub, "key": key} for sub, key in wanted]
-        await driver.execute_many(conn, PROMOTE_SQLITE, rows)
+        for sql, params in driver.row_statements(SQLITE_PROMOTE_ALL, wanted):
+            await driver.fetch_all(conn, sql, params)
 
 
 def delivery_row(

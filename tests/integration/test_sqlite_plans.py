@@ -7,7 +7,6 @@ any backlog (a scan of 20,000 deliveries or events per claim was 10 ms).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from pathlib import Path
 
@@ -22,14 +21,9 @@ from app.store.deliveries import (
     SQLITE_RECORD_ATTEMPTS,
 )
 from app.store.ingest import _SQLITE_READS
-from app.store.lines import _BUSY_SQL, _PROMOTE, SQLITE_PROMOTE_ALL
+from app.store.lines import _BUSY_SQL, SQLITE_PROMOTE_ALL
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-
-
-def _named(sql: str) -> tuple[str, dict[str, None]]:
-    """A statement with ``:name`` parameters, each bound to NULL (the plan is the question)."""
-    return sql, dict.fromkeys(re.findall(r"(?<!:):(\w+)", sql))
 
 
 # What a statement brings its rows in (VALUES lists, JSON arrays) or has just
@@ -61,10 +55,9 @@ STATEMENTS = {
     "claimed large data": (SQLITE_CLAIMED_LARGE_DATA, {"seqs": "[1, 2]"}),
     "finish": (SQLITE_FINISH_ALL.format(rows=OUTCOMES), [None] * 24),
     "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
-    "promote head": _named(_PROMOTE.text),
     "promote heads": (SQLITE_PROMOTE_ALL.format(rows="(?, ?), (?, ?)"), ["a", "k", "b", "k"]),
     # The ingest flush's reads (keys and subscriptions) and busy-lines query.
-    "flush reads": (_SQLITE_READS.format(marks="?, ?"), ["k1", "k2"]),
+    "flush reads": (_SQLITE_READS.format(marks="(?, ?)"), ["k1", "k2"]),
     "busy lines": (_BUSY_SQL.format(subs="(?, ?)", keys="(?, ?)"), ["sub_a", "sub_b", "k1", "k2"]),
 }
 
