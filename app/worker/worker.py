@@ -362,9 +362,12 @@ class DeliveryWorker:
 
     def _start_waiting(self, line: _Line) -> None:
         while line.waiting and self._can_start() and self._take_slot(line):
-            ready = line.waiting.popleft()
-            self._waiting -= 1
+            ready = self._pop_waiting(line)
             self._launch(line, ready.delivery, ready.event, ready.payload)
+
+    def _pop_waiting(self, line: _Line) -> _Ready:
+        self._waiting -= 1
+        return line.waiting.popleft()
 
     def _drop_waiting(self, line: _Line) -> None:
         """Give back what ``line`` holds waiting (in the next cycle)."""
@@ -489,8 +492,7 @@ class DeliveryWorker:
         """The next delivery waiting for ``line``, for a slot ``line`` already holds."""
         if not line.waiting or line.in_flight > line.subscription.max_in_flight:
             return None
-        self._waiting -= 1
-        return line.waiting.popleft()
+        return self._pop_waiting(line)
 
     async def _attempt(
         self, line: _Line, event: StoredEvent, payload: bytes
