@@ -3,11 +3,12 @@
 One loop owns the worker's writes. Each cycle is one transaction: it records
 the outcomes of the attempts that finished since the last cycle and claims due
 deliveries (with their events) for the slots that are free, including the
-heads those outcomes just freed. A task per claimed delivery sends its request
-and queues its outcome for the next cycle. For a healthy subscription a cycle
-also claims a few ``max_in_flight`` more than it can start (``claim_ahead``):
-they wait, leased, in the worker, and a successful attempt starts the next one
-at once, so requests keep flowing while a cycle is at the database. The loop
+heads those outcomes just freed. A task per free slot sends a delivery's
+request and queues its outcome for the next cycle. For a healthy subscription
+a cycle also claims several ``max_in_flight`` more than it can start
+(``claim_ahead``): they wait, leased, in the worker, and the task of a
+successful attempt goes on with the next one at once, so requests keep
+flowing while a cycle is at the database. The loop
 is woken by finishing attempts and by commits elsewhere, with polling as the
 fallback. Limits per subscription (``max_in_flight``, ``rate_limit_per_second``,
 the circuit's single probe) hold within this process.
@@ -321,7 +322,7 @@ class DeliveryWorker:
         return ClaimRequest(self.owner, now, now + self._config.lease, limit, exclude)
 
     async def _start(self, work: list[Work]) -> int:
-        """Start a task per claimed delivery that a slot allows now, keep the next
+        """Start a task for each claimed delivery a slot allows now, keep the next
         ones of a healthy subscription waiting, give back the rest."""
         await self._refresh_subscriptions({w.delivery.subscription_id for w in work})
         payloads: dict[str, bytes] = {}
