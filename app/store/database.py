@@ -73,9 +73,17 @@ def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True
         )
         reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sync)
         return Database(url, writer, reader)
-    connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 30}
+    # Every statement is planned for its own parameters and the tables' current
+    # size: asyncpg prepares statements, and PostgreSQL would otherwise keep a
+    # generic plan made while a table was small (a scan) until the next ANALYZE.
+    server_settings = {"plan_cache_mode": "force_custom_plan"}
     if not durable_commits:
-        connect_args["server_settings"] = {"synchronous_commit": "off"}
+        server_settings["synchronous_commit"] = "off"
+    connect_args: dict[str, Any] = {
+        "timeout": 5,
+        "command_timeout": 30,
+        "server_settings": server_settings,
+    }
     engine = create_async_engine(
         url,
         pool_size=pool_size,

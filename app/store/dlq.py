@@ -104,8 +104,12 @@ async def attempts_of_delivery(db: Database, delivery_id: str) -> list[Attempt]:
 
 
 async def attempts_of_event(db: Database, event_id: str) -> list[Attempt]:
-    ids = select(d.c.id).where(d.c.event_id == event_id).scalar_subquery()
-    return await _attempts(db, a.c.delivery_id.in_(ids))
+    # The event's deliveries first, then their attempts by delivery ID: joined
+    # in one statement, a planner that misjudges the deliveries' count (stale
+    # statistics) hashes the whole attempts table instead of probing its index.
+    async with db.read() as conn:
+        ids = [r[0] for r in await conn.execute(select(d.c.id).where(d.c.event_id == event_id))]
+    return await _attempts(db, a.c.delivery_id.in_(ids)) if ids else []
 
 
 async def _attempts(db: Database, condition: Any) -> list[Attempt]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from app.domain.filters import any_matches
 from app.store import schema
@@ -26,22 +26,35 @@ async def replay(
     until: datetime | None,
     now: datetime,
 ) -> int:
-    """Create a delivery of every matching event received in ``[since, until)``.
+    """Create a delivery of every matching event received in ``[since, until)``
+    (``until`` defaults to ``now``: later events reach the subscription by
+    fan-out).
 
     Events are taken in ``seq`` order, a chunk per transaction, so new
     deliveries get sequence numbers in the events' original order and ingest
-    is never blocked for long.
+    is never blocked for long. The window's first and last ``seq`` are found
+    on the ``received_at`` index first, so the chunks walk the primary key
+    over the window only, never from the table's oldest event.
     """
+    # ``seq + 0``: for a plain min(seq) PostgreSQL may walk the primary key from
+    # the table's first row until one falls in the window.
+    window = (e.c.received_at >= since, e.c.received_at < (until or now))
+    bounds = select(func.min(e.c.seq + 0), func.max(e.c.seq + 0)).where(*window)
+    async with db.read() as conn:
+        first, last = (await conn.execute(bounds)).one()
+    if first is None:
+        return 0
     created = 0
-    after = 0
+    after = first - 1
     while True:
-        query = select(e.c.seq, e.c.id, e.c.type, e.c.key).where(
-            e.c.received_at >= since, e.c.seq > after
+        query = (
+            select(e.c.seq, e.c.id, e.c.type, e.c.key)
+            .where(e.c.seq > after, e.c.seq <= last, *window)
+            .order_by(e.c.seq)
+            .limit(CHUNK)
         )
-        if until is not None:
-            query = query.where(e.c.received_at < until)
         async with db.write() as conn:
-            chunk = list(await conn.execute(query.order_by(e.c.seq).limit(CHUNK)))
+            chunk = list(await conn.execute(query))
             if not chunk:
                 break
             after = chunk[-1].seq

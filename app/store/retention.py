@@ -10,51 +10,71 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.database import Database
-from app.store.schema import UTCDateTime
+from app.store.schema import UTCDateTime, stored_utc
 
 BATCH = 500
 PRUNE_LOCK = 0x65767072756E65  # one pruner at a time on PostgreSQL
 
 
-def _sql(statement: str) -> TextClause:
-    return text(statement).bindparams(bindparam("cutoff", type_=UTCDateTime()), bindparam("batch"))
-
-
-_SUCCEEDED = _sql(
-    """
-    DELETE FROM deliveries WHERE seq IN (
+# Each batch is found by walking an index from its oldest row and deleted by
+# primary key. On PostgreSQL ``= ANY(ARRAY(…))`` keeps the planner from hashing
+# the whole table for an ``IN (subquery)``, and the LIMIT is written as a
+# number, which a generic plan can weigh (a parameter is guessed at a tenth of
+# the table). So no pass reads a table whole, whatever the statistics say.
+#
+# Old events that must stay (a dead letter, a pending delivery) are walked
+# past, not deleted: each batch of events starts where the last one ended
+# (``:after``), so a pass walks them once. ``OFFSET 0`` keeps their check a
+# probe of the deliveries' event index per event: as an anti-join, a planner
+# that misjudges the table sizes would compare every event with every
+# unfinished delivery.
+_BATCHES = {
+    "deliveries": (
+        "seq",
+        """
         SELECT seq FROM deliveries
         WHERE status = 'succeeded' AND completed_at < :cutoff
-        LIMIT :batch)
-    """
-)
-
-_EVENTS = _sql(
-    """
-    DELETE FROM events WHERE seq IN (
+        ORDER BY completed_at
+        """,
+    ),
+    "events": (
+        "seq",
+        """
         SELECT ev.seq FROM events ev
-        WHERE ev.received_at < :cutoff
+        WHERE ev.received_at < :cutoff AND ev.received_at >= :after
           AND NOT EXISTS (
             SELECT 1 FROM deliveries d
             WHERE d.event_id = ev.id
               AND (d.status IN ('pending', 'in_flight', 'dead')
-                   OR (d.status = 'succeeded' AND d.completed_at >= :cutoff)))
-        LIMIT :batch)
-    """
-)
+                   OR (d.status = 'succeeded' AND d.completed_at >= :cutoff))
+            LIMIT 1 OFFSET 0)
+        ORDER BY ev.received_at
+        """,
+    ),
+    "idempotency_keys": (
+        "key",
+        "SELECT key FROM idempotency_keys WHERE created_at < :cutoff ORDER BY created_at",
+    ),
+}
+_OLDEST = datetime(1970, 1, 1, tzinfo=UTC)
 
-_KEYS = _sql(
-    """
-    DELETE FROM idempotency_keys WHERE key IN (
-        SELECT key FROM idempotency_keys WHERE created_at < :cutoff LIMIT :batch)
-    """
-)
+
+@lru_cache
+def _delete_batch(table: str, dialect: str, batch: int) -> TextClause:
+    column, oldest = _BATCHES[table]
+    rows = f"{oldest} LIMIT {int(batch)}"
+    which = f"= ANY(ARRAY({rows}))" if dialect == "postgresql" else f"IN ({rows})"
+    reached = "received_at" if table == "events" else "NULL"
+    statement = text(f"DELETE FROM {table} WHERE {column} {which} RETURNING {reached}")
+    times = [bindparam(name, type_=UTCDateTime()) for name in ("cutoff", "after")]
+    return statement.bindparams(*times[: 2 if table == "events" else 1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,23 +88,28 @@ async def prune(
     db: Database, *, cutoff: datetime, keys_cutoff: datetime, batch: int = BATCH
 ) -> Pruned:
     return Pruned(
-        deliveries=await _drain(db, _SUCCEEDED, cutoff, batch),
-        events=await _drain(db, _EVENTS, cutoff, batch),
-        idempotency_keys=await _drain(db, _KEYS, keys_cutoff, batch),
+        deliveries=await _drain(db, "deliveries", cutoff, batch),
+        events=await _drain(db, "events", cutoff, batch),
+        idempotency_keys=await _drain(db, "idempotency_keys", keys_cutoff, batch),
     )
 
 
-async def _drain(db: Database, statement: TextClause, cutoff: datetime, batch: int) -> int:
+async def _drain(db: Database, table: str, cutoff: datetime, batch: int) -> int:
+    statement = _delete_batch(table, db.dialect, batch)
+    params: dict[str, object] = {"cutoff": cutoff}
+    if table == "events":
+        params["after"] = _OLDEST
     total = 0
     while True:
         async with db.write() as conn:
             if db.dialect == "postgresql" and not await _try_lock(conn):
                 return total
-            result = await conn.execute(statement, {"cutoff": cutoff, "batch": batch})
-        deleted = int(result.rowcount)
-        total += deleted
-        if deleted < batch:
+            reached = [r[0] for r in await conn.execute(statement, params)]
+        total += len(reached)
+        if len(reached) < batch:
             return total
+        if table == "events":
+            params["after"] = max(stored_utc(r) or _OLDEST for r in reached)
         await asyncio.sleep(0.01)  # let waiting writers in between batches
 
 

@@ -11,8 +11,6 @@ worker's outcome write is checked the same way."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +20,7 @@ from sqlalchemy import TextClause, text
 from app.store.database import Database
 from app.store.deliveries import _FINISH_AND_RECORD_PG, _PG_CLAIM
 from tests.integration.conftest import DeliveryKit
+from tests.integration.plans import describe, postgres_plan
 
 pytestmark = [
     pytest.mark.parametrize("backend", ["postgres"], indirect=True),
@@ -74,48 +73,13 @@ _BACKLOG = [
 _ANALYZE = ["ANALYZE events", "ANALYZE subscriptions", "ANALYZE deliveries"]
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
-
 async def _plan(
     db: Database, statement: TextClause, params: dict[str, Any], mode: str
 ) -> list[dict[str, Any]]:
     """The plan the worker's prepared statement runs with, as asyncpg prepares it."""
-    async with db.read() as conn:
-        compiled = statement.compile(dialect=conn.dialect)
-        names = list(compiled.positiontup or [])
-        await conn.execute(text(f"SET LOCAL plan_cache_mode = {mode}"))
-        await conn.exec_driver_sql(f"PREPARE plan_check AS {compiled.string}")
-        arguments = ", ".join(_literal(params[name]) for name in names)
-        document = (
-            await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) EXECUTE plan_check({arguments})")
-        ).scalar()
-    plan = (document if isinstance(document, list) else json.loads(document))[0]
-    return list(_nodes(plan["Plan"]))
-
-
-def _literal(value: object) -> str:
-    """A constant for EXECUTE, which takes no bind parameters."""
-    if value is None or (isinstance(value, list) and all(v is None for v in value)):
-        return "NULL"
-    if isinstance(value, list):
-        return "ARRAY[" + ", ".join(_literal(v) for v in value) + "]"
-    if isinstance(value, datetime):
-        return f"'{value.isoformat()}'::timestamptz"
-    if isinstance(value, int):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _describe(nodes: list[dict[str, Any]]) -> str:
-    return "\n".join(
-        f"{n['Node Type']} {n.get('Relation Name', '')} {n.get('Alias', '')} "
-        f"{n.get('Index Name', '')}"
-        for n in nodes
-    )
+    compiled = statement.compile(dialect=db.writer.dialect)
+    names = list(compiled.positiontup or [])
+    return await postgres_plan(db, compiled.string, [params[n] for n in names], mode)
 
 
 def _scans_of_deliveries(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,7 +109,7 @@ async def _assert_claim_uses_the_claim_index(
         },
         plan_mode,
     )
-    described = _describe(nodes)
+    described = describe(nodes)
     claim_index = [n for n in nodes if n.get("Index Name") == "ix_deliveries_claim"]
     assert claim_index, f"ix_deliveries_claim is not used:\n{described}"
     assert not _scans_of_deliveries(nodes), f"the claim scans the deliveries table:\n{described}"
@@ -196,5 +160,5 @@ async def test_outcome_write_does_not_scan_the_deliveries(kit: DeliveryKit, plan
         },
         plan_mode,
     )
-    described = _describe(nodes)
+    described = describe(nodes)
     assert not _scans_of_deliveries(nodes), f"the outcome write scans deliveries:\n{described}"

@@ -1,0 +1,219 @@
+"""No hot statement's plan depends on fresh statistics.
+
+Every statement that ingest, the worker's cycle, the DLQ, replay, retention,
+the gauges and the list endpoints send is captured while those paths run
+against tables grown well past the size where a plan made for a small table
+flips to a scan (PostgreSQL) with statistics left as they were before the
+tables grew; then each one is planned again:
+
+* PostgreSQL, with the generic plan forced (the plan a prepared statement
+  keeps when PostgreSQL stops looking at the parameters) and with the custom
+  plan, must read no growing table whole.
+* SQLite, with no statistics and with statistics gathered while the tables
+  were small, must read no growing table whole either.
+
+A stale *cached* plan is the other half: :func:`test_a_plan_made_while_small_is_not_kept`
+prepares statements on the product's own connection while the tables are
+small, grows them, and checks that the next run plans afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.store import deliveries as delivery_store
+from app.store.deliveries import refresh_statistics
+from app.store.gauges import snapshot
+from app.store.ingest import _SELECT_KEYS
+from app.store.retention import prune
+from tests.integration.conftest import DeliveryKit
+from tests.integration.plans import (
+    Statement,
+    captured_statements,
+    describe,
+    distinct,
+    plan_nodes,
+    postgres_plan,
+    postgres_scans,
+    sqlite_plan,
+    sqlite_scans,
+)
+
+ROWS = 20_000
+
+# Grown by SQL, in the shapes a live database has: mostly history (succeeded
+# deliveries with their attempts, remembered keys), a backlog, dead letters.
+_GROW_POSTGRES = [
+    """
+    INSERT INTO events (id, type, key, data, received_at)
+    SELECT 'evt_grown' || lpad(g::text, 22, '0'), 'order.created', 'k' || (g % 500), '{}',
+           now() - interval '2 days' + g * interval '1 s'
+    FROM generate_series(1, :rows) AS g
+    """,
+    """
+    INSERT INTO deliveries (id, event_id, subscription_id, event_type, ordering_key, status,
+                            ready, next_attempt_at, created_at, completed_at, dead_lettered_at,
+                            attempts)
+    SELECT 'dlv_grown' || lpad(g::text, 22, '0'), 'evt_grown' || lpad(g::text, 22, '0'),
+           (SELECT min(id) FROM subscriptions), 'order.created', NULL,
+           CASE WHEN g % 50 = 0 THEN 'dead' WHEN g % 7 = 0 THEN 'pending' ELSE 'succeeded' END,
+           TRUE, now() + interval '1 hour', now() - interval '2 days' + g * interval '1 s',
+           CASE WHEN g % 50 <> 0 AND g % 7 <> 0 THEN now() - interval '1 day' END,
+           CASE WHEN g % 50 = 0 THEN now() - interval '1 day' END, 1
+    FROM generate_series(1, :rows) AS g
+    """,
+    """
+    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code)
+    SELECT 'dlv_grown' || lpad(g::text, 22, '0'), 1, now() - interval '1 day', 5, 200
+    FROM generate_series(1, :rows) AS g
+    """,
+    """
+    INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, response_body,
+                                  created_at)
+    SELECT 'grown-' || g, 'f', 'evt_grown' || lpad(g::text, 22, '0'), 202, '{}',
+           now() - interval '2 days' + g * interval '1 s'
+    FROM generate_series(1, :rows) AS g
+    """,
+]
+
+
+async def _drive_hot_paths(client: httpx.AsyncClient, kit: DeliveryKit) -> None:
+    """Everything a busy installation runs, once each, with its real parameters."""
+    subs = []
+    for ordering in ("key", "none"):
+        created = await client.post(
+            "/v1/subscriptions",
+            json={"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "ordering": ordering},
+        )
+        assert created.status_code == 201, created.text
+        subs.append(created.json()["id"])
+    event = {"type": "order.created", "key": "k1", "data": {"n": 1}}
+    first = None
+    for n in range(3):
+        answer = await client.post("/v1/events", json=event, headers={"Idempotency-Key": f"i{n}"})
+        assert answer.status_code == 202, answer.text
+        first = first or answer.json()["id"]
+    replayed = await client.post("/v1/events", json=event, headers={"Idempotency-Key": "i0"})
+    assert replayed.json()["id"] == first, replayed.text
+    batch = {"events": [{**event, "key": f"k{n}", "idempotency_key": f"b{n}"} for n in range(3)]}
+    assert (await client.post("/v1/events/batch", json=batch)).is_success
+    event_id = replayed.json()["id"]
+
+    # The worker's cycle: claim, outcomes of every kind, lease upkeep.
+    now = datetime.now(UTC)
+    claimed = await kit.claim(limit=20)
+    assert claimed
+    for one, status in zip(claimed, ["succeeded", "pending", "dead"] * 10, strict=False):
+        await kit.finish(one, status, next_attempt_at=now + timedelta(hours=1))
+    again = await kit.claim(limit=5)
+    seqs = [c.seq for c in again]
+    await delivery_store.renew_leases(kit.db, "worker-a", seqs, now + timedelta(minutes=5))
+    await delivery_store.release(kit.db, "worker-a", seqs)
+    await delivery_store.reap_expired_leases(kit.db, now)
+    await delivery_store.next_due(kit.db)
+    await snapshot(kit.db)
+
+    # What operators and the lists read.
+    for query in ("", "?type=order.created", "?key=k1", "?order=asc", "?limit=2"):
+        page = await client.get(f"/v1/events{query}")
+        assert page.status_code == 200, page.text
+    cursor = (await client.get("/v1/events?limit=2")).json()["next_cursor"]
+    assert (await client.get(f"/v1/events?limit=2&cursor={cursor}")).status_code == 200
+    assert (await client.get(f"/v1/events/{event_id}")).status_code == 200
+    assert (await client.get(f"/v1/events/{event_id}/attempts")).status_code == 200
+    assert (await client.get("/v1/subscriptions")).status_code == 200
+    for query in ("", f"?subscription_id={subs[0]}", "?event_type=order.created", "?limit=1"):
+        page = await client.get(f"/v1/dlq{query}")
+        assert page.status_code == 200, page.text
+    dead = (await client.get("/v1/dlq?limit=3")).json()["items"]
+    assert len(dead) >= 2, dead
+    assert (await client.get(f"/v1/dlq/{dead[0]['id']}")).status_code == 200
+    assert (await client.post(f"/v1/dlq/{dead[0]['id']}/redrive")).status_code == 202
+    assert (await client.delete(f"/v1/dlq/{dead[1]['id']}")).status_code == 204
+    redriven = await client.post("/v1/dlq/redrive", json={"subscription_id": subs[1]})
+    assert redriven.status_code == 200, redriven.text
+    since = (now - timedelta(minutes=1)).isoformat()
+    replay = await client.post(f"/v1/subscriptions/{subs[0]}/replay", json={"since": since})
+    assert replay.status_code == 202, replay.text
+
+    # Retention, with cutoffs that keep what the paths above made.
+    day_ago = now - timedelta(days=1, hours=1)
+    await prune(kit.db, cutoff=day_ago, keys_cutoff=day_ago, batch=50)
+
+
+async def _capture(client: httpx.AsyncClient, kit: DeliveryKit) -> list[Statement]:
+    with captured_statements() as seen:
+        await _drive_hot_paths(client, kit)
+    statements = distinct(seen)
+    assert len(statements) >= 25, f"too few statements captured: {len(statements)}"
+    return statements
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("plan_mode", ["force_generic_plan", "force_custom_plan"])
+async def test_no_hot_statement_scans_a_grown_table_postgres(
+    client: httpx.AsyncClient, kit: DeliveryKit, plan_mode: str
+) -> None:
+    await kit.subscription(url="http://127.0.0.1:9/grown")
+    async with kit.db.write() as conn:
+        for statement in _GROW_POSTGRES:
+            await conn.execute(text(statement), {"rows": ROWS})
+    statements = await _capture(client, kit)
+    failures = []
+    for sql, params in statements:
+        nodes = await postgres_plan(kit.db, sql, params, plan_mode)
+        if postgres_scans(nodes):
+            failures.append(f"{sql}\n{describe(nodes)}")
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_no_hot_statement_scans_a_table_sqlite(
+    client: httpx.AsyncClient, kit: DeliveryKit, database_url: str
+) -> None:
+    statements = await _capture(client, kit)
+    await refresh_statistics(kit.db)  # what the retention job does after a pass
+    path = Path(database_url.split(":///", 1)[1])
+    with sqlite3.connect(path) as conn:
+        # SQLite plans from sqlite_stat1 alone, never from a table's size; with
+        # none it takes every table as large, and eventrelay keeps none.
+        assert not conn.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE 'sqlite_stat%'"
+        ).fetchall()
+        failures = []
+        for sql, params in statements:
+            steps = sqlite_plan(conn, sql, params)
+            if sqlite_scans(sql, steps):
+                failures.append(f"{sql}\n{steps}")
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_plan_made_while_small_is_not_kept(kit: DeliveryKit) -> None:
+    """The measured defect: the idempotency lookup, prepared while its table was
+    small, kept a scan as its generic plan while the table grew to 100,000s of
+    keys (one full scan per group commit). On eventrelay's own connections the
+    next run after the table grew plans again and probes the key index."""
+    lookup = f"{_SELECT_KEYS} WHERE key = ANY($1::text[])"
+    async with kit.db.read() as conn:
+        await conn.exec_driver_sql(f"PREPARE lookup(text[]) AS {lookup}")
+        for n in range(10):  # PostgreSQL settles on a generic plan after five runs
+            await conn.exec_driver_sql(f"EXECUTE lookup(ARRAY['small-{n}'])")
+        await conn.commit()
+        async with kit.db.write() as grow:
+            await grow.execute(text(_GROW_POSTGRES[-1]), {"rows": ROWS})
+        document = (
+            await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) EXECUTE lookup(ARRAY['grown-7'])")
+        ).scalar()
+    nodes = list(
+        plan_nodes((document if isinstance(document, list) else json.loads(document))[0]["Plan"])
+    )
+    assert not postgres_scans(nodes), describe(nodes)
+    assert any(n.get("Index Name") == "pk_idempotency_keys" for n in nodes), describe(nodes)
