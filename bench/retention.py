@@ -21,91 +21,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
 import httpx
-from common import free_port, pg_execute
+from common import database_bytes, pg_execute, start_receiver, start_server
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 SAMPLE_SECONDS = 10.0
 BATCH = 20
 
 
-def start_receiver() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "receiver.py")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    if not line or line[0] != "READY":
-        raise RuntimeError("the receiver did not start")
-    return proc, int(line[1])
-
-
-def start_server(
-    url: str, workdir: Path, retention_s: float, token: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("EVENTRELAY_")},
-        "EVENTRELAY_DATABASE_URL": url,
-        "EVENTRELAY_ADMIN_TOKEN": token,
-        "EVENTRELAY_ALLOW_PRIVATE_TARGETS": "true",
+def retention_env(retention_s: float) -> dict[str, str]:
+    return {
         "EVENTRELAY_RETENTION_DAYS": repr(retention_s / 86400),
         "EVENTRELAY_IDEMPOTENCY_TTL_SECONDS": str(max(int(retention_s), 1)),
         "EVENTRELAY_RETENTION_INTERVAL_SECONDS": "5",
     }
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "eventrelay"), "serve", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("eventrelay exited; see server.log")
-        time.sleep(0.2)
-    raise RuntimeError("eventrelay did not become ready")
-
-
-async def database_bytes(url: str, sqlite_path: Path | None) -> int:
-    if sqlite_path is not None:
-        return sum(
-            p.stat().st_size for p in (sqlite_path, Path(f"{sqlite_path}-wal")) if p.exists()
-        )
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT pg_database_size(current_database())"))
-    finally:
-        await conn.close()
 
 
 async def run(args: argparse.Namespace, url: str, sqlite_path: Path | None, workdir: Path) -> int:
     token = secrets.token_urlsafe(24)
     receiver, receiver_port = start_receiver()
-    server, base = start_server(url, workdir, args.retention_seconds, token)
+    server, base = start_server(url, workdir, token, retention_env(args.retention_seconds))
     headers = {"Authorization": f"Bearer {token}"}
     samples: list[tuple[float, int, int, int, int]] = []
     try:
