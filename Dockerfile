@@ -9,6 +9,19 @@
 # `admin token: <token>` to the logs. SQLite lives in /data by default; see
 # docker-compose.yml for PostgreSQL with separate API and worker processes.
 
+# The package is built into a wheel and installed like any user would install
+# it: the migrations ship inside the package (app/store/migrations/).
+FROM python:3.11-slim AS wheel
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,21 +39,19 @@ RUN groupadd --system --gid 10001 eventrelay \
 WORKDIR /srv/eventrelay
 
 # Dependencies first, from pyproject.toml alone, so a code change does not
-# reinstall them: a stub package is enough for pip to resolve and install.
+# reinstall them: a stub package is enough for pip to resolve and install
+# them; the stub itself is uninstalled at once.
 COPY pyproject.toml README.md ./
 RUN mkdir app && touch app/__init__.py \
-    && pip install -e . \
-    && rm -rf app
+    && pip install . \
+    && pip uninstall --yes eventrelay \
+    && rm -rf app pyproject.toml README.md
 
-# Editable install on purpose: the Alembic scripts live in ./alembic beside
-# the package and app/store/migrations.py finds them relative to app/
-# (SCRIPT_LOCATION = /srv/eventrelay/alembic). A regular wheel install would
-# put app/ in site-packages, away from them.
-COPY app ./app
-COPY alembic ./alembic
-RUN pip install --no-deps -e . \
-    && python -c "from app.store.migrations import SCRIPT_LOCATION as s; assert (s / 'env.py').is_file(), s" \
-    && python -m compileall -q app alembic
+# The wheel, into site-packages; nothing of the checkout stays in the image.
+# The check runs the migrations' lookup as `eventrelay migrate` will.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps /wheels/eventrelay-*.whl \
+    && python -c "from app.store.migrations import head_revision; assert head_revision()"
 
 ENV EVENTRELAY_DATABASE_URL=sqlite+aiosqlite:////data/eventrelay.db \
     HEALTHCHECK_URL=http://127.0.0.1:8000/healthz

@@ -18,8 +18,8 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench alembic
-	$(BIN)/ruff format --check app tests bench alembic
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class FieldError:
-    """One validation failure; ``loc`` is a JSON pointer into the request body."""
+    """One validation failure; ``loc`` is a JSON pointer into the request body.
+
+    Domain checks of a part of the body (a schema) point into that part; the
+    service prefixes the part's own pointer.
+    """
 
     loc: str
     msg: str

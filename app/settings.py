@@ -60,7 +60,3 @@ class Settings(BaseSettings):
         if any(v < 0 for v in value):
             raise ValueError("retry delays must not be negative")
         return value
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")

@@ -155,7 +155,7 @@ def machine_info() -> dict[str, Any]:
         check=False,
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "app", "alembic"],
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "app"],
         capture_output=True,
         text=True,
         check=False,

@@ -1,4 +1,4 @@
-"""Dependencies shared by the routers: the services and scope checks."""
+"""Dependencies shared by the routers: the services and the admin check."""
 
 from __future__ import annotations
 
@@ -13,18 +13,9 @@ from app.store.tokens import TokenRecord
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-async def _authorize(request: Request, scope: Scope) -> TokenRecord:
-    svc: Services = request.app.state.services
-    return await svc.auth.authenticate(request.headers.get("authorization"), scope)
-
-
 async def require_admin(request: Request) -> TokenRecord:
-    return await _authorize(request, Scope.ADMIN)
-
-
-async def require_ingest(request: Request) -> TokenRecord:
-    return await _authorize(request, Scope.INGEST)
+    svc: Services = request.app.state.services
+    return await svc.auth.authenticate(request.headers.get("authorization"), Scope.ADMIN)
 
 
 AdminDep = Depends(require_admin)
-IngestDep = Depends(require_ingest)

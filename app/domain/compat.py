@@ -17,19 +17,20 @@ cannot reason about (a changed ``pattern``, ``oneOf``, ``not``, ``if``,
 answer is a proof; the checker refuses rather than guesses, so it may reject
 a compatible change, never accept an incompatible one. Identical subschemas
 are compatible whatever they contain. The object and array keywords live in
-:mod:`app.domain.compat_containers`.
+:mod:`app.domain.compat_containers`; what both modules share, in
+:mod:`app.domain.compat_base`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import orjson
 
 from app.domain import compat_containers as containers
+from app.domain.compat_base import Breaking, Checker
 from app.domain.event_schemas import Compatibility, Schema
 from app.domain.schema_nodes import (
     DYNAMIC,
@@ -41,6 +42,7 @@ from app.domain.schema_nodes import (
     same,
     same_keyword,
 )
+from app.errors import FieldError
 
 MAX_STEPS = 50_000
 MAX_VALUE_REASONS = 5
@@ -65,45 +67,31 @@ FOREIGN_7 = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Breaking:
-    """One reason: pointers into the narrow and the wide schema, and what breaks."""
-
-    narrow_loc: str
-    wide_loc: str
-    msg: str
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One reason a new schema version is refused; ``loc`` points into the new schema."""
-
-    loc: str
-    msg: str
-
-
 class _TooComplex(Exception):
     pass
 
 
 def check(
     mode: Compatibility, new: Schema, previous: Sequence[tuple[int, Schema]]
-) -> list[Problem]:
-    """Why ``new`` breaks ``mode`` against ``previous`` (``(version, schema)``, oldest first)."""
+) -> list[FieldError]:
+    """Why ``new`` breaks ``mode`` against ``previous`` (``(version, schema)``, oldest first).
+
+    Each reason's ``loc`` points into the new schema.
+    """
     if mode is Compatibility.NONE or not previous:
         return []
     against = previous if mode.value.endswith("_TRANSITIVE") else previous[-1:]
     backward = mode.value.startswith(("BACKWARD", "FULL"))
     forward = mode.value.startswith(("FORWARD", "FULL"))
-    found: list[Problem] = []
+    found: list[FieldError] = []
     for version, old in reversed(against):
         name = f"version {version}"
         if backward:
             for b in is_subset(old, new, narrow_name=name, wide_name="the new schema"):
-                found.append(Problem(b.wide_loc, b.msg))
+                found.append(FieldError(b.wide_loc, b.msg))
         if forward:
             for b in is_subset(new, old, narrow_name="the new schema", wide_name=name):
-                found.append(Problem(b.narrow_loc, b.msg))
+                found.append(FieldError(b.narrow_loc, b.msg))
     return list(dict.fromkeys(found))
 
 
@@ -111,14 +99,16 @@ def is_subset(
     narrow: Schema, wide: Schema, *, narrow_name: str = "old", wide_name: str = "new"
 ) -> list[Breaking]:
     """Why some document ``narrow`` accepts may be rejected by ``wide``; empty if none is."""
-    checker = Checker(Doc(narrow), Doc(wide), narrow_name, wide_name)
+    checker = SubsetChecker(Doc(narrow), Doc(wide), narrow_name, wide_name)
     try:
         return checker.sub(Node.root_of(checker.narrow), Node.root_of(checker.wide))
     except (_TooComplex, RecursionError):
         return [Breaking("", "", "cannot decide: the schemas are too complex to compare")]
 
 
-class Checker:
+class SubsetChecker(Checker):
+    """One ``is_subset`` question: the two documents, their names, and the work done."""
+
     def __init__(self, narrow: Doc, wide: Doc, narrow_name: str, wide_name: str) -> None:
         self.narrow, self.wide = narrow, wide
         self.n_name, self.w_name = narrow_name, wide_name

@@ -13,15 +13,13 @@ Draft 7: ``items`` as a list) and the rest by ``items`` (Draft 7:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jsonschema_rs
 
+from app.domain.compat_base import Breaking, Checker
 from app.domain.event_schemas import compile_validator
 from app.domain.schema_nodes import Node, asserts, same, same_keyword
-
-if TYPE_CHECKING:
-    from app.domain.compat import Breaking, Checker
 
 
 def arrays(c: Checker, n: Node, w: Node) -> list[Breaking]:

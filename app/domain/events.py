@@ -81,10 +81,6 @@ def parse_batch(document: Any) -> BatchInput:
         raise validation_failed(exc) from None
 
 
-def utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
 def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
         return None

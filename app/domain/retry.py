@@ -1,7 +1,7 @@
 """What happens after an attempt: pure policy, no I/O.
 
 ``decide(attempt, outcome, schedule, now)`` returns :class:`Succeeded`,
-:class:`Retry` (with the time of the next attempt) or :class:`DeadLetter`.
+:class:`Retry` (with the time of the next attempt) or :class:`GiveUp`.
 The schedule holds the delays between attempts, so a delivery gets
 ``len(schedule) + 1`` attempts in all.
 """
@@ -41,12 +41,14 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class GiveUp:
+    """No more attempts: the delivery becomes a dead letter (the DLQ's entry)."""
+
     reason: str
     gone: bool = False  # 410: the subscription is disabled too
 
 
-Decision = Succeeded | Retry | DeadLetter
+Decision = Succeeded | Retry | GiveUp
 
 
 def decide(
@@ -61,9 +63,9 @@ def decide(
     if status is not None and 200 <= status < 300:
         return Succeeded()
     if status == 410:
-        return DeadLetter("the endpoint answered 410 Gone", gone=True)
+        return GiveUp("the endpoint answered 410 Gone", gone=True)
     if attempt > len(schedule):
-        return DeadLetter(f"gave up after {attempt} attempts")
+        return GiveUp(f"gave up after {attempt} attempts")
     delay = jittered(schedule[attempt - 1], rng or _RNG)
     if status in (429, 503) and outcome.retry_after is not None:
         hinted = retry_after_seconds(outcome.retry_after, now)

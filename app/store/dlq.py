@@ -27,6 +27,8 @@ REDRIVE_BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A dead letter: a delivery the DLQ holds, with its event's type and key."""
+
     seq: int
     id: str
     event_id: str

@@ -51,17 +51,6 @@ async def fetch_all(conn: AsyncConnection, sql: str, params: Params = ()) -> lis
     return list(result) if result.returns_rows else []
 
 
-async def execute_many(conn: AsyncConnection, sql: str, rows: Sequence[Params]) -> int:
-    """Run ``sql`` once per row (SQLite); returns how many rows it changed."""
-    if conn.dialect.name != "sqlite":
-        raise ValueError("execute_many is for SQLite; PostgreSQL takes arrays in one statement")
-    driver = await _aiosqlite(conn)
-    cursor = await driver.executemany(sql, rows)
-    # A finished executemany holds no statement open, so the cursor needs no
-    # closing round trip; sqlite3 sums the changes of every row.
-    return int(cursor.rowcount)
-
-
 async def sqlite_write(db: Database, work: Callable[[sqlite3.Connection], T]) -> T:
     """SQLite: ``work(connection)`` in a write transaction, in one hand-off.
 

@@ -38,7 +38,7 @@ from app.domain.circuit import (
 )
 from app.domain.events import rfc3339
 from app.domain.ids import new_id
-from app.domain.retry import DeadLetter, Retry, Succeeded, decide
+from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import secret_key
 from app.metrics import Metrics
 from app.settings import Settings
@@ -636,13 +636,13 @@ def _signing_keys(sub: Subscription, now: datetime) -> tuple[list[bytes], dateti
     return keys, None
 
 
-def _summary(result: SendResult, decision: Succeeded | Retry | DeadLetter) -> str | None:
+def _summary(result: SendResult, decision: Succeeded | Retry | GiveUp) -> str | None:
     """What went wrong, for the delivery's ``last_error`` (None on success)."""
     if isinstance(decision, Succeeded):
         return None
     outcome = result.outcome
     problem = outcome.error or f"HTTP {outcome.status_code}"
-    if isinstance(decision, DeadLetter):
+    if isinstance(decision, GiveUp):
         return f"{decision.reason}; last: {problem}"
     return problem
 

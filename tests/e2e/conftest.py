@@ -109,12 +109,14 @@ class ServerProcess(ManagedProcess):
         admin_token: str | None = ADMIN_TOKEN,
         env: dict[str, str] | None = None,
         worker: bool = True,
+        executable: str | None = None,
     ) -> None:
         self.database_url = database_url
         self.workdir = workdir
         self.admin_token = admin_token
         self.extra_env = dict(env or {})
         self.worker = worker
+        self.executable = executable or eventrelay_executable()
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starts = 0
@@ -158,7 +160,7 @@ class ServerProcess(ManagedProcess):
         self.starts += 1
         self.port = free_port()
         command = [
-            eventrelay_executable(),
+            self.executable,
             "serve",
             "--host",
             "127.0.0.1",

@@ -1,4 +1,4 @@
-"""The shipped Grafana dashboard and Prometheus files are valid and match the app.
+"""The shipped Grafana dashboard, Prometheus files and Dockerfile are valid and match the app.
 
 Every metric an expression names must be one the app exports: the names (and
 their label names and values) come from ``/metrics`` of a real app on a
@@ -6,7 +6,9 @@ SQLite database holding one subscription with a pending delivery, so the
 per-subscription gauges have samples too. Without ``promtool`` the rules get a
 schema check and a bracket check; with it, ``promtool check rules``,
 ``promtool check config`` and a ``promtool test rules`` run that proves each
-alert fires on a made-up history and stays quiet on a healthy one.
+alert fires on a made-up history and stays quiet on a healthy one. The
+Dockerfile is read as text (no docker daemon needed): it installs the built
+wheel, and everything it copies is in the build context.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "eventrelay.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
 
 # Gauges read from the shared database: every process exports the same value.
 DATABASE_GAUGES = {
@@ -569,3 +573,33 @@ def test_promtool_unit_tests_show_each_alert_firing_and_staying_quiet(tmp_path: 
     tested = {t["alertname"] for case in document["tests"] for t in case["alert_rule_test"]}
     assert tested == {rule["alert"] for rule in _rules()}, "every alert has a unit test"
     _promtool("test", "rules", tests)
+
+
+# -- the image ----------------------------------------------------------------------
+
+
+def _copied_from_the_context() -> list[str]:
+    """The sources of every ``COPY`` that reads the build context (not another stage)."""
+    sources = []
+    for line in DOCKERFILE.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from=") for w in words):
+            sources.extend(words[1:-1])
+    return sources
+
+
+def test_the_image_installs_the_built_wheel_not_the_checkout() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"pip wheel .*--no-deps", text), "the image builds a wheel"
+    assert re.search(r"pip install .*--no-deps \S*\.whl", text), "the image installs the wheel"
+    assert not re.search(r"pip install .*(\s-e\s|--editable)", text), "no editable install"
+    ignored = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    sources = _copied_from_the_context()
+    assert "app" in sources
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert source.rstrip("/") not in ignored, f"{source} is in .dockerignore"

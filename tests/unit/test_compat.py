@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from app.domain.compat import Problem, check, is_subset
+from app.domain.compat import check, is_subset
 from app.domain.event_schemas import Compatibility as C
+from app.errors import FieldError
 
 D7 = "http://json-schema.org/draft-07/schema#"
 
@@ -410,10 +411,12 @@ def test_one_reason_per_breaking_change_pointing_into_the_new_schema() -> None:
     old = obj({"total": NUM, "note": STR})
     new = obj({"total": INT, "note": STR}, required=["note"])
     assert check(C.BACKWARD, new, [(3, old)]) == [
-        Problem(
+        FieldError(
             "/properties/total/type", "version 3 accepts number values, the new schema does not"
         ),
-        Problem("/required/0", "property 'note' is required by the new schema, not by version 3"),
+        FieldError(
+            "/required/0", "property 'note' is required by the new schema, not by version 3"
+        ),
     ]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.domain.retry import (
     RETRY_AFTER_CAP_SECONDS,
-    DeadLetter,
+    GiveUp,
     Outcome,
     Retry,
     Succeeded,
@@ -40,7 +40,7 @@ def test_2xx_succeeds_on_any_attempt(status: int, attempt: int) -> None:
 @pytest.mark.parametrize("attempt", [1, len(SCHEDULE), len(SCHEDULE) + 1])
 def test_410_dead_letters_and_marks_gone(attempt: int) -> None:
     decision = decide(attempt, Outcome(status_code=410), SCHEDULE, NOW)
-    assert isinstance(decision, DeadLetter)
+    assert isinstance(decision, GiveUp)
     assert decision.gone is True
 
 
@@ -72,12 +72,12 @@ def test_failures_are_retried_on_the_schedule(outcome: Outcome, attempt: int) ->
 @pytest.mark.parametrize("outcome", RETRIED, ids=lambda o: str(o.status_code or o.error))
 def test_schedule_exhausted_dead_letters(outcome: Outcome) -> None:
     decision = decide(len(SCHEDULE) + 1, outcome, SCHEDULE, NOW)
-    assert isinstance(decision, DeadLetter)
+    assert isinstance(decision, GiveUp)
     assert decision.gone is False
 
 
 def test_empty_schedule_means_one_attempt() -> None:
-    assert isinstance(decide(1, Outcome(status_code=500), (), NOW), DeadLetter)
+    assert isinstance(decide(1, Outcome(status_code=500), (), NOW), GiveUp)
     assert decide(1, Outcome(status_code=200), (), NOW) == Succeeded()
 
 
@@ -188,7 +188,7 @@ def test_retry_after_is_ignored_for_other_statuses(status: int) -> None:
 def test_retry_after_does_not_outlast_the_schedule() -> None:
     """The hint moves the next attempt; it never adds attempts."""
     outcome = Outcome(status_code=429, retry_after="60")
-    assert isinstance(decide(len(SCHEDULE) + 1, outcome, SCHEDULE, NOW), DeadLetter)
+    assert isinstance(decide(len(SCHEDULE) + 1, outcome, SCHEDULE, NOW), GiveUp)
 
 
 def test_next_attempt_is_no_sooner_than_retry_after_whatever_the_jitter() -> None:

@@ -1,4 +1,8 @@
-"""Alembic, driven from code: ``eventrelay migrate``, ``serve`` on start, ``/readyz``."""
+"""Alembic, driven from code: ``eventrelay migrate``, ``serve`` on start, ``/readyz``.
+
+The scripts (``env.py``, ``versions/``) ship inside this package, so an
+installed wheel migrates as the checkout does; there is no ``alembic.ini``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -16,8 +19,9 @@ from sqlalchemy import Connection
 
 from app.store.database import Database
 
-# The migrations live at the repository's top level, beside the package.
-SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+# Alembic's package-resource form ("package:folder"): Alembic finds this
+# package's folder with importlib.resources, wherever the package is installed.
+SCRIPT_LOCATION = "app.store:migrations"
 
 
 def alembic_config(url: str) -> Config:
