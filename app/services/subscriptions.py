@@ -106,19 +106,19 @@ class SubscriptionService:
         self._changed(subscription_id)
 
     async def rotate_secret(self, subscription_id: str) -> str:
-        current = await self.get(subscription_id)
         now = datetime.now(UTC)
         secret = generate_secret()
-        await store.patch(
-            self._db,
-            subscription_id,
-            {
-                "secret": secret,
-                "previous_secret": current.secret,
-                "previous_secret_expires_at": now + PREVIOUS_SECRET_GRACE,
-                "updated_at": now,
-            },
-        )
+        async with self._db.write() as conn:
+            rotated = await store.rotate_secret(
+                conn,
+                subscription_id,
+                secret=secret,
+                previous_expires_at=now + PREVIOUS_SECRET_GRACE,
+                now=now,
+            )
+            if not rotated:
+                raise NotFound(f"no subscription {subscription_id}")
+            await store.announce_change(conn, subscription_id)
         self._changed(subscription_id)
         return secret
 

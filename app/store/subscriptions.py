@@ -130,14 +130,46 @@ async def patch(
             return None
         if values.get("on_dead_letter") == "skip" or values.get("ordering") is not None:
             await _promote_all_lines(conn, db, subscription_id)
-        if db.dialect == "postgresql":
-            # Workers in other processes drop their copy and, on resume, claim.
-            await conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL, "payload": f"{CHANGED}{subscription_id}"},
-            )
+        await announce_change(conn, subscription_id)
         row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
     return _subscription(row)
+
+
+async def rotate_secret(
+    conn: AsyncConnection,
+    subscription_id: str,
+    *,
+    secret: str,
+    previous_expires_at: datetime,
+    now: datetime,
+) -> bool:
+    """``secret`` signs from now on; the one it replaces signs too until
+    ``previous_expires_at``. False when there is no such subscription.
+
+    One statement, so concurrent rotations queue on the row and each keeps the
+    secret the one before it set (the right-hand ``secret`` is the row's old value).
+    """
+    result = await conn.execute(
+        update(s)
+        .where(s.c.id == subscription_id)
+        .values(
+            previous_secret=s.c.secret,
+            secret=secret,
+            previous_secret_expires_at=previous_expires_at,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
+async def announce_change(conn: AsyncConnection, subscription_id: str) -> None:
+    """Within the caller's transaction: workers in other processes (PostgreSQL) drop
+    their copy of the subscription at commit and, on resume, claim."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": f"{CHANGED}{subscription_id}"},
+        )
 
 
 async def _promote_all_lines(conn: AsyncConnection, db: Database, subscription_id: str) -> None:
