@@ -143,8 +143,8 @@ async def _ingest_token(app: ASGI, admin: str) -> str:
 
 async def measure_eventrelay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from app.api import app as api_app
+    from app.domain.idempotency import Accepted
     from app.settings import Settings
-    from app.store.ingest import Accepted
     from app.store.migrations import upgrade_head
 
     admin = "bench-admin-token"

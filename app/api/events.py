@@ -18,12 +18,11 @@ from app.api.problems import PROBLEM_JSON
 from app.api.state import Services
 from app.domain import cloudevents, jsonbody
 from app.domain.events import BatchInput, EventInput, rfc3339
-from app.domain.idempotency import parse_key
+from app.domain.idempotency import Accepted, parse_key
 from app.domain.tokens import Scope
 from app.errors import BadRequest, NotFound
 from app.store import dlq as dlq_store
 from app.store import events as store
-from app.store.ingest import Accepted
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
