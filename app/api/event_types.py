@@ -22,7 +22,7 @@ from app.api.openapi import json_body
 from app.domain.event_schemas import Compatibility, EventTypeCreate, EventTypePatch, SchemaCreate
 from app.domain.events import rfc3339, validation_failed
 from app.errors import FieldError, ValidationFailed
-from app.store.event_types import EventType
+from app.services.schemas import EventType
 
 router = APIRouter(prefix="/v1", tags=["event types"], dependencies=[AdminDep])
 _PROBLEMS: dict[int | str, dict[str, object]] = {

@@ -20,6 +20,8 @@ from app.store import subscriptions as store
 from app.store.database import Database
 from app.store.subscriptions import Subscription
 
+__all__ = ["Subscription", "SubscriptionService"]
+
 PREVIOUS_SECRET_GRACE = timedelta(hours=24)
 NOT_NULLABLE = (
     "url",
@@ -66,6 +68,12 @@ class SubscriptionService:
         if found is None:
             raise NotFound(f"no subscription {subscription_id}")
         return found
+
+    async def list_page(
+        self, *, after_id: str | None, limit: int
+    ) -> tuple[list[Subscription], str | None]:
+        """Subscriptions by ID, and the ID to continue after (None on the last page)."""
+        return await store.list_page(self._db, after_id=after_id, limit=limit)
 
     async def patch(self, subscription_id: str, body: SubscriptionPatch) -> Subscription:
         changes: dict[str, Any] = body.model_dump(exclude_unset=True)

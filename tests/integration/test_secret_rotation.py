@@ -11,7 +11,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from app.api.app import create_app
+from app.main import create_app
 from app.settings import Settings
 from tests.e2e.receivers import Receipt, Receiver, wait_until
 from tests.integration.support import client_for
