@@ -1,4 +1,8 @@
-"""Managing subscriptions: defaults, secrets, the SSRF check, status changes."""
+"""Managing subscriptions: defaults, secrets, the SSRF check, status changes.
+
+Each change is one transaction the service opens (``db.write()``) and hands to
+the store functions it is made of.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from urllib.parse import urlsplit
 from app.domain.ids import new_id
 from app.domain.signing import generate_secret
 from app.domain.ssrf import forbidden_reason
-from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch
+from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch, frees_blocked_lines
 from app.errors import FieldError, NotFound, ValidationFailed
 from app.store import replay as replay_store
 from app.store import subscriptions as store
@@ -61,7 +65,8 @@ class SubscriptionService:
             created_at=now,
             updated_at=now,
         )
-        return await store.create(self._db, values)
+        async with self._db.write() as conn:
+            return await store.create(conn, values)
 
     async def get(self, subscription_id: str) -> Subscription:
         found = await store.get(self._db, subscription_id)
@@ -102,15 +107,20 @@ class SubscriptionService:
                     "circuit_open_until": None,
                 }
         changes["updated_at"] = datetime.now(UTC)
-        updated = await store.patch(self._db, subscription_id, changes)
-        if updated is None:
-            raise NotFound(f"no subscription {subscription_id}")
+        async with self._db.write() as conn:
+            updated = await store.patch(conn, subscription_id, changes)
+            if updated is None:
+                raise NotFound(f"no subscription {subscription_id}")
+            if frees_blocked_lines(changes):
+                await store.promote_all_lines(conn, subscription_id)
+            await store.announce_change(conn, subscription_id)
         self._changed(subscription_id)
         return updated
 
     async def delete(self, subscription_id: str) -> None:
-        if not await store.remove(self._db, subscription_id):
-            raise NotFound(f"no subscription {subscription_id}")
+        async with self._db.write() as conn:
+            if not await store.remove(conn, subscription_id):
+                raise NotFound(f"no subscription {subscription_id}")
         self._changed(subscription_id)
 
     async def rotate_secret(self, subscription_id: str) -> str:

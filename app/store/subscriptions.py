@@ -83,10 +83,10 @@ def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-async def create(db: Database, values: Mapping[str, Any]) -> Subscription:
-    async with db.write() as conn:
-        await conn.execute(s.insert().values(**_to_row(values)))
-        row = (await conn.execute(select(s).where(s.c.id == values["id"]))).one()
+async def create(conn: AsyncConnection, values: Mapping[str, Any]) -> Subscription:
+    """Within the caller's transaction."""
+    await conn.execute(s.insert().values(**_to_row(values)))
+    row = (await conn.execute(select(s).where(s.c.id == values["id"]))).one()
     return _subscription(row)
 
 
@@ -119,19 +119,15 @@ async def list_page(
 
 
 async def patch(
-    db: Database, subscription_id: str, values: Mapping[str, Any]
+    conn: AsyncConnection, subscription_id: str, values: Mapping[str, Any]
 ) -> Subscription | None:
-    """Update fields; when the dead-letter rule loosens, blocked lines move on."""
-    async with db.write() as conn:
-        result = await conn.execute(
-            update(s).where(s.c.id == subscription_id).values(**_to_row(values))
-        )
-        if not result.rowcount:
-            return None
-        if values.get("on_dead_letter") == "skip" or values.get("ordering") is not None:
-            await _promote_all_lines(conn, db, subscription_id)
-        await announce_change(conn, subscription_id)
-        row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
+    """Within the caller's transaction: update fields (None: no such subscription)."""
+    result = await conn.execute(
+        update(s).where(s.c.id == subscription_id).values(**_to_row(values))
+    )
+    if not result.rowcount:
+        return None
+    row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
     return _subscription(row)
 
 
@@ -172,7 +168,9 @@ async def announce_change(conn: AsyncConnection, subscription_id: str) -> None:
         )
 
 
-async def _promote_all_lines(conn: AsyncConnection, db: Database, subscription_id: str) -> None:
+async def promote_all_lines(conn: AsyncConnection, subscription_id: str) -> None:
+    """Within the caller's transaction: every line of the subscription moves on to
+    the head its rules now allow (after its ordering or dead-letter rule changed)."""
     d = schema.deliveries
     rows = await conn.execute(
         select(d.c.ordering_key)
@@ -181,14 +179,14 @@ async def _promote_all_lines(conn: AsyncConnection, db: Database, subscription_i
         .distinct()
     )
     lines = [(subscription_id, r[0]) for r in rows]
-    if db.dialect == "postgresql":
+    if conn.dialect.name == "postgresql":
         await lock_lines(conn, lines)
     await promote_heads(conn, lines)
 
 
-async def remove(db: Database, subscription_id: str) -> bool:
-    async with db.write() as conn:
-        result = await conn.execute(delete(s).where(s.c.id == subscription_id))
+async def remove(conn: AsyncConnection, subscription_id: str) -> bool:
+    """Within the caller's transaction."""
+    result = await conn.execute(delete(s).where(s.c.id == subscription_id))
     return bool(result.rowcount)
 
 
