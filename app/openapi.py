@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from app.api.app import create_app
+from app.main import create_app
 from app.settings import Settings
 
 

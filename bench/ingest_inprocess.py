@@ -142,9 +142,9 @@ async def _ingest_token(app: ASGI, admin: str) -> str:
 
 
 async def measure_eventrelay(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from app.api import app as api_app
+    from app.domain.idempotency import Accepted
+    from app.main import create_app
     from app.settings import Settings
-    from app.store.ingest import Accepted
     from app.store.migrations import upgrade_head
 
     admin = "bench-admin-token"
@@ -152,7 +152,7 @@ async def measure_eventrelay(args: argparse.Namespace, workdir: Path) -> dict[st
     os.environ["EVENTRELAY_DATABASE_URL"] = url
     os.environ["EVENTRELAY_ADMIN_TOKEN"] = admin
     await asyncio.to_thread(upgrade_head, url)
-    app = api_app.create_app(Settings())
+    app = create_app(Settings())
     async with app.router.lifespan_context(app):
         token = await _ingest_token(app, admin)
         if args.mode == "http":

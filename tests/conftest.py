@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.api.app import create_app
+from app.main import create_app
 from app.settings import Settings
 from app.store.migrations import upgrade_head
 

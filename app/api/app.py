@@ -1,10 +1,13 @@
-"""``create_app(settings)``: the ASGI application, built fresh for each caller."""
+"""``build_api``: the ASGI application around the routers, given its lifespan.
+
+The lifespan (built by the composition root, :mod:`app.main`) puts the
+services on ``app.state.services``; the API builds nothing below itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from datetime import timedelta
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -16,18 +19,9 @@ from app.api.http_metrics import HttpMetrics
 from app.api.middleware import RequestTelemetry
 from app.domain.event_schemas import SchemaCreate
 from app.domain.events import BatchInput, EventInput
-from app.gauges import DatabaseGauges
 from app.metrics import Metrics
-from app.services.auth import Authenticator
-from app.services.dlq import DeadLetterService
-from app.services.ingest import IngestService
-from app.services.schemas import SchemaService
-from app.services.subscriptions import SubscriptionService
-from app.settings import Settings
-from app.store.database import Database, open_database
-from app.worker.worker import DeliveryWorker, worker_config
 
-from .state import Services
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 DESCRIPTION = (
     "Durable HTTP event ingestion with signed, retried, per-key ordered webhook delivery "
@@ -35,74 +29,8 @@ DESCRIPTION = (
 )
 
 
-def build_services(
-    settings: Settings,
-    db: Database,
-    metrics: Metrics,
-    wake: Callable[[], None],
-    changed: Callable[[str], None],
-) -> Services:
-    writers = settings.ingest_writers or (1 if db.is_sqlite else 4)
-    schemas = SchemaService(db)
-    ingest = IngestService(
-        db,
-        require_idempotency_key=settings.require_idempotency_key,
-        idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
-        writers=writers,
-        on_flush=metrics.group_commit_batch.observe,
-        on_accepted=metrics.accepted,
-        on_deliveries=wake,
-        schemas=schemas,
-    )
-    return Services(
-        settings=settings,
-        db=db,
-        auth=Authenticator(db, settings.admin_token),
-        ingest=ingest,
-        subscriptions=SubscriptionService(
-            db,
-            allow_private_targets=settings.allow_private_targets,
-            wake_workers=wake,
-            changed=changed,
-        ),
-        dlq=DeadLetterService(db, wake_workers=wake),
-        metrics=metrics,
-        schemas=schemas,
-    )
-
-
-def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
-    """The API; with ``worker=True`` a delivery worker runs in the same process."""
-    metrics = Metrics()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = open_database(settings.database_url)
-        embedded = DeliveryWorker(db, worker_config(settings), metrics) if worker else None
-        svc = build_services(
-            settings,
-            db,
-            metrics,
-            embedded.wake if embedded else _nothing,
-            embedded.subscription_changed if embedded else _ignore,
-        )
-        gauges = DatabaseGauges(db, circuit=worker_config(settings).circuit)
-        metrics.registry.register(gauges)
-        gauges.start()
-        svc.ingest.start()
-        if embedded is not None:
-            await embedded.start()
-        app.state.services = svc
-        try:
-            yield
-        finally:
-            await svc.ingest.stop()
-            if embedded is not None:
-                await embedded.stop()
-            await gauges.stop()
-            metrics.registry.unregister(gauges)
-            await db.dispose()
-
+def build_api(*, lifespan: Lifespan, metrics: Metrics) -> FastAPI:
+    """The routers, the ingest hot path, problem details, metrics and OpenAPI."""
     app = FastAPI(
         title="eventrelay",
         version=__version__,
@@ -134,11 +62,3 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     Instrumentator(registry=metrics.registry).expose(app, include_in_schema=False)
     openapi.install(app, [EventInput, BatchInput, SchemaCreate])
     return app
-
-
-def _nothing() -> None:
-    return None
-
-
-def _ignore(_: str) -> None:
-    return None

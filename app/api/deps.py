@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 
 from app.api.state import Services, services
 from app.domain.tokens import Scope
-from app.store.tokens import TokenRecord
+from app.services.auth import TokenRecord
 
 ServicesDep = Annotated[Services, Depends(services)]
 

@@ -11,7 +11,6 @@ from starlette.responses import Response
 from app.api import schemas, shapes
 from app.api.deps import AdminDep, ServicesDep
 from app.api.pagination import decode_cursor, encode_cursor
-from app.store import dlq as store
 
 router = APIRouter(prefix="/v1", tags=["dead-letter queue"], dependencies=[AdminDep])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
@@ -31,8 +30,7 @@ async def list_dead_letters(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
-    page, last = await store.list_dead(
-        svc.db,
+    page, last = await svc.dlq.list_page(
         subscription_id=subscription_id,
         event_type=event_type,
         after_seq=decode_cursor(cursor),

@@ -7,49 +7,26 @@ declared first and match first.
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from app.api import schemas
 from app.api.body import read_json
 from app.api.deps import AdminDep, ServicesDep
 from app.api.openapi import json_body
-from app.domain.event_schemas import Compatibility, EventTypeCreate, EventTypePatch, SchemaCreate
+from app.api.pagination import decode_name_cursor, encode_cursor
+from app.domain.event_schemas import EventTypeCreate, EventTypePatch, SchemaCreate
 from app.domain.events import rfc3339, validation_failed
 from app.errors import FieldError, ValidationFailed
-from app.store.event_types import EventType
+from app.services.schemas import EventType
 
 router = APIRouter(prefix="/v1", tags=["event types"], dependencies=[AdminDep])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     s: {"model": schemas.Problem} for s in (400, 401, 403, 404, 409, 413, 415, 422)
 }
-
-
-class EventTypeOut(BaseModel):
-    name: str
-    description: str | None
-    compatibility: Compatibility
-    latest_version: int | None
-    created_at: str
-
-
-class EventTypePage(BaseModel):
-    items: list[EventTypeOut]
-    next_cursor: str | None
-
-
-class SchemaVersionOut(BaseModel):
-    version: int
-    schema_: dict[str, Any] | bool = Field(alias="schema")
-
-
-class SchemaRegistered(BaseModel):
-    version: int
 
 
 def _out(event_type: EventType) -> dict[str, object]:
@@ -62,30 +39,10 @@ def _out(event_type: EventType) -> dict[str, object]:
     }
 
 
-def _encode_cursor(name: str | None) -> str | None:
-    return None if name is None else base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> str | None:
-    if not cursor:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        name = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
-        if not name:
-            raise ValueError(cursor)
-        return name.decode("utf-8")
-    except (ValueError, UnicodeError, binascii.Error):
-        raise ValidationFailed(
-            "the cursor is not one this API returned",
-            [FieldError("query:cursor", "invalid cursor")],
-        ) from None
-
-
 @router.post(
     "/event-types",
     status_code=201,
-    response_model=EventTypeOut,
+    response_model=schemas.EventTypeOut,
     responses=_PROBLEMS,
     summary="Create an event type",
 )
@@ -95,7 +52,7 @@ async def create_event_type(body: EventTypeCreate, svc: ServicesDep) -> dict[str
 
 @router.get(
     "/event-types",
-    response_model=EventTypePage,
+    response_model=schemas.EventTypePage,
     responses=_PROBLEMS,
     summary="List event types by name",
 )
@@ -104,13 +61,13 @@ async def list_event_types(
     cursor: Annotated[str | None, Query(max_length=400)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, object]:
-    page, last = await svc.schemas.list_types(after=_decode_cursor(cursor), limit=limit)
-    return {"items": [_out(t) for t in page], "next_cursor": _encode_cursor(last)}
+    page, last = await svc.schemas.list_types(after=decode_name_cursor(cursor), limit=limit)
+    return {"items": [_out(t) for t in page], "next_cursor": encode_cursor(last)}
 
 
 @router.get(
     "/event-types/{name:path}/schemas/{version}",
-    response_model=SchemaVersionOut,
+    response_model=schemas.SchemaVersionOut,
     responses=_PROBLEMS,
     summary="One schema version of an event type (a number, or latest)",
 )
@@ -130,8 +87,8 @@ async def get_schema_version(name: str, version: str, svc: ServicesDep) -> dict[
 @router.post(
     "/event-types/{name:path}/schemas",
     status_code=201,
-    response_model=SchemaRegistered,
-    responses=_PROBLEMS | {200: {"model": SchemaRegistered}},
+    response_model=schemas.SchemaRegistered,
+    responses=_PROBLEMS | {200: {"model": schemas.SchemaRegistered}},
     openapi_extra=json_body(SchemaCreate),
     summary="Register the next schema version (200 if an identical one exists)",
 )
@@ -145,7 +102,7 @@ async def register_schema(name: str, request: Request, svc: ServicesDep) -> Resp
         raise validation_failed(exc) from None
     version, created = await svc.schemas.register(name, body.schema_)
     return Response(
-        SchemaRegistered(version=version).model_dump_json(),
+        schemas.SchemaRegistered(version=version).model_dump_json(),
         status_code=201 if created else 200,
         media_type="application/json",
     )
@@ -153,7 +110,7 @@ async def register_schema(name: str, request: Request, svc: ServicesDep) -> Resp
 
 @router.get(
     "/event-types/{name:path}",
-    response_model=EventTypeOut,
+    response_model=schemas.EventTypeOut,
     responses=_PROBLEMS,
     summary="One event type",
 )
@@ -163,7 +120,7 @@ async def get_event_type(name: str, svc: ServicesDep) -> dict[str, object]:
 
 @router.patch(
     "/event-types/{name:path}",
-    response_model=EventTypeOut,
+    response_model=schemas.EventTypeOut,
     responses=_PROBLEMS,
     summary="Change an event type's description or compatibility mode (for later versions)",
 )

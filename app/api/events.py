@@ -18,12 +18,9 @@ from app.api.problems import PROBLEM_JSON
 from app.api.state import Services
 from app.domain import cloudevents, jsonbody
 from app.domain.events import BatchInput, EventInput, rfc3339
-from app.domain.idempotency import parse_key
+from app.domain.idempotency import Accepted, parse_key
 from app.domain.tokens import Scope
-from app.errors import BadRequest, NotFound
-from app.store import dlq as dlq_store
-from app.store import events as store
-from app.store.ingest import Accepted
+from app.errors import BadRequest
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -145,8 +142,7 @@ async def list_events(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
-    page, last = await store.list_events(
-        svc.db,
+    page, last = await svc.events.list_page(
         event_type=type,
         key=key,
         order=order,
@@ -165,11 +161,8 @@ async def list_events(
     summary="One event with the state of each of its deliveries",
 )
 async def get_event(event_id: str, svc: ServicesDep) -> Response:
-    event = await store.get_event(svc.db, event_id)
-    if event is None:
-        raise NotFound(f"no event {event_id}")
-    deliveries = await store.event_deliveries(svc.db, event_id)
-    body = shapes.event_summary(event) | {
+    detail = await svc.events.get(event_id)
+    body = shapes.event_summary(detail.event) | {
         "deliveries": [
             {
                 "id": d.id,
@@ -179,7 +172,7 @@ async def get_event(event_id: str, svc: ServicesDep) -> Response:
                 "next_attempt_at": rfc3339(d.next_attempt_at),
                 "last_status_code": d.last_status_code,
             }
-            for d in deliveries
+            for d in detail.deliveries
         ]
     }
     return Response(orjson.dumps(body), media_type="application/json")
@@ -193,9 +186,7 @@ async def get_event(event_id: str, svc: ServicesDep) -> Response:
     summary="Every delivery attempt made for an event",
 )
 async def get_event_attempts(event_id: str, svc: ServicesDep) -> Response:
-    if await store.get_event(svc.db, event_id) is None:
-        raise NotFound(f"no event {event_id}")
-    attempts = await dlq_store.attempts_of_event(svc.db, event_id)
+    attempts = await svc.events.attempts(event_id)
     body = {"items": [shapes.attempt(a) | {"delivery_id": a.delivery_id} for a in attempts]}
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -208,7 +199,7 @@ async def get_event_attempts(event_id: str, svc: ServicesDep) -> Response:
     summary="Exact counts of events, subscriptions and deliveries by status",
 )
 async def get_stats(svc: ServicesDep) -> schemas.StatsOut:
-    stats = await store.stats(svc.db)
+    stats = await svc.events.stats()
     return schemas.StatsOut(
         events=stats.events,
         subscriptions=stats.subscriptions,

@@ -8,8 +8,6 @@ from starlette.responses import Response
 from app.api import schemas
 from app.api.deps import ServicesDep
 from app.api.problems import problem_body, problem_response
-from app.errors import StoreUnavailable
-from app.store.migrations import current_revision, head_revision
 
 router = APIRouter(tags=["health"])
 
@@ -25,15 +23,11 @@ async def healthz() -> schemas.Health:
     responses={503: {"model": schemas.Problem}},
 )
 async def readyz(svc: ServicesDep) -> schemas.Readiness | Response:
-    try:
-        revision = await current_revision(svc.db)
-    except StoreUnavailable as exc:
+    readiness = await svc.health.readiness()
+    if not readiness.ready:
         return problem_response(
-            problem_body(503, "Service Unavailable", exc.detail, "urn:eventrelay:problem:not-ready")
+            problem_body(
+                503, "Service Unavailable", readiness.detail, "urn:eventrelay:problem:not-ready"
+            )
         )
-    if revision != head_revision():
-        detail = f"the database is at migration {revision}, not {head_revision()}"
-        return problem_response(
-            problem_body(503, "Service Unavailable", detail, "urn:eventrelay:problem:not-ready")
-        )
-    return schemas.Readiness(status="ready", database="ok", migration=revision)
+    return schemas.Readiness(status="ready", database="ok", migration=readiness.revision)

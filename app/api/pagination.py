@@ -1,4 +1,5 @@
-"""Opaque list cursors: the base64 of the last row's sequence number."""
+"""Opaque list cursors: the unpadded URL-safe base64 of where the last page
+ended, a sequence number (events, dead letters) or a name (event types)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,40 @@ import binascii
 
 from app.errors import FieldError, ValidationFailed
 
+MAX_SEQ_DIGITS = 19  # a BIGINT
 
-def encode_cursor(seq: int | None) -> str | None:
-    if seq is None:
+
+def encode_cursor(last: int | str | None) -> str | None:
+    if last is None:
         return None
-    return base64.urlsafe_b64encode(str(seq).encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(str(last).encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None or cursor == "":
+    """The sequence number a cursor continues after (None: the first page)."""
+    text = decode_name_cursor(cursor)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_SEQ_DIGITS):
+        raise _invalid()
+    return int(text)
+
+
+def decode_name_cursor(cursor: str | None) -> str | None:
+    """The name a cursor continues after (None: the first page)."""
+    if not cursor:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
-        if not text.isdigit() or len(text) > 19:
-            raise ValueError(text)
-        return int(text)
+        raw = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
+        if not raw:
+            raise ValueError(cursor)
+        return raw.decode("utf-8")
     except (ValueError, UnicodeError, binascii.Error):
-        raise ValidationFailed(
-            "the cursor is not one this API returned",
-            [FieldError("query:cursor", "invalid cursor")],
-        ) from None
+        raise _invalid() from None
+
+
+def _invalid() -> ValidationFailed:
+    return ValidationFailed(
+        "the cursor is not one this API returned", [FieldError("query:cursor", "invalid cursor")]
+    )

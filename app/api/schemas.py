@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from app.domain.event_schemas import Compatibility
 from app.domain.jsonbody import unstorable_strings
 from app.domain.tokens import Scope
 
@@ -223,3 +224,25 @@ class ReplayWindow(BaseModel):
 
 class ReplayCount(BaseModel):
     replayed: int
+
+
+class EventTypeOut(BaseModel):
+    name: str
+    description: str | None
+    compatibility: Compatibility
+    latest_version: int | None
+    created_at: str
+
+
+class EventTypePage(BaseModel):
+    items: list[EventTypeOut]
+    next_cursor: str | None
+
+
+class SchemaVersionOut(BaseModel):
+    version: int
+    schema_: dict[str, Any] | bool = Field(alias="schema")
+
+
+class SchemaRegistered(BaseModel):
+    version: int

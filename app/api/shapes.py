@@ -5,8 +5,7 @@ from __future__ import annotations
 import orjson
 
 from app.domain.events import rfc3339
-from app.store.dlq import Attempt, DeadLetter
-from app.store.events import StoredEvent
+from app.services.dlq import Attempt, DeadLetter, StoredEvent
 
 
 def event_summary(event: StoredEvent) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""What the lifespan builds and the routers use, as one typed object."""
+"""What the composition root (app.main) builds and the routers use, as one typed object."""
 
 from __future__ import annotations
 
@@ -6,26 +6,26 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from app.metrics import Metrics
 from app.services.auth import Authenticator
 from app.services.dlq import DeadLetterService
+from app.services.events import EventService
+from app.services.health import HealthService
 from app.services.ingest import IngestService
 from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
-from app.store.database import Database
 
 
 @dataclass(slots=True)
 class Services:
     settings: Settings
-    db: Database
     auth: Authenticator
     ingest: IngestService
+    events: EventService
     subscriptions: SubscriptionService
     dlq: DeadLetterService
-    metrics: Metrics
     schemas: SchemaService
+    health: HealthService
 
 
 async def services(request: Request) -> Services:

@@ -13,9 +13,8 @@ from app.domain.events import rfc3339
 from app.domain.ids import looks_like_id
 from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch
 from app.errors import FieldError, ValidationFailed
+from app.services.subscriptions import Subscription
 from app.settings import Settings
-from app.store import subscriptions as store
-from app.store.subscriptions import Subscription
 
 router = APIRouter(prefix="/v1", tags=["subscriptions"], dependencies=[AdminDep])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
@@ -67,7 +66,7 @@ async def list_subscriptions(
             "the cursor is not one this API returned",
             [FieldError("query:cursor", "invalid cursor")],
         )
-    page, last = await store.list_page(svc.db, after_id=cursor, limit=limit)
+    page, last = await svc.subscriptions.list_page(after_id=cursor, limit=limit)
     return {"items": [_out(s, svc.settings) for s in page], "next_cursor": last}
 
 

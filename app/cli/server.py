@@ -10,18 +10,11 @@ import signal
 from typing import Any
 
 import uvicorn
-from prometheus_client import start_http_server
 
-from app.api.app import create_app
-from app.errors import StoreUnavailable
-from app.gauges import DatabaseGauges
 from app.logging import configure as configure_logging
-from app.metrics import Metrics
-from app.services.auth import ensure_admin_token
+from app.main import bootstrap_admin_token, create_app, run_worker
 from app.settings import Settings
-from app.store.database import Database, open_database
-from app.store.migrations import current_revision, head_revision, upgrade_head
-from app.worker.worker import DeliveryWorker, worker_config
+from app.store.migrations import upgrade_head
 
 log = logging.getLogger("eventrelay")
 
@@ -67,7 +60,7 @@ def _run_worker_command(_: argparse.Namespace) -> int:
 
 def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
     upgrade_head(settings.database_url)
-    token = asyncio.run(_bootstrap_token(settings))
+    token = asyncio.run(bootstrap_admin_token(settings))
     if token is not None:
         log.warning("admin token: %s", token, extra={"admin_token": token})
     app = create_app(settings, worker=worker)
@@ -102,57 +95,8 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-async def _bootstrap_token(settings: Settings) -> str | None:
-    db = open_database(settings.database_url)
-    try:
-        return await ensure_admin_token(db, settings.admin_token)
-    finally:
-        await db.dispose()
-
-
 def _worker(settings: Settings) -> int:
     import uvloop
 
-    uvloop.run(_run_worker(settings))
+    uvloop.run(run_worker(settings, before_start=_freeze_startup_objects))
     return 0
-
-
-async def _run_worker(settings: Settings) -> None:
-    # A worker acknowledges no event: a lost outcome only means a redelivery.
-    db = open_database(settings.database_url, durable_commits=False)
-    try:
-        await _wait_for_migrations(db)
-        metrics = Metrics()
-        config = worker_config(settings)
-        worker = DeliveryWorker(db, config, metrics)
-        gauges = None
-        if settings.worker_metrics_port is not None:
-            gauges = DatabaseGauges(db, circuit=config.circuit)
-            metrics.registry.register(gauges)
-            gauges.start()
-            start_http_server(settings.worker_metrics_port, registry=metrics.registry)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        _freeze_startup_objects()
-        await worker.start()
-        await stop.wait()
-        log.info("stopping: finishing in-flight deliveries")
-        await worker.stop()
-        if gauges is not None:
-            await gauges.stop()
-    finally:
-        await db.dispose()
-
-
-async def _wait_for_migrations(db: Database) -> None:
-    """A worker does not migrate; it waits until `serve` or `migrate` has."""
-    while True:
-        try:
-            if await current_revision(db) == head_revision():
-                return
-            log.warning("the database is not migrated yet; waiting for `eventrelay migrate`")
-        except StoreUnavailable as exc:
-            log.warning("the database is unavailable (%s); retrying", exc.detail)
-        await asyncio.sleep(2)

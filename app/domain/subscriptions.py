@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -119,3 +120,10 @@ class SubscriptionPatch(_Common):
     max_in_flight: int | None = Field(default=None, ge=1, le=1000)
     rate_limit_per_second: float | None = Field(default=None, gt=0, le=100_000)
     status: Literal["active", "paused", "disabled"] | None = None
+
+
+def frees_blocked_lines(changes: Mapping[str, Any]) -> bool:
+    """Whether a change lets waiting deliveries move up to their line's head: the
+    dead-letter rule loosens to ``skip`` (a dead letter no longer blocks), or the
+    ordering changes (lines are drawn anew)."""
+    return changes.get("on_dead_letter") == "skip" or changes.get("ordering") is not None

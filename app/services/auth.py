@@ -15,6 +15,8 @@ from app.store import tokens as store
 from app.store.database import Database
 from app.store.tokens import TokenRecord
 
+__all__ = ["Authenticator", "IssuedToken", "TokenRecord", "ensure_admin_token"]
+
 # Token lookups are cached briefly: a revocation is immediate in the process
 # that served it and takes at most this long in the others.
 CACHE_SECONDS = 1.0

@@ -13,6 +13,8 @@ from app.store.database import Database
 from app.store.dlq import Attempt, DeadLetter
 from app.store.events import StoredEvent
 
+__all__ = ["Attempt", "DeadLetter", "DeadLetterDetail", "DeadLetterService", "StoredEvent"]
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterDetail:
@@ -25,6 +27,23 @@ class DeadLetterService:
     def __init__(self, db: Database, *, wake_workers: Callable[[], None]) -> None:
         self._db = db
         self._wake = wake_workers
+
+    async def list_page(
+        self,
+        *,
+        subscription_id: str | None,
+        event_type: str | None,
+        after_seq: int | None,
+        limit: int,
+    ) -> tuple[list[DeadLetter], int | None]:
+        """Dead letters, oldest first, and the ``seq`` to continue after."""
+        return await store.list_dead(
+            self._db,
+            subscription_id=subscription_id,
+            event_type=event_type,
+            after_seq=after_seq,
+            limit=limit,
+        )
 
     async def show(self, delivery_id: str) -> DeadLetterDetail:
         dead = await store.get_dead(self._db, delivery_id)

@@ -7,7 +7,6 @@ rows and its idempotency key has been committed to disk.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,14 +20,13 @@ from app.domain.events import (
     parse_batch,
     parse_event,
 )
-from app.domain.idempotency import fingerprint, parse_key
+from app.domain.idempotency import Accepted, KeyReused, UnitResult, fingerprint, parse_key
 from app.domain.ids import new_id
 from app.errors import BadRequest, FieldError, StoreUnavailable, ValidationFailed
 from app.services.group_commit import GroupCommitter
 from app.services.schemas import SchemaService
 from app.store import ingest as store
 from app.store.database import Database
-from app.store.ingest import Accepted, UnitResult
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,9 @@ class IngestService:
             raise BadRequest("the Idempotency-Key header is required")
         event = parse_event(document)
         (version,) = await self._schema_versions([(event, "/data", "/schema_version")])
-        (accepted,) = await self._submit([_new_event(event, idempotency_key, version)])
+        (accepted,) = await self._submit(
+            [_new_event(event, idempotency_key, version)], _header_key_reused
+        )
         return accepted
 
     async def ingest_batch(self, document: Any) -> list[Accepted]:
@@ -85,17 +85,16 @@ class IngestService:
             [
                 _new_event(item, key, version)
                 for item, key, version in zip(batch.events, keys, versions, strict=True)
-            ]
+            ],
+            _batch_keys_reused,
         )
 
     async def ingest_cloudevent(self, event: MappedEvent, idempotency_key: str | None) -> Accepted:
         """Store one CloudEvent, keyed by the header's key or else its (source, id)."""
         (version,) = await self._schema_versions([(event.event, event.data_loc, event.version_loc)])
         new = _new_event(event.event, idempotency_key or event.pair_key, version, event.attributes)
-        try:
-            (accepted,) = await self._submit([new])
-        except ValidationFailed as exc:
-            raise exc if idempotency_key else _pair_mismatch(exc, [event]) from None
+        reused = _header_key_reused if idempotency_key else _pairs_reused([event])
+        (accepted,) = await self._submit([new], reused)
         return accepted
 
     async def ingest_cloudevent_batch(self, events: list[MappedEvent]) -> list[Accepted]:
@@ -107,10 +106,7 @@ class IngestService:
             _new_event(m.event, m.pair_key, version, m.attributes)
             for m, version in zip(events, versions, strict=True)
         ]
-        try:
-            return await self._submit(new)
-        except ValidationFailed as exc:
-            raise _pair_mismatch(exc, events) from None
+        return await self._submit(new, _pairs_reused(events))
 
     async def _schema_versions(self, items: list[tuple[EventInput, str, str]]) -> list[int | None]:
         """Each event's schema version, its data validated; 422 naming every failure.
@@ -153,10 +149,14 @@ class IngestService:
             raise ValidationFailed("some batch items have no usable idempotency_key", errors)
         return keys
 
-    async def _submit(self, events: list[NewEvent]) -> list[Accepted]:
+    async def _submit(
+        self, events: list[NewEvent], refusal: Callable[[KeyReused], ValidationFailed]
+    ) -> list[Accepted]:
+        """Store one request's events; ``refusal`` names the parts of the request
+        whose key was already used with a different body."""
         result = await self._committer.submit(events)
-        if isinstance(result, ValidationFailed):
-            raise result
+        if isinstance(result, KeyReused):
+            raise refusal(result)
         return result
 
     async def _flush(self, units: Sequence[list[NewEvent]]) -> list[UnitResult]:
@@ -183,29 +183,40 @@ class IngestService:
         """Count what a committed flush accepted (once per flush, not per request)
         and wake the workers if it made deliveries."""
         if self._on_accepted is not None:
-            answers = [a for r in results if not isinstance(r, ValidationFailed) for a in r]
+            answers = [a for r in results if not isinstance(r, KeyReused) for a in r]
             replayed = sum(a.replayed for a in answers)
             self._on_accepted(len(answers) - replayed, replayed)
         if deliveries and self._on_deliveries is not None:
             self._on_deliveries()
 
 
-_BATCH_KEY = re.compile(r"/events/(\d+)/idempotency_key")
+_KEY_REUSED = "this idempotency key was already used with a different body"
 
 
-def _pair_mismatch(exc: ValidationFailed, events: list[MappedEvent]) -> ValidationFailed:
-    """The store names the request's key (``/``) or a batch item's; a CloudEvent's key is
-    its (source, id)."""
-    errors = []
-    for error in exc.errors:
-        found = _BATCH_KEY.fullmatch(error.loc)
-        index = int(found.group(1)) if found else 0 if error.loc == "/" else None
-        if index is None or index >= len(events):
-            errors.append(error)
-        else:
-            msg = "this (source, id) was already used with a different event"
-            errors.append(FieldError(events[index].id_loc, msg))
-    return ValidationFailed("a (source, id) was already used with a different event", errors)
+def _header_key_reused(_: KeyReused) -> ValidationFailed:
+    return ValidationFailed(
+        "the Idempotency-Key was already used with a different body", [FieldError("/", _KEY_REUSED)]
+    )
+
+
+def _batch_keys_reused(reused: KeyReused) -> ValidationFailed:
+    return ValidationFailed(
+        "the Idempotency-Key was already used with a different body",
+        [FieldError(f"/events/{i}/idempotency_key", _KEY_REUSED) for i in reused.items],
+    )
+
+
+def _pairs_reused(events: list[MappedEvent]) -> Callable[[KeyReused], ValidationFailed]:
+    """Without an Idempotency-Key header, a CloudEvent's key is its (source, id)."""
+
+    def refusal(reused: KeyReused) -> ValidationFailed:
+        msg = "this (source, id) was already used with a different event"
+        return ValidationFailed(
+            "a (source, id) was already used with a different event",
+            [FieldError(events[i].id_loc, msg) for i in reused.items],
+        )
+
+    return refusal
 
 
 def _new_event(

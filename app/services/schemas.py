@@ -46,6 +46,8 @@ from app.store import event_types as store
 from app.store.database import Database
 from app.store.event_types import EventType, StoredSchema
 
+__all__ = ["EventType", "IncompatibleSchema", "SchemaService"]
+
 MISS_SECONDS = 0.1
 MAX_VALIDATORS = 1024
 MAX_RACES = 5

@@ -1,4 +1,8 @@
-"""Managing subscriptions: defaults, secrets, the SSRF check, status changes."""
+"""Managing subscriptions: defaults, secrets, the SSRF check, status changes.
+
+Each change is one transaction the service opens (``db.write()``) and hands to
+the store functions it is made of.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,14 @@ from urllib.parse import urlsplit
 from app.domain.ids import new_id
 from app.domain.signing import generate_secret
 from app.domain.ssrf import forbidden_reason
-from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch
+from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch, frees_blocked_lines
 from app.errors import FieldError, NotFound, ValidationFailed
 from app.store import replay as replay_store
 from app.store import subscriptions as store
 from app.store.database import Database
 from app.store.subscriptions import Subscription
+
+__all__ = ["Subscription", "SubscriptionService"]
 
 PREVIOUS_SECRET_GRACE = timedelta(hours=24)
 NOT_NULLABLE = (
@@ -59,13 +65,20 @@ class SubscriptionService:
             created_at=now,
             updated_at=now,
         )
-        return await store.create(self._db, values)
+        async with self._db.write() as conn:
+            return await store.create(conn, values)
 
     async def get(self, subscription_id: str) -> Subscription:
         found = await store.get(self._db, subscription_id)
         if found is None:
             raise NotFound(f"no subscription {subscription_id}")
         return found
+
+    async def list_page(
+        self, *, after_id: str | None, limit: int
+    ) -> tuple[list[Subscription], str | None]:
+        """Subscriptions by ID, and the ID to continue after (None on the last page)."""
+        return await store.list_page(self._db, after_id=after_id, limit=limit)
 
     async def patch(self, subscription_id: str, body: SubscriptionPatch) -> Subscription:
         changes: dict[str, Any] = body.model_dump(exclude_unset=True)
@@ -94,31 +107,36 @@ class SubscriptionService:
                     "circuit_open_until": None,
                 }
         changes["updated_at"] = datetime.now(UTC)
-        updated = await store.patch(self._db, subscription_id, changes)
-        if updated is None:
-            raise NotFound(f"no subscription {subscription_id}")
+        async with self._db.write() as conn:
+            updated = await store.patch(conn, subscription_id, changes)
+            if updated is None:
+                raise NotFound(f"no subscription {subscription_id}")
+            if frees_blocked_lines(changes):
+                await store.promote_all_lines(conn, subscription_id)
+            await store.announce_change(conn, subscription_id)
         self._changed(subscription_id)
         return updated
 
     async def delete(self, subscription_id: str) -> None:
-        if not await store.remove(self._db, subscription_id):
-            raise NotFound(f"no subscription {subscription_id}")
+        async with self._db.write() as conn:
+            if not await store.remove(conn, subscription_id):
+                raise NotFound(f"no subscription {subscription_id}")
         self._changed(subscription_id)
 
     async def rotate_secret(self, subscription_id: str) -> str:
-        current = await self.get(subscription_id)
         now = datetime.now(UTC)
         secret = generate_secret()
-        await store.patch(
-            self._db,
-            subscription_id,
-            {
-                "secret": secret,
-                "previous_secret": current.secret,
-                "previous_secret_expires_at": now + PREVIOUS_SECRET_GRACE,
-                "updated_at": now,
-            },
-        )
+        async with self._db.write() as conn:
+            rotated = await store.rotate_secret(
+                conn,
+                subscription_id,
+                secret=secret,
+                previous_expires_at=now + PREVIOUS_SECRET_GRACE,
+                now=now,
+            )
+            if not rotated:
+                raise NotFound(f"no subscription {subscription_id}")
+            await store.announce_change(conn, subscription_id)
         self._changed(subscription_id)
         return secret
 

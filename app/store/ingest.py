@@ -3,11 +3,12 @@ keys, for many requests at once (group commit), all or nothing per request.
 
 Idempotency keys are resolved in two phases inside one write transaction:
 first read what is already remembered and decide every item (new, replay,
-mismatch); then write. A key another process commits between the two phases
-(PostgreSQL only; SQLite has one writer) shows up as a missing ``RETURNING``
-row, and the whole transaction is retried, when the first phase will see it.
+reused key: :func:`app.domain.idempotency.decide`); then write. A key another
+process commits between the two phases (PostgreSQL only; SQLite has one
+writer) shows up as a missing ``RETURNING`` row, and the whole transaction is
+retried, when the first phase will see it.
 
-The deciding is shared; each dialect has its own I/O. On SQLite the whole
+Each dialect has its own I/O around the one decision. On SQLite the whole
 transaction is one call on the driver's thread (:func:`app.store.driver.sqlite_write`);
 on PostgreSQL every step is one statement, its rows as arrays.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -25,9 +26,10 @@ import orjson
 from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain import idempotency
 from app.domain.events import NewEvent, accepted_body
 from app.domain.filters import any_matches
-from app.errors import FieldError, ValidationFailed
+from app.domain.idempotency import Decision, StoredKey, UnitResult
 from app.store import driver, schema
 from app.store.database import Database
 from app.store.lines import (
@@ -43,36 +45,8 @@ from app.store.notify import CHANNEL
 MAX_RETRIES = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """One event of a request: its ID, the stored 202 body, and whether it was a replay."""
-
-    event_id: str
-    body: str
-    replayed: bool
-
-
-UnitResult = list[Accepted] | ValidationFailed
-
-
 class KeyRace(Exception):
     """Another transaction committed one of our idempotency keys; retry."""
-
-
-@dataclass(slots=True)
-class _Plan:
-    new: list[NewEvent] = field(default_factory=list)
-    # Per item: an Accepted (replay of a stored key), a NewEvent, or the
-    # NewEvent of an earlier item in this transaction that it replays.
-    items: list[Accepted | NewEvent | tuple[NewEvent]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    fingerprint: str
-    event_id: str
-    body: str
-    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,90 +79,8 @@ async def ingest(
     raise AssertionError("unreachable")
 
 
-@dataclass(frozen=True, slots=True)
-class _Decision:
-    plans: list[_Plan | ValidationFailed]
-    new_events: list[NewEvent]
-    reclaim: list[str]  # stored keys older than the TTL, taken over by new events
-
-
-def _keys(units: Sequence[Sequence[NewEvent]]) -> list[str]:
-    return sorted({e.idempotency_key for unit in units for e in unit if e.idempotency_key})
-
-
-def _decide(
-    units: Sequence[Sequence[NewEvent]], stored: dict[str, _Stored], cutoff: datetime
-) -> _Decision:
-    """Every unit's plan, given what the keys it names already stored."""
-    live = {k: row for k, row in stored.items() if row.created_at >= cutoff}
-    reclaim = [k for k, row in stored.items() if row.created_at < cutoff]
-    claimed: dict[str, NewEvent] = {}
-    plans: list[_Plan | ValidationFailed] = []
-    for unit in units:
-        plan = _plan_unit(unit, live, claimed)
-        plans.append(plan)
-        if isinstance(plan, _Plan):
-            claimed.update({e.idempotency_key: e for e in plan.new if e.idempotency_key})
-    new_events = [e for p in plans if isinstance(p, _Plan) for e in p.new]
-    return _Decision(plans, new_events, reclaim)
-
-
-def _outcome(decision: _Decision, bodies: dict[str, str], deliveries: int) -> IngestOutcome:
-    results = [_answer(p, bodies) if isinstance(p, _Plan) else p for p in decision.plans]
-    return IngestOutcome(results, deliveries)
-
-
-def _plan_unit(
-    unit: Sequence[NewEvent], live: dict[str, _Stored], claimed: dict[str, NewEvent]
-) -> _Plan | ValidationFailed:
-    plan = _Plan()
-    local: dict[str, NewEvent] = {}
-    errors: list[FieldError] = []
-    for index, event in enumerate(unit):
-        key = event.idempotency_key
-        if key is None:
-            plan.new.append(event)
-            plan.items.append(event)
-            continue
-        prior = live.get(key)
-        earlier = claimed.get(key) or local.get(key)
-        if prior is not None:
-            if prior.fingerprint != event.fingerprint:
-                errors.append(_mismatch(index, len(unit)))
-            else:
-                plan.items.append(Accepted(prior.event_id, prior.body, replayed=True))
-        elif earlier is not None:
-            if earlier.fingerprint != event.fingerprint:
-                errors.append(_mismatch(index, len(unit)))
-            else:
-                plan.items.append((earlier,))
-        else:
-            local[key] = event
-            plan.new.append(event)
-            plan.items.append(event)
-    if errors:
-        return ValidationFailed(
-            "the Idempotency-Key was already used with a different body", errors
-        )
-    return plan
-
-
-def _mismatch(index: int, size: int) -> FieldError:
-    loc = f"/events/{index}/idempotency_key" if size > 1 else "/"
-    return FieldError(loc, "this idempotency key was already used with a different body")
-
-
-def _answer(plan: _Plan, bodies: dict[str, str]) -> list[Accepted]:
-    answers: list[Accepted] = []
-    for item in plan.items:
-        if isinstance(item, Accepted):
-            answers.append(item)
-        elif isinstance(item, tuple):
-            (earlier,) = item
-            answers.append(Accepted(earlier.id, bodies[earlier.id], True))
-        else:
-            answers.append(Accepted(item.id, bodies[item.id], False))
-    return answers
+def _outcome(decision: Decision, bodies: dict[str, str], deliveries: int) -> IngestOutcome:
+    return IngestOutcome(idempotency.answers(decision, bodies), deliveries)
 
 
 def _created_at(stored: object) -> datetime:
@@ -197,8 +89,8 @@ def _created_at(stored: object) -> datetime:
     return moment
 
 
-def _stored(row: Sequence[Any]) -> tuple[str, _Stored]:
-    return row[0], _Stored(row[1], row[2], row[3], _created_at(row[4]))
+def _stored(row: Sequence[Any]) -> tuple[str, StoredKey]:
+    return row[0], StoredKey(row[1], row[2], row[3], _created_at(row[4]))
 
 
 def _subscription(row: Sequence[Any]) -> _Subscription:
@@ -275,7 +167,7 @@ _SQLITE_INSERT_KEYS = (
 def _ingest_sqlite(
     units: Sequence[Sequence[NewEvent]], cutoff: datetime, conn: sqlite3.Connection
 ) -> IngestOutcome:
-    keys = _keys(units)
+    keys = idempotency.keys(units)
     first = keys[:_KEY_CHUNK]
     sql = _SQLITE_READS.format(marks=driver.marks(len(first)) if first else "(NULL)")
     stored_json, subscriptions_json = conn.execute(sql, first).fetchone()
@@ -284,7 +176,7 @@ def _ingest_sqlite(
         chunk = keys[start : start + _KEY_CHUNK]
         sql = f"{_SELECT_KEYS} WHERE key IN {driver.marks(len(chunk))}"
         stored.update(_stored(row) for row in conn.execute(sql, chunk))
-    decision = _decide(units, stored, cutoff)
+    decision = idempotency.decide(units, stored, cutoff)
     new_events = decision.new_events
     if not new_events:
         return _outcome(decision, {}, 0)
@@ -376,13 +268,13 @@ _PG_INSERT_KEYS = (
 async def _ingest_postgres(
     conn: AsyncConnection, units: Sequence[Sequence[NewEvent]], cutoff: datetime
 ) -> IngestOutcome:
-    keys = _keys(units)
+    keys = idempotency.keys(units)
     rows = (
         await driver.fetch_all(conn, f"{_SELECT_KEYS} WHERE key = ANY($1::text[])", [keys])
         if keys
         else []
     )
-    decision = _decide(units, dict(_stored(row) for row in rows), cutoff)
+    decision = idempotency.decide(units, dict(_stored(row) for row in rows), cutoff)
     new_events = decision.new_events
     if not new_events:
         return _outcome(decision, {}, 0)

@@ -83,10 +83,10 @@ def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-async def create(db: Database, values: Mapping[str, Any]) -> Subscription:
-    async with db.write() as conn:
-        await conn.execute(s.insert().values(**_to_row(values)))
-        row = (await conn.execute(select(s).where(s.c.id == values["id"]))).one()
+async def create(conn: AsyncConnection, values: Mapping[str, Any]) -> Subscription:
+    """Within the caller's transaction."""
+    await conn.execute(s.insert().values(**_to_row(values)))
+    row = (await conn.execute(select(s).where(s.c.id == values["id"]))).one()
     return _subscription(row)
 
 
@@ -119,28 +119,58 @@ async def list_page(
 
 
 async def patch(
-    db: Database, subscription_id: str, values: Mapping[str, Any]
+    conn: AsyncConnection, subscription_id: str, values: Mapping[str, Any]
 ) -> Subscription | None:
-    """Update fields; when the dead-letter rule loosens, blocked lines move on."""
-    async with db.write() as conn:
-        result = await conn.execute(
-            update(s).where(s.c.id == subscription_id).values(**_to_row(values))
-        )
-        if not result.rowcount:
-            return None
-        if values.get("on_dead_letter") == "skip" or values.get("ordering") is not None:
-            await _promote_all_lines(conn, db, subscription_id)
-        if db.dialect == "postgresql":
-            # Workers in other processes drop their copy and, on resume, claim.
-            await conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL, "payload": f"{CHANGED}{subscription_id}"},
-            )
-        row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
+    """Within the caller's transaction: update fields (None: no such subscription)."""
+    result = await conn.execute(
+        update(s).where(s.c.id == subscription_id).values(**_to_row(values))
+    )
+    if not result.rowcount:
+        return None
+    row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
     return _subscription(row)
 
 
-async def _promote_all_lines(conn: AsyncConnection, db: Database, subscription_id: str) -> None:
+async def rotate_secret(
+    conn: AsyncConnection,
+    subscription_id: str,
+    *,
+    secret: str,
+    previous_expires_at: datetime,
+    now: datetime,
+) -> bool:
+    """``secret`` signs from now on; the one it replaces signs too until
+    ``previous_expires_at``. False when there is no such subscription.
+
+    One statement, so concurrent rotations queue on the row and each keeps the
+    secret the one before it set (the right-hand ``secret`` is the row's old value).
+    """
+    result = await conn.execute(
+        update(s)
+        .where(s.c.id == subscription_id)
+        .values(
+            previous_secret=s.c.secret,
+            secret=secret,
+            previous_secret_expires_at=previous_expires_at,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
+async def announce_change(conn: AsyncConnection, subscription_id: str) -> None:
+    """Within the caller's transaction: workers in other processes (PostgreSQL) drop
+    their copy of the subscription at commit and, on resume, claim."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": f"{CHANGED}{subscription_id}"},
+        )
+
+
+async def promote_all_lines(conn: AsyncConnection, subscription_id: str) -> None:
+    """Within the caller's transaction: every line of the subscription moves on to
+    the head its rules now allow (after its ordering or dead-letter rule changed)."""
     d = schema.deliveries
     rows = await conn.execute(
         select(d.c.ordering_key)
@@ -149,14 +179,14 @@ async def _promote_all_lines(conn: AsyncConnection, db: Database, subscription_i
         .distinct()
     )
     lines = [(subscription_id, r[0]) for r in rows]
-    if db.dialect == "postgresql":
+    if conn.dialect.name == "postgresql":
         await lock_lines(conn, lines)
     await promote_heads(conn, lines)
 
 
-async def remove(db: Database, subscription_id: str) -> bool:
-    async with db.write() as conn:
-        result = await conn.execute(delete(s).where(s.c.id == subscription_id))
+async def remove(conn: AsyncConnection, subscription_id: str) -> bool:
+    """Within the caller's transaction."""
+    result = await conn.execute(delete(s).where(s.c.id == subscription_id))
     return bool(result.rowcount)
 
 

@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from app.api.app import create_app
+from app.main import create_app
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.conftest import ServerProcess, start_module_server

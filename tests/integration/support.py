@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from app.api.app import create_app
+from app.main import create_app
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 

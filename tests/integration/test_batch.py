@@ -91,6 +91,15 @@ async def test_a_stored_key_with_another_body_sinks_the_batch(client: httpx.Asyn
     assert await event_count(client) == 1
 
 
+async def test_a_batch_of_one_names_its_item_when_its_key_was_used(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await post_batch(client, [item(0)])).status_code == 200
+    response = await post_batch(client, [item(0) | {"data": "changed"}])
+    assert locs(assert_problem(response, 422)) == ["/events/0/idempotency_key"]
+    assert await event_count(client) == 1
+
+
 async def test_duplicate_key_in_one_batch_same_body_is_a_replay(
     client: httpx.AsyncClient,
 ) -> None:

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api import events
-from app.api.app import create_app
 from app.api.hot_path import IngestHotPath, find_route
 from app.errors import BadRequest
+from app.main import create_app
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 

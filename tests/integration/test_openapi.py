@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from app.api.app import create_app
+from app.main import create_app
 from app.settings import Settings
 
 COMMITTED = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"

@@ -1,13 +1,27 @@
-"""Idempotency-Key header values (IETF draft -06, RFC 8941 sf-string) and fingerprints."""
+"""Idempotency-Key header values (IETF draft -06, RFC 8941 sf-string), fingerprints,
+and the plan of a flush."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
-from app.domain.idempotency import MAX_KEY_LENGTH, fingerprint, parse_key
+from app.domain.events import NewEvent
+from app.domain.idempotency import (
+    MAX_KEY_LENGTH,
+    Accepted,
+    KeyReused,
+    StoredKey,
+    UnitResult,
+    answers,
+    decide,
+    fingerprint,
+    keys,
+    parse_key,
+)
 from app.errors import BadRequest
 
 
@@ -90,3 +104,82 @@ def test_fingerprint_is_a_sha256_hex_digest() -> None:
 )
 def test_fingerprint_differs_when_meaning_differs(one: Any, other: Any) -> None:
     assert fingerprint(one) != fingerprint(other)
+
+
+# -- the plan of a flush: new, replay, or a reused key ------------------------------
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+CUTOFF = NOW - timedelta(days=1)
+
+
+def _event(n: int, key: str | None, body: str = "a") -> NewEvent:
+    return NewEvent(
+        id=f"evt_{n}",
+        type="t",
+        key=None,
+        data_json="{}",
+        schema_version=None,
+        occurred_at=None,
+        received_at=NOW,
+        idempotency_key=key,
+        fingerprint=None if key is None else fingerprint(body),
+    )
+
+
+def _stored(event_id: str, body: str = "a", *, at: datetime = NOW) -> StoredKey:
+    return StoredKey(fingerprint(body), event_id, f"body of {event_id}", at)
+
+
+def _answers(units: list[list[NewEvent]], stored: dict[str, StoredKey]) -> list[UnitResult]:
+    decision = decide(units, stored, CUTOFF)
+    return answers(decision, {e.id: f"body of {e.id}" for e in decision.new_events})
+
+
+def test_a_new_key_and_no_key_store_their_events() -> None:
+    units = [[_event(1, "k1")], [_event(2, None)]]
+    decision = decide(units, {}, CUTOFF)
+    assert [e.id for e in decision.new_events] == ["evt_1", "evt_2"]
+    assert _answers(units, {}) == [
+        [Accepted("evt_1", "body of evt_1", False)],
+        [Accepted("evt_2", "body of evt_2", False)],
+    ]
+
+
+def test_a_stored_key_with_the_same_body_is_a_replay() -> None:
+    units = [[_event(1, "k")]]
+    decision = decide(units, {"k": _stored("evt_0")}, CUTOFF)
+    assert decision.new_events == []
+    assert _answers(units, {"k": _stored("evt_0")}) == [[Accepted("evt_0", "body of evt_0", True)]]
+
+
+def test_reused_keys_name_the_items_and_sink_only_their_request() -> None:
+    units = [[_event(1, "k"), _event(2, "j"), _event(3, "k", "b")], [_event(4, "z")]]
+    stored = {"j": _stored("evt_0", "other")}
+    decision = decide(units, stored, CUTOFF)
+    assert decision.plans[0] == KeyReused((1, 2))
+    assert [e.id for e in decision.new_events] == ["evt_4"]
+
+
+def test_a_key_claimed_earlier_in_the_flush_is_replayed_or_reused() -> None:
+    units = [[_event(1, "k")], [_event(2, "k")], [_event(3, "k", "b")]]
+    results = _answers(units, {})
+    assert results == [
+        [Accepted("evt_1", "body of evt_1", False)],
+        [Accepted("evt_1", "body of evt_1", True)],
+        KeyReused((0,)),
+    ]
+
+
+def test_an_expired_key_is_taken_over() -> None:
+    units = [[_event(1, "k", "b")]]
+    expired = {"k": _stored("evt_0", at=CUTOFF - timedelta(seconds=1))}
+    decision = decide(units, expired, CUTOFF)
+    assert decision.reclaim == ["k"]
+    assert [e.id for e in decision.new_events] == ["evt_1"]
+
+
+def test_keys_are_the_distinct_keys_sorted() -> None:
+    assert keys([[_event(1, "b"), _event(2, None)], [_event(3, "a"), _event(4, "b")]]) == [
+        "a",
+        "b",
+    ]

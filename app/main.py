@@ -1,0 +1,178 @@
+"""The composition root: the one place that builds the database, the services,
+the delivery worker and the ASGI app from settings, and wires them together.
+
+``create_app(settings)`` is the API (with ``worker=True``, a delivery worker in
+the same process, as ``eventrelay serve`` runs it); :func:`run_worker` is the
+``eventrelay worker`` process. Nothing below this module builds another layer:
+the API gets its services ready-made, and the services wake the worker through
+the callbacks given here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI
+from prometheus_client import start_http_server
+
+from app.api.app import build_api
+from app.api.state import Services
+from app.errors import StoreUnavailable
+from app.gauges import DatabaseGauges
+from app.metrics import Metrics
+from app.services.auth import Authenticator, ensure_admin_token
+from app.services.dlq import DeadLetterService
+from app.services.events import EventService
+from app.services.health import HealthService
+from app.services.ingest import IngestService
+from app.services.schemas import SchemaService
+from app.services.subscriptions import SubscriptionService
+from app.settings import Settings
+from app.store.database import Database, open_database
+from app.store.migrations import current_revision, head_revision
+from app.worker.worker import DeliveryWorker, worker_config
+
+log = logging.getLogger("eventrelay")
+
+MIGRATION_POLL_SECONDS = 2.0
+
+
+def build_services(
+    settings: Settings,
+    db: Database,
+    metrics: Metrics,
+    wake: Callable[[], None],
+    changed: Callable[[str], None],
+) -> Services:
+    """The services the API calls; ``wake`` and ``changed`` tell a worker in this
+    process that deliveries are due or a subscription changed."""
+    writers = settings.ingest_writers or (1 if db.is_sqlite else 4)
+    schemas = SchemaService(db)
+    ingest = IngestService(
+        db,
+        require_idempotency_key=settings.require_idempotency_key,
+        idempotency_ttl=timedelta(seconds=settings.idempotency_ttl_seconds),
+        writers=writers,
+        on_flush=metrics.group_commit_batch.observe,
+        on_accepted=metrics.accepted,
+        on_deliveries=wake,
+        schemas=schemas,
+    )
+    return Services(
+        settings=settings,
+        auth=Authenticator(db, settings.admin_token),
+        ingest=ingest,
+        events=EventService(db),
+        subscriptions=SubscriptionService(
+            db,
+            allow_private_targets=settings.allow_private_targets,
+            wake_workers=wake,
+            changed=changed,
+        ),
+        dlq=DeadLetterService(db, wake_workers=wake),
+        schemas=schemas,
+        health=HealthService(db),
+    )
+
+
+def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
+    """The API; with ``worker=True`` a delivery worker runs in the same process."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = open_database(settings.database_url)
+        config = worker_config(settings)
+        embedded = DeliveryWorker(db, config, metrics) if worker else None
+        svc = build_services(
+            settings,
+            db,
+            metrics,
+            embedded.wake if embedded else _nothing,
+            embedded.subscription_changed if embedded else _ignore,
+        )
+        gauges = DatabaseGauges(db, circuit=config.circuit)
+        metrics.registry.register(gauges)
+        gauges.start()
+        svc.ingest.start()
+        if embedded is not None:
+            await embedded.start()
+        app.state.services = svc
+        try:
+            yield
+        finally:
+            await svc.ingest.stop()
+            if embedded is not None:
+                await embedded.stop()
+            await gauges.stop()
+            metrics.registry.unregister(gauges)
+            await db.dispose()
+
+    return build_api(lifespan=lifespan, metrics=metrics)
+
+
+async def run_worker(
+    settings: Settings, *, before_start: Callable[[], None] = lambda: None
+) -> None:
+    """``eventrelay worker``: deliver until SIGTERM or SIGINT, then finish in-flight
+    deliveries. ``before_start`` runs once everything is built."""
+    # A worker acknowledges no event: a lost outcome only means a redelivery.
+    db = open_database(settings.database_url, durable_commits=False)
+    try:
+        await _wait_for_migrations(db)
+        metrics = Metrics()
+        config = worker_config(settings)
+        worker = DeliveryWorker(db, config, metrics)
+        gauges = None
+        if settings.worker_metrics_port is not None:
+            gauges = DatabaseGauges(db, circuit=config.circuit)
+            metrics.registry.register(gauges)
+            gauges.start()
+            start_http_server(settings.worker_metrics_port, registry=metrics.registry)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        before_start()
+        await worker.start()
+        await stop.wait()
+        log.info("stopping: finishing in-flight deliveries")
+        await worker.stop()
+        if gauges is not None:
+            await gauges.stop()
+    finally:
+        await db.dispose()
+
+
+async def bootstrap_admin_token(settings: Settings) -> str | None:
+    """The first start's admin token, to print once (None when tokens exist)."""
+    db = open_database(settings.database_url)
+    try:
+        return await ensure_admin_token(db, settings.admin_token)
+    finally:
+        await db.dispose()
+
+
+async def _wait_for_migrations(db: Database) -> None:
+    """A worker does not migrate; it waits until `serve` or `migrate` has."""
+    while True:
+        try:
+            if await current_revision(db) == head_revision():
+                return
+            log.warning("the database is not migrated yet; waiting for `eventrelay migrate`")
+        except StoreUnavailable as exc:
+            log.warning("the database is unavailable (%s); retrying", exc.detail)
+        await asyncio.sleep(MIGRATION_POLL_SECONDS)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _ignore(_: str) -> None:
+    return None
