@@ -15,7 +15,7 @@ backlog it left is drained; the soak's pace is 70 % of the lower of the two
 Then one wrk run a minute at that pace (each connection waits a fixed delay
 between requests) while the worker delivers. Per minute it reports events and
 deliveries per second, eventrelay's and the database's CPU per event (SQLite
-runs in eventrelay's process; PostgreSQL's is every ``postgres`` process), the
+runs in eventrelay's process; PostgreSQL's is the backends of its database), the
 p99 of ingest, the database's size and the backlog.
 
 Verdict (the targets of BENCHMARKS.md): in the last minute, CPU per event and
@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 from common import (
     ROOT,
@@ -69,17 +70,20 @@ class Minute:
         return (self.server_cpu + self.database_cpu) / max(self.events, 1) * 1e6
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU of every ``postgres`` process on the machine (backends and helpers)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if "(postgres)" in text:
-            total += process_cpu_seconds(int(stat.parent.name))
-    return total
+async def postgres_cpu_seconds(url: str) -> float:
+    """CPU of the PostgreSQL backends serving the soak's database (other
+    databases' backends on the same server are not counted, nor are the
+    server's shared background processes)."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        pids = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return sum(process_cpu_seconds(int(row["pid"])) for row in pids)
 
 
 def wrk(base: str, token: str, seconds: float, keys: int, delay_ms: int, c: int) -> dict[str, int]:
@@ -185,7 +189,7 @@ async def soak(args: argparse.Namespace, url: str, sqlite_path: Path | None, wor
             for index in range(1, args.minutes + 1):
                 before = (
                     process_cpu_seconds(server.pid),
-                    postgres_cpu_seconds() if sqlite_path is None else 0.0,
+                    await postgres_cpu_seconds(url) if sqlite_path is None else 0.0,
                     await received(receiver),
                 )
                 run = wrk(base, token, 60, args.keys, max(1, round(delay)), CONNECTIONS)
@@ -194,7 +198,7 @@ async def soak(args: argparse.Namespace, url: str, sqlite_path: Path | None, wor
                     delay = max(1.0, delay * achieved / rate)
                 after = (
                     process_cpu_seconds(server.pid),
-                    postgres_cpu_seconds() if sqlite_path is None else 0.0,
+                    await postgres_cpu_seconds(url) if sqlite_path is None else 0.0,
                     await received(receiver),
                 )
                 pending, _ = await backlog(api)
