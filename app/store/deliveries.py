@@ -28,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.store import driver
 from app.store.database import Database, translate_errors
 from app.store.events import StoredEvent
-from app.store.lines import SQLITE_PROMOTE_ALL, lock_lines, promote_heads
+from app.store.lines import SQLITE_PROMOTE_ALL, busy, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
-from app.store.subscriptions import CircuitUpdate, apply_circuit, circuit_values
+from app.store.subscriptions import CIRCUIT_SQL, CircuitUpdate, apply_circuit, circuit_params
 
 
 def _sql(
@@ -56,8 +56,7 @@ _CANDIDATES = """
             WHERE p.subscription_id = d.subscription_id
               AND p.ordering_key = d.ordering_key
               AND p.seq < d.seq
-              AND p.status IN ('pending', 'in_flight', 'dead')
-              AND (p.status <> 'dead' OR s.on_dead_letter = 'block')))
+              AND {busy_line}))
     ORDER BY d.next_attempt_at, d.seq
     LIMIT :limit
 """
@@ -73,8 +72,14 @@ _SQLITE_HINT = "INDEXED BY ix_deliveries_claim"
 # statistics estimated one row, and a sort looked cheap), and the claimed rows
 # joined back by ``seq = ANY(ARRAY(…))`` (a LIMIT of unknown size estimated
 # hundreds of rows and hashed the whole table).
-_PG_CANDIDATES = _CANDIDATES.format(index_hint="", exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))")
-_SQLITE_CANDIDATES = _CANDIDATES.format(index_hint=_SQLITE_HINT, exclude="s.id NOT IN :exclude")
+_PG_CANDIDATES = _CANDIDATES.format(
+    index_hint="", exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))", busy_line=busy("p", "s")
+)
+_SQLITE_CANDIDATES = _CANDIDATES.format(
+    index_hint=_SQLITE_HINT,
+    exclude="s.id NOT IN (SELECT value FROM json_each(:exclude))",
+    busy_line=busy("p", "s"),
+)
 
 _CLAIMED_COLUMNS = (
     "deliveries.seq, deliveries.id, deliveries.event_id, deliveries.subscription_id, "
@@ -238,9 +243,7 @@ async def _cycle_sqlite(
     )
     changed_at = now or (completions[-1].finished_at if completions else None)
     circuits = [
-        _sqlite_times(circuit_values(u, changed_at) | {"id": u.subscription_id})
-        for u in circuit
-        if changed_at is not None
+        _sqlite_times(circuit_params(u, changed_at)) for u in circuit if changed_at is not None
     ]
     claim = _sqlite_claim(request) if request is not None and request.limit > 0 else None
 
@@ -250,7 +253,7 @@ async def _cycle_sqlite(
         driver.sqlite_execute_rows(c, SQLITE_FINISH_ALL, outcomes)
         driver.sqlite_execute_rows(c, SQLITE_PROMOTE_ALL, lines)
         for update in circuits:
-            c.execute(_circuit_sql(update), update)
+            c.execute(CIRCUIT_SQL, update)
         if claim is None:
             return "[]", {}
         sql, params = claim
@@ -271,22 +274,15 @@ async def _cycle_sqlite(
 
 def _sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
     """The claim statement with its parameters: times in their stored form, the
-    excluded subscriptions as numbered parameters."""
-    exclude = list(request.exclude) or ["-"]
+    excluded subscriptions as one JSON array."""
     params: dict[str, object] = {
         "owner": request.owner,
         "now": sqlite_timestamp(request.now),
         "lease": sqlite_timestamp(request.lease_until),
         "limit": request.limit,
+        "exclude": orjson.dumps(list(request.exclude)).decode(),
     }
-    params.update((f"x{i}", sub) for i, sub in enumerate(exclude))
-    marks = ", ".join(f":x{i}" for i in range(len(exclude)))
-    return CLAIM["sqlite"].replace(":exclude", f"({marks})"), params
-
-
-def _circuit_sql(values: dict[str, object]) -> str:
-    assignments = ", ".join(f"{name} = :{name}" for name in values if name != "id")
-    return f"UPDATE subscriptions SET {assignments} WHERE id = :id"
+    return CLAIM["sqlite"], params
 
 
 def _event(
@@ -385,6 +381,9 @@ async def _complete_postgresql(conn: AsyncConnection, completions: Sequence[Comp
         for c in completions
         if c.status != "pending"
     ]
+    # The lines move on as in lines.lines_moved_on, with the lock taken before
+    # the outcomes (the order every cycle has always locked in) and no NOTIFY:
+    # this transaction's own claim takes the heads it frees.
     await lock_lines(conn, finished_lines)
     await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
     await promote_heads(conn, finished_lines)

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, literal_column, select, text, update
+from sqlalchemy import ColumnElement, Select, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store import schema
 from app.store.database import Database
-from app.store.lines import lock_lines, promote_heads
-from app.store.notify import CHANNEL
+from app.store.lines import lines_moved_on
 
 d = schema.deliveries
 e = schema.events
@@ -135,7 +134,7 @@ async def _attempts(db: Database, condition: Any) -> list[Attempt]:
 async def redrive(db: Database, delivery_id: str, now: datetime) -> bool:
     """Make one dead letter pending again, with a fresh retry schedule."""
     async with db.write() as conn:
-        return bool(await _redrive(conn, db, d.c.id == delivery_id, None, now))
+        return bool(await _redrive(conn, d.c.id == delivery_id, now))
 
 
 async def redrive_matching(
@@ -160,15 +159,13 @@ async def redrive_matching(
             seqs = [r[0] for r in await conn.execute(candidates)]
             if not seqs:
                 break
-            total += await _redrive(conn, db, d.c.seq.in_(seqs), len(seqs), now)
+            total += await _redrive(conn, d.c.seq.in_(seqs), now)
         if len(seqs) < batch:
             break
     return total
 
 
-async def _redrive(
-    conn: AsyncConnection, db: Database, which: Any, expected: int | None, now: datetime
-) -> int:
+async def _redrive(conn: AsyncConnection, which: Any, now: datetime) -> int:
     # A redriven delivery waits its turn: it is ready only if it heads its line.
     result = await conn.execute(
         update(d)
@@ -182,19 +179,7 @@ async def _redrive(
         )
         .returning(d.c.subscription_id, d.c.ordering_key)
     )
-    return await _lines_move_on(conn, db, [(r[0], r[1]) for r in result])
-
-
-async def _lines_move_on(
-    conn: AsyncConnection, db: Database, lines: list[tuple[str, str | None]]
-) -> int:
-    """After deliveries left the DLQ: settle their lines' heads and wake the workers."""
-    if db.dialect == "postgresql":
-        await lock_lines(conn, lines)
-    await promote_heads(conn, lines)
-    if lines and db.dialect == "postgresql":
-        await conn.execute(text(f"NOTIFY {CHANNEL}"))
-    return len(lines)
+    return await lines_moved_on(conn, [(r[0], r[1]) for r in result])
 
 
 async def discard(db: Database, delivery_id: str, now: datetime) -> bool:
@@ -206,4 +191,4 @@ async def discard(db: Database, delivery_id: str, now: datetime) -> bool:
             .values(status="discarded", completed_at=now)
             .returning(d.c.subscription_id, d.c.ordering_key)
         )
-        return bool(await _lines_move_on(conn, db, [(r[0], r[1]) for r in result]))
+        return bool(await lines_moved_on(conn, [(r[0], r[1]) for r in result]))

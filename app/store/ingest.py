@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, text
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain import idempotency
@@ -33,14 +33,14 @@ from app.domain.idempotency import Decision, StoredKey, UnitResult
 from app.store import driver, schema
 from app.store.database import Database
 from app.store.lines import (
+    DELIVERY_COLUMNS,
+    DELIVERY_FIELDS,
+    add_deliveries,
     busy_lines_sqlite,
     delivery_row,
     lines_of,
-    lock_lines,
-    mark_heads,
     settle_heads,
 )
-from app.store.notify import CHANNEL
 
 MAX_RETRIES = 5
 
@@ -127,11 +127,6 @@ _SELECT_SUBSCRIPTIONS = (
 )
 _EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at"
 _KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at"
-_DELIVERY_COLUMNS = (
-    "id, event_id, subscription_id, event_type, ordering_key, status, ready, attempts, "
-    "round_attempts, next_attempt_at, created_at"
-)
-_DELIVERY_FIELDS = tuple(_DELIVERY_COLUMNS.split(", "))
 
 
 # -- SQLite: the whole transaction in one call on the driver's thread ----------
@@ -158,7 +153,7 @@ _SQLITE_READS = f"""
 # one step a statement, where executemany stepped, and gave up the GIL, per
 # row. SQLite inserts a VALUES list in order, so seq follows the batch.
 _SQLITE_INSERT_EVENTS = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {{rows}}"
-_SQLITE_INSERT_DELIVERIES = f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES {{rows}}"
+_SQLITE_INSERT_DELIVERIES = f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {{rows}}"
 _SQLITE_INSERT_KEYS = (
     f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES {{rows}} ON CONFLICT (key) DO NOTHING"
 )
@@ -230,7 +225,7 @@ def _insert_deliveries_sqlite(
         _SQLITE_INSERT_DELIVERIES,
         [
             (
-                *(row[f] for f in _DELIVERY_FIELDS[:6]),
+                *(row[f] for f in DELIVERY_FIELDS[:6]),
                 1 if row["ready"] else 0,
                 row["attempts"],
                 row["round_attempts"],
@@ -251,12 +246,6 @@ _PG_INSERT_EVENTS = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM unnest("
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], "
     f"$7::timestamptz[]) WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n"
-)
-_PG_INSERT_DELIVERIES = (
-    f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} "
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-    "$7::boolean[], $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[]) "
-    f"WITH ORDINALITY AS t({_DELIVERY_COLUMNS}, n) ORDER BY n"
 )
 _PG_INSERT_KEYS = (
     f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) SELECT * FROM unnest("
@@ -280,25 +269,15 @@ async def _ingest_postgres(
         return _outcome(decision, {}, 0)
     subscriptions = [_subscription(r) for r in await driver.fetch_all(conn, _SELECT_SUBSCRIPTIONS)]
     fanout = _fan_out(new_events, subscriptions)
-    await lock_lines(conn, [_line(r) for r in fanout])
     events = [
         (e.id, e.type, e.key, e.data_json, e.schema_version, e.occurred_at, e.received_at)
         for e in new_events
     ]
     await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, 7))
-    if fanout:
-        await mark_heads(conn, fanout)
-        deliveries = [tuple(row[f] for f in _DELIVERY_FIELDS) for row in fanout]
-        await driver.fetch_all(conn, _PG_INSERT_DELIVERIES, driver.columns(deliveries, 11))
-        await conn.execute(text(f"NOTIFY {CHANNEL}"))
+    await add_deliveries(conn, fanout)
     bodies = _bodies(new_events, fanout)
     await _insert_keys_postgres(conn, new_events, bodies, decision.reclaim, cutoff)
     return _outcome(decision, bodies, len(fanout))
-
-
-def _line(row: dict[str, object]) -> tuple[str, str | None]:
-    key = row["ordering_key"]
-    return str(row["subscription_id"]), None if key is None else str(key)
 
 
 async def _insert_keys_postgres(

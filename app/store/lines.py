@@ -1,13 +1,22 @@
 """Delivery lines: the deliveries of one subscription for one ordering key.
 
-A line is *busy* while it holds an unfinished delivery: pending or in flight,
-or dead-lettered when its subscription blocks on dead letters. Only the head
-of a line (its lowest ``seq`` unfinished delivery) is ``ready`` to be claimed.
-These helpers keep the ``ready`` marks true as deliveries enter and leave lines.
+Every rule about lines lives here, once, with the two dialects side by side
+where they differ:
+
+* a delivery keeps its line *busy* while it is pending or in flight, or dead
+  when its subscription blocks on dead letters (:func:`busy`, the one spelling
+  every statement uses);
+* only the head of a line (its lowest ``seq`` unfinished delivery) is ``ready``
+  to be claimed;
+* new deliveries join their lines with :func:`add_deliveries` (lock, mark the
+  heads, insert, wake the workers); when deliveries leave their lines
+  (redriven, discarded) or a line's rule changes, :func:`lines_moved_on` frees
+  each line's next head (lock, promote, wake).
 
 On PostgreSQL every transaction that adds to or finishes a delivery in a line
-first takes the line's advisory lock, so a head finishing and a new delivery
-arriving can never miss each other (SQLite has one writer and needs no lock).
+first takes the line's advisory lock (:func:`lock_lines`), so a head finishing
+and a new delivery arriving can never miss each other; SQLite has one writer,
+and the same calls take no lock there.
 """
 
 from __future__ import annotations
@@ -21,34 +30,43 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.ids import new_id
 from app.store import driver
+from app.store.notify import CHANNEL
+from app.store.schema import deliveries
 
 Line = tuple[str, str]
 
-# Both statements spell the partial index predicate of ``ix_deliveries_line``
-# literally, so the planners of both databases use that index.
-_BUSY_SQL = """
+
+def busy(d: str = "d", s: str = "s") -> str:
+    """SQL: delivery ``d`` (of subscription ``s``) keeps its line busy. The
+    status list spells the partial index predicate of ``ix_deliveries_line``
+    literally, so both planners use that index."""
+    return (
+        f"{d}.status IN ('pending', 'in_flight', 'dead') "
+        f"AND ({d}.status <> 'dead' OR {s}.on_dead_letter = 'block')"
+    )
+
+
+_BUSY_SQL = f"""
     SELECT DISTINCT d.subscription_id, d.ordering_key
     FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-    WHERE d.status IN ('pending', 'in_flight', 'dead')
-      AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
-      AND d.subscription_id IN {subs} AND d.ordering_key IN {keys}
+    WHERE {busy()}
+      AND d.subscription_id IN {{subs}} AND d.ordering_key IN {{keys}}
     """
 _BUSY = text(_BUSY_SQL.format(subs=":subs", keys=":keys")).bindparams(
     bindparam("subs", expanding=True), bindparam("keys", expanding=True)
 )
 
-# SQLite: the lines as a VALUES list (``{rows}``, driver.row_statements), so
+# SQLite: the lines as a VALUES list (``{{rows}}``, driver.row_statements), so
 # that a whole promotion is one statement. Each head is the first unfinished
 # delivery in ``seq`` order, found on the line index.
-SQLITE_PROMOTE_ALL = """
-    WITH line(sub, key) AS (VALUES {rows})
+SQLITE_PROMOTE_ALL = f"""
+    WITH line(sub, key) AS (VALUES {{rows}})
     UPDATE deliveries SET ready = TRUE
     FROM (
         SELECT (
             SELECT min(d.seq)
             FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
-            WHERE d.status IN ('pending', 'in_flight', 'dead')
-              AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
+            WHERE {busy()}
               AND d.subscription_id = line.sub AND d.ordering_key = line.key
         ) AS seq
         FROM line
@@ -60,14 +78,13 @@ SQLITE_PROMOTE_ALL = """
 # Each head is the first unfinished delivery in ``seq`` order (the line index
 # walked for one row), joined back by primary key.
 _PROMOTE_ALL = text(
-    """
+    f"""
     UPDATE deliveries SET ready = TRUE
     FROM unnest(CAST(:subs AS TEXT[]), CAST(:keys AS TEXT[])) AS line(sub, key)
     JOIN subscriptions s ON s.id = line.sub
     CROSS JOIN LATERAL (
         SELECT d.seq FROM deliveries d
-        WHERE d.status IN ('pending', 'in_flight', 'dead')
-          AND (d.status <> 'dead' OR s.on_dead_letter = 'block')
+        WHERE {busy()}
           AND d.subscription_id = line.sub AND d.ordering_key = line.key
         ORDER BY d.seq
         LIMIT 1
@@ -80,12 +97,70 @@ _LOCK = text(
     "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k"
 ).bindparams(bindparam("keys", type_=ARRAY(String)))
 
+DELIVERY_COLUMNS = (
+    "id, event_id, subscription_id, event_type, ordering_key, status, ready, attempts, "
+    "round_attempts, next_attempt_at, created_at"
+)
+DELIVERY_FIELDS = tuple(DELIVERY_COLUMNS.split(", "))
+# Rows are inserted, and so numbered (seq), in array order.
+_PG_INSERT_DELIVERIES = (
+    f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) SELECT {DELIVERY_COLUMNS} "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+    "$7::boolean[], $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[]) "
+    f"WITH ORDINALITY AS t({DELIVERY_COLUMNS}, n) ORDER BY n"
+)
+
 
 async def lock_lines(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
-    """PostgreSQL: take the advisory locks of ``lines`` in a fixed order."""
+    """Take the advisory locks of ``lines`` in a fixed order (PostgreSQL; SQLite's
+    one writer needs none)."""
+    if conn.dialect.name != "postgresql":
+        return
     keys = sorted({f"{sub}\x1f{key}" for sub, key in lines if key is not None})
     if keys:
         await conn.execute(_LOCK, {"keys": keys})
+
+
+async def notify_workers(conn: AsyncConnection) -> None:
+    """Wake every worker at commit (PostgreSQL's NOTIFY; SQLite's embedded worker
+    is woken in-process by whoever made the deliveries due)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text(f"NOTIFY {CHANNEL}"))
+
+
+async def add_deliveries(conn: AsyncConnection, rows: list[dict[str, object]]) -> None:
+    """New delivery rows (:func:`delivery_row`) join their lines, in the caller's
+    transaction: lock the lines, mark each row that heads its line ready, insert
+    them in order (so ``seq`` follows ``rows``), wake the workers."""
+    if not rows:
+        return
+    await lock_lines(conn, _lines(rows))
+    await mark_heads(conn, rows)
+    if conn.dialect.name == "postgresql":
+        values = [tuple(row[f] for f in DELIVERY_FIELDS) for row in rows]
+        await driver.fetch_all(conn, _PG_INSERT_DELIVERIES, driver.columns(values, 11))
+    else:
+        await conn.execute(deliveries.insert(), rows)
+    await notify_workers(conn)
+
+
+async def lines_moved_on(conn: AsyncConnection, lines: list[tuple[str, str | None]]) -> int:
+    """Deliveries left ``lines`` (redriven, discarded) or the lines' rule changed:
+    in the caller's transaction, lock them, ready each one's next head, wake the
+    workers. Returns how many lines were named."""
+    await lock_lines(conn, lines)
+    await promote_heads(conn, lines)
+    if lines:
+        await notify_workers(conn)
+    return len(lines)
+
+
+def _lines(rows: list[dict[str, object]]) -> list[tuple[str, str | None]]:
+    return [(str(r["subscription_id"]), _str(r["ordering_key"])) for r in rows]
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 async def busy_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object]]) -> set[Line]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from app.domain.filters import any_matches
 from app.store import schema
 from app.store.database import Database
-from app.store.lines import delivery_row, lock_lines, mark_heads
-from app.store.notify import CHANNEL
+from app.store.lines import add_deliveries, delivery_row
 
 CHUNK = 1000
 e = schema.events
@@ -63,13 +62,7 @@ async def replay(
                 for r in chunk
                 if any_matches(patterns, r.type)
             ]
-            if rows:
-                if db.dialect == "postgresql":
-                    await lock_lines(conn, [(subscription_id, r.key) for r in chunk if by_key])
-                await mark_heads(conn, rows)
-                await conn.execute(schema.deliveries.insert(), rows)
-                if db.dialect == "postgresql":
-                    await conn.execute(text(f"NOTIFY {CHANNEL}"))
+            await add_deliveries(conn, rows)
             created += len(rows)
         if len(chunk) < CHUNK:
             break

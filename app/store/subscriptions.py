@@ -8,14 +8,15 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import Text, bindparam, delete, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store import schema
 from app.store.database import Database
-from app.store.lines import lock_lines, promote_heads
+from app.store.lines import lines_moved_on
 from app.store.notify import CHANGED, CHANNEL
+from app.store.schema import UTCDateTime
 
 s = schema.subscriptions
 
@@ -178,10 +179,7 @@ async def promote_all_lines(conn: AsyncConnection, subscription_id: str) -> None
         .where(d.c.status.in_(("pending", "in_flight", "dead")))
         .distinct()
     )
-    lines = [(subscription_id, r[0]) for r in rows]
-    if conn.dialect.name == "postgresql":
-        await lock_lines(conn, lines)
-    await promote_heads(conn, lines)
+    await lines_moved_on(conn, [(subscription_id, r[0]) for r in rows])
 
 
 async def remove(conn: AsyncConnection, subscription_id: str) -> bool:
@@ -199,22 +197,39 @@ class CircuitUpdate:
     disable_reason: str | None  # set: the subscription becomes disabled
 
 
+# One statement for both dialects: a circuit update that disables the
+# subscription (``:disable`` set) also sets its status, reason and update time.
+CIRCUIT_SQL = """
+    UPDATE subscriptions SET
+        consecutive_failures = :failures,
+        failing_since = :failing_since,
+        circuit_open_until = :open_until,
+        status = CASE WHEN :disable IS NULL THEN status ELSE 'disabled' END,
+        disabled_reason = COALESCE(:disable, disabled_reason),
+        updated_at = CASE WHEN :disable IS NULL THEN updated_at ELSE :now END
+    WHERE id = :id
+"""
+_CIRCUIT = text(CIRCUIT_SQL).bindparams(
+    *(bindparam(name, type_=UTCDateTime()) for name in ("failing_since", "open_until", "now")),
+    bindparam("disable", type_=Text()),
+)
+
+
 async def apply_circuit(
     conn: AsyncConnection, updates: Iterable[CircuitUpdate], now: datetime
 ) -> None:
     """Within the caller's transaction (the worker's completion write)."""
     for u in updates:
-        values = circuit_values(u, now)
-        await conn.execute(update(s).where(s.c.id == u.subscription_id).values(**values))
+        await conn.execute(_CIRCUIT, circuit_params(u, now))
 
 
-def circuit_values(u: CircuitUpdate, now: datetime) -> dict[str, Any]:
-    """The subscription columns a circuit update sets."""
-    values: dict[str, Any] = {
-        "consecutive_failures": u.consecutive_failures,
+def circuit_params(u: CircuitUpdate, now: datetime) -> dict[str, Any]:
+    """The parameters of :data:`CIRCUIT_SQL` for one update."""
+    return {
+        "id": u.subscription_id,
+        "failures": u.consecutive_failures,
         "failing_since": u.failing_since,
-        "circuit_open_until": u.circuit_open_until,
+        "open_until": u.circuit_open_until,
+        "disable": u.disable_reason,
+        "now": now,
     }
-    if u.disable_reason is not None:
-        values |= {"status": "disabled", "disabled_reason": u.disable_reason, "updated_at": now}
-    return values

@@ -34,21 +34,25 @@ ROW_LISTS = {
     "SCAN o",
     "SCAN line",
     "SCAN head",
-    "SCAN (subquery-2)",
     # The flush reads every subscription that is not disabled: a small table, read whole.
     "SCAN subscriptions USING INDEX sqlite_autoindex_subscriptions_1",
 }
 
 
 def _scans_a_table(step: str) -> bool:
-    return step.startswith("SCAN") and step not in ROW_LISTS and "SCAN json_each" not in step
+    return (
+        step.startswith("SCAN")
+        and step not in ROW_LISTS
+        and "SCAN json_each" not in step
+        and not step.startswith("SCAN (subquery-")
+    )
 
 
 OUTCOMES = ", ".join(["(" + ", ".join("?" * 12) + ")"] * 2)  # two rows of a cycle
 STATEMENTS = {
     "claim": (
-        CLAIM["sqlite"].replace(":exclude", "(:x0, :x1)"),
-        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "x0": "a", "x1": "b"},
+        CLAIM["sqlite"],
+        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
     ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
