@@ -1,10 +1,12 @@
-"""Sending one webhook request over aiohttp.
+"""The HTTP sender: webhook requests over aiohttp (a :class:`~app.worker.protocol.Sender`).
 
 aiohttp rather than httpx on this path: at 64 concurrent requests httpx's own
 connection pool managed about a twentieth of aiohttp's throughput here
-(BENCHMARKS.md). Redirects are not followed; the response body is kept up to
-4 KiB. Unless private targets are allowed, every address a host resolves to is
-checked at connect time and the connection goes only to a checked address.
+(BENCHMARKS.md). One session and connection pool serve every destination; a
+destination's :class:`HttpConnection` is its URL bound to that session.
+Redirects are not followed; the response body is kept up to 4 KiB. Unless
+private targets are allowed, every address a host resolves to is checked at
+connect time and the connection goes only to a checked address.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import functools
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +24,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from app.domain.retry import Outcome
 from app.domain.ssrf import forbidden_reason
+from app.worker.config import WorkerConfig
+from app.worker.protocol import Message, SenderFactory, SendResult, failed
 
 MAX_RESPONSE_BODY = 4096
 
@@ -48,18 +52,12 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    outcome: Outcome
-    duration_ms: int
-    response_body: str | None
-
-
 class HttpSender:
     """One aiohttp session for the worker's lifetime (build inside the event loop)."""
 
     def __init__(self, *, allow_private: bool, max_connections: int = 512) -> None:
         self._allow_private = allow_private
+        self._connections: dict[str, HttpConnection] = {}
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=0,
@@ -73,11 +71,17 @@ class HttpSender:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
 
+    def connection(self, destination: str) -> HttpConnection:
+        connection = self._connections.get(destination)
+        if connection is None:
+            connection = self._connections[destination] = HttpConnection(self, destination)
+        return connection
+
     async def close(self) -> None:
         await self._session.close()
 
     async def send(
-        self, url: str, payload: bytes, headers: dict[str, str], timeout_s: float
+        self, url: str, payload: bytes, headers: Mapping[str, str], timeout_s: float
     ) -> SendResult:
         started = time.perf_counter()
         try:
@@ -118,7 +122,22 @@ class HttpSender:
 
     @staticmethod
     def _failed(started: float, error: str) -> SendResult:
-        return SendResult(Outcome(error=error), _elapsed_ms(started), None)
+        return failed(_elapsed_ms(started), error)
+
+
+class HttpConnection:
+    """One webhook URL (a :class:`~app.worker.protocol.Connection`); the pool is the sender's."""
+
+    __slots__ = ("_sender", "url")
+
+    def __init__(self, sender: HttpSender, url: str) -> None:
+        self._sender = sender
+        self.url = url
+
+    async def send(self, message: Message) -> SendResult:
+        return await self._sender.send(
+            self.url, message.payload, message.headers, message.timeout_s
+        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -141,3 +160,12 @@ def _describe(exc: Any) -> str:
 def _storable_text(body: bytes) -> str:
     # Both databases must be able to hold it: no NUL, no lone surrogates.
     return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def http_senders(config: WorkerConfig) -> SenderFactory:
+    """The worker's default sender: one :class:`HttpSender` sized to its slots."""
+    return functools.partial(
+        HttpSender,
+        allow_private=config.allow_private_targets,
+        max_connections=config.concurrency,
+    )
