@@ -21,6 +21,7 @@ from app.services.auth import ensure_admin_token
 from app.settings import Settings
 from app.store.database import Database, open_database
 from app.store.migrations import current_revision, head_revision, upgrade_head
+from app.worker.sender import http_senders
 from app.worker.worker import DeliveryWorker, worker_config
 
 log = logging.getLogger("eventrelay")
@@ -124,7 +125,7 @@ async def _run_worker(settings: Settings) -> None:
         await _wait_for_migrations(db)
         metrics = Metrics()
         config = worker_config(settings)
-        worker = DeliveryWorker(db, config, metrics)
+        worker = DeliveryWorker(db, config, metrics, senders=http_senders(config))
         gauges = None
         if settings.worker_metrics_port is not None:
             gauges = DatabaseGauges(db, circuit=config.circuit)
