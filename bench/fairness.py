@@ -1,7 +1,7 @@
 """Fair slots: one subscription's backlog on a slow receiver against another's new events.
 
     .venv/bin/python bench/fairness.py [--backend sqlite|postgres] [--deliveries 3000]
-                                       [--answer-seconds 1.0] [--concurrency 256]
+                                       [--answer-seconds 1.0] [--jitter 0.5] [--concurrency 256]
                                        [--probes 5] [--json PATH]
 
 ``eventrelay serve`` with its embedded worker (``EVENTRELAY_WORKER_CONCURRENCY``
@@ -11,7 +11,9 @@
 1. *idle*: a subscription ``other`` to a receiver that answers at once; its
    latency (``POST /v1/events`` start to arrival) over ``--probes`` events.
 2. *loaded*: a subscription ``busy`` (``max_in_flight: 1000``, ``ordering:
-   none``) to a receiver that answers after ``--answer-seconds``, then
+   none``) to a receiver that answers after ``--answer-seconds`` (spread
+   uniformly by ±``--jitter`` of it, so that the slots do not move in
+   lockstep rounds, as with real receivers), then
    ``--deliveries`` events for it; once its receiver holds half the worker's
    slots, ``--probes`` more events for ``other``, one every 0.5 s, and their
    latency again.
@@ -30,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -52,10 +55,13 @@ STALL_SECONDS = 120.0
 
 
 class Receiver:
-    """Records each request's ``webhook-id`` and arrival; answers 200 after ``delay``."""
+    """Records each request's ``webhook-id`` and arrival; answers 200 after
+    ``delay`` (± ``jitter`` of it)."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, jitter: float = 0.0) -> None:
         self.delay = delay
+        self.jitter = jitter
+        self._random = random.Random(42)
         self.arrivals: dict[str, float] = {}
         self.times: list[float] = []
         self.in_progress = 0
@@ -86,7 +92,8 @@ class Receiver:
         self.in_progress += 1
         try:
             if self.delay:
-                await asyncio.sleep(self.delay)
+                spread = self._random.uniform(-self.jitter, self.jitter)
+                await asyncio.sleep(self.delay * (1 + spread))
         finally:
             self.in_progress -= 1
         return web.Response(status=200)
@@ -161,7 +168,7 @@ async def start_server(
 
 async def run(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
     other = await Receiver(0.0).start()
-    busy = await Receiver(args.answer_seconds).start()
+    busy = await Receiver(args.answer_seconds, args.jitter).start()
     proc, base_url = await start_server(db_url, workdir, args.concurrency)
     try:
         async with httpx.AsyncClient(
@@ -203,6 +210,7 @@ async def run(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str,
         "concurrency": args.concurrency,
         "deliveries": args.deliveries,
         "answer_seconds": args.answer_seconds,
+        "jitter": args.jitter,
         "idle_latency_s": {"median": statistics.median(idle), "max": max(idle)},
         "loaded_latency_s": {"median": statistics.median(loaded), "max": max(loaded)},
         "busy_drain_per_s": args.deliveries / drain_seconds if drain_seconds else 0.0,
@@ -214,6 +222,7 @@ async def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--deliveries", type=int, default=3000)
     parser.add_argument("--answer-seconds", type=float, default=1.0)
+    parser.add_argument("--jitter", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--probes", type=int, default=5)
     parser.add_argument(
@@ -243,7 +252,7 @@ async def main() -> None:
         f"{args.backend}: other subscription latency idle median {idle['median']:.3f} s "
         f"max {idle['max']:.3f} s; busy loaded median {loaded['median']:.3f} s "
         f"max {loaded['max']:.3f} s; busy drain {result['busy_drain_per_s']:.1f}/s "
-        f"({args.deliveries} deliveries, {args.answer_seconds} s answers, "
+        f"({args.deliveries} deliveries, {args.answer_seconds} s ± {args.jitter:.0%} answers, "
         f"{args.concurrency} slots)"
     )
     if args.json is not None:

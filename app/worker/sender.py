@@ -15,7 +15,6 @@ import functools
 import ipaddress
 import socket
 import time
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,24 +73,36 @@ class HttpSender:
     def connection(self, destination: str) -> HttpConnection:
         connection = self._connections.get(destination)
         if connection is None:
-            connection = self._connections[destination] = HttpConnection(self, destination)
+            refusal = None if self._allow_private else _refused_literal(destination)
+            connection = HttpConnection(self._session, destination, refusal)
+            self._connections[destination] = connection
         return connection
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def send(
-        self, url: str, payload: bytes, headers: Mapping[str, str], timeout_s: float
-    ) -> SendResult:
+
+class HttpConnection:
+    """One webhook URL (a :class:`~app.worker.protocol.Connection`) on the sender's pool."""
+
+    __slots__ = ("_refusal", "_session", "url")
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, refusal: str | None) -> None:
+        self._session = session
+        self.url = url
+        self._refusal = refusal
+
+    async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
+        if self._refusal is not None:
+            return _failed(started, self._refusal)
         try:
-            self._check_literal(url)
             async with self._session.post(
-                url,
-                data=payload,
-                headers=headers,
+                self.url,
+                data=message.payload,
+                headers=message.headers,
                 allow_redirects=False,
-                timeout=_timeout(timeout_s),
+                timeout=_timeout(message.timeout_s),
             ) as response:
                 body = await response.content.read(MAX_RESPONSE_BODY)
                 outcome = Outcome(
@@ -100,44 +111,31 @@ class HttpSender:
                 )
                 text = _storable_text(body)
         except TimeoutError:
-            return self._failed(started, f"timed out after {timeout_s * 1000:.0f} ms")
+            return _failed(started, f"timed out after {message.timeout_s * 1000:.0f} ms")
         except ForbiddenAddress as exc:
-            return self._failed(started, str(exc))
+            return _failed(started, str(exc))
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return self._failed(started, _describe(exc))
+            return _failed(started, _describe(exc))
         return SendResult(outcome, _elapsed_ms(started), text)
 
-    def _check_literal(self, url: str) -> None:
-        # aiohttp skips the resolver for IP literals, so check those here.
-        if self._allow_private:
-            return
+
+def _refused_literal(url: str) -> str | None:
+    """Why an IP-literal host may not be reached (aiohttp skips the resolver for
+    those, so they are checked here), or None."""
+    try:
         host = urlsplit(url).hostname or ""
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return
-        reason = forbidden_reason(host)
-        if reason is not None:
-            raise ForbiddenAddress(f"refused address: {reason}")
-
-    @staticmethod
-    def _failed(started: float, error: str) -> SendResult:
-        return failed(_elapsed_ms(started), error)
+    except ValueError as exc:
+        return _describe(exc)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    reason = forbidden_reason(host)
+    return None if reason is None else f"refused address: {reason}"
 
 
-class HttpConnection:
-    """One webhook URL (a :class:`~app.worker.protocol.Connection`); the pool is the sender's."""
-
-    __slots__ = ("_sender", "url")
-
-    def __init__(self, sender: HttpSender, url: str) -> None:
-        self._sender = sender
-        self.url = url
-
-    async def send(self, message: Message) -> SendResult:
-        return await self._sender.send(
-            self.url, message.payload, message.headers, message.timeout_s
-        )
+def _failed(started: float, error: str) -> SendResult:
+    return failed(_elapsed_ms(started), error)
 
 
 @functools.lru_cache(maxsize=256)
