@@ -35,6 +35,7 @@ from app.services.subscriptions import SubscriptionService
 from app.settings import Settings
 from app.store.database import Database, open_database
 from app.store.migrations import current_revision, head_revision
+from app.worker.sender import http_senders
 from app.worker.worker import DeliveryWorker, worker_config
 
 log = logging.getLogger("eventrelay")
@@ -88,7 +89,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = open_database(settings.database_url)
         config = worker_config(settings)
-        embedded = DeliveryWorker(db, config, metrics) if worker else None
+        embedded = (
+            DeliveryWorker(db, config, metrics, senders=http_senders(config)) if worker else None
+        )
         svc = build_services(
             settings,
             db,
@@ -127,7 +130,7 @@ async def run_worker(
         await _wait_for_migrations(db)
         metrics = Metrics()
         config = worker_config(settings)
-        worker = DeliveryWorker(db, config, metrics)
+        worker = DeliveryWorker(db, config, metrics, senders=http_senders(config))
         gauges = None
         if settings.worker_metrics_port is not None:
             gauges = DatabaseGauges(db, circuit=config.circuit)

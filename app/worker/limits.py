@@ -1,4 +1,4 @@
-"""Per-subscription limits inside one worker: in-flight slots and a token bucket."""
+"""The token bucket behind a subscription's ``rate_limit_per_second`` (one per line)."""
 
 from __future__ import annotations
 

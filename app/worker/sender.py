@@ -1,10 +1,12 @@
-"""Sending one webhook request over aiohttp.
+"""The HTTP sender: webhook requests over aiohttp (a :class:`~app.worker.protocol.Sender`).
 
 aiohttp rather than httpx on this path: at 64 concurrent requests httpx's own
 connection pool managed about a twentieth of aiohttp's throughput here
-(BENCHMARKS.md). Redirects are not followed; the response body is kept up to
-4 KiB. Unless private targets are allowed, every address a host resolves to is
-checked at connect time and the connection goes only to a checked address.
+(BENCHMARKS.md). One session and connection pool serve every destination; a
+destination's :class:`HttpConnection` is its URL bound to that session.
+Redirects are not followed; the response body is kept up to 4 KiB. Unless
+private targets are allowed, every address a host resolves to is checked at
+connect time and the connection goes only to a checked address.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import functools
 import ipaddress
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from app.domain.retry import Outcome
 from app.domain.ssrf import forbidden_reason
+from app.worker.config import WorkerConfig
+from app.worker.protocol import Message, SenderFactory, SendResult, failed
 
 MAX_RESPONSE_BODY = 4096
 
@@ -48,18 +51,12 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    outcome: Outcome
-    duration_ms: int
-    response_body: str | None
-
-
 class HttpSender:
     """One aiohttp session for the worker's lifetime (build inside the event loop)."""
 
     def __init__(self, *, allow_private: bool, max_connections: int = 512) -> None:
         self._allow_private = allow_private
+        self._connections: dict[str, HttpConnection] = {}
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=0,
@@ -73,21 +70,39 @@ class HttpSender:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
 
+    def connection(self, destination: str) -> HttpConnection:
+        connection = self._connections.get(destination)
+        if connection is None:
+            refusal = None if self._allow_private else _refused_literal(destination)
+            connection = HttpConnection(self._session, destination, refusal)
+            self._connections[destination] = connection
+        return connection
+
     async def close(self) -> None:
         await self._session.close()
 
-    async def send(
-        self, url: str, payload: bytes, headers: dict[str, str], timeout_s: float
-    ) -> SendResult:
+
+class HttpConnection:
+    """One webhook URL (a :class:`~app.worker.protocol.Connection`) on the sender's pool."""
+
+    __slots__ = ("_refusal", "_session", "url")
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, refusal: str | None) -> None:
+        self._session = session
+        self.url = url
+        self._refusal = refusal
+
+    async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
+        if self._refusal is not None:
+            return _failed(started, self._refusal)
         try:
-            self._check_literal(url)
             async with self._session.post(
-                url,
-                data=payload,
-                headers=headers,
+                self.url,
+                data=message.payload,
+                headers=message.headers,
                 allow_redirects=False,
-                timeout=_timeout(timeout_s),
+                timeout=_timeout(message.timeout_s),
             ) as response:
                 body = await response.content.read(MAX_RESPONSE_BODY)
                 outcome = Outcome(
@@ -96,29 +111,31 @@ class HttpSender:
                 )
                 text = _storable_text(body)
         except TimeoutError:
-            return self._failed(started, f"timed out after {timeout_s * 1000:.0f} ms")
+            return _failed(started, f"timed out after {message.timeout_s * 1000:.0f} ms")
         except ForbiddenAddress as exc:
-            return self._failed(started, str(exc))
+            return _failed(started, str(exc))
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return self._failed(started, _describe(exc))
+            return _failed(started, _describe(exc))
         return SendResult(outcome, _elapsed_ms(started), text)
 
-    def _check_literal(self, url: str) -> None:
-        # aiohttp skips the resolver for IP literals, so check those here.
-        if self._allow_private:
-            return
-        host = urlsplit(url).hostname or ""
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return
-        reason = forbidden_reason(host)
-        if reason is not None:
-            raise ForbiddenAddress(f"refused address: {reason}")
 
-    @staticmethod
-    def _failed(started: float, error: str) -> SendResult:
-        return SendResult(Outcome(error=error), _elapsed_ms(started), None)
+def _refused_literal(url: str) -> str | None:
+    """Why an IP-literal host may not be reached (aiohttp skips the resolver for
+    those, so they are checked here), or None."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError as exc:
+        return _describe(exc)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    reason = forbidden_reason(host)
+    return None if reason is None else f"refused address: {reason}"
+
+
+def _failed(started: float, error: str) -> SendResult:
+    return failed(_elapsed_ms(started), error)
 
 
 @functools.lru_cache(maxsize=256)
@@ -141,3 +158,12 @@ def _describe(exc: Any) -> str:
 def _storable_text(body: bytes) -> str:
     # Both databases must be able to hold it: no NUL, no lone surrogates.
     return body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def http_senders(config: WorkerConfig) -> SenderFactory:
+    """The worker's default sender: one :class:`HttpSender` sized to its slots."""
+    return functools.partial(
+        HttpSender,
+        allow_private=config.allow_private_targets,
+        max_connections=config.concurrency,
+    )

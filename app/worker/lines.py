@@ -1,0 +1,341 @@
+"""The line policy: which claimed delivery starts, waits for a slot, or goes back.
+
+A line here is what the worker holds for one subscription: its attempts in
+flight, the deliveries claimed ahead for it, its token bucket and its
+circuit. The policy shares the worker's slots (``concurrency``) fairly, so
+that a slow or failing subscriber delays only itself:
+
+- A subscription never has more attempts in flight than its own limits allow
+  (``max_in_flight``, ``rate_limit_per_second``, one probe while its circuit
+  is half-open).
+- The last ``reserve`` free slots go only to subscriptions that hold none and
+  are not failing: the first delivery of a healthy subscription starts at
+  once, however many slots slow or failing ones hold.
+- When an attempt ends while another subscription waits for a slot and holds
+  fewer than this one, the slot moves to it (its next delivery, in the same
+  task); else, after a success, the task goes on with this subscription's next
+  waiting delivery without a trip to the database.
+- Deliveries are claimed ahead only for a healthy subscription (active, no
+  rate limit, no failure since its last success), up to ``claim_ahead`` times
+  the slots it may use. A claim leaves out the subscriptions at their limit;
+  a *probe* claim also leaves out those holding half of what they may, so the
+  deliveries of other subscriptions behind a long backlog are found.
+
+No I/O: the worker loads subscriptions and writes what the policy decides.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from app.domain.circuit import (
+    CLOSED,
+    CircuitPolicy,
+    CircuitState,
+    after_failures,
+    after_success,
+    is_half_open,
+)
+from app.store.deliveries import Claimed, Completion
+from app.store.events import StoredEvent
+from app.store.subscriptions import CircuitUpdate, Subscription
+from app.worker.limits import TokenBucket
+
+SUBSCRIPTION_CACHE_SECONDS = 1.0
+# A share of the slots kept for subscriptions that hold none (at least one).
+RESERVE_FRACTION = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A claimed delivery waiting in the worker for a slot."""
+
+    delivery: Claimed
+    event: StoredEvent
+    payload: bytes
+
+
+@dataclass(slots=True, eq=False)
+class Line:
+    """What the worker knows about one subscription while it delivers for it."""
+
+    subscription: Subscription
+    loaded_at: float
+    in_flight: int = 0
+    bucket: TokenBucket | None = None
+    circuit: CircuitState = CLOSED
+    keys: list[bytes] = field(default_factory=list)  # empty: to be derived again
+    keys_until: datetime | None = None  # when the previous secret stops signing
+    waiting: deque[Ready] = field(default_factory=deque)
+
+    def prefetches(self) -> bool:
+        """Whether deliveries may be claimed ahead of a free slot: not when a
+        limit other than ``max_in_flight`` could hold them, nor while failing."""
+        return (
+            self.subscription.status == "active"
+            and self.bucket is None
+            and self.circuit.consecutive_failures == 0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPlan:
+    """How much the next claim may take, and which subscriptions it leaves out."""
+
+    capacity: int  # free slots plus free room ahead, over all subscriptions
+    room: int  # what the known subscriptions may take now
+    exclude: list[str]
+
+
+class LinePolicy:
+    def __init__(self, concurrency: int, claim_ahead: int, circuit: CircuitPolicy) -> None:
+        self.lines: dict[str, Line] = {}
+        self.slots = concurrency
+        self.reserve = max(1, concurrency // RESERVE_FRACTION) if concurrency > 1 else 0
+        self.claim_ahead = claim_ahead
+        self.circuit_policy = circuit
+        self.used = 0  # slots held by running attempts
+        self.waiting = 0  # deliveries claimed ahead, over all lines
+        # Lines with deliveries waiting, in the order they are offered free slots.
+        self._queued: dict[str, Line] = {}
+        self._released: list[int] = []  # claims to give back in the next cycle
+
+    # -- limits ---------------------------------------------------------------
+
+    def allowance(self, line: Line) -> int:
+        """More attempts ``line``'s own limits allow now."""
+        sub = line.subscription
+        slots = sub.max_in_flight - line.in_flight
+        if is_half_open(line.circuit.consecutive_failures, self.circuit_policy):
+            slots = min(slots, 1 - line.in_flight)
+        if line.bucket is not None:
+            slots = min(slots, line.bucket.available())
+        return slots
+
+    def available(self, line: Line) -> int:
+        """Free slots ``line`` may take: the reserve only while it holds none and
+        has not failed since its last success."""
+        free = self.slots - self.used
+        if line.in_flight or line.circuit.consecutive_failures:
+            return free - self.reserve
+        return free
+
+    def ahead_limit(self, line: Line) -> int:
+        if not line.prefetches():
+            return 0
+        usable = min(line.subscription.max_in_flight, self.slots - self.reserve)
+        return self.claim_ahead * max(1, usable)
+
+    def room_ahead(self, line: Line) -> int:
+        """How many more deliveries ``line`` may hold waiting for a slot."""
+        room = self.ahead_limit(line) - len(line.waiting)
+        return min(room, self.claim_ahead * self.slots - self.waiting)
+
+    def _take(self, line: Line) -> bool:
+        """One more attempt for ``line`` if its own limits allow (a token taken)."""
+        if self.allowance(line) <= 0:
+            return False
+        if line.bucket is not None and not line.bucket.take():
+            return False
+        line.in_flight += 1
+        return True
+
+    def take_slot(self, line: Line) -> bool:
+        """A free slot for ``line``, if the slots and its limits allow."""
+        if self.available(line) <= 0 or not self._take(line):
+            return False
+        self.used += 1
+        return True
+
+    # -- claims ---------------------------------------------------------------
+
+    def claim_plan(self, probing: bool) -> ClaimPlan:
+        """Claim no more than the known subscriptions can start or hold now:
+        what is claimed over a limit has to be given back in another
+        transaction. Subscriptions not met yet compete in the same claim."""
+        capacity = self.slots - self.used + max(0, self.claim_ahead * self.slots - self.waiting)
+        exclude: list[str] = []
+        room = 0
+        for sid, line in self.lines.items():
+            ahead = self.ahead_limit(line)
+            if probing and ahead and 2 * len(line.waiting) >= ahead:
+                exclude.append(sid)
+                continue
+            start = min(self.allowance(line), self.available(line))
+            line_room = max(0, start) + max(0, self.room_ahead(line))
+            if line_room > 0:
+                room += line_room
+            else:
+                exclude.append(sid)
+        return ClaimPlan(capacity, room, exclude)
+
+    def settle(self, stopping: bool) -> list[tuple[Line, Ready]]:
+        """Before a claim: give back what a subscription that is failing,
+        limited, paused or gone holds waiting; return what free slots now start."""
+        for line in list(self._queued.values()):
+            if stopping or not line.prefetches():
+                self.drop_waiting(line)
+        return [] if stopping else self.start_waiting()
+
+    def released(self) -> list[int]:
+        """The claims to give back, once."""
+        seqs, self._released = self._released, []
+        return seqs
+
+    def queued(self) -> set[str]:
+        """The subscriptions with deliveries waiting."""
+        return set(self._queued)
+
+    def held(self) -> list[int]:
+        """The deliveries waiting in the worker (their leases are kept)."""
+        return [r.delivery.seq for line in self._queued.values() for r in line.waiting]
+
+    # -- slots ----------------------------------------------------------------
+
+    def start_waiting(self) -> list[tuple[Line, Ready]]:
+        """Fill free slots with waiting deliveries, one line at a time in turn."""
+        started: list[tuple[Line, Ready]] = []
+        progress = True
+        while progress and self._queued and self.used < self.slots:
+            progress = False
+            for line in list(self._queued.values()):
+                if line.waiting and self.take_slot(line):
+                    started.append((line, self._pop(line)))
+                    progress = True
+        return started
+
+    def next_after(self, line: Line, succeeded: bool, stopping: bool) -> tuple[Line, Ready] | None:
+        """The task whose attempt for ``line`` ended: what it sends next with its
+        slot, or None when the slot is free again. After a failure the line's
+        waiting deliveries go back: the next cycle decides (its circuit may hold
+        them)."""
+        if not succeeded:
+            self.drop_waiting(line)
+        if not stopping:
+            needier = self._needier(line)
+            if needier is not None:
+                line.in_flight -= 1
+                return needier, self._pop(needier)
+            if (
+                succeeded
+                and line.waiting
+                and line.in_flight <= line.subscription.max_in_flight
+                and line.prefetches()
+            ):
+                return line, self._pop(line)
+        self.free_slot(line)
+        return None
+
+    def free_slot(self, line: Line) -> None:
+        line.in_flight -= 1
+        self.used -= 1
+
+    def _needier(self, line: Line) -> Line | None:
+        """A line waiting for a slot that holds fewer than ``line`` (its limits
+        checked, the slot taken), when ``line`` holds more than the average."""
+        if not self._queued or line.in_flight * len(self._queued) <= self.used:
+            return None
+        for other in self._queued.values():
+            if other is not line and other.in_flight + 1 < line.in_flight and self._take(other):
+                # To the back of the turn.
+                del self._queued[other.subscription.id]
+                self._queued[other.subscription.id] = other
+                return other
+        return None
+
+    def queue(self, line: Line, ready: Ready) -> None:
+        """Keep a claimed delivery waiting for a slot (see :meth:`room_ahead`)."""
+        line.waiting.append(ready)
+        self.waiting += 1
+        self._queued.setdefault(line.subscription.id, line)
+
+    def _pop(self, line: Line) -> Ready:
+        ready = line.waiting.popleft()
+        self.waiting -= 1
+        if not line.waiting:
+            self._queued.pop(line.subscription.id, None)
+        return ready
+
+    def drop_waiting(self, line: Line) -> None:
+        """Give back what ``line`` holds waiting (in the next cycle)."""
+        self._released.extend(ready.delivery.seq for ready in line.waiting)
+        self.waiting -= len(line.waiting)
+        line.waiting.clear()
+        self._queued.pop(line.subscription.id, None)
+
+    # -- subscriptions --------------------------------------------------------
+
+    def stale(self, ids: Iterable[str], now: float) -> set[str]:
+        """Which of ``ids`` (and of the lines known) need their subscription loaded."""
+        stale = {i for i in ids if i not in self.lines}
+        stale |= {
+            i for i, line in self.lines.items() if now - line.loaded_at > SUBSCRIPTION_CACHE_SECONDS
+        }
+        return stale
+
+    def load(self, subscription_id: str, sub: Subscription | None, now: float) -> None:
+        """Take in a subscription as just read (None: it is gone)."""
+        line = self.lines.get(subscription_id)
+        if sub is None:
+            if line is not None:
+                self.drop_waiting(line)
+                if line.in_flight == 0:
+                    del self.lines[subscription_id]
+            return
+        if line is None:
+            self.lines[subscription_id] = line = Line(sub, now)
+            line.circuit = CircuitState(
+                sub.consecutive_failures, sub.failing_since, sub.circuit_open_until
+            )
+        line.subscription, line.loaded_at = sub, now
+        line.keys, line.keys_until = [], None
+        rate = sub.rate_limit_per_second
+        if rate is None:
+            line.bucket = None
+        elif line.bucket is None or line.bucket.rate != rate:
+            line.bucket = TokenBucket(rate)
+
+    def mark_stale(self, subscription_id: str) -> None:
+        """Forget a subscription's settings (not its counters)."""
+        line = self.lines.get(subscription_id)
+        if line is not None:
+            line.loaded_at = 0.0
+
+    def seconds_until_token(self) -> float | None:
+        """When the first rate-limited line that has run dry gets a token."""
+        waits = [
+            line.bucket.seconds_until_token()
+            for line in self.lines.values()
+            if line.bucket is not None and line.bucket.available() < 1
+        ]
+        return min(waits, default=None)
+
+    # -- circuits -------------------------------------------------------------
+
+    def record(self, completions: Sequence[Completion], now: datetime) -> list[CircuitUpdate]:
+        """Carry finished attempts into the circuits; the changes to write."""
+        changed: dict[str, CircuitUpdate] = {}
+        for c in completions:
+            sid = c.delivery.subscription_id
+            line = self.lines.get(sid)
+            if line is None:
+                continue
+            before = line.circuit
+            gone = c.status == "dead" and c.status_code == 410
+            if c.status == "succeeded":
+                line.circuit = after_success()
+            else:
+                line.circuit = after_failures(before, 1, now, self.circuit_policy)
+            if (line.circuit is not before and line.circuit != before) or gone:
+                reason = "gone" if gone else ("failing" if line.circuit.disable else None)
+                changed[sid] = CircuitUpdate(
+                    sid,
+                    line.circuit.consecutive_failures,
+                    line.circuit.failing_since,
+                    line.circuit.open_until,
+                    reason,
+                )
+        return list(changed.values())

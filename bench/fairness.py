@@ -1,0 +1,263 @@
+"""Fair slots: one subscription's backlog on a slow receiver against another's new events.
+
+    .venv/bin/python bench/fairness.py [--backend sqlite|postgres] [--deliveries 3000]
+                                       [--answer-seconds 1.0] [--jitter 0.5] [--concurrency 256]
+                                       [--probes 5] [--json PATH]
+
+``eventrelay serve`` with its embedded worker (``EVENTRELAY_WORKER_CONCURRENCY``
+= ``--concurrency``) on a fresh database, and two receivers in this process
+(aiohttp on loopback):
+
+1. *idle*: a subscription ``other`` to a receiver that answers at once; its
+   latency (``POST /v1/events`` start to arrival) over ``--probes`` events.
+2. *loaded*: a subscription ``busy`` (``max_in_flight: 1000``, ``ordering:
+   none``) to a receiver that answers after ``--answer-seconds`` (spread
+   uniformly by ±``--jitter`` of it, so that the slots do not move in
+   lockstep rounds, as with real receivers), then
+   ``--deliveries`` events for it; once its receiver holds half the worker's
+   slots, ``--probes`` more events for ``other``, one every 0.5 s, and their
+   latency again.
+3. The busy subscription's drain throughput: deliveries over the time from
+   its receiver's first arrival to its last.
+
+Run it on two versions in one sitting (alternating) and compare the ratios:
+the latency loaded should be the latency idle plus at most one worker cycle,
+and the drain throughput should stay within 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+from common import free_port, pg_execute
+
+VENV_BIN = Path(sys.executable).parent
+ADMIN = "er_bench_fairness_admin_token_0123456789"
+READY_SECONDS = 60.0
+STALL_SECONDS = 120.0
+
+
+class Receiver:
+    """Records each request's ``webhook-id`` and arrival; answers 200 after
+    ``delay`` (± ``jitter`` of it)."""
+
+    def __init__(self, delay: float, jitter: float = 0.0) -> None:
+        self.delay = delay
+        self.jitter = jitter
+        self._random = random.Random(42)
+        self.arrivals: dict[str, float] = {}
+        self.times: list[float] = []
+        self.in_progress = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, backlog=2048).start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        await request.read()
+        self.arrivals.setdefault(request.headers.get("webhook-id", ""), now)
+        self.times.append(now)
+        self.in_progress += 1
+        try:
+            if self.delay:
+                spread = self._random.uniform(-self.jitter, self.jitter)
+                await asyncio.sleep(self.delay * (1 + spread))
+        finally:
+            self.in_progress -= 1
+        return web.Response(status=200)
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def latency(client: httpx.AsyncClient, receiver: Receiver, event_type: str) -> float:
+    started = time.monotonic()
+    response = await client.post(
+        "/v1/events",
+        json={"type": event_type, "data": {}},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )
+    response.raise_for_status()
+    event_id = response.json()["id"]
+    await wait_for(lambda: event_id in receiver.arrivals, STALL_SECONDS, f"event {event_id}")
+    return receiver.arrivals[event_id] - started
+
+
+async def publish_many(client: httpx.AsyncClient, event_type: str, count: int) -> None:
+    for start in range(0, count, 500):
+        items = [
+            {"idempotency_key": uuid.uuid4().hex, "type": event_type, "data": {"n": n}}
+            for n in range(start, min(count, start + 500))
+        ]
+        response = await client.post("/v1/events/batch", json={"events": items})
+        response.raise_for_status()
+
+
+async def start_server(
+    db_url: str, workdir: Path, concurrency: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTRELAY_")}
+    env.update(
+        {
+            "EVENTRELAY_DATABASE_URL": db_url,
+            "EVENTRELAY_ADMIN_TOKEN": ADMIN,
+            "EVENTRELAY_ALLOW_PRIVATE_TARGETS": "true",
+            "EVENTRELAY_WORKER_CONCURRENCY": str(concurrency),
+            "EVENTRELAY_SHUTDOWN_GRACE_SECONDS": "1",
+        }
+    )
+    port = free_port()
+    log = (workdir / "serve.log").open("ab")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "eventrelay"), "serve", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_SECONDS
+    async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError((workdir / "serve.log").read_text()[-3000:])
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    return proc, base_url
+            await asyncio.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("eventrelay serve was not ready in time")
+
+
+async def run(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
+    other = await Receiver(0.0).start()
+    busy = await Receiver(args.answer_seconds, args.jitter).start()
+    proc, base_url = await start_server(db_url, workdir, args.concurrency)
+    try:
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30.0
+        ) as client:
+            for name, receiver, extra in (
+                ("other", other, {}),
+                ("busy", busy, {"max_in_flight": 1000, "ordering": "none"}),
+            ):
+                response = await client.post(
+                    "/v1/subscriptions",
+                    json={"url": receiver.url(), "event_types": [name], **extra},
+                )
+                response.raise_for_status()
+            idle = [await latency(client, other, "other") for _ in range(args.probes)]
+
+            await publish_many(client, "busy", args.deliveries)
+            await wait_for(
+                lambda: busy.in_progress >= args.concurrency // 2, STALL_SECONDS, "the busy load"
+            )
+            loaded = []
+            for _ in range(args.probes):
+                loaded.append(await latency(client, other, "other"))
+                await asyncio.sleep(0.5)
+            await wait_for(
+                lambda: len(busy.arrivals) >= args.deliveries, STALL_SECONDS * 5, "the busy drain"
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await other.close()
+        await busy.close()
+    drain_seconds = max(busy.times) - min(busy.times)
+    return {
+        "backend": args.backend,
+        "concurrency": args.concurrency,
+        "deliveries": args.deliveries,
+        "answer_seconds": args.answer_seconds,
+        "jitter": args.jitter,
+        "idle_latency_s": {"median": statistics.median(idle), "max": max(idle)},
+        "loaded_latency_s": {"median": statistics.median(loaded), "max": max(loaded)},
+        "busy_drain_per_s": args.deliveries / drain_seconds if drain_seconds else 0.0,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--deliveries", type=int, default=3000)
+    parser.add_argument("--answer-seconds", type=float, default=1.0)
+    parser.add_argument("--jitter", type=float, default=0.5)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--probes", type=int, default=5)
+    parser.add_argument(
+        "--pg-dsn",
+        default=os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="eventrelay-fairness-"))
+    pg_name = None
+    try:
+        if args.backend == "sqlite":
+            db_url = f"sqlite+aiosqlite:///{workdir / 'eventrelay.db'}"
+        else:
+            pg_name = f"er_fair_{uuid.uuid4().hex[:10]}"
+            await pg_execute(args.pg_dsn, f'CREATE DATABASE "{pg_name}"')
+            base = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+            db_url = f"{base}/{pg_name}"
+        result = await run(args, db_url, workdir)
+    finally:
+        if pg_name is not None:
+            await pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+        shutil.rmtree(workdir, ignore_errors=True)
+    idle, loaded = result["idle_latency_s"], result["loaded_latency_s"]
+    print(
+        f"{args.backend}: other subscription latency idle median {idle['median']:.3f} s "
+        f"max {idle['max']:.3f} s; busy loaded median {loaded['median']:.3f} s "
+        f"max {loaded['max']:.3f} s; busy drain {result['busy_drain_per_s']:.1f}/s "
+        f"({args.deliveries} deliveries, {args.answer_seconds} s ± {args.jitter:.0%} answers, "
+        f"{args.concurrency} slots)"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,141 @@
+"""A slow or failing subscriber delays only itself.
+
+The real ``eventrelay serve`` (embedded worker) with few slots
+(``EVENTRELAY_WORKER_CONCURRENCY``), scaled down from the measured case in the
+same proportions: one subscription with ``max_in_flight`` far above the
+worker's slots and a backlog of about twelve rounds of them on a receiver
+that answers slowly; or ten subscriptions whose receivers never answer within
+their timeout (once they are failing) and whose ``max_in_flight`` add up to a
+quarter more than the slots. Either way, another subscription's new event must arrive within its
+idle latency plus one worker cycle.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.e2e.conftest import ServerFactory, ServerProcess
+from tests.e2e.procs import Relay, unique_type
+from tests.e2e.receivers import Receiver, ReceiverPool, slow, wait_until
+
+CONCURRENCY = 16  # the worker's slots (256 by default)
+BUSY_ANSWER_SECONDS = 0.5  # the busy receiver's answer time
+BUSY_BACKLOG = 12 * CONCURRENCY  # rounds of every slot, as 3,000 deliveries were for 256
+HANGING = 10  # subscriptions whose receivers never answer in time
+HANGING_MAX_IN_FLIGHT = CONCURRENCY * 5 // 4 // HANGING  # 10 × 32 = 320 for 256 slots
+HANGING_BACKLOG = 4 * HANGING_MAX_IN_FLIGHT  # each, so they always have more due
+TIMEOUT_MS = 4000  # the hanging subscriptions' per-attempt timeout
+ONE_CYCLE = 1.0  # generous: a worker cycle takes milliseconds
+SAMPLES = 3
+STALL_SECONDS = 30.0  # how long to wait before calling the event lost
+
+
+@pytest.fixture
+def fair_server(database_url: str, server_factory: ServerFactory) -> ServerProcess:
+    return server_factory(
+        database_url,
+        env={
+            "EVENTRELAY_WORKER_CONCURRENCY": str(CONCURRENCY),
+            "EVENTRELAY_SHUTDOWN_GRACE_SECONDS": "1",
+        },
+    )
+
+
+async def _latency(relay: Relay, receiver: Receiver, event_type: str) -> float:
+    """Seconds from publishing one event until ``receiver`` has it."""
+    started = time.monotonic()
+    accepted = await relay.publish(event_type, {"probe": uuid.uuid4().hex})
+    (receipt,) = await wait_until(
+        lambda: receiver.for_event(accepted["id"]),
+        STALL_SECONDS,
+        interval=0.005,
+        message=f"the other subscription's event {accepted['id']} to arrive",
+    )
+    return float(receipt.at - started)
+
+
+async def _idle_latency(relay: Relay, receiver: Receiver, event_type: str) -> float:
+    return max([await _latency(relay, receiver, event_type) for _ in range(SAMPLES)])
+
+
+async def _publish_many(relay: Relay, event_type: str, count: int) -> None:
+    for start in range(0, count, 500):
+        items = [
+            {"idempotency_key": uuid.uuid4().hex, "type": event_type, "data": {"n": n}}
+            for n in range(start, min(count, start + 500))
+        ]
+        response = await relay.http.post("/v1/events/batch", json={"events": items})
+        assert response.status_code == 200, response.text[:500]
+
+
+async def test_a_busy_subscription_does_not_delay_another(
+    fair_server: ServerProcess, receivers: ReceiverPool
+) -> None:
+    async with Relay(fair_server) as relay:
+        other = await receivers.start()
+        other_type = unique_type("other")
+        await relay.subscribe(other.url(), event_types=[other_type])
+        idle = await _idle_latency(relay, other, other_type)
+
+        busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
+        busy_type = unique_type("busy")
+        await relay.subscribe(
+            busy.url(), event_types=[busy_type], ordering="none", max_in_flight=1000
+        )
+        await _publish_many(relay, busy_type, BUSY_BACKLOG)
+        await wait_until(
+            lambda: (
+                len(busy.in_progress()) >= CONCURRENCY // 2 and len(busy.receipts) > CONCURRENCY
+            ),
+            STALL_SECONDS,
+            message="the busy subscription to fill the worker's slots",
+        )
+
+        loaded = await _latency(relay, other, other_type)
+
+        assert loaded <= idle + ONE_CYCLE, (
+            f"the other subscription's event took {loaded:.2f} s with the busy one "
+            f"loaded, {idle:.3f} s idle"
+        )
+        assert len(busy.in_progress()) > 0, "the busy subscription's backlog was still being sent"
+
+
+async def test_subscriptions_that_time_out_do_not_delay_another(
+    fair_server: ServerProcess, receivers: ReceiverPool
+) -> None:
+    async with Relay(fair_server) as relay:
+        other = await receivers.start()
+        other_type = unique_type("other")
+        await relay.subscribe(other.url(), event_types=[other_type])
+        idle = await _idle_latency(relay, other, other_type)
+
+        hanging: list[Receiver] = []
+        for _ in range(HANGING):
+            receiver = await receivers.start(slow(60.0, cut_short=receivers.closing))
+            hanging_type = unique_type("hangs")
+            await relay.subscribe(
+                receiver.url(),
+                event_types=[hanging_type],
+                ordering="none",
+                max_in_flight=HANGING_MAX_IN_FLIGHT,
+                timeout_ms=TIMEOUT_MS,
+                retry_schedule=[60],
+            )
+            await _publish_many(relay, hanging_type, HANGING_BACKLOG)
+            hanging.append(receiver)
+        # Their second round of requests: every one has failed at least once.
+        await wait_until(
+            lambda: sum(len(r.receipts) for r in hanging) >= 2 * CONCURRENCY - 1,
+            STALL_SECONDS,
+            message="the hanging subscriptions to time out and fill the slots again",
+        )
+
+        loaded = await _latency(relay, other, other_type)
+
+        assert loaded <= idle + ONE_CYCLE, (
+            f"the other subscription's event took {loaded:.2f} s with {HANGING} "
+            f"subscriptions timing out, {idle:.3f} s idle"
+        )

@@ -1,0 +1,145 @@
+"""The worker on the real store with a fake sender: the policy end to end, no network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from sqlalchemy import func, select
+
+from app.domain.circuit import CircuitPolicy
+from app.metrics import Metrics
+from app.store import schema
+from app.worker.config import WorkerConfig
+from app.worker.protocol import Message, SendResult, delivered, failed, gone
+from app.worker.worker import DeliveryWorker
+from tests.e2e.receivers import wait_until
+from tests.integration.conftest import DeliveryKit
+from tests.unit.worker_fakes import FakeSender
+
+DEADLINE = 10.0
+
+
+@pytest.fixture
+async def sender() -> FakeSender:
+    return FakeSender()
+
+
+@pytest.fixture
+async def worker(kit: DeliveryKit, sender: FakeSender) -> AsyncIterator[DeliveryWorker]:
+    config = WorkerConfig(
+        retry_schedule=(60.0,),
+        timeout_ms=1000,
+        allow_private_targets=True,
+        grace_seconds=0.2,
+        circuit=CircuitPolicy(failure_threshold=2),
+    )
+    worker = DeliveryWorker(kit.db, config, Metrics(), senders=lambda: sender)
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+async def _statuses(kit: DeliveryKit) -> dict[str, int]:
+    d = schema.deliveries
+    async with kit.db.read() as conn:
+        rows = await conn.execute(select(d.c.status, func.count()).group_by(d.c.status))
+        return {str(status): int(count) for status, count in rows.all()}
+
+
+async def _settle(kit: DeliveryKit, expected: dict[str, int]) -> None:
+    async def there() -> bool:
+        return (await _statuses(kit)) == expected
+
+    await wait_until(there, DEADLINE, message=lambda: f"deliveries {expected}")
+
+
+def answering(result: Callable[[], SendResult]) -> Callable[[Message], SendResult]:
+    return lambda _: result()
+
+
+async def test_successes_go_on_through_the_line_within_max_in_flight(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    sender.gate = asyncio.Event()
+    sub = await kit.subscription(ordering="none", max_in_flight=2)
+    await kit.events(*[("t", None) for _ in range(8)], together=True)
+    await worker.start()
+
+    await wait_until(lambda: len(sender.sent) == 2, DEADLINE, message="two sent")
+    await asyncio.sleep(0.2)  # the worker would send more now if it were going to
+    assert len(sender.sent) == 2, "max_in_flight holds"
+    sender.gate.set()
+
+    await _settle(kit, {"succeeded": 8})
+    assert {s.destination for s in sender.sent} == {sub.url}
+    assert len(sender.sent) == 8
+
+
+async def test_a_failure_is_retried_later_on_the_schedule(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    sender.answer = answering(lambda: failed(2, "connection refused"))
+    await kit.subscription()
+    (event,) = await kit.events(("t", "k"))
+    await worker.start()
+
+    async def attempted() -> dict[str, object] | None:
+        (delivery,) = await kit.deliveries_of(event.id)
+        return delivery if delivery["attempts"] == 1 else None
+
+    delivery = await wait_until(attempted, DEADLINE, message="the attempt recorded")
+    assert delivery["status"] == "pending"
+    assert len(sender.sent) == 1
+    assert delivery["last_error"] == "connection refused"
+    wait = (delivery["next_attempt_at"] - delivery["created_at"]).total_seconds()
+    assert 60 * 0.8 - 5 <= wait <= 60 * 1.2 + 5
+
+
+async def test_gone_dead_letters_and_disables_the_subscription(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    sender.answer = answering(lambda: gone(2))
+    sub = await kit.subscription()
+    await kit.events(("t", "k"))
+    await worker.start()
+
+    await _settle(kit, {"dead": 1})
+
+    async def disabled() -> bool:
+        s = schema.subscriptions
+        async with kit.db.read() as conn:
+            row = (await conn.execute(select(s).where(s.c.id == sub.id))).one()
+        return (row.status, row.disabled_reason) == ("disabled", "gone")
+
+    await wait_until(disabled, DEADLINE, message="the subscription disabled as gone")
+
+
+async def test_the_circuit_opens_after_failures_in_a_row(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    sender.answer = answering(lambda: failed(2, "boom"))
+    sub = await kit.subscription(ordering="none", max_in_flight=1)
+    await kit.events(*[("t", None) for _ in range(5)], together=True)
+    await worker.start()
+
+    async def open_circuit() -> bool:
+        s = schema.subscriptions
+        async with kit.db.read() as conn:
+            row = (await conn.execute(select(s).where(s.c.id == sub.id))).one()
+        return row.circuit_open_until is not None
+
+    await wait_until(open_circuit, DEADLINE, message="the circuit open")
+    await asyncio.sleep(0.3)
+    assert len(sender.sent) == 2, "nothing is sent while the circuit is open"
+
+
+async def test_stopping_closes_the_sender(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    sender.answer = answering(lambda: delivered(1))
+    await worker.start()
+    await worker.stop()
+    assert sender.closed

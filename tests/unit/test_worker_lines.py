@@ -1,0 +1,184 @@
+"""The line policy on its own: slots, fair sharing, claim-ahead, circuits. No I/O."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.domain.circuit import CircuitPolicy
+from app.store.deliveries import Completion
+from app.worker.lines import Line, LinePolicy
+from tests.unit.worker_fakes import ready, subscription
+
+CIRCUIT = CircuitPolicy(failure_threshold=3)
+
+
+def policy(concurrency: int = 32, claim_ahead: int = 2) -> LinePolicy:
+    return LinePolicy(concurrency, claim_ahead, CIRCUIT)
+
+
+def line(p: LinePolicy, sid: str, **fields: Any) -> Line:
+    p.load(sid, subscription(sid, **fields), time.monotonic())
+    return p.lines[sid]
+
+
+def fill(p: LinePolicy, target: Line, count: int) -> int:
+    """Take up to ``count`` slots for ``target``; how many it got."""
+    return sum(p.take_slot(target) for _ in range(count))
+
+
+def completion(sid: str, status: str, status_code: int) -> Completion:
+    now = datetime.now(UTC)
+    return Completion(
+        delivery=ready(sid).delivery,
+        owner="w",
+        status=status,
+        started_at=now,
+        duration_ms=1,
+        status_code=status_code,
+        error=None,
+        response_body=None,
+        next_attempt_at=now + timedelta(seconds=5) if status == "pending" else None,
+        finished_at=now,
+    )
+
+
+def test_max_in_flight_bounds_a_subscription() -> None:
+    p = policy()
+    a = line(p, "a", max_in_flight=3)
+    assert fill(p, a, 10) == 3
+    assert (a.in_flight, p.used) == (3, 3)
+
+
+def test_the_reserve_keeps_a_slot_for_a_healthy_subscription_holding_none() -> None:
+    p = policy(concurrency=32)
+    busy = line(p, "busy", max_in_flight=1000)
+    assert fill(p, busy, 100) == 32 - p.reserve
+    failing = line(p, "failing", consecutive_failures=1)
+    assert not p.take_slot(failing), "a failing subscription gets no reserved slot"
+    other = line(p, "other")
+    assert p.take_slot(other)
+    assert p.used == 32 - p.reserve + 1
+
+
+def test_success_continues_the_line_in_the_same_slot() -> None:
+    p = policy()
+    a = line(p, "a", max_in_flight=2)
+    assert fill(p, a, 2) == 2
+    queued = [ready("a"), ready("a")]
+    for r in queued:
+        p.queue(a, r)
+
+    after = p.next_after(a, succeeded=True, stopping=False)
+
+    assert after == (a, queued[0])
+    assert (a.in_flight, p.used, p.waiting) == (2, 2, 1)
+
+
+def test_a_failure_gives_back_what_was_claimed_ahead_and_frees_the_slot() -> None:
+    p = policy()
+    a = line(p, "a", max_in_flight=2)
+    fill(p, a, 2)
+    queued = [ready("a"), ready("a"), ready("a")]
+    for r in queued:
+        p.queue(a, r)
+
+    assert p.next_after(a, succeeded=False, stopping=False) is None
+
+    assert p.released() == [r.delivery.seq for r in queued]
+    assert (a.in_flight, p.used, p.waiting, p.queued()) == (1, 1, 0, set())
+
+
+def test_a_slot_moves_to_a_waiting_subscription_that_holds_fewer() -> None:
+    p = policy(concurrency=32)
+    busy = line(p, "busy", max_in_flight=1000)
+    fill(p, busy, 100)
+    for _ in range(5):
+        p.queue(busy, ready("busy"))
+    other = line(p, "other")
+    assert p.take_slot(other)  # the reserve
+    waiting = ready("other")
+    p.queue(other, waiting)
+
+    assert p.next_after(busy, succeeded=True, stopping=False) == (other, waiting)
+    assert (busy.in_flight, other.in_flight, p.used) == (30, 2, 32)
+    # Nothing else waits for a slot: the busy subscription goes on.
+    nxt = p.next_after(busy, succeeded=True, stopping=False)
+    assert nxt is not None
+    assert nxt[0] is busy
+
+
+def test_freed_slots_go_to_waiting_subscriptions_in_turn() -> None:
+    p = policy(concurrency=4, claim_ahead=4)
+    a, b = line(p, "a"), line(p, "b")
+    for _ in range(3):
+        p.queue(a, ready("a"))
+        p.queue(b, ready("b"))
+
+    started = p.start_waiting()
+
+    assert [lin.subscription.id for lin, _ in started] == ["a", "b", "a", "b"][: 4 - p.reserve]
+    assert p.used == len(started)
+
+
+def test_claim_ahead_is_bounded_per_subscription_and_overall() -> None:
+    p = policy(concurrency=4, claim_ahead=2)
+    a = line(p, "a", max_in_flight=1)
+    fill(p, a, 1)
+    assert p.room_ahead(a) == 2
+    p.queue(a, ready("a"))
+    p.queue(a, ready("a"))
+    assert p.room_ahead(a) == 0
+    limited = line(p, "limited", rate_limit_per_second=5.0)
+    assert p.room_ahead(limited) == 0, "a rate-limited subscription is not claimed ahead"
+
+
+def test_a_probe_claim_leaves_out_subscriptions_holding_half_what_they_may() -> None:
+    p = policy(concurrency=8, claim_ahead=4)
+    busy = line(p, "busy", max_in_flight=1000)
+    fill(p, busy, 8)
+    for _ in range(p.ahead_limit(busy) // 2):
+        p.queue(busy, ready("busy"))
+
+    assert "busy" not in p.claim_plan(probing=False).exclude
+    assert "busy" in p.claim_plan(probing=True).exclude
+
+
+def test_a_subscription_at_its_limits_is_left_out_of_every_claim() -> None:
+    p = policy(concurrency=8, claim_ahead=1)
+    a = line(p, "a", max_in_flight=1)
+    fill(p, a, 1)
+    p.queue(a, ready("a"))
+    plan = p.claim_plan(probing=False)
+    assert plan.exclude == ["a"]
+    assert plan.room == 0
+
+
+def test_the_circuit_opens_after_the_threshold_and_then_allows_one_probe() -> None:
+    p = policy()
+    a = line(p, "a")
+    now = datetime.now(UTC)
+    updates = p.record([completion("a", "pending", 500) for _ in range(3)], now)
+
+    (update,) = updates
+    assert update.consecutive_failures == 3
+    assert update.circuit_open_until is not None
+    assert update.circuit_open_until > now
+    assert p.allowance(a) == 1, "half-open: one probe at a time"
+    assert p.settle(stopping=False) == []
+
+
+def test_a_gone_endpoint_is_reported_for_the_subscription() -> None:
+    p = policy()
+    line(p, "a")
+    (update,) = p.record([completion("a", "dead", 410)], datetime.now(UTC))
+    assert update.disable_reason == "gone"
+
+
+def test_a_success_closes_the_circuit() -> None:
+    p = policy()
+    a = line(p, "a", consecutive_failures=5, failing_since=datetime.now(UTC))
+    (update,) = p.record([completion("a", "succeeded", 200)], datetime.now(UTC))
+    assert update.consecutive_failures == 0
+    assert a.prefetches()
