@@ -36,10 +36,9 @@ from sqlalchemy import text  # noqa: E402
 from app.domain.events import NewEvent  # noqa: E402
 from app.domain.ids import new_id  # noqa: E402
 from app.store.database import Database, open_database  # noqa: E402
-from app.store.deliveries import refresh_statistics  # noqa: E402
 from app.store.ingest import ingest  # noqa: E402
 from app.store.migrations import upgrade_head  # noqa: E402
-from app.store.retention import prune  # noqa: E402
+from app.store.retention import prune, refresh_statistics  # noqa: E402
 
 TABLES = ("events", "deliveries", "attempts", "idempotency_keys")
 

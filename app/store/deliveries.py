@@ -26,14 +26,14 @@ from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store import driver
-from app.store.database import Database, translate_errors
+from app.store.database import Database
 from app.store.events import StoredEvent
 from app.store.lines import SQLITE_PROMOTE_ALL, busy, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.subscriptions import CIRCUIT_SQL, CircuitUpdate, apply_circuit, circuit_params
 
 
-def _sql(
+def timed_sql(
     statement: str, times: tuple[str, ...] = (), expanding: tuple[str, ...] = ()
 ) -> TextClause:
     """Raw SQL whose time parameters go through :class:`UTCDateTime` like the ORM's."""
@@ -63,7 +63,7 @@ _CANDIDATES = """
 
 # SQLite's planner prefers the (status, subscription_id) index and then sorts
 # the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
-_SQLITE_HINT = "INDEXED BY ix_deliveries_claim"
+SQLITE_CLAIM_HINT = "INDEXED BY ix_deliveries_claim"
 
 # PostgreSQL runs the claim as a prepared statement and soon with a generic
 # plan, which must not sort the backlog either. Two spellings keep it on the
@@ -76,7 +76,7 @@ _PG_CANDIDATES = _CANDIDATES.format(
     index_hint="", exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))", busy_line=busy("p", "s")
 )
 _SQLITE_CANDIDATES = _CANDIDATES.format(
-    index_hint=_SQLITE_HINT,
+    index_hint=SQLITE_CLAIM_HINT,
     exclude="s.id NOT IN (SELECT value FROM json_each(:exclude))",
     busy_line=busy("p", "s"),
 )
@@ -179,7 +179,7 @@ class Work:
     event: StoredEvent
 
 
-_PG_CLAIM = _sql(CLAIM["postgresql"], ("now", "lease"))
+_PG_CLAIM = timed_sql(CLAIM["postgresql"], ("now", "lease"))
 
 
 async def complete_and_claim(
@@ -447,99 +447,4 @@ _OUTCOME_FIELDS = (
     "duration_ms",
     "error",
     "response_body",
-)
-
-
-async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
-    """Give claimed deliveries back untouched (shutdown, or over a subscription's limit)."""
-    if not seqs:
-        return
-    statement = _sql(
-        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
-        expanding=("seqs",),
-    )
-    async with db.write() as conn:
-        await conn.execute(statement, {"seqs": list(seqs), "owner": owner})
-
-
-async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: datetime) -> None:
-    """Extend the leases of the deliveries ``owner`` is still working on, and only
-    those: a claim whose outcome was lost must expire, so that it is sent again."""
-    if not seqs:
-        return
-    statement = _sql(
-        "UPDATE deliveries SET lease_expires_at = :until "
-        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
-        ("until",),
-        ("seqs",),
-    )
-    async with db.write() as conn:
-        await conn.execute(statement, {"owner": owner, "seqs": sorted(seqs), "until": until})
-
-
-async def reap_expired_leases(db: Database, now: datetime) -> int:
-    """Deliveries whose worker vanished go back to pending."""
-    statement = _sql(
-        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE status = 'in_flight' AND lease_expires_at < :now",
-        ("now",),
-    )
-    async with db.write() as conn:
-        result = await conn.execute(statement, {"now": now})
-    return int(result.rowcount)
-
-
-async def release_all_leases(db: Database) -> int:
-    """SQLite only (one worker process): whatever is in flight belonged to a dead worker."""
-    statement = text(
-        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE status = 'in_flight'"
-    )
-    async with db.write() as conn:
-        result = await conn.execute(statement)
-    return int(result.rowcount)
-
-
-async def next_due(db: Database) -> datetime | None:
-    """When the earliest ready delivery falls due (the worker sleeps until then)."""
-    hint = _SQLITE_HINT if db.is_sqlite else ""
-    statement = text(
-        f"SELECT min(next_attempt_at) AS due FROM deliveries {hint} "
-        "WHERE status = 'pending' AND ready"
-    ).columns(due=UTCDateTime())
-    async with db.read() as conn:
-        due: datetime | None = (await conn.execute(statement)).scalar()
-    return due
-
-
-_CHURNING_TABLES = "deliveries, attempts, events, idempotency_keys"
-
-
-async def refresh_statistics(db: Database) -> None:
-    """After pruning: keep the planners' picture of the tables true.
-
-    PostgreSQL: analyze the tables that churn and make the deleted rows' space
-    reusable at once (autovacuum would get there, if it is on, but under steady
-    churn the tables would grow in the meantime).
-
-    SQLite plans from ``sqlite_stat1`` alone, never from a table's real size,
-    so statistics gathered while a table was small would keep choosing scans
-    as it grows. Without them SQLite takes every table as large, which is what
-    every hot statement is written for (tests/integration/test_hot_plans.py);
-    so eventrelay keeps none, and drops any an ``ANALYZE`` left behind.
-    """
-    if db.is_sqlite:
-        async with db.write() as conn:
-            for (name,) in (await conn.execute(text(_SQLITE_STATISTICS))).all():
-                await conn.execute(text(f'DROP TABLE "{name}"'))
-        return
-    with translate_errors():
-        async with db.writer.connect() as conn:
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await autocommit.execute(text(f"VACUUM (ANALYZE) {_CHURNING_TABLES}"))
-
-
-_SQLITE_STATISTICS = (
-    "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'sqlite_stat[0-9]'"
 )

@@ -16,7 +16,7 @@ from functools import lru_cache
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store.database import Database
+from app.store.database import Database, translate_errors
 from app.store.schema import UTCDateTime, stored_utc
 
 BATCH = 500
@@ -116,3 +116,35 @@ async def _drain(db: Database, table: str, cutoff: datetime, batch: int) -> int:
 async def _try_lock(conn: AsyncConnection) -> bool:
     result = await conn.execute(text(f"SELECT pg_try_advisory_xact_lock({PRUNE_LOCK})"))
     return bool(result.scalar())
+
+
+_CHURNING_TABLES = "deliveries, attempts, events, idempotency_keys"
+
+
+async def refresh_statistics(db: Database) -> None:
+    """After pruning: keep the planners' picture of the tables true.
+
+    PostgreSQL: analyze the tables that churn and make the deleted rows' space
+    reusable at once (autovacuum would get there, if it is on, but under steady
+    churn the tables would grow in the meantime).
+
+    SQLite plans from ``sqlite_stat1`` alone, never from a table's real size,
+    so statistics gathered while a table was small would keep choosing scans
+    as it grows. Without them SQLite takes every table as large, which is what
+    every hot statement is written for (tests/integration/test_hot_plans.py);
+    so eventrelay keeps none, and drops any an ``ANALYZE`` left behind.
+    """
+    if db.is_sqlite:
+        async with db.write() as conn:
+            for (name,) in (await conn.execute(text(_SQLITE_STATISTICS))).all():
+                await conn.execute(text(f'DROP TABLE "{name}"'))
+        return
+    with translate_errors():
+        async with db.writer.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text(f"VACUUM (ANALYZE) {_CHURNING_TABLES}"))
+
+
+_SQLITE_STATISTICS = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'sqlite_stat[0-9]'"
+)

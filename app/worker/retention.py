@@ -9,8 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 from app.store.database import Database
-from app.store.deliveries import refresh_statistics
-from app.store.retention import prune
+from app.store.retention import prune, refresh_statistics
 
 log = logging.getLogger(__name__)
 

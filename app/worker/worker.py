@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from app.domain.ids import new_id
 from app.metrics import Metrics
 from app.store import deliveries as store
+from app.store import leases
 from app.store import subscriptions as subscription_store
 from app.store.database import Database
 from app.store.deliveries import Claimed, ClaimRequest, Completion, Work
@@ -96,7 +97,7 @@ class DeliveryWorker:
     async def start(self) -> None:
         if self._db.is_sqlite:
             # One worker process per SQLite file: anything in flight is an orphan.
-            await store.release_all_leases(self._db)
+            await leases.release_all_leases(self._db)
         self._sender = self._senders()
         self._step = AttemptStep(
             self._sender,
@@ -142,7 +143,7 @@ class DeliveryWorker:
             self._policy.drop_waiting(line)
         leftovers += self._policy.released()
         with contextlib.suppress(Exception):
-            await store.release(self._db, self.owner, leftovers)
+            await leases.release(self._db, self.owner, leftovers)
         if self._sender is not None:
             await self._sender.close()
         log.info("delivery worker stopped", extra={"worker": self.owner})
@@ -191,7 +192,7 @@ class DeliveryWorker:
         if self._tasks or self._stopping:
             return timeout  # a finishing attempt wakes the loop
         with contextlib.suppress(Exception):
-            due = await store.next_due(self._db)
+            due = await leases.next_due(self._db)
             # Due now yet unclaimed means held (paused, circuit open, at a limit):
             # a completion or a commit will wake us, so do not spin.
             if due is not None and due > datetime.now(UTC):
@@ -261,7 +262,7 @@ class DeliveryWorker:
             else:
                 policy.queue(line, Ready(delivery, event, body))
         if over_limit:
-            await store.release(self._db, self.owner, over_limit)
+            await leases.release(self._db, self.owner, over_limit)
         return len(work) - len(over_limit)
 
     def _launch(self, line: Line, ready: Ready) -> None:
@@ -278,7 +279,7 @@ class DeliveryWorker:
             self._launch(line, ready)
         seqs = self._policy.released()
         if seqs:
-            await store.release(self._db, self.owner, seqs)
+            await leases.release(self._db, self.owner, seqs)
 
     async def _refresh_subscriptions(self, ids: set[str]) -> None:
         # A change made through the API marks the entry stale at once (in this
@@ -350,8 +351,8 @@ class DeliveryWorker:
                 # not yet written; a dropped outcome's claim is left to expire.
                 held = [*self._tasks, *(c.delivery.seq for c in self._finished)]
                 held += self._policy.held()
-                await store.renew_leases(self._db, self.owner, held, now + self._config.lease)
-                if await store.reap_expired_leases(self._db, now):
+                await leases.renew_leases(self._db, self.owner, held, now + self._config.lease)
+                if await leases.reap_expired_leases(self._db, now):
                     self.wake()
             except Exception:
                 log.exception("keeping leases failed")

@@ -16,8 +16,7 @@ from sqlalchemy import update
 
 from app.domain.subscriptions import SubscriptionPatch
 from app.services.subscriptions import SubscriptionService
-from app.store import deliveries as delivery_store
-from app.store import dlq, schema
+from app.store import dlq, leases, schema
 from app.store.deliveries import Claimed
 from tests.integration.conftest import DeliveryKit
 
@@ -184,10 +183,10 @@ async def test_redriven_dead_letter_is_delivered_again_with_skip(kit: DeliveryKi
 
 
 async def test_a_retry_keeps_its_place_in_the_line(kit: DeliveryKit) -> None:
-    assert await delivery_store.next_due(kit.db) is None
+    assert await leases.next_due(kit.db) is None
     sub = await kit.subscription()
     e = await kit.events(("t", "k"), ("t", "k"), ("t", None))
-    assert await delivery_store.next_due(kit.db) == e[0].received_at
+    assert await leases.next_due(kit.db) == e[0].received_at
     claimed = await kit.claim()
     assert event_ids(claimed) == [e[0].id, e[2].id]
     await kit.finish(claimed[1], "succeeded")
@@ -200,7 +199,7 @@ async def test_a_retry_keeps_its_place_in_the_line(kit: DeliveryKit) -> None:
     assert row["lease_owner"] is None
 
     assert await kit.claim() == [], "the next event of the key waits for the retry"
-    assert await delivery_store.next_due(kit.db) == retry_at
+    assert await leases.next_due(kit.db) == retry_at
 
     (again,) = await kit.claim(at=retry_at + timedelta(seconds=1))
     assert (again.event_id, again.attempts) == (e[0].id, 1)
@@ -208,7 +207,7 @@ async def test_a_retry_keeps_its_place_in_the_line(kit: DeliveryKit) -> None:
     (last,) = await kit.claim(at=retry_at + timedelta(seconds=2))
     assert last.event_id == e[1].id
     await kit.finish(last, "succeeded")
-    assert await delivery_store.next_due(kit.db) is None
+    assert await leases.next_due(kit.db) is None
 
     attempts = await kit.attempts_of(again.id)
     assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 503), (2, 200)]
@@ -225,7 +224,7 @@ async def test_leases_expire_and_are_released(kit: DeliveryKit) -> None:
     (live,) = await kit.claim("worker-a", at=now, limit=1, lease=timedelta(seconds=30))
     assert (stale.event_id, live.event_id) == (e[0].id, e[2].id)
 
-    assert await delivery_store.reap_expired_leases(kit.db, now) == 1
+    assert await leases.reap_expired_leases(kit.db, now) == 1
     row = await kit.delivery_for(e[0], sub)
     assert (row["status"], row["lease_owner"], row["lease_expires_at"]) == ("pending", None, None)
     assert (await kit.delivery_for(e[2], sub))["lease_owner"] == "worker-a"
@@ -237,16 +236,16 @@ async def test_leases_expire_and_are_released(kit: DeliveryKit) -> None:
     # Renewed leases outlive their first expiry; only the named ones are renewed.
     later = now + timedelta(minutes=10)
     # worker-a names worker-b's claim too: not its own, so not renewed (LEASE is 5 min).
-    await delivery_store.renew_leases(kit.db, "worker-a", [live.seq, fresh.seq], later)
-    await delivery_store.renew_leases(kit.db, "worker-b", [], later)
-    assert await delivery_store.reap_expired_leases(kit.db, now + timedelta(minutes=7)) == 1
+    await leases.renew_leases(kit.db, "worker-a", [live.seq, fresh.seq], later)
+    await leases.renew_leases(kit.db, "worker-b", [], later)
+    assert await leases.reap_expired_leases(kit.db, now + timedelta(minutes=7)) == 1
     assert (await kit.delivery_for(e[2], sub))["lease_owner"] == "worker-a"
     assert (await kit.delivery_for(e[0], sub))["status"] == "pending", "worker-b's, not renewed"
 
     # release: only the owner's leases, back to pending untouched.
-    await delivery_store.release(kit.db, "worker-b", [live.seq])
+    await leases.release(kit.db, "worker-b", [live.seq])
     assert (await kit.delivery_for(e[2], sub))["status"] == "in_flight"
-    await delivery_store.release(kit.db, "worker-a", [live.seq])
+    await leases.release(kit.db, "worker-a", [live.seq])
     row = await kit.delivery_for(e[2], sub)
     assert (row["status"], row["attempts"], row["lease_owner"]) == ("pending", 0, None)
     # Both heads are free: the reaped one of line k and the released one of line j.
@@ -260,7 +259,7 @@ async def _stolen(kit: DeliveryKit, keys: int) -> list[tuple[Claimed, Claimed]]:
     await kit.events(*[("t", f"k{i}") for i in range(keys) for _ in range(2)])
     now = datetime.now(UTC) + timedelta(seconds=1)
     stale = await kit.claim("worker-a", at=now, lease=timedelta(seconds=-1))
-    assert await delivery_store.reap_expired_leases(kit.db, now) == keys
+    assert await leases.reap_expired_leases(kit.db, now) == keys
     fresh = await kit.claim("worker-b", at=now)
     assert [c.id for c in stale] == [c.id for c in fresh]
     return list(zip(stale, fresh, strict=True))

@@ -10,6 +10,7 @@ import pytest
 
 from app.errors import StoreUnavailable
 from app.store import deliveries as delivery_store
+from app.store import leases
 from app.store.deliveries import Claimed, ClaimRequest, Completion, Work
 from tests.integration.conftest import LEASE, DeliveryKit
 
@@ -85,7 +86,7 @@ async def test_a_cycle_only_writes_for_the_current_owner(kit: DeliveryKit) -> No
     e = await kit.events(("t", "k"), ("t", "k"))
     now = datetime.now(UTC)
     (stale,) = await kit.claim("worker-a", at=now, lease=timedelta(seconds=-1))
-    assert await delivery_store.reap_expired_leases(kit.db, now) == 1
+    assert await leases.reap_expired_leases(kit.db, now) == 1
     (current,) = await kit.claim("worker-b")
     assert current.id == stale.id
 

@@ -28,11 +28,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.store import deliveries as delivery_store
-from app.store.deliveries import refresh_statistics
+from app.store import leases
 from app.store.gauges import snapshot
 from app.store.ingest import _SELECT_KEYS
-from app.store.retention import prune
+from app.store.retention import prune, refresh_statistics
 from tests.integration.conftest import DeliveryKit
 from tests.integration.plans import (
     Statement,
@@ -114,10 +113,10 @@ async def _drive_hot_paths(client: httpx.AsyncClient, kit: DeliveryKit) -> None:
         await kit.finish(one, status, next_attempt_at=now + timedelta(hours=1))
     again = await kit.claim(limit=5)
     seqs = [c.seq for c in again]
-    await delivery_store.renew_leases(kit.db, "worker-a", seqs, now + timedelta(minutes=5))
-    await delivery_store.release(kit.db, "worker-a", seqs)
-    await delivery_store.reap_expired_leases(kit.db, now)
-    await delivery_store.next_due(kit.db)
+    await leases.renew_leases(kit.db, "worker-a", seqs, now + timedelta(minutes=5))
+    await leases.release(kit.db, "worker-a", seqs)
+    await leases.reap_expired_leases(kit.db, now)
+    await leases.next_due(kit.db)
     await snapshot(kit.db)
 
     # What operators and the lists read.

@@ -1,0 +1,81 @@
+"""Leases: what a worker holds, renewed while it works, given back or reaped.
+
+A claim (:mod:`app.store.deliveries`) leases each delivery to its worker until
+``lease_expires_at``. The worker renews the leases of the attempts still
+running, gives back what it will not start, and every worker returns the
+deliveries of a worker that vanished (an expired lease) to ``pending``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import text
+
+from app.store.database import Database
+from app.store.deliveries import SQLITE_CLAIM_HINT, timed_sql
+from app.store.schema import UTCDateTime
+
+
+async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
+    """Give claimed deliveries back untouched (shutdown, or over a subscription's limit)."""
+    if not seqs:
+        return
+    statement = timed_sql(
+        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
+        expanding=("seqs",),
+    )
+    async with db.write() as conn:
+        await conn.execute(statement, {"seqs": list(seqs), "owner": owner})
+
+
+async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: datetime) -> None:
+    """Extend the leases of the deliveries ``owner`` is still working on, and only
+    those: a claim whose outcome was lost must expire, so that it is sent again."""
+    if not seqs:
+        return
+    statement = timed_sql(
+        "UPDATE deliveries SET lease_expires_at = :until "
+        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
+        ("until",),
+        ("seqs",),
+    )
+    async with db.write() as conn:
+        await conn.execute(statement, {"owner": owner, "seqs": sorted(seqs), "until": until})
+
+
+async def reap_expired_leases(db: Database, now: datetime) -> int:
+    """Deliveries whose worker vanished go back to pending."""
+    statement = timed_sql(
+        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE status = 'in_flight' AND lease_expires_at < :now",
+        ("now",),
+    )
+    async with db.write() as conn:
+        result = await conn.execute(statement, {"now": now})
+    return int(result.rowcount)
+
+
+async def release_all_leases(db: Database) -> int:
+    """SQLite only (one worker process): whatever is in flight belonged to a dead worker."""
+    statement = text(
+        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE status = 'in_flight'"
+    )
+    async with db.write() as conn:
+        result = await conn.execute(statement)
+    return int(result.rowcount)
+
+
+async def next_due(db: Database) -> datetime | None:
+    """When the earliest ready delivery falls due (the worker sleeps until then)."""
+    hint = SQLITE_CLAIM_HINT if db.is_sqlite else ""
+    statement = text(
+        f"SELECT min(next_attempt_at) AS due FROM deliveries {hint} "
+        "WHERE status = 'pending' AND ready"
+    ).columns(due=UTCDateTime())
+    async with db.read() as conn:
+        due: datetime | None = (await conn.execute(statement)).scalar()
+    return due
