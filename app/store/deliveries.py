@@ -225,7 +225,7 @@ async def _cycle_sqlite(
     request: ClaimRequest | None,
     now: datetime | None,
 ) -> list[Work]:
-    """The cycle on SQLite as one hand-off to the driver's thread
+    """The cycle on SQLite as one hand-off to the writer's thread
     (:func:`app.store.driver.sqlite_write`): the parameters are built here, the
     statements run there in one transaction, the rows come back."""
     outcomes = _outcome_rows(completions, sqlite_timestamp)

@@ -8,7 +8,7 @@ mismatch); then write. A key another process commits between the two phases
 row, and the whole transaction is retried, when the first phase will see it.
 
 The deciding is shared; each dialect has its own I/O. On SQLite the whole
-transaction is one call on the driver's thread (:func:`app.store.driver.sqlite_write`);
+transaction is one call on the writer's thread (:func:`app.store.driver.sqlite_write`);
 on PostgreSQL every step is one statement, its rows as arrays.
 """
 
@@ -242,7 +242,7 @@ _DELIVERY_COLUMNS = (
 _DELIVERY_FIELDS = tuple(_DELIVERY_COLUMNS.split(", "))
 
 
-# -- SQLite: the whole transaction in one call on the driver's thread ----------
+# -- SQLite: the whole transaction in one call on the writer's thread ----------
 #
 # app.store.driver.sqlite_write runs it between BEGIN IMMEDIATE and COMMIT with
 # the plain sqlite3 connection: one hand-off a flush instead of one a statement
@@ -253,7 +253,7 @@ _KEY_CHUNK = 500  # keys per SELECT, well under SQLite's limit on bound variable
 
 # The flush's reads in one statement of one row: the stored keys among the
 # first chunk and the subscriptions, each as a JSON array. Every statement on
-# the driver's thread gives up the GIL and waits to win it back from the busy
+# the writer's thread gives up the GIL and waits to win it back from the busy
 # event loop (driver.sqlite_execute_rows), and the flush is what bounds ingest.
 _SQLITE_READS = f"""
     SELECT
