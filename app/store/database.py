@@ -173,7 +173,7 @@ def _sqlite_connect(
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
-    sqlite3.OperationalError,  # from statements run on sqlite3 itself (app.store.driver)
+    sqlite3.OperationalError,  # from plain sqlite3 connections (app.store.sqlite_writer, driver)
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
     OSError,
