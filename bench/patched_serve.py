@@ -34,9 +34,11 @@ Patches:
     and the event loop's scheduling delay (a callback every 10 ms), and adds
     their percentiles to the ``count`` output (use together with ``count``).
 ``sqlite-timing``
-    Times every call aiosqlite hands to its thread, by statement kind: the
-    time inside SQLite (``*_in_thread_ms``) and until the awaiting coroutine
-    has the answer (``*_total_ms``). Use together with ``count``.
+    Times every call handed to a SQLite thread: the writer's transactions
+    (the ingest flush, the worker's cycle; ``transaction_*``) and aiosqlite's
+    calls by statement kind (the other writes and the reads): the time inside
+    SQLite (``*_in_thread_ms``) and until the awaiting coroutine has the
+    answer (``*_total_ms``). Use together with ``count``.
 ``count``
     Counts token lookups in the database and thread-pool hops, and writes
     them as JSON to ``$BENCH_COUNTS_FILE`` when the server exits.
@@ -135,14 +137,16 @@ def patch_sqlite_timing() -> None:
     import aiosqlite.core
 
     def kind(fn: Any, args: tuple[Any, ...]) -> str:
-        name = getattr(fn, "__name__", "call")
+        name = getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", "call"))
         if args and isinstance(args[0], str):
             name += ":" + args[0].split(None, 1)[0].upper()
         return name
 
-    def wrap(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def wrap(
+        original: Callable[..., Awaitable[Any]], prefix: str = ""
+    ) -> Callable[..., Awaitable[Any]]:
         async def timed(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-            label = kind(fn, args)
+            label = prefix + kind(fn, args)
             inside: list[float] = []
 
             def run(*a: Any, **k: Any) -> Any:
@@ -166,6 +170,11 @@ def patch_sqlite_timing() -> None:
     # Cursors go through their connection's _execute too.
     connection: Any = aiosqlite.core.Connection
     connection._execute = wrap(connection._execute)
+
+    from app.store.sqlite_writer import SqliteWriter
+
+    writer: Any = SqliteWriter
+    writer.transaction = wrap(writer.transaction, "transaction:")
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

@@ -2,15 +2,19 @@
 
 SQLite gets two engines: one writer connection whose transactions start with
 ``BEGIN IMMEDIATE`` (so a writer never fails on a lock upgrade) and a small
-pool of readers. PostgreSQL gets one pool for both.
+pool of readers; and the hot paths' own writer, a plain sqlite3 connection on
+its own thread (:mod:`app.store.sqlite_writer`), which takes turns with the
+writer engine so that only one of them writes at a time. PostgreSQL gets one
+pool for everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy import event, text
@@ -18,6 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.errors import StoreUnavailable
+from app.store.sqlite_writer import SqliteWriter
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -25,10 +30,17 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 class Database:
     """The engines for one database URL. Build with :func:`open_database`."""
 
-    def __init__(self, url: str, writer: AsyncEngine, reader: AsyncEngine) -> None:
+    def __init__(
+        self,
+        url: str,
+        writer: AsyncEngine,
+        reader: AsyncEngine,
+        sqlite_writer: SqliteWriter | None = None,
+    ) -> None:
         self.url = url
         self.writer = writer
         self.reader = reader
+        self.sqlite_writer = sqlite_writer  # SQLite: the hot paths' writer
         self.dialect = writer.dialect.name
 
     @property
@@ -39,8 +51,13 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed on success, rolled back on error."""
         with translate_errors():
-            async with self.writer.begin() as conn:
+            async with self._writer_turn(), self.writer.begin() as conn:
                 yield conn
+
+    def _writer_turn(self) -> AbstractAsyncContextManager[None]:
+        # SQLite: the writer engine's connection and the hot paths' never
+        # write at the same time (app.store.sqlite_writer).
+        return self.sqlite_writer.turn() if self.sqlite_writer else nullcontext()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -53,6 +70,8 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self.sqlite_writer is not None:
+            await self.sqlite_writer.close()
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
@@ -72,7 +91,9 @@ def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True
             url, immediate=True, pool_size=1, synchronous=sync, reset_on_return=None
         )
         reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sync)
-        return Database(url, writer, reader)
+        cargs, cparams = writer.dialect.create_connect_args(writer.url)
+        connect = partial(_sqlite_connect, cargs, cparams, sync)
+        return Database(url, writer, reader, SqliteWriter(connect))
     # Every statement is planned for its own parameters and the tables' current
     # size: asyncpg prepares statements, and PostgreSQL would otherwise keep a
     # generic plan made while a table was small (a scan) until the next ANALYZE.
@@ -104,10 +125,8 @@ def _sqlite_engine(
     reset_on_return: Literal["rollback"] | None = "rollback",
 ) -> AsyncEngine:
     # The writer returns its connection without the pool's ROLLBACK, a hand-off
-    # to aiosqlite's thread after every transaction (after every group commit
-    # and worker cycle): every use of it ends its own transaction, through
-    # SQLAlchemy's begin() or, for the worker's cycle, in the statements it
-    # runs on the driver, which end with COMMIT or ROLLBACK.
+    # to aiosqlite's thread after every transaction: every use of it ends its
+    # own transaction, through SQLAlchemy's begin() (Database.write).
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -119,16 +138,7 @@ def _sqlite_engine(
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver so BEGIN is ours to emit.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # The busy timeout first: switching a file to WAL waits for other
-        # connections like any other lock (migrations leave files in WAL already).
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        _sqlite_setup(dbapi_connection, synchronous)
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
@@ -139,9 +149,39 @@ def _sqlite_engine(
     return engine
 
 
+def _sqlite_setup(connection: Any, synchronous: str) -> None:
+    """Every SQLite connection's settings: the engines' (SQLAlchemy's adapter
+    of an aiosqlite connection) and the hot paths' writer's (plain sqlite3)."""
+    # Take transaction control from the driver so BEGIN is ours to emit.
+    connection.isolation_level = None
+    cursor = connection.cursor()
+    # The busy timeout first: switching a file to WAL waits for other
+    # connections like any other lock (migrations leave files in WAL already).
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_connect(
+    cargs: Sequence[Any], cparams: Mapping[str, Any], synchronous: str
+) -> sqlite3.Connection:
+    """The hot paths' writer connection, opened as the engines open theirs
+    (the same file and URL options), used on the writer's thread only."""
+    params = {**cparams, "check_same_thread": True, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    connection: sqlite3.Connection = sqlite3.connect(*cargs, **params)
+    try:
+        _sqlite_setup(connection, synchronous)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
-    sqlite3.OperationalError,  # from statements run on the driver (app.store.driver)
+    sqlite3.OperationalError,  # from plain sqlite3 connections (app.store.sqlite_writer, driver)
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
     OSError,

@@ -230,7 +230,7 @@ async def _cycle_sqlite(
     request: ClaimRequest | None,
     now: datetime | None,
 ) -> list[Work]:
-    """The cycle on SQLite as one hand-off to the driver's thread
+    """The cycle on SQLite as one hand-off to the writer's thread
     (:func:`app.store.driver.sqlite_write`): the parameters are built here, the
     statements run there in one transaction, the rows come back."""
     outcomes = _outcome_rows(completions, sqlite_timestamp)
@@ -249,9 +249,9 @@ async def _cycle_sqlite(
 
     def cycle(c: sqlite3.Connection) -> tuple[str, dict[str, str]]:
         # The attempts first: they read each delivery's count before the finish.
-        driver.sqlite_execute_rows(c, SQLITE_RECORD_ATTEMPTS, outcomes)
-        driver.sqlite_execute_rows(c, SQLITE_FINISH_ALL, outcomes)
-        driver.sqlite_execute_rows(c, SQLITE_PROMOTE_ALL, lines)
+        driver.sqlite_run_rows(c, SQLITE_RECORD_ATTEMPTS, outcomes)
+        driver.sqlite_run_rows(c, SQLITE_FINISH_ALL, outcomes)
+        driver.sqlite_run_rows(c, SQLITE_PROMOTE_ALL, lines)
         for update in circuits:
             c.execute(CIRCUIT_SQL, update)
         if claim is None:

@@ -20,7 +20,8 @@ on SQLite, ``$n`` on PostgreSQL.
 A transaction that runs many statements on many events' behalf (the ingest
 flush, the delivery worker's cycle) goes further on SQLite: :func:`sqlite_write`
 runs a whole transaction, ``BEGIN IMMEDIATE`` to ``COMMIT``, as one call on
-aiosqlite's thread. SQLAlchemy's begin and commit alone cost more CPU than the
+the SQLite writer's thread (:mod:`app.store.sqlite_writer`), with a plain
+sqlite3 connection. SQLAlchemy's begin and commit alone cost more CPU than the
 statements of a 32-event flush, and every hand-off waits for the event loop
 to come round, a millisecond or more under load (BENCHMARKS.md).
 """
@@ -54,42 +55,22 @@ async def fetch_all(conn: AsyncConnection, sql: str, params: Params = ()) -> lis
 async def sqlite_write(db: Database, work: Callable[[sqlite3.Connection], T]) -> T:
     """SQLite: ``work(connection)`` in a write transaction, in one hand-off.
 
-    The writer connection is checked out of its pool as for any other write
-    (the worker shares it); ``work`` then runs on aiosqlite's thread between
-    ``BEGIN IMMEDIATE`` and ``COMMIT``, with the plain sqlite3 connection, and
-    anything it raises rolls the transaction back. It must not touch the event
-    loop. sqlite3's errors are translated like :meth:`Database.write`'s.
+    ``work`` runs on the SQLite writer's thread between ``BEGIN IMMEDIATE`` and
+    ``COMMIT``, with its plain sqlite3 connection, and anything it raises rolls
+    the transaction back (:meth:`app.store.sqlite_writer.SqliteWriter.transaction`).
+    It must not touch the event loop. sqlite3's errors are translated like
+    :meth:`Database.write`'s.
     """
-    if not db.is_sqlite:
+    if db.sqlite_writer is None:
         raise ValueError("sqlite_write is for SQLite")
     with translate_errors():
-        async with db.writer.connect() as conn:
-            driver = await _aiosqlite(conn)
-            # aiosqlite has no public call for "run this on your thread"; its
-            # queue is what every public method goes through (pyproject.toml
-            # keeps aiosqlite within the releases that have it; a test pins it).
-            result: T = await driver._execute(_transaction, driver._conn, work)
-            return result
-
-
-def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    # The connection is in autocommit mode (app.store.database): BEGIN is ours.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(conn)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return result
+        return await db.sqlite_writer.transaction(work)
 
 
 SQLITE_ROWS_PER_STATEMENT = 500  # a few thousand parameters, far within SQLite's limit
 
 
-def sqlite_execute_rows(
-    conn: sqlite3.Connection, template: str, rows: Sequence[Sequence[Any]]
-) -> int:
+def sqlite_run_rows(conn: sqlite3.Connection, template: str, rows: Sequence[Sequence[Any]]) -> int:
     """Run ``template`` over ``rows`` given as one VALUES list (its ``{rows}``),
     up to SQLITE_ROWS_PER_STATEMENT a statement; returns the rows it changed.
 

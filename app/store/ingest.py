@@ -9,7 +9,7 @@ writer) shows up as a missing ``RETURNING`` row, and the whole transaction is
 retried, when the first phase will see it.
 
 Each dialect has its own I/O around the one decision. On SQLite the whole
-transaction is one call on the driver's thread (:func:`app.store.driver.sqlite_write`);
+transaction is one call on the writer's thread (:func:`app.store.driver.sqlite_write`);
 on PostgreSQL every step is one statement, its rows as arrays.
 """
 
@@ -129,7 +129,7 @@ _EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at"
 _KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at"
 
 
-# -- SQLite: the whole transaction in one call on the driver's thread ----------
+# -- SQLite: the whole transaction in one call on the writer's thread ----------
 #
 # app.store.driver.sqlite_write runs it between BEGIN IMMEDIATE and COMMIT with
 # the plain sqlite3 connection: one hand-off a flush instead of one a statement
@@ -140,8 +140,8 @@ _KEY_CHUNK = 500  # keys per SELECT, well under SQLite's limit on bound variable
 
 # The flush's reads in one statement of one row: the stored keys among the
 # first chunk and the subscriptions, each as a JSON array. Every statement on
-# the driver's thread gives up the GIL and waits to win it back from the busy
-# event loop (driver.sqlite_execute_rows), and the flush is what bounds ingest.
+# the writer's thread gives up the GIL and waits to win it back from the busy
+# event loop (driver.sqlite_run_rows), and the flush is what bounds ingest.
 _SQLITE_READS = f"""
     SELECT
       (SELECT json_group_array(json_array(key, fingerprint, event_id, response_body, created_at))
@@ -149,7 +149,7 @@ _SQLITE_READS = f"""
       (SELECT json_group_array(json_array(id, event_types, ordering))
        FROM ({_SELECT_SUBSCRIPTIONS}))
 """
-# The inserts take their rows as one VALUES list (driver.sqlite_execute_rows):
+# The inserts take their rows as one VALUES list (driver.sqlite_run_rows):
 # one step a statement, where executemany stepped, and gave up the GIL, per
 # row. SQLite inserts a VALUES list in order, so seq follows the batch.
 _SQLITE_INSERT_EVENTS = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {{rows}}"
@@ -179,7 +179,7 @@ def _ingest_sqlite(
     fanout = _fan_out(new_events, subscriptions)
     stamp = schema.sqlite_timestamp
     received = {e.id: stamp(e.received_at) for e in new_events}
-    driver.sqlite_execute_rows(
+    driver.sqlite_run_rows(
         conn,
         _SQLITE_INSERT_EVENTS,
         [
@@ -211,7 +211,7 @@ def _ingest_sqlite(
         (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], received[e.id]) for e in keyed
     ]
     # A conflict changes no row.
-    if driver.sqlite_execute_rows(conn, _SQLITE_INSERT_KEYS, rows) != len(keyed):
+    if driver.sqlite_run_rows(conn, _SQLITE_INSERT_KEYS, rows) != len(keyed):
         raise KeyRace()
     return _outcome(decision, bodies, len(fanout))
 
@@ -220,7 +220,7 @@ def _insert_deliveries_sqlite(
     conn: sqlite3.Connection, fanout: list[dict[str, object]], received: dict[str, str]
 ) -> None:
     # A new delivery is created, and due, when its event was received (_fan_out).
-    driver.sqlite_execute_rows(
+    driver.sqlite_run_rows(
         conn,
         _SQLITE_INSERT_DELIVERIES,
         [

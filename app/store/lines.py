@@ -179,7 +179,7 @@ def busy_lines_sqlite(
     conn: sqlite3.Connection, lines: Iterable[tuple[object, object]]
 ) -> set[Line]:
     """:func:`busy_lines` on a plain sqlite3 connection (a transaction run on the
-    driver's thread, :func:`app.store.driver.sqlite_write`)."""
+    writer's thread, :func:`app.store.driver.sqlite_write`)."""
     wanted = {(str(sub), str(key)) for sub, key in lines}
     if not wanted:
         return set()

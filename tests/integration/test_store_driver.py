@@ -151,7 +151,7 @@ async def test_rows_go_in_as_values_lists_of_bounded_size(
 
     def work(conn: sqlite3.Connection) -> int:
         conn.set_trace_callback(statements.append)
-        changed = driver.sqlite_execute_rows(conn, template, [(k,) for k in [*keys, "k0"]])
+        changed = driver.sqlite_run_rows(conn, template, [(k,) for k in [*keys, "k0"]])
         conn.set_trace_callback(None)
         return changed
 
