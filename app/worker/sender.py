@@ -56,7 +56,7 @@ class HttpSender:
 
     def __init__(self, *, allow_private: bool, max_connections: int = 512) -> None:
         self._allow_private = allow_private
-        self._connections: dict[str, HttpConnection] = {}
+        self._by_destination: dict[str, HttpConnection] = {}
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=0,
@@ -71,11 +71,11 @@ class HttpSender:
         )
 
     def connection(self, destination: str) -> HttpConnection:
-        connection = self._connections.get(destination)
+        connection = self._by_destination.get(destination)
         if connection is None:
             refusal = None if self._allow_private else _refused_literal(destination)
             connection = HttpConnection(self._session, destination, refusal)
-            self._connections[destination] = connection
+            self._by_destination[destination] = connection
         return connection
 
     async def close(self) -> None:
