@@ -3,11 +3,16 @@ statement, the receiver and server processes, the database's size."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -104,3 +109,28 @@ async def database_bytes(url: str, sqlite_path: Path | None) -> int:
         return int(await conn.fetchval("SELECT pg_database_size(current_database())"))
     finally:
         await conn.close()
+
+
+def run_on_fresh_database(
+    backend: str,
+    pg_dsn: str,
+    prefix: str,
+    run: Callable[[str, Path | None, Path], Awaitable[int]],
+) -> int:
+    """``run(url, sqlite_path, workdir)`` on a database of its own: a SQLite file
+    in a temporary directory, or a PostgreSQL database created on ``pg_dsn``
+    for it and dropped afterwards (``sqlite_path`` is then None)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"eventrelay-{prefix}-"))
+    try:
+        if backend == "sqlite":
+            path = workdir / "eventrelay.db"
+            return asyncio.run(run(f"sqlite+aiosqlite:///{path}", path, workdir))
+        name = f"er_{prefix}_{secrets.token_hex(4)}"
+        asyncio.run(pg_execute(pg_dsn, f'CREATE DATABASE "{name}"'))
+        try:
+            url = pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+            return asyncio.run(run(f"{url}/{name}", None, workdir))
+        finally:
+            asyncio.run(pg_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

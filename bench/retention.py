@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from common import database_bytes, pg_execute, start_receiver, start_server
+from common import database_bytes, run_on_fresh_database, start_receiver, start_server
 
 SAMPLE_SECONDS = 10.0
 BATCH = 20
@@ -123,20 +121,12 @@ def main() -> int:
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="eventrelay-retention-"))
-    try:
-        if args.backend == "sqlite":
-            path = workdir / "eventrelay.db"
-            return asyncio.run(run(args, f"sqlite+aiosqlite:///{path}", path, workdir))
-        name = f"er_retention_{secrets.token_hex(4)}"
-        asyncio.run(pg_execute(args.pg_dsn, f'CREATE DATABASE "{name}"'))
-        try:
-            url = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-            return asyncio.run(run(args, f"{url}/{name}", None, workdir))
-        finally:
-            asyncio.run(pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_on_fresh_database(
+        args.backend,
+        args.pg_dsn,
+        "retention",
+        lambda url, path, workdir: run(args, url, path, workdir),
+    )
 
 
 if __name__ == "__main__":

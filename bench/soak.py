@@ -30,11 +30,9 @@ import argparse
 import asyncio
 import json
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +42,8 @@ import httpx
 from common import (
     ROOT,
     database_bytes,
-    pg_execute,
     process_cpu_seconds,
+    run_on_fresh_database,
     start_receiver,
     start_server,
 )
@@ -280,20 +278,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.minutes < 3:
         parser.error("--minutes must be at least 3 (the second and last minutes are compared)")
-    workdir = Path(tempfile.mkdtemp(prefix="eventrelay-soak-"))
-    try:
-        if args.backend == "sqlite":
-            path = workdir / "eventrelay.db"
-            return asyncio.run(soak(args, f"sqlite+aiosqlite:///{path}", path, workdir))
-        name = f"er_soak_{secrets.token_hex(4)}"
-        asyncio.run(pg_execute(args.pg_dsn, f'CREATE DATABASE "{name}"'))
-        try:
-            url = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-            return asyncio.run(soak(args, f"{url}/{name}", None, workdir))
-        finally:
-            asyncio.run(pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_on_fresh_database(
+        args.backend, args.pg_dsn, "soak", lambda url, path, workdir: soak(args, url, path, workdir)
+    )
 
 
 if __name__ == "__main__":
