@@ -18,19 +18,32 @@ answer is a proof; the checker refuses rather than guesses, so it may reject
 a compatible change, never accept an incompatible one. Identical subschemas
 are compatible whatever they contain. The object and array keywords live in
 :mod:`app.domain.compat_containers`; what both modules share, in
-:mod:`app.domain.compat_base`.
+:mod:`app.domain.compat_base`; what one node allows (types, values, bounds), in
+:mod:`app.domain.compat_values`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from fractions import Fraction
 from typing import Any
-
-import orjson
 
 from app.domain import compat_containers as containers
 from app.domain.compat_base import Breaking, Checker
+from app.domain.compat_values import (
+    ALL_TYPES,
+    NUMERIC,
+    as_count,
+    as_number,
+    bound_of,
+    finite_values,
+    follow,
+    multiple,
+    names,
+    show,
+    smaller,
+    types_of,
+    within,
+)
 from app.domain.event_schemas import Compatibility, Schema
 from app.domain.schema_nodes import (
     DYNAMIC,
@@ -46,8 +59,6 @@ from app.errors import FieldError
 
 MAX_STEPS = 50_000
 MAX_VALUE_REASONS = 5
-ALL_TYPES = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
-NUMERIC = frozenset({"integer", "number"})
 # Compared only when identical, wherever they appear (self-contained groups).
 OPAQUE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("not",),
@@ -140,7 +151,7 @@ class SubsetChecker(Checker):
         self._steps += 1
         if self._steps > MAX_STEPS:
             raise _TooComplex()
-        n_target, w_target = _follow(n), _follow(w)
+        n_target, w_target = follow(n), follow(w)
         if n_target is None or w_target is None:
             bad = n if n_target is None else w
             return [
@@ -232,12 +243,10 @@ class SubsetChecker(Checker):
                 continue  # not a document of n after all
             accepted = w.doc.accepts(w, value)
             if accepted is None:
-                return [
-                    self.br(n, w, f"cannot decide whether {self.w_name} accepts {_show(value)}")
-                ]
+                return [self.br(n, w, f"cannot decide whether {self.w_name} accepts {show(value)}")]
             if not accepted:
                 found.append(
-                    self.br(n, w, f"{self.n_name} accepts {_show(value)}, {self.w_name} rejects it")
+                    self.br(n, w, f"{self.n_name} accepts {show(value)}, {self.w_name} rejects it")
                 )
         return found[:MAX_VALUE_REASONS]
 
@@ -258,7 +267,7 @@ class SubsetChecker(Checker):
                 self.br(
                     n,
                     w,
-                    f"{self.w_name} accepts only {_names(allowed)}, {self.n_name} accepts any type",
+                    f"{self.w_name} accepts only {names(allowed)}, {self.n_name} accepts any type",
                     w_kw="type",
                 )
             ]
@@ -328,33 +337,33 @@ class SubsetChecker(Checker):
     def _numbers(self, n: Node, w: Node, integers: bool) -> list[Breaking]:
         found = []
         for kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-            limit = _number(w.keywords.get(kw))
+            limit = as_number(w.keywords.get(kw))
             if limit is None:
                 continue
             upper = kw in ("maximum", "exclusiveMaximum")
-            bound = _bound(n.keywords, upper)
-            if not _within(bound, (limit, kw.startswith("exclusive")), upper, integers):
-                own = "none" if bound is None else _show(bound[0])
+            bound = bound_of(n.keywords, upper)
+            if not within(bound, (limit, kw.startswith("exclusive")), upper, integers):
+                own = "none" if bound is None else show(bound[0])
                 found.append(
                     self.br(
                         n,
                         w,
-                        f"{kw}: {self.w_name} has {_show(limit)}, "
+                        f"{kw}: {self.w_name} has {show(limit)}, "
                         f"{self.n_name}'s {'upper' if upper else 'lower'} "
                         f"bound is {own}",
                         w_kw=kw,
                     )
                 )
-        step = _number(w.keywords.get("multipleOf"))
-        if step is not None and not _multiple(
-            _number(n.keywords.get("multipleOf")), step, integers
+        step = as_number(w.keywords.get("multipleOf"))
+        if step is not None and not multiple(
+            as_number(n.keywords.get("multipleOf")), step, integers
         ):
             found.append(
                 self.br(
                     n,
                     w,
                     f"multipleOf: {self.w_name} requires multiples of "
-                    f"{_show(step)}, {self.n_name} does not",
+                    f"{show(step)}, {self.n_name} does not",
                     w_kw="multipleOf",
                 )
             )
@@ -387,9 +396,9 @@ class SubsetChecker(Checker):
     ) -> list[Breaking]:
         """A minimum/maximum count pair (lengths, items, properties)."""
         found = []
-        least = max(_count(n.keywords.get(low)) or 0, n_low)
-        most = _smaller(_count(n.keywords.get(high)), n_high)
-        need = _count(w.keywords.get(low))
+        least = max(as_count(n.keywords.get(low)) or 0, n_low)
+        most = smaller(as_count(n.keywords.get(high)), n_high)
+        need = as_count(w.keywords.get(low))
         if need is not None and least < need:
             found.append(
                 self.br(
@@ -400,7 +409,7 @@ class SubsetChecker(Checker):
                     w_kw=low,
                 )
             )
-        cap = _count(w.keywords.get(high))
+        cap = as_count(w.keywords.get(high))
         if cap is not None and (most is None or most > cap):
             own = "any number" if most is None else str(most)
             found.append(
@@ -413,107 +422,3 @@ class SubsetChecker(Checker):
                 )
             )
         return found
-
-
-def _follow(node: Node) -> Node | None:
-    """``node``, or what its ``$ref`` stands for when the reference is all it says."""
-    if not only_ref(node):
-        return node
-    return resolve(node)
-
-
-def types_of(node: Node) -> frozenset[str]:
-    """The JSON types ``node``'s ``type`` keyword lets through (``number`` includes integers)."""
-    declared = node.keywords.get("type")
-    if declared is None:
-        return ALL_TYPES
-    return frozenset([declared] if isinstance(declared, str) else declared)
-
-
-def finite_values(node: Node) -> list[Any] | None:
-    """The values ``node`` can take if they are few (``const``, ``enum``, null, booleans)."""
-    k = node.keywords
-    if "const" in k:
-        return [k["const"]]
-    if isinstance(k.get("enum"), list):
-        return list(k["enum"])
-    types = types_of(node)
-    if types <= {"null", "boolean"}:
-        return ([None] if "null" in types else []) + ([False, True] if "boolean" in types else [])
-    return None
-
-
-Bound = tuple[int | float, bool]  # (limit, exclusive)
-
-
-def _number(value: Any) -> int | float | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _count(value: Any) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None else None
-
-
-def _smaller(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _bound(keywords: dict[str, Any], upper: bool) -> Bound | None:
-    """The tightest lower (or upper) bound a schema sets on numbers."""
-    inclusive = _number(keywords.get("maximum" if upper else "minimum"))
-    exclusive = _number(keywords.get("exclusiveMaximum" if upper else "exclusiveMinimum"))
-    candidates: list[Bound] = []
-    if inclusive is not None:
-        candidates.append((inclusive, False))
-    if exclusive is not None:
-        candidates.append((exclusive, True))
-    if not candidates:
-        return None
-    if upper:
-        return min(candidates, key=lambda b: (b[0], not b[1]))
-    return max(candidates, key=lambda b: (b[0], b[1]))
-
-
-def _within(bound: Bound | None, limit: Bound, upper: bool, integers: bool) -> bool:
-    """Whether every number inside ``bound`` is inside ``limit`` (same side)."""
-    if bound is None:
-        return False
-    if integers:
-        return (
-            _int_bound(bound, upper) <= _int_bound(limit, upper)
-            if upper
-            else (_int_bound(bound, upper) >= _int_bound(limit, upper))
-        )
-    (own, own_excl), (lim, lim_excl) = bound, limit
-    if upper:
-        return own < lim or (own == lim and (own_excl or not lim_excl))
-    return own > lim or (own == lim and (own_excl or not lim_excl))
-
-
-def _int_bound(bound: Bound, upper: bool) -> Fraction:
-    """The inclusive integer bound an inclusive or exclusive number bound means."""
-    value, exclusive = Fraction(bound[0]), bound[1]
-    if upper:
-        floor = value.__floor__()
-        return Fraction(floor - 1 if exclusive and floor == value else floor)
-    ceil = value.__ceil__()
-    return Fraction(ceil + 1 if exclusive and ceil == value else ceil)
-
-
-def _multiple(own: int | float | None, step: int | float, integers: bool) -> bool:
-    wanted = Fraction(str(step))
-    if wanted == 0:
-        return False
-    if own is not None and (Fraction(str(own)) / wanted).denominator == 1:
-        return True
-    return integers and (1 / wanted).denominator == 1
-
-
-def _names(types: Iterable[str]) -> str:
-    return ", ".join(sorted(types))
-
-
-def _show(value: Any) -> str:
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 60 else text[:57] + "..."
