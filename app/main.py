@@ -88,9 +88,13 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = open_database(settings.database_url)
+        # SQLite: one Database per process (one writer); PostgreSQL: the worker's own engine.
+        worker_db = db if db.is_sqlite or not worker else open_database(db.url, worker=True)
         config = worker_config(settings)
         embedded = (
-            DeliveryWorker(db, config, metrics, senders=http_senders(config)) if worker else None
+            DeliveryWorker(worker_db, config, metrics, senders=http_senders(config))
+            if worker
+            else None
         )
         svc = build_services(
             settings,
@@ -114,6 +118,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                 await embedded.stop()
             await gauges.stop()
             metrics.registry.unregister(gauges)
+            if worker_db is not db:
+                await worker_db.dispose()
             await db.dispose()
 
     return build_api(lifespan=lifespan, metrics=metrics)
@@ -125,7 +131,7 @@ async def run_worker(
     """``eventrelay worker``: deliver until SIGTERM or SIGINT, then finish in-flight
     deliveries. ``before_start`` runs once everything is built."""
     # A worker acknowledges no event: a lost outcome only means a redelivery.
-    db = open_database(settings.database_url, durable_commits=False)
+    db = open_database(settings.database_url, durable_commits=False, worker=True)
     try:
         await _wait_for_migrations(db)
         metrics = Metrics()

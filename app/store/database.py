@@ -77,13 +77,35 @@ class Database:
             await self.reader.dispose()
 
 
-def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True) -> Database:
+# How old a delivery worker's PostgreSQL connection may get (see open_database).
+REPLAN_SECONDS = 60
+
+
+def open_database(
+    url: str, *, pool_size: int = 10, durable_commits: bool = True, worker: bool = False
+) -> Database:
     """Engines for ``url``.
 
     ``durable_commits=False`` is for a process that never acknowledges an
     event (``eventrelay worker``): its commits (claims, outcomes) may be lost
     to a power failure, which only means a delivery is made again, so they do
     not wait for the disk. Whatever accepts events keeps the default.
+
+    Query plans on PostgreSQL (asyncpg prepares every statement, and
+    PostgreSQL keeps a generic plan for a prepared statement once it has
+    settled on one, however much the tables grow until the next ``ANALYZE``):
+
+    * by default every execution is planned for its parameters and the
+      tables' current size (``plan_cache_mode = force_custom_plan``), a few
+      tens of µs for the API's statements;
+    * ``worker=True`` (a delivery worker's own engine) keeps PostgreSQL's
+      default plan cache, because planning the claim takes over a millisecond
+      and a cycle may claim a single delivery, and instead never lets a plan
+      grow old: its connections are replaced after ``REPLAN_SECONDS``, and a
+      new connection plans again for the tables as they are then. Every hot
+      statement's generic plan made at scale is index-served
+      (tests/integration/test_hot_plans.py), so a plan made while a table was
+      small lives at most that long.
     """
     if url.startswith("sqlite"):
         sync = "FULL" if durable_commits else "NORMAL"
@@ -94,10 +116,7 @@ def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True
         cargs, cparams = writer.dialect.create_connect_args(writer.url)
         connect = partial(_sqlite_connect, cargs, cparams, sync)
         return Database(url, writer, reader, SqliteWriter(connect))
-    # Every statement is planned for its own parameters and the tables' current
-    # size: asyncpg prepares statements, and PostgreSQL would otherwise keep a
-    # generic plan made while a table was small (a scan) until the next ANALYZE.
-    server_settings = {"plan_cache_mode": "force_custom_plan"}
+    server_settings = {"plan_cache_mode": "auto" if worker else "force_custom_plan"}
     if not durable_commits:
         server_settings["synchronous_commit"] = "off"
     connect_args: dict[str, Any] = {
@@ -110,7 +129,7 @@ def open_database(url: str, *, pool_size: int = 10, durable_commits: bool = True
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
-        pool_recycle=1800,
+        pool_recycle=REPLAN_SECONDS if worker else 1800,
         connect_args=connect_args,
     )
     return Database(url, engine, engine)

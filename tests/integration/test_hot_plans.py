@@ -19,8 +19,10 @@ small, grows them, and checks that the next run plans afresh.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.store import leases
+from app.store import database, leases
+from app.store.database import open_database
 from app.store.gauges import snapshot
 from app.store.ingest import _SELECT_KEYS
 from app.store.retention import prune, refresh_statistics
@@ -216,3 +219,32 @@ async def test_a_plan_made_while_small_is_not_kept(kit: DeliveryKit) -> None:
     )
     assert not postgres_scans(nodes), describe(nodes)
     assert any(n.get("Index Name") == "pk_idempotency_keys" for n in nodes), describe(nodes)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_workers_plans_live_no_longer_than_its_connections(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery worker keeps PostgreSQL's plan cache (planning its claim costs
+    more than running it) and instead replaces its connections, and so every
+    plan it holds, after ``REPLAN_SECONDS``; the API plans every execution."""
+    monkeypatch.setattr(database, "REPLAN_SECONDS", 1)
+    api, worker = open_database(database_url), open_database(database_url, worker=True)
+    try:
+        async with api.read() as conn:
+            mode = (await conn.execute(text("SHOW plan_cache_mode"))).scalar()
+            assert mode == "force_custom_plan"
+        async with worker.read() as conn:
+            assert (await conn.execute(text("SHOW plan_cache_mode"))).scalar() == "auto"
+            first = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+        deadline = time.monotonic() + 10
+        while True:
+            async with worker.read() as conn:
+                pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+            if pid != first:
+                break
+            assert time.monotonic() < deadline, "the worker's connection was never replaced"
+            await asyncio.sleep(0.2)
+    finally:
+        await api.dispose()
+        await worker.dispose()
