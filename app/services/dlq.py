@@ -15,6 +15,8 @@ from app.store.events import StoredEvent
 
 __all__ = ["Attempt", "DeadLetter", "DeadLetterDetail", "DeadLetterService", "StoredEvent"]
 
+REDRIVE_BATCH = 500  # dead letters per transaction
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterDetail:
@@ -54,25 +56,38 @@ class DeadLetterService:
         return DeadLetterDetail(dead, event, attempts)
 
     async def redrive(self, delivery_id: str) -> None:
-        if not await store.redrive(self._db, delivery_id, datetime.now(UTC)):
+        async with self._db.write() as conn:
+            found = await store.redrive(conn, delivery_id, datetime.now(UTC))
+        if not found:
             raise NotFound(f"no dead letter {delivery_id}")
         self._wake()
 
     async def redrive_matching(
         self, *, subscription_id: str | None, event_type: str | None, limit: int | None
     ) -> int:
-        count = await store.redrive_matching(
-            self._db,
-            subscription_id=subscription_id,
-            event_type=event_type,
-            now=datetime.now(UTC),
-            limit=limit,
-        )
-        if count:
+        """Every matching dead letter, oldest first, a batch per transaction so
+        ingest never waits long; ``limit`` caps how many."""
+        total = 0
+        while limit is None or total < limit:
+            batch = REDRIVE_BATCH if limit is None else min(REDRIVE_BATCH, limit - total)
+            async with self._db.write() as conn:
+                matched, redriven = await store.redrive_batch(
+                    conn,
+                    subscription_id=subscription_id,
+                    event_type=event_type,
+                    now=datetime.now(UTC),
+                    batch=batch,
+                )
+            total += redriven
+            if matched < batch:
+                break
+        if total:
             self._wake()
-        return count
+        return total
 
     async def discard(self, delivery_id: str) -> None:
-        if not await store.discard(self._db, delivery_id, datetime.now(UTC)):
+        async with self._db.write() as conn:
+            found = await store.discard(conn, delivery_id, datetime.now(UTC))
+        if not found:
             raise NotFound(f"no dead letter {delivery_id}")
         self._wake()

@@ -147,15 +147,22 @@ class SubscriptionService:
             raise ValidationFailed(
                 "the replay window is empty", [FieldError("/until", "must be after since")]
             )
-        created = await replay_store.replay(
-            self._db,
-            subscription_id=sub.id,
-            patterns=sub.event_types,
-            by_key=sub.ordering == "key",
-            since=since,
-            until=until,
-            now=datetime.now(UTC),
+        now = datetime.now(UTC)
+        # Without ``until`` the window ends now: later events reach the
+        # subscription by fan-out. A chunk of events per transaction.
+        replay = replay_store.Replay(
+            sub.id, sub.event_types, sub.ordering == "key", since, until or now
         )
+        async with self._db.read() as conn:
+            bounds = await replay_store.window_bounds(conn, replay)
+        created = 0
+        after, last = (bounds[0] - 1, bounds[1]) if bounds else (None, 0)
+        while after is not None:
+            async with self._db.write() as conn:
+                after, made = await replay_store.replay_chunk(
+                    conn, replay, after=after, last=last, now=now
+                )
+            created += made
         if created:
             self._wake()
         return created

@@ -21,7 +21,6 @@ d = schema.deliveries
 e = schema.events
 a = schema.attempts
 DEAD: ColumnElement[str] = literal_column("'dead'")
-REDRIVE_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,38 +130,31 @@ async def _attempts(db: Database, condition: Any) -> list[Attempt]:
         return [Attempt(*r) for r in await conn.execute(query)]
 
 
-async def redrive(db: Database, delivery_id: str, now: datetime) -> bool:
-    """Make one dead letter pending again, with a fresh retry schedule."""
-    async with db.write() as conn:
-        return bool(await _redrive(conn, d.c.id == delivery_id, now))
+async def redrive(conn: AsyncConnection, delivery_id: str, now: datetime) -> bool:
+    """Within the caller's transaction: one dead letter is pending again, with a
+    fresh retry schedule. False when there is no such dead letter."""
+    return bool(await _redrive(conn, d.c.id == delivery_id, now))
 
 
-async def redrive_matching(
-    db: Database,
+async def redrive_batch(
+    conn: AsyncConnection,
     *,
     subscription_id: str | None,
     event_type: str | None,
     now: datetime,
-    limit: int | None = None,
-) -> int:
-    """Redrive every dead letter that matches, in short transactions."""
-    total = 0
-    while limit is None or total < limit:
-        batch = REDRIVE_BATCH if limit is None else min(REDRIVE_BATCH, limit - total)
-        candidates = select(d.c.seq).where(d.c.status == DEAD)
-        if subscription_id is not None:
-            candidates = candidates.where(d.c.subscription_id == subscription_id)
-        if event_type is not None:
-            candidates = candidates.where(d.c.event_type == event_type)
-        candidates = candidates.order_by(d.c.seq).limit(batch)
-        async with db.write() as conn:
-            seqs = [r[0] for r in await conn.execute(candidates)]
-            if not seqs:
-                break
-            total += await _redrive(conn, d.c.seq.in_(seqs), now)
-        if len(seqs) < batch:
-            break
-    return total
+    batch: int,
+) -> tuple[int, int]:
+    """Within the caller's transaction: redrive up to ``batch`` of the oldest dead
+    letters that match. Returns (how many matched, how many were redriven)."""
+    candidates = select(d.c.seq).where(d.c.status == DEAD)
+    if subscription_id is not None:
+        candidates = candidates.where(d.c.subscription_id == subscription_id)
+    if event_type is not None:
+        candidates = candidates.where(d.c.event_type == event_type)
+    seqs = [r[0] for r in await conn.execute(candidates.order_by(d.c.seq).limit(batch))]
+    if not seqs:
+        return 0, 0
+    return len(seqs), await _redrive(conn, d.c.seq.in_(seqs), now)
 
 
 async def _redrive(conn: AsyncConnection, which: Any, now: datetime) -> int:
@@ -182,13 +174,13 @@ async def _redrive(conn: AsyncConnection, which: Any, now: datetime) -> int:
     return await lines_moved_on(conn, [(r[0], r[1]) for r in result])
 
 
-async def discard(db: Database, delivery_id: str, now: datetime) -> bool:
-    """Take a dead letter out of the DLQ for good; its line moves on."""
-    async with db.write() as conn:
-        result = await conn.execute(
-            update(d)
-            .where(d.c.id == delivery_id, d.c.status == DEAD)
-            .values(status="discarded", completed_at=now)
-            .returning(d.c.subscription_id, d.c.ordering_key)
-        )
-        return bool(await lines_moved_on(conn, [(r[0], r[1]) for r in result]))
+async def discard(conn: AsyncConnection, delivery_id: str, now: datetime) -> bool:
+    """Within the caller's transaction: take a dead letter out of the DLQ for good;
+    its line moves on. False when there is no such dead letter."""
+    result = await conn.execute(
+        update(d)
+        .where(d.c.id == delivery_id, d.c.status == DEAD)
+        .values(status="discarded", completed_at=now)
+        .returning(d.c.subscription_id, d.c.ordering_key)
+    )
+    return bool(await lines_moved_on(conn, [(r[0], r[1]) for r in result]))

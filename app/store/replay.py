@@ -2,68 +2,64 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.filters import any_matches
 from app.store import schema
-from app.store.database import Database
 from app.store.lines import add_deliveries, delivery_row
 
 CHUNK = 1000
 e = schema.events
 
 
-async def replay(
-    db: Database,
-    *,
-    subscription_id: str,
-    patterns: list[str],
-    by_key: bool,
-    since: datetime,
-    until: datetime | None,
-    now: datetime,
-) -> int:
-    """Create a delivery of every matching event received in ``[since, until)``
-    (``until`` defaults to ``now``: later events reach the subscription by
-    fan-out).
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What to replay: every event received in ``[since, until)`` whose type
+    matches, as new deliveries of one subscription."""
 
-    Events are taken in ``seq`` order, a chunk per transaction, so new
-    deliveries get sequence numbers in the events' original order and ingest
-    is never blocked for long. The window's first and last ``seq`` are found
-    on the ``received_at`` index first, so the chunks walk the primary key
-    over the window only, never from the table's oldest event.
-    """
+    subscription_id: str
+    patterns: list[str]
+    by_key: bool
+    since: datetime
+    until: datetime
+
+    def window(self) -> tuple[ColumnElement[bool], ...]:
+        return (e.c.received_at >= self.since, e.c.received_at < self.until)
+
+
+async def window_bounds(conn: AsyncConnection, replay: Replay) -> tuple[int, int] | None:
+    """The first and last ``seq`` received in the window (None when it is empty),
+    found on the ``received_at`` index, so that the chunks walk the primary key
+    over the window only, never from the table's oldest event."""
     # ``seq + 0``: for a plain min(seq) PostgreSQL may walk the primary key from
     # the table's first row until one falls in the window.
-    window = (e.c.received_at >= since, e.c.received_at < (until or now))
-    bounds = select(func.min(e.c.seq + 0), func.max(e.c.seq + 0)).where(*window)
-    async with db.read() as conn:
-        first, last = (await conn.execute(bounds)).one()
-    if first is None:
-        return 0
-    created = 0
-    after = first - 1
-    while True:
-        query = (
-            select(e.c.seq, e.c.id, e.c.type, e.c.key)
-            .where(e.c.seq > after, e.c.seq <= last, *window)
-            .order_by(e.c.seq)
-            .limit(CHUNK)
-        )
-        async with db.write() as conn:
-            chunk = list(await conn.execute(query))
-            if not chunk:
-                break
-            after = chunk[-1].seq
-            rows = [
-                delivery_row(r.id, r.type, r.key, subscription_id, by_key, now)
-                for r in chunk
-                if any_matches(patterns, r.type)
-            ]
-            await add_deliveries(conn, rows)
-            created += len(rows)
-        if len(chunk) < CHUNK:
-            break
-    return created
+    bounds = select(func.min(e.c.seq + 0), func.max(e.c.seq + 0)).where(*replay.window())
+    first, last = (await conn.execute(bounds)).one()
+    return None if first is None else (int(first), int(last))
+
+
+async def replay_chunk(
+    conn: AsyncConnection, replay: Replay, *, after: int, last: int, now: datetime
+) -> tuple[int | None, int]:
+    """Within the caller's transaction: new deliveries of the next ``CHUNK`` events
+    of the window after ``seq`` ``after`` (up to ``last``), in ``seq`` order so that
+    they keep the events' original order. Returns the last ``seq`` read (None
+    when the window is done) and how many deliveries were made."""
+    query = (
+        select(e.c.seq, e.c.id, e.c.type, e.c.key)
+        .where(e.c.seq > after, e.c.seq <= last, *replay.window())
+        .order_by(e.c.seq)
+        .limit(CHUNK)
+    )
+    chunk = list(await conn.execute(query))
+    rows = [
+        delivery_row(r.id, r.type, r.key, replay.subscription_id, replay.by_key, now)
+        for r in chunk
+        if any_matches(replay.patterns, r.type)
+    ]
+    await add_deliveries(conn, rows)
+    return (chunk[-1].seq if len(chunk) == CHUNK else None), len(rows)

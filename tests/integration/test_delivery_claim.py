@@ -141,7 +141,8 @@ async def test_dead_head_with_block_holds_the_key(kit: DeliveryKit) -> None:
 
     # Discarding the dead letter (DELETE /v1/dlq/{id}) unblocks the key, in order.
     now = datetime.now(UTC)
-    assert await dlq.discard(kit.db, (await kit.delivery_for(e[0], sub))["id"], now)
+    async with kit.db.write() as conn:
+        assert await dlq.discard(conn, (await kit.delivery_for(e[0], sub))["id"], now)
     (next_up,) = await kit.claim()
     assert next_up.event_id == e[1].id
     assert await kit.claim() == []
@@ -150,7 +151,8 @@ async def test_dead_head_with_block_holds_the_key(kit: DeliveryKit) -> None:
 
     # Redriving it goes first, then the key moves on once it succeeds.
     dead_j = await kit.delivery_for(e[2], sub)
-    assert await dlq.redrive(kit.db, dead_j["id"], datetime.now(UTC))
+    async with kit.db.write() as conn:
+        assert await dlq.redrive(conn, dead_j["id"], datetime.now(UTC))
     (redriven,) = await kit.claim()
     assert (redriven.id, redriven.attempts) == (dead_j["id"], 1)
     assert await kit.claim() == []
@@ -172,7 +174,8 @@ async def test_redriven_dead_letter_is_delivered_again_with_skip(kit: DeliveryKi
     assert second.event_id == e[1].id
     await kit.finish(second, "succeeded")
 
-    assert await dlq.redrive(kit.db, head.id, datetime.now(UTC))
+    async with kit.db.write() as conn:
+        assert await dlq.redrive(conn, head.id, datetime.now(UTC))
     (again,) = await kit.claim()
     assert (again.id, again.attempts) == (head.id, 1)
     await kit.finish(again, "succeeded")

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from app.domain.subscriptions import SubscriptionPatch
 from app.services.subscriptions import SubscriptionService
-from app.store import dlq, replay, schema
+from app.store import dlq, schema
 from app.store.database import open_database
 from app.store.lines import busy_lines
 from tests.conftest import _pg_admin, pg_url
@@ -134,23 +134,20 @@ async def test_every_line_rule_agrees_on_both_databases(
                     select(d.c.id).where(d.c.status == "dead").order_by(d.c.seq).limit(1)
                 )
             ).scalar_one()
-        return int(await dlq.redrive(side.kit.db, first, datetime.now(UTC)))
+        async with side.kit.db.write() as conn:
+            return int(await dlq.redrive(conn, first, datetime.now(UTC)))
 
     async def discard_the_rest(side: Side) -> int:
         d = schema.deliveries
         async with side.kit.db.read() as conn:
             dead = [r[0] for r in await conn.execute(select(d.c.id).where(d.c.status == "dead"))]
-        return sum([await dlq.discard(side.kit.db, i, datetime.now(UTC)) for i in dead])
+        async with side.kit.db.write() as conn:
+            return sum([await dlq.discard(conn, i, datetime.now(UTC)) for i in dead])
 
     async def replay_all(side: Side) -> int:
-        return await replay.replay(
-            side.kit.db,
-            subscription_id=side.subs["block"],
-            patterns=["*"],
-            by_key=True,
-            since=datetime.now(UTC) - timedelta(hours=1),
-            until=None,
-            now=datetime.now(UTC),
+        service = SubscriptionService(side.kit.db, allow_private_targets=True)
+        return await service.replay(
+            side.subs["block"], datetime.now(UTC) - timedelta(hours=1), None
         )
 
     async def loosen_block(side: Side) -> None:

@@ -104,7 +104,8 @@ async def test_prune_removes_what_it_should_and_nothing_else(kit: DeliveryKit) -
         ev.id: (await kit.deliveries_of(ev.id))[0]["id"]
         for ev in (done, discarded, pending, in_flight, dead, fresh_done, fresh_pending)
     }
-    assert await dlq.discard(kit.db, dlv[discarded.id], NOW - timedelta(days=9))
+    async with kit.db.write() as conn:
+        assert await dlq.discard(conn, dlv[discarded.id], NOW - timedelta(days=9))
     await age_completion(kit, dlv[done.id])
     await age_completion(kit, dlv[discarded.id])
     for ev in (done, discarded, pending, in_flight, dead):
@@ -179,7 +180,8 @@ async def test_an_event_stays_while_any_of_its_deliveries_is_unfinished(
     assert await dlq.get_dead(kit.db, dead) is not None
 
     # Once the dead letter is discarded, the event goes (with it).
-    assert await dlq.discard(kit.db, dead, NOW)
+    async with kit.db.write() as conn:
+        assert await dlq.discard(conn, dead, NOW)
     pruned = await retention.prune(kit.db, cutoff=CUTOFF, keys_cutoff=CUTOFF)
     assert pruned.events == 1
     assert await event_ids(kit) == set()
