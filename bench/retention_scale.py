@@ -55,7 +55,7 @@ _FILL_POSTGRES = [
     SELECT 'evt_' || lpad(g::text, 26, '0'), 'order.created', 'k' || (g % 1000),
            '{"order": "' || g || '", "pad": "' || repeat('x', 200) || '"}',
            now() - interval '30 days' + g * interval '1 ms'
-    FROM generate_series(:lo, :hi) AS g
+    FROM generate_series(CAST(:lo AS INTEGER), CAST(:hi AS INTEGER)) AS g
     """,
     """
     INSERT INTO deliveries (id, event_id, subscription_id, event_type, status, ready, attempts,
@@ -65,13 +65,13 @@ _FILL_POSTGRES = [
            TRUE, 1, now() - interval '30 days', now() - interval '30 days' + g * interval '1 ms',
            CASE WHEN g % (:rows / 1000) <> 0 THEN now() - interval '29 days' END,
            CASE WHEN g % (:rows / 1000) = 0 THEN now() - interval '29 days' END
-    FROM generate_series(:lo, :hi) AS g
+    FROM generate_series(CAST(:lo AS INTEGER), CAST(:hi AS INTEGER)) AS g
     """,
     """
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                           response_body)
     SELECT 'dlv_' || lpad(g::text, 26, '0'), 1, now() - interval '29 days', 5, 200, 'ok'
-    FROM generate_series(:lo, :hi) AS g
+    FROM generate_series(CAST(:lo AS INTEGER), CAST(:hi AS INTEGER)) AS g
     """,
     """
     INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, response_body,
@@ -79,7 +79,7 @@ _FILL_POSTGRES = [
     SELECT 'key-' || g, repeat('f', 64), 'evt_' || lpad(g::text, 26, '0'), 202,
            '{"id": "evt_' || lpad(g::text, 26, '0') || '"}',
            now() - interval '30 days' + g * interval '1 ms'
-    FROM generate_series(:lo, :hi) AS g
+    FROM generate_series(CAST(:lo AS INTEGER), CAST(:hi AS INTEGER)) AS g
     """,
 ]
 
