@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.domain.events import NewEvent
 from app.domain.ids import new_id
@@ -143,6 +143,13 @@ class DeliveryKit:
                 select(a).where(a.c.delivery_id == delivery_id).order_by(a.c.seq)
             )
             return [dict(r._mapping) for r in rows]
+
+    async def statuses(self) -> dict[str, int]:
+        """How many deliveries are in each status."""
+        d = schema.deliveries
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(d.c.status, func.count()).group_by(d.c.status))
+            return {str(status): int(count) for status, count in rows.all()}
 
     async def set_subscription(self, subscription_id: str, **values: Any) -> None:
         s = schema.subscriptions

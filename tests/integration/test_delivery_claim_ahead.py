@@ -10,10 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from sqlalchemy import func, select
 
 from app.metrics import Metrics
-from app.store import schema
 from app.worker.worker import DeliveryWorker, WorkerConfig
 from tests.e2e.receivers import Receipt, Receiver, reply, wait_until
 from tests.integration.conftest import DeliveryKit
@@ -89,13 +87,6 @@ async def worker(kit: DeliveryKit) -> AsyncIterator[DeliveryWorker]:
         await worker.stop()
 
 
-async def _statuses(kit: DeliveryKit) -> dict[str, int]:
-    d = schema.deliveries
-    async with kit.db.read() as conn:
-        rows = await conn.execute(select(d.c.status, func.count()).group_by(d.c.status))
-        return {str(status): int(count) for status, count in rows.all()}
-
-
 async def _started(kit: DeliveryKit, gated: GatedReceiver, worker: DeliveryWorker) -> None:
     """Events for a subscription to the gated receiver, and the worker holding as
     many as it may: ``max_in_flight`` sent, ``AHEAD`` more waiting."""
@@ -109,7 +100,7 @@ async def _holding(kit: DeliveryKit, gated: GatedReceiver, *, sent: int, held: i
     """Wait until ``sent`` requests are at the receiver and ``held`` deliveries leased."""
 
     async def there() -> bool:
-        in_flight = (await _statuses(kit)).get("in_flight", 0)
+        in_flight = (await kit.statuses()).get("in_flight", 0)
         return len(gated.receiver.in_progress()) == sent and in_flight == held
 
     await wait_until(
@@ -124,7 +115,7 @@ async def test_claims_ahead_but_sends_within_max_in_flight(
     gated.open()
 
     async def all_delivered() -> bool:
-        return (await _statuses(kit)) == {"succeeded": EVENTS}
+        return (await kit.statuses()) == {"succeeded": EVENTS}
 
     await wait_until(all_delivered, DEADLINE, message="every delivery succeeded")
     assert len(gated.receiver.receipts) == EVENTS, "each event sent once"
@@ -143,7 +134,7 @@ async def test_a_failure_gives_back_what_was_claimed_ahead(
     # what the slots allow is claimed again: nothing is held ahead any more.
     await _holding(kit, gated, sent=MAX_IN_FLIGHT, held=MAX_IN_FLIGHT)
     assert len(gated.receiver.receipts) == 2 * MAX_IN_FLIGHT
-    assert (await _statuses(kit)) == {"in_flight": MAX_IN_FLIGHT, "pending": EVENTS - 2}
+    assert (await kit.statuses()) == {"in_flight": MAX_IN_FLIGHT, "pending": EVENTS - 2}
 
 
 async def test_stopping_gives_back_what_was_claimed_ahead(
@@ -153,5 +144,5 @@ async def test_stopping_gives_back_what_was_claimed_ahead(
 
     await worker.stop()  # the held requests outlast the grace period
 
-    assert (await _statuses(kit)) == {"pending": EVENTS}
+    assert (await kit.statuses()) == {"pending": EVENTS}
     assert len(gated.receiver.receipts) == MAX_IN_FLIGHT

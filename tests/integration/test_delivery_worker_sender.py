@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.domain.circuit import CircuitPolicy
 from app.metrics import Metrics
@@ -42,16 +42,9 @@ async def worker(kit: DeliveryKit, sender: FakeSender) -> AsyncIterator[Delivery
         await worker.stop()
 
 
-async def _statuses(kit: DeliveryKit) -> dict[str, int]:
-    d = schema.deliveries
-    async with kit.db.read() as conn:
-        rows = await conn.execute(select(d.c.status, func.count()).group_by(d.c.status))
-        return {str(status): int(count) for status, count in rows.all()}
-
-
 async def _settle(kit: DeliveryKit, expected: dict[str, int]) -> None:
     async def there() -> bool:
-        return (await _statuses(kit)) == expected
+        return (await kit.statuses()) == expected
 
     await wait_until(there, DEADLINE, message=lambda: f"deliveries {expected}")
 
