@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -31,6 +30,7 @@ from app.store.events import StoredEvent
 from app.store.lines import SQLITE_PROMOTE_ALL, busy, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.subscriptions import CIRCUIT_SQL, CircuitUpdate, apply_circuit, circuit_params
+from app.store.work import Claimed, ClaimRequest, Completion, Work
 
 
 def timed_sql(
@@ -130,53 +130,6 @@ SQLITE_CLAIMED_LARGE_DATA = f"""
 """
 
 _EVENT_TIMES = ("occurred_at", "received_at")
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    seq: int
-    id: str
-    event_id: str
-    subscription_id: str
-    ordering_key: str | None
-    attempts: int  # attempts made before this one
-    round_attempts: int  # of those, since the last redrive (the retry schedule's position)
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """The end of one attempt, as the worker writes it back."""
-
-    delivery: Claimed
-    owner: str
-    status: str  # pending (retry), succeeded, dead
-    started_at: datetime
-    duration_ms: int
-    status_code: int | None
-    error: str | None  # this attempt's transport error, if it got no status
-    response_body: str | None
-    next_attempt_at: datetime | None
-    finished_at: datetime
-    summary: str | None = None  # the delivery's ``last_error``
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``."""
-
-    owner: str
-    now: datetime
-    lease_until: datetime
-    limit: int
-    exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
-
-
-@dataclass(frozen=True, slots=True)
-class Work:
-    """A claimed delivery with the event it carries."""
-
-    delivery: Claimed
-    event: StoredEvent
 
 
 _PG_CLAIM = timed_sql(CLAIM["postgresql"], ("now", "lease"))

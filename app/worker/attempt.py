@@ -19,9 +19,9 @@ from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import secret_key
 from app.metrics import Metrics
-from app.store.deliveries import Claimed, Completion
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
+from app.store.work import Claimed, Completion
 from app.worker.lines import Line
 from app.worker.protocol import Message, Sender, SendResult
 

@@ -39,9 +39,9 @@ from app.domain.circuit import (
     after_success,
     is_half_open,
 )
-from app.store.deliveries import Claimed, Completion
 from app.store.events import StoredEvent
 from app.store.subscriptions import CircuitUpdate, Subscription
+from app.store.work import Claimed, Completion
 from app.worker.limits import TokenBucket
 
 SUBSCRIPTION_CACHE_SECONDS = 1.0

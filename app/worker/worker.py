@@ -27,8 +27,8 @@ from app.store import deliveries as store
 from app.store import leases
 from app.store import subscriptions as subscription_store
 from app.store.database import Database
-from app.store.deliveries import Claimed, ClaimRequest, Completion, Work
 from app.store.notify import CHANGED, Listener
+from app.store.work import Claimed, ClaimRequest, Completion, Work
 from app.worker.attempt import AttemptStep, payload
 from app.worker.config import WorkerConfig, worker_config
 from app.worker.lines import Line, LinePolicy, Ready

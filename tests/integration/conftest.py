@@ -18,9 +18,9 @@ from app.services.subscriptions import SubscriptionService
 from app.store import deliveries as delivery_store
 from app.store import schema
 from app.store.database import Database, open_database
-from app.store.deliveries import Claimed, ClaimRequest, Completion
 from app.store.ingest import ingest
 from app.store.subscriptions import Subscription
+from app.store.work import Claimed, ClaimRequest, Completion
 
 LEASE = timedelta(minutes=5)
 

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from app.domain.subscriptions import SubscriptionPatch
 from app.services.subscriptions import SubscriptionService
 from app.store import dlq, leases, schema
-from app.store.deliveries import Claimed
+from app.store.work import Claimed
 from tests.integration.conftest import DeliveryKit
 
 

@@ -11,7 +11,7 @@ import pytest
 from app.errors import StoreUnavailable
 from app.store import deliveries as delivery_store
 from app.store import leases
-from app.store.deliveries import Claimed, ClaimRequest, Completion, Work
+from app.store.work import Claimed, ClaimRequest, Completion, Work
 from tests.integration.conftest import LEASE, DeliveryKit
 
 

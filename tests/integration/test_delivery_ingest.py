@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from app.store.deliveries import Claimed
+from app.store.work import Claimed
 from tests.integration.conftest import DeliveryKit
 
 

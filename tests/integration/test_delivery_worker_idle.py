@@ -13,7 +13,7 @@ import pytest
 
 from app.metrics import Metrics
 from app.store import deliveries as delivery_store
-from app.store.deliveries import ClaimRequest, Completion, Work
+from app.store.work import ClaimRequest, Completion, Work
 from app.worker.worker import DeliveryWorker, WorkerConfig
 from tests.integration.conftest import DeliveryKit
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.store.database import Database, open_database
-from app.store.deliveries import Claimed
+from app.store.work import Claimed
 from tests.integration.conftest import DeliveryKit
 
 WORKERS = ("worker-a", "worker-b", "worker-c", "worker-d")

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from app.domain.events import NewEvent
-from app.store.deliveries import Claimed
 from app.store.subscriptions import Subscription
+from app.store.work import Claimed
 from tests.integration.conftest import DeliveryKit
 from tests.integration.support import assert_problem
 

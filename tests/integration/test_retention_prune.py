@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select, update
 
 from app.domain.events import NewEvent
 from app.store import dlq, retention, schema
-from app.store.deliveries import Claimed
+from app.store.work import Claimed
 from tests.integration.conftest import DeliveryKit
 
 NOW = datetime.now(UTC)

@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app.domain.circuit import CircuitPolicy
 from app.metrics import Metrics
-from app.store.deliveries import Completion
+from app.store.work import Completion
 from app.worker.attempt import USER_AGENT, AttemptStep
 from app.worker.lines import LinePolicy
 from app.worker.protocol import SendResult, delivered, failed, gone, retry_after

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.domain.circuit import CircuitPolicy
-from app.store.deliveries import Completion
+from app.store.work import Completion
 from app.worker.lines import Line, LinePolicy
 from tests.unit.worker_fakes import ready, subscription
 

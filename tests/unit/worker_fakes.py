@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.domain.events import rfc3339
-from app.store.deliveries import Claimed
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
+from app.store.work import Claimed
 from app.worker.lines import Ready
 from app.worker.protocol import Message, SendResult, delivered
 

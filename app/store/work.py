@@ -1,0 +1,57 @@
+"""What the worker and the store say to each other about a cycle: a claimed
+delivery, the claim's request, the work it returns, an attempt's completion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.store.events import StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    seq: int
+    id: str
+    event_id: str
+    subscription_id: str
+    ordering_key: str | None
+    attempts: int  # attempts made before this one
+    round_attempts: int  # of those, since the last redrive (the retry schedule's position)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The end of one attempt, as the worker writes it back."""
+
+    delivery: Claimed
+    owner: str
+    status: str  # pending (retry), succeeded, dead
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None  # this attempt's transport error, if it got no status
+    response_body: str | None
+    next_attempt_at: datetime | None
+    finished_at: datetime
+    summary: str | None = None  # the delivery's ``last_error``
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``."""
+
+    owner: str
+    now: datetime
+    lease_until: datetime
+    limit: int
+    exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A claimed delivery with the event it carries."""
+
+    delivery: Claimed
+    event: StoredEvent
