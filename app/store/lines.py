@@ -111,7 +111,7 @@ _PG_INSERT_DELIVERIES = (
 )
 
 
-async def lock_lines(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:
+async def lock_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object]]) -> None:
     """Take the advisory locks of ``lines`` in a fixed order (PostgreSQL; SQLite's
     one writer needs none)."""
     if conn.dialect.name != "postgresql":
@@ -134,7 +134,7 @@ async def add_deliveries(conn: AsyncConnection, rows: list[dict[str, object]]) -
     them in order (so ``seq`` follows ``rows``), wake the workers."""
     if not rows:
         return
-    await lock_lines(conn, _lines(rows))
+    await lock_lines(conn, lines_of(rows))
     await mark_heads(conn, rows)
     if conn.dialect.name == "postgresql":
         values = [tuple(row[f] for f in DELIVERY_FIELDS) for row in rows]
@@ -153,14 +153,6 @@ async def lines_moved_on(conn: AsyncConnection, lines: list[tuple[str, str | Non
     if lines:
         await notify_workers(conn)
     return len(lines)
-
-
-def _lines(rows: list[dict[str, object]]) -> list[tuple[str, str | None]]:
-    return [(str(r["subscription_id"]), _str(r["ordering_key"])) for r in rows]
-
-
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 async def busy_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object]]) -> set[Line]:
