@@ -20,7 +20,7 @@ from app.store.deliveries import (
     SQLITE_LEASE,
     SQLITE_RECORD_ATTEMPTS,
 )
-from app.store.ingest import _SQLITE_READS
+from app.store.ingest import _SELECT_SUBSCRIPTIONS, _SQLITE_READS
 from app.store.lines import _BUSY_SQL, SQLITE_PROMOTE_ALL
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -61,7 +61,12 @@ STATEMENTS = {
     "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
     "promote heads": (SQLITE_PROMOTE_ALL.format(rows="(?, ?), (?, ?)"), ["a", "k", "b", "k"]),
     # The ingest flush's reads (keys and subscriptions) and busy-lines query.
-    "flush reads": (_SQLITE_READS.format(marks="(?, ?)"), ["k1", "k2"]),
+    "flush reads": (
+        _SQLITE_READS.format(
+            tenants="(?)", marks="(?, ?)", subscriptions=_SELECT_SUBSCRIPTIONS.format(tenants="(?)")
+        ),
+        ["default", "k1", "k2", "default"],
+    ),
     "busy lines": (_BUSY_SQL.format(subs="(?, ?)", keys="(?, ?)"), ["sub_a", "sub_b", "k1", "k2"]),
 }
 
