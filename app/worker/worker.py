@@ -246,7 +246,12 @@ class DeliveryWorker:
         if room <= 0:
             return None
         limit = min(plan.capacity, self._config.claim_batch, room)
-        return ClaimRequest(self.owner, now, now + self._config.lease, limit, plan.exclude)
+        # A probe past busy subscriptions looks at the newest due deliveries
+        # first: others' new events are there, not behind the busy backlogs.
+        newest = probing and bool(plan.exclude)
+        return ClaimRequest(
+            self.owner, now, now + self._config.lease, limit, plan.exclude, newest_first=newest
+        )
 
     async def _start(self, work: list[Work]) -> int:
         """Start a task for each claimed delivery a slot allows now, keep the next

@@ -14,6 +14,7 @@ import pytest
 
 from app.store.deliveries import (
     CLAIM,
+    CLAIM_NEWEST,
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_FINISH_ALL,
@@ -52,6 +53,10 @@ OUTCOMES = ", ".join(["(" + ", ".join("?" * 12) + ")"] * 2)  # two rows of a cyc
 STATEMENTS = {
     "claim": (
         CLAIM["sqlite"],
+        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
+    ),
+    "claim, newest first": (
+        CLAIM_NEWEST["sqlite"],
         {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
     ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
