@@ -7,10 +7,12 @@ response.
      ├── Unauthorized (401)          missing or unknown bearer token
      ├── Forbidden (403)             token scope does not allow the call
      ├── NotFound (404)
+     │    └── UnknownTenant          the Eventrelay-Tenant header names no tenant
      ├── Conflict (409)              a concurrent request holds the key
      ├── PayloadTooLarge (413)
      ├── UnsupportedMediaType (415)
      ├── ValidationFailed (422)      carries ``errors: [{loc, msg}]``
+     ├── TooManyRequests (429)       a tenant's ingest rate; carries ``retry_after``
      └── ServiceUnavailable (503)
           └── StoreUnavailable       the database cannot be reached
 """
@@ -62,6 +64,10 @@ class NotFound(EventRelayError):
     status, title, slug = 404, "Not Found", "not-found"
 
 
+class UnknownTenant(NotFound):
+    slug = "unknown-tenant"
+
+
 class Conflict(EventRelayError):
     status, title, slug = 409, "Conflict", "conflict"
 
@@ -80,6 +86,14 @@ class ValidationFailed(EventRelayError):
     def __init__(self, detail: str | None = None, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
         self.errors = errors or []
+
+
+class TooManyRequests(EventRelayError):
+    status, title, slug = 429, "Too Many Requests", "rate-limited"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(EventRelayError):

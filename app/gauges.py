@@ -67,10 +67,11 @@ class DatabaseGauges(Collector):
         per_sub = GaugeMetricFamily(
             "eventrelay_subscription_deliveries",
             "Deliveries per subscription and status.",
-            labels=["subscription_id", "status"],
+            labels=["subscription_id", "status", "tenant_id"],
         )
+        tenant_of = {sub.id: sub.tenant_id for sub in snap.subscriptions}
         for (sid, status), count in sorted(snap.per_subscription.items()):
-            per_sub.add_metric([sid, status], count)
+            per_sub.add_metric([sid, status, tenant_of.get(sid, "")], count)
         yield per_sub
         age = 0.0
         if snap.oldest_pending is not None:
@@ -100,12 +101,12 @@ class DatabaseGauges(Collector):
         circuit = GaugeMetricFamily(
             "eventrelay_subscription_circuit_state",
             "Circuit per subscription: 0 closed, 1 half-open (one probe), 2 open.",
-            labels=["subscription_id"],
+            labels=["subscription_id", "tenant_id"],
         )
         failures = GaugeMetricFamily(
             "eventrelay_subscription_consecutive_failures",
             "Failed attempts in a row per subscription.",
-            labels=["subscription_id"],
+            labels=["subscription_id", "tenant_id"],
         )
         for sub in snap.subscriptions:
             counts[sub.status] = counts.get(sub.status, 0) + 1
@@ -114,8 +115,8 @@ class DatabaseGauges(Collector):
                 state = 2
             elif is_half_open(sub.consecutive_failures, self._circuit):
                 state = 1
-            circuit.add_metric([sub.id], state)
-            failures.add_metric([sub.id], sub.consecutive_failures)
+            circuit.add_metric([sub.id, sub.tenant_id], state)
+            failures.add_metric([sub.id, sub.tenant_id], sub.consecutive_failures)
         for status, count in counts.items():
             by_status.add_metric([status], count)
         yield by_status

@@ -32,6 +32,7 @@ from app.services.health import HealthService
 from app.services.ingest import IngestService
 from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
+from app.services.tenants import TenantService
 from app.settings import Settings
 from app.store.database import Database, open_database
 from app.store.migrations import current_revision, head_revision
@@ -49,11 +50,20 @@ def build_services(
     metrics: Metrics,
     wake: Callable[[], None],
     changed: Callable[[str], None],
+    removal: Callable[[], None] = lambda: None,
 ) -> Services:
-    """The services the API calls; ``wake`` and ``changed`` tell a worker in this
-    process that deliveries are due or a subscription changed."""
+    """The services the API calls; ``wake``, ``changed`` and ``removal`` tell a
+    worker in this process that deliveries are due, a subscription changed, or a
+    deleted tenant's rows are to be removed."""
     writers = settings.ingest_writers or (1 if db.is_sqlite else 4)
     schemas = SchemaService(db)
+    auth = Authenticator(db, settings.admin_token)
+
+    def tenant_deleted(_: str) -> None:
+        auth.forget()  # its tokens were revoked
+        removal()
+
+    tenants = TenantService(db, deleted=tenant_deleted)
     ingest = IngestService(
         db,
         require_idempotency_key=settings.require_idempotency_key,
@@ -63,10 +73,11 @@ def build_services(
         on_accepted=metrics.accepted,
         on_deliveries=wake,
         schemas=schemas,
+        limits=tenants,
     )
     return Services(
         settings=settings,
-        auth=Authenticator(db, settings.admin_token),
+        auth=auth,
         ingest=ingest,
         events=EventService(db),
         subscriptions=SubscriptionService(
@@ -78,6 +89,7 @@ def build_services(
         dlq=DeadLetterService(db, wake_workers=wake),
         schemas=schemas,
         health=HealthService(db),
+        tenants=tenants,
     )
 
 
@@ -102,6 +114,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             metrics,
             embedded.wake if embedded else _nothing,
             embedded.subscription_changed if embedded else _ignore,
+            embedded.remove_tenants if embedded else _nothing,
         )
         gauges = DatabaseGauges(db, circuit=config.circuit)
         metrics.registry.register(gauges)

@@ -23,6 +23,15 @@
 Run it on two versions in one sitting (alternating) and compare the ratios:
 the latency loaded should be the latency idle plus at most one worker cycle,
 and the drain throughput should stay within 10 %.
+
+``--tenants`` measures fairness between tenants instead (API-v2, Tenants):
+tenant A has ``--deliveries`` (default 100,000) pending to a receiver that
+answers in ``--answer-seconds`` (0.2 s); tenant B, on a fast receiver, sends
+one event a second for ``--probes`` seconds and then a burst of 500, first with
+A idle and then with A's backlog draining. It reports B's ingest-to-receipt
+latency p50 / p99 in both runs. ``--claim-tenants 1,100,10000`` measures the
+claim statement's own cost (p50 of 200 claims of 32, in-process on the store)
+with that many tenants holding pending work.
 """
 
 from __future__ import annotations
@@ -115,9 +124,13 @@ async def latency(client: httpx.AsyncClient, receiver: Receiver, event_type: str
         headers={"Idempotency-Key": uuid.uuid4().hex},
     )
     response.raise_for_status()
+    ACCEPTED.append(time.monotonic() - started)
     event_id = response.json()["id"]
     await wait_for(lambda: event_id in receiver.arrivals, STALL_SECONDS, f"event {event_id}")
     return receiver.arrivals[event_id] - started
+
+
+ACCEPTED: list[float] = []  # how long each 202 took (the ingest share of the latency)
 
 
 async def publish_many(client: httpx.AsyncClient, event_type: str, count: int) -> None:
@@ -217,6 +230,135 @@ async def run(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str,
     }
 
 
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def tenant_latencies(
+    client: httpx.AsyncClient, receiver: Receiver, probes: int, burst: int
+) -> list[float]:
+    """B's traffic: one event a second for ``probes`` seconds, then ``burst`` at once."""
+    found = []
+    for _ in range(probes):
+        found.append(await latency(client, receiver, "b.thing"))
+        await asyncio.sleep(max(0.0, 1.0 - found[-1]))
+    found += await asyncio.gather(*(latency(client, receiver, "b.thing") for _ in range(burst)))
+    return found
+
+
+async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
+    fast = await Receiver(0.0).start()
+    slow = await Receiver(args.answer_seconds, args.jitter).start()
+    proc, base_url = await start_server(db_url, workdir, args.concurrency)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        async with (
+            httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60.0) as root,
+            httpx.AsyncClient(
+                base_url=base_url, headers=headers | {"Eventrelay-Tenant": "a"}, timeout=60.0
+            ) as a,
+            httpx.AsyncClient(
+                base_url=base_url,
+                headers=headers | {"Eventrelay-Tenant": "b"},
+                timeout=60.0,
+                limits=httpx.Limits(max_connections=64),
+            ) as b,
+        ):
+            for tenant in ("a", "b"):
+                (
+                    await root.post("/v1/tenants", json={"id": tenant, "name": tenant})
+                ).raise_for_status()
+            sub = {"url": slow.url(), "max_in_flight": 1000, "ordering": "none"}
+            (await a.post("/v1/subscriptions", json=sub)).raise_for_status()
+            (await b.post("/v1/subscriptions", json={"url": fast.url()})).raise_for_status()
+            idle = await tenant_latencies(b, fast, args.probes, args.burst)
+            idle_accepted = ACCEPTED[:]
+            ACCEPTED.clear()
+            await publish_many(a, "a.thing", args.deliveries)
+            await wait_for(
+                lambda: slow.in_progress >= args.concurrency // 2, STALL_SECONDS, "A's load"
+            )
+            pending_at_start = args.deliveries - len(slow.arrivals)
+            loaded = await tenant_latencies(b, fast, args.probes, args.burst)
+            loaded_accepted = ACCEPTED[:]
+            pending_at_end = args.deliveries - len(slow.arrivals)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await fast.close()
+        await slow.close()
+    return {
+        "backend": args.backend,
+        "concurrency": args.concurrency,
+        "a_deliveries": args.deliveries,
+        "a_pending_while_measured": [pending_at_start, pending_at_end],
+        "answer_seconds": args.answer_seconds,
+        "b_idle_s": {"p50": percentile(idle, 0.5), "p99": percentile(idle, 0.99)},
+        "b_loaded_s": {"p50": percentile(loaded, 0.5), "p99": percentile(loaded, 0.99)},
+        "b_202_idle_s": {"p50": percentile(idle_accepted, 0.5)},
+        "b_202_loaded_s": {"p50": percentile(loaded_accepted, 0.5)},
+    }
+
+
+async def claim_cost(db_url: str, tenants: int, backlog: int = 30_000) -> float:
+    """p50 seconds of one claim of 32 with ``backlog`` pending deliveries spread
+    over ``tenants`` tenants (one subscription each)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    from app.store import deliveries, leases
+    from app.store.database import open_database
+    from app.store.migrations import upgrade_head
+    from app.store.work import ClaimRequest
+
+    await asyncio.to_thread(upgrade_head, db_url)
+    db = open_database(db_url)
+    rows = backlog
+    try:
+        async with db.write() as conn:
+            for statement in (
+                "INSERT INTO tenants (id, name, metadata, status, created_at, updated_at) "
+                "SELECT 't' || g, 't', '{{}}', 'active', :now, :now FROM ({series}) AS s",
+                "INSERT INTO subscriptions (id, tenant_id, url, event_types, secret, headers, "
+                "ordering, on_dead_letter, max_in_flight, status, created_at, updated_at) "
+                "SELECT 'sub_' || g, 't' || g, 'http://127.0.0.1:9/', '[\"*\"]', 'whsec_x', "
+                "'{{}}', 'none', 'skip', 32, 'active', :now, :now FROM ({series}) AS s",
+                "INSERT INTO events (id, tenant_id, type, data, received_at) "
+                "SELECT 'evt_' || g, 't' || (g % :tenants + 1), 'x', '{{}}', :now "
+                "FROM ({rows}) AS s",
+                "INSERT INTO deliveries (id, tenant_id, event_id, subscription_id, event_type, "
+                "status, ready, next_attempt_at, created_at) "
+                "SELECT 'dlv_' || g, 't' || (g % :tenants + 1), 'evt_' || g, "
+                "'sub_' || (g % :tenants + 1), 'x', 'pending', TRUE, :now, :now "
+                "FROM ({rows}) AS s",
+            ):
+                if db.is_sqlite:
+                    series = "WITH RECURSIVE c(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM c "
+                    series += "WHERE g < {n}) SELECT g FROM c"
+                else:
+                    series = "SELECT generate_series(1, {n}) AS g"
+                sql = statement.format(series=series.format(n=tenants), rows=series.format(n=rows))
+                past = datetime.now(UTC) - timedelta(minutes=1)
+                stamp = past.isoformat(" ")[:26] if db.is_sqlite else past
+                await conn.execute(text(sql), {"now": stamp, "tenants": tenants})
+        timings = []
+        for n in range(200):
+            now = datetime.now(UTC)
+            request = ClaimRequest(f"bench-{n}", now, now + timedelta(minutes=5), 32, ())
+            started = time.perf_counter()
+            work = await deliveries.complete_and_claim(db, [], request=request)
+            timings.append(time.perf_counter() - started)
+            await leases.release(db, f"bench-{n}", [w.delivery.seq for w in work])
+        return statistics.median(timings)
+    finally:
+        await db.dispose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -230,7 +372,14 @@ async def main() -> None:
         default=os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tenants", action="store_true", help="fairness between tenants")
+    parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--claim-tenants", default="", help="e.g. 1,100,10000")
     args = parser.parse_args()
+    if args.tenants:
+        args.deliveries = 100_000 if args.deliveries == 3000 else args.deliveries
+        args.answer_seconds = 0.2 if args.answer_seconds == 1.0 else args.answer_seconds
+        args.probes = 20 if args.probes == 5 else args.probes
 
     workdir = Path(tempfile.mkdtemp(prefix="eventrelay-fairness-"))
     pg_name = None
@@ -242,6 +391,34 @@ async def main() -> None:
             await pg_execute(args.pg_dsn, f'CREATE DATABASE "{pg_name}"')
             base = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
             db_url = f"{base}/{pg_name}"
+        if args.claim_tenants:
+            result = {"backend": args.backend, "claim_p50_ms": {}}
+            for count in (int(c) for c in args.claim_tenants.split(",")):
+                url = db_url
+                if args.backend == "sqlite":
+                    url = f"sqlite+aiosqlite:///{workdir / f'claim{count}.db'}"
+                else:
+                    name = f"{pg_name}_{count}"
+                    await pg_execute(args.pg_dsn, f'CREATE DATABASE "{name}"')
+                    url = db_url.rsplit("/", 1)[0] + f"/{name}"
+                try:
+                    cost = await claim_cost(url, count)
+                finally:
+                    if args.backend == "postgres":
+                        await pg_execute(
+                            args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                        )
+                result["claim_p50_ms"][count] = round(cost * 1000, 3)
+            print(json.dumps(result))
+            if args.json is not None:
+                args.json.write_text(json.dumps(result, indent=2))
+            return
+        if args.tenants:
+            result = await run_tenants(args, db_url, workdir)
+            print(json.dumps(result))
+            if args.json is not None:
+                args.json.write_text(json.dumps(result, indent=2))
+            return
         result = await run(args, db_url, workdir)
     finally:
         if pg_name is not None:

@@ -13,7 +13,17 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app import __version__
-from app.api import dlq, event_types, events, health, openapi, problems, subscriptions, tokens
+from app.api import (
+    dlq,
+    event_types,
+    events,
+    health,
+    openapi,
+    problems,
+    subscriptions,
+    tenants,
+    tokens,
+)
 from app.api.hot_path import IngestHotPath, find_route
 from app.api.http_metrics import HttpMetrics
 from app.api.middleware import RequestTelemetry
@@ -45,6 +55,7 @@ def build_api(*, lifespan: Lifespan, metrics: Metrics) -> FastAPI:
     app.include_router(subscriptions.router)
     app.include_router(dlq.router)
     app.include_router(tokens.router)
+    app.include_router(tenants.router)
     app.include_router(event_types.router)
     app.include_router(health.router)
     # Middlewares run outermost last added: request IDs and HTTP metrics, then

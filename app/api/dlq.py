@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from app.api import schemas, shapes
-from app.api.deps import AdminDep, ServicesDep
+from app.api.deps import AdminCaller, ServicesDep
 from app.api.pagination import decode_cursor, encode_cursor
 
-router = APIRouter(prefix="/v1", tags=["dead-letter queue"], dependencies=[AdminDep])
+router = APIRouter(prefix="/v1", tags=["dead-letter queue"])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     s: {"model": schemas.Problem} for s in (401, 403, 404, 422)
 }
@@ -25,12 +25,14 @@ def _json(body: object, status: int = 200) -> Response:
 @router.get("/dlq", response_model=schemas.DeadLetterPage, responses=_PROBLEMS)
 async def list_dead_letters(
     svc: ServicesDep,
+    caller: AdminCaller,
     subscription_id: Annotated[str | None, Query(max_length=64)] = None,
     event_type: Annotated[str | None, Query(max_length=200)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     page, last = await svc.dlq.list_page(
+        caller.tenant_id,
         subscription_id=subscription_id,
         event_type=event_type,
         after_seq=decode_cursor(cursor),
@@ -42,16 +44,21 @@ async def list_dead_letters(
 
 
 @router.post("/dlq/redrive", response_model=schemas.RedriveCount, responses=_PROBLEMS)
-async def redrive_matching(body: schemas.RedriveFilter, svc: ServicesDep) -> schemas.RedriveCount:
+async def redrive_matching(
+    body: schemas.RedriveFilter, svc: ServicesDep, caller: AdminCaller
+) -> schemas.RedriveCount:
     count = await svc.dlq.redrive_matching(
-        subscription_id=body.subscription_id, event_type=body.event_type, limit=body.limit
+        caller.tenant_id,
+        subscription_id=body.subscription_id,
+        event_type=body.event_type,
+        limit=body.limit,
     )
     return schemas.RedriveCount(redriven=count)
 
 
 @router.get("/dlq/{delivery_id}", response_model=schemas.DeadLetterDetailOut, responses=_PROBLEMS)
-async def show_dead_letter(delivery_id: str, svc: ServicesDep) -> Response:
-    detail = await svc.dlq.show(delivery_id)
+async def show_dead_letter(delivery_id: str, svc: ServicesDep, caller: AdminCaller) -> Response:
+    detail = await svc.dlq.show(caller.tenant_id, delivery_id)
     return _json(
         shapes.dead_letter(detail.dead_letter)
         | {
@@ -67,12 +74,12 @@ async def show_dead_letter(delivery_id: str, svc: ServicesDep) -> Response:
     response_model=schemas.Accepted,
     responses=_PROBLEMS,
 )
-async def redrive_one(delivery_id: str, svc: ServicesDep) -> Response:
-    await svc.dlq.redrive(delivery_id)
+async def redrive_one(delivery_id: str, svc: ServicesDep, caller: AdminCaller) -> Response:
+    await svc.dlq.redrive(caller.tenant_id, delivery_id)
     return _json({"status": "pending"}, 202)
 
 
 @router.delete("/dlq/{delivery_id}", status_code=204, responses=_PROBLEMS)
-async def discard(delivery_id: str, svc: ServicesDep) -> Response:
-    await svc.dlq.discard(delivery_id)
+async def discard(delivery_id: str, svc: ServicesDep, caller: AdminCaller) -> Response:
+    await svc.dlq.discard(caller.tenant_id, delivery_id)
     return Response(status_code=204)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from app.api import schemas
 from app.api.body import read_json
-from app.api.deps import AdminDep, ServicesDep
+from app.api.deps import GlobalAdminDep, ReaderDep, ServicesDep
 from app.api.openapi import json_body
 from app.api.pagination import decode_name_cursor, encode_cursor
 from app.domain.event_schemas import EventTypeCreate, EventTypePatch, SchemaCreate
@@ -23,7 +23,9 @@ from app.domain.events import rfc3339, validation_failed
 from app.errors import FieldError, ValidationFailed
 from app.services.schemas import EventType
 
-router = APIRouter(prefix="/v1", tags=["event types"], dependencies=[AdminDep])
+# The catalogue is the installation's, shared by every tenant: every token may
+# read it; only a global admin changes it.
+router = APIRouter(prefix="/v1", tags=["event types"])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     s: {"model": schemas.Problem} for s in (400, 401, 403, 404, 409, 413, 415, 422)
 }
@@ -45,6 +47,7 @@ def _out(event_type: EventType) -> dict[str, object]:
     response_model=schemas.EventTypeOut,
     responses=_PROBLEMS,
     summary="Create an event type",
+    dependencies=[GlobalAdminDep],
 )
 async def create_event_type(body: EventTypeCreate, svc: ServicesDep) -> dict[str, object]:
     return _out(await svc.schemas.create_type(body))
@@ -55,6 +58,7 @@ async def create_event_type(body: EventTypeCreate, svc: ServicesDep) -> dict[str
     response_model=schemas.EventTypePage,
     responses=_PROBLEMS,
     summary="List event types by name",
+    dependencies=[ReaderDep],
 )
 async def list_event_types(
     svc: ServicesDep,
@@ -70,6 +74,7 @@ async def list_event_types(
     response_model=schemas.SchemaVersionOut,
     responses=_PROBLEMS,
     summary="One schema version of an event type (a number, or latest)",
+    dependencies=[ReaderDep],
 )
 async def get_schema_version(name: str, version: str, svc: ServicesDep) -> dict[str, object]:
     wanted: int | None = None
@@ -91,6 +96,7 @@ async def get_schema_version(name: str, version: str, svc: ServicesDep) -> dict[
     responses=_PROBLEMS | {200: {"model": schemas.SchemaRegistered}},
     openapi_extra=json_body(SchemaCreate),
     summary="Register the next schema version (200 if an identical one exists)",
+    dependencies=[GlobalAdminDep],
 )
 async def register_schema(name: str, request: Request, svc: ServicesDep) -> Response:
     document = await read_json(request, svc.settings.max_payload_bytes)
@@ -113,6 +119,7 @@ async def register_schema(name: str, request: Request, svc: ServicesDep) -> Resp
     response_model=schemas.EventTypeOut,
     responses=_PROBLEMS,
     summary="One event type",
+    dependencies=[ReaderDep],
 )
 async def get_event_type(name: str, svc: ServicesDep) -> dict[str, object]:
     return _out(await svc.schemas.get_type(name))
@@ -123,6 +130,7 @@ async def get_event_type(name: str, svc: ServicesDep) -> dict[str, object]:
     response_model=schemas.EventTypeOut,
     responses=_PROBLEMS,
     summary="Change an event type's description or compatibility mode (for later versions)",
+    dependencies=[GlobalAdminDep],
 )
 async def patch_event_type(name: str, body: EventTypePatch, svc: ServicesDep) -> dict[str, object]:
     return _out(await svc.schemas.update_type(name, body))

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from app.api import schemas, shapes
 from app.api.body import headers, media_type, read_json, read_limited
-from app.api.deps import AdminDep, ServicesDep
+from app.api.deps import AdminCaller, ServicesDep
 from app.api.openapi import REF as openapi_ref
 from app.api.openapi import json_body
 from app.api.pagination import decode_cursor, encode_cursor
@@ -19,8 +19,11 @@ from app.api.state import Services
 from app.domain import cloudevents, jsonbody
 from app.domain.events import BatchInput, EventInput, rfc3339
 from app.domain.idempotency import Accepted, parse_key
+from app.domain.tenants import TENANT_HEADER
 from app.domain.tokens import Scope
 from app.errors import BadRequest
+from app.services.events import Stats
+from app.services.tenants import Tenant
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -50,19 +53,21 @@ def _cloudevents_body() -> dict[str, object]:
     return extra
 
 
-async def _cloudevent_answer(request: Request, svc: Services, key: str | None) -> Response:
+async def _cloudevent_answer(
+    request: Request, svc: Services, key: str | None, tenant: Tenant
+) -> Response:
     """Ingest CloudEvents in the mode the request is in (see app.domain.cloudevents)."""
     limit = svc.settings.max_payload_bytes
     media = media_type(request)
     if media == cloudevents.STRUCTURED:
         event = cloudevents.parse_structured(_json(await read_limited(request, limit)))
-        return _accepted(await svc.ingest.ingest_cloudevent(event, key))
+        return _accepted(await svc.ingest.ingest_cloudevent(event, key, tenant))
     if media == cloudevents.BATCH:
         events = cloudevents.parse_batch(_json(await read_limited(request, limit)))
-        return _batch_accepted(await svc.ingest.ingest_cloudevent_batch(events))
+        return _batch_accepted(await svc.ingest.ingest_cloudevent_batch(events, tenant))
     headers = {name.lower(): value for name, value in request.headers.items()}
     event = cloudevents.parse_binary(headers, await read_limited(request, limit))
-    return _accepted(await svc.ingest.ingest_cloudevent(event, key))
+    return _accepted(await svc.ingest.ingest_cloudevent(event, key, tenant))
 
 
 def _json(body: bytes) -> object:
@@ -86,12 +91,20 @@ _IDEMPOTENCY_KEY_PARAMETER = {
     "required": False,
     "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Idempotency-Key"},
 }
+_TENANT_PARAMETER = {
+    "in": "header",
+    "name": "Eventrelay-Tenant",
+    "required": False,
+    "description": "The tenant to act on (default: the token's own tenant, else `default`).",
+    "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Eventrelay-Tenant"},
+}
 
 
-async def _ingest_services(request: Request) -> Services:
+async def _ingest_services(request: Request) -> tuple[Services, Tenant]:
     svc: Services = request.app.state.services
-    await svc.auth.authenticate(headers(request).get("authorization"), Scope.INGEST)
-    return svc
+    sent = headers(request)
+    token = await svc.auth.authenticate(sent.get("authorization"), Scope.INGEST)
+    return svc, await svc.tenants.resolve(token, sent.get(TENANT_HEADER))
 
 
 @router.post(
@@ -100,17 +113,18 @@ async def _ingest_services(request: Request) -> Services:
     response_model=schemas.EventAccepted,
     responses=_PROBLEMS
     | {200: {"model": schemas.BatchAccepted, "description": "A CloudEvents batch was accepted"}},
-    openapi_extra=_cloudevents_body() | {"parameters": [_IDEMPOTENCY_KEY_PARAMETER]},
+    openapi_extra=_cloudevents_body()
+    | {"parameters": [_IDEMPOTENCY_KEY_PARAMETER, _TENANT_PARAMETER]},
     summary="Ingest one event, or CloudEvents (structured, binary, batch)",
 )
 async def post_event(request: Request) -> Response:
-    svc = await _ingest_services(request)
+    svc, tenant = await _ingest_services(request)
     idempotency_key = headers(request).get("idempotency-key")
     key = parse_key(idempotency_key) if idempotency_key is not None else None
     if _is_cloudevent(request):
-        return await _cloudevent_answer(request, svc, key)
+        return await _cloudevent_answer(request, svc, key, tenant)
     document = await read_json(request, svc.settings.max_payload_bytes)
-    return _accepted(await svc.ingest.ingest_one(document, key))
+    return _accepted(await svc.ingest.ingest_one(document, key, tenant))
 
 
 @router.post(
@@ -118,24 +132,24 @@ async def post_event(request: Request) -> Response:
     status_code=200,
     response_model=schemas.BatchAccepted,
     responses=_PROBLEMS,
-    openapi_extra=json_body(BatchInput),
+    openapi_extra=json_body(BatchInput) | {"parameters": [_TENANT_PARAMETER]},
     summary="Ingest up to 500 events atomically",
 )
 async def post_batch(request: Request) -> Response:
-    svc = await _ingest_services(request)
+    svc, tenant = await _ingest_services(request)
     document = await read_json(request, svc.settings.max_payload_bytes)
-    return _batch_accepted(await svc.ingest.ingest_batch(document))
+    return _batch_accepted(await svc.ingest.ingest_batch(document, tenant))
 
 
 @router.get(
     "/events",
-    dependencies=[AdminDep],
     response_model=schemas.EventPage,
     responses=_PROBLEMS,
     summary="List events, newest first by default",
 )
 async def list_events(
     svc: ServicesDep,
+    caller: AdminCaller,
     type: Annotated[str | None, Query(max_length=200)] = None,
     key: Annotated[str | None, Query(max_length=200)] = None,
     order: Literal["asc", "desc"] = "desc",
@@ -143,6 +157,7 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     page, last = await svc.events.list_page(
+        caller.tenant_id,
         event_type=type,
         key=key,
         order=order,
@@ -155,13 +170,12 @@ async def list_events(
 
 @router.get(
     "/events/{event_id}",
-    dependencies=[AdminDep],
     response_model=schemas.EventOut,
     responses=_PROBLEMS | {404: {"model": schemas.Problem}},
     summary="One event with the state of each of its deliveries",
 )
-async def get_event(event_id: str, svc: ServicesDep) -> Response:
-    detail = await svc.events.get(event_id)
+async def get_event(event_id: str, svc: ServicesDep, caller: AdminCaller) -> Response:
+    detail = await svc.events.get(caller.tenant_id, event_id)
     body = shapes.event_summary(detail.event) | {
         "deliveries": [
             {
@@ -180,26 +194,27 @@ async def get_event(event_id: str, svc: ServicesDep) -> Response:
 
 @router.get(
     "/events/{event_id}/attempts",
-    dependencies=[AdminDep],
     response_model=schemas.EventAttempts,
     responses=_PROBLEMS | {404: {"model": schemas.Problem}},
     summary="Every delivery attempt made for an event",
 )
-async def get_event_attempts(event_id: str, svc: ServicesDep) -> Response:
-    attempts = await svc.events.attempts(event_id)
+async def get_event_attempts(event_id: str, svc: ServicesDep, caller: AdminCaller) -> Response:
+    attempts = await svc.events.attempts(caller.tenant_id, event_id)
     body = {"items": [shapes.attempt(a) | {"delivery_id": a.delivery_id} for a in attempts]}
     return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get(
     "/stats",
-    dependencies=[AdminDep],
     response_model=schemas.StatsOut,
     responses=_PROBLEMS,
-    summary="Exact counts of events, subscriptions and deliveries by status",
+    summary="Exact counts of the tenant's events, subscriptions and deliveries by status",
 )
-async def get_stats(svc: ServicesDep) -> schemas.StatsOut:
-    stats = await svc.events.stats()
+async def get_stats(svc: ServicesDep, caller: AdminCaller) -> schemas.StatsOut:
+    return stats_out(await svc.events.stats(caller.tenant_id))
+
+
+def stats_out(stats: Stats) -> schemas.StatsOut:
     return schemas.StatsOut(
         events=stats.events,
         subscriptions=stats.subscriptions,

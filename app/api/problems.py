@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.domain.events import pointer
-from app.errors import EventRelayError, FieldError
+from app.errors import EventRelayError, FieldError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def render(exc: EventRelayError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     if exc.status == 503:
         headers = {"Retry-After": "1"}
+    elif isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     return problem_response(
         problem_body(exc.status, exc.title, exc.detail, exc.type_uri, errors), headers
     )

@@ -100,12 +100,37 @@ class TokenCreate(BaseModel):
 
     scope: Scope
     description: StorableStr | None = Field(default=None, max_length=1000)
+    tenant_id: StorableStr | None = Field(
+        default=None,
+        max_length=64,
+        description="Confine the token to this tenant (a tenant's own admin: always its own).",
+    )
 
 
 class TokenCreated(BaseModel):
     id: str
     token: str
     scope: Scope
+    tenant_id: str | None = None
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    metadata: dict[str, str]
+    ingest_rate_per_second: float | None
+    max_subscriptions: int | None
+    created_at: str
+    updated_at: str
+
+
+class TenantDetail(TenantOut):
+    stats: StatsOut
+
+
+class TenantPage(BaseModel):
+    items: list[TenantOut]
+    next_cursor: str | None
 
 
 class Health(BaseModel):

@@ -13,6 +13,7 @@ from app.services.health import HealthService
 from app.services.ingest import IngestService
 from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
+from app.services.tenants import TenantService
 from app.settings import Settings
 
 
@@ -26,6 +27,7 @@ class Services:
     dlq: DeadLetterService
     schemas: SchemaService
     health: HealthService
+    tenants: TenantService
 
 
 async def services(request: Request) -> Services:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from app.api import schemas
-from app.api.deps import AdminDep, ServicesDep
+from app.api.deps import AdminCaller, ServicesDep
 from app.domain.events import rfc3339
 from app.domain.ids import looks_like_id
 from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch
@@ -16,7 +16,7 @@ from app.errors import FieldError, ValidationFailed
 from app.services.subscriptions import Subscription
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1", tags=["subscriptions"], dependencies=[AdminDep])
+router = APIRouter(prefix="/v1", tags=["subscriptions"])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     s: {"model": schemas.Problem} for s in (401, 403, 404, 422)
 }
@@ -50,14 +50,17 @@ def _out(sub: Subscription, settings: Settings) -> dict[str, object]:
     response_model=schemas.SubscriptionCreated,
     responses=_PROBLEMS,
 )
-async def create_subscription(body: SubscriptionCreate, svc: ServicesDep) -> dict[str, object]:
-    sub = await svc.subscriptions.create(body)
+async def create_subscription(
+    body: SubscriptionCreate, svc: ServicesDep, caller: AdminCaller
+) -> dict[str, object]:
+    sub = await svc.subscriptions.create(caller.tenant_id, body)
     return _out(sub, svc.settings) | {"secret": sub.secret}
 
 
 @router.get("/subscriptions", response_model=schemas.SubscriptionPage, responses=_PROBLEMS)
 async def list_subscriptions(
     svc: ServicesDep,
+    caller: AdminCaller,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, object]:
@@ -66,7 +69,7 @@ async def list_subscriptions(
             "the cursor is not one this API returned",
             [FieldError("query:cursor", "invalid cursor")],
         )
-    page, last = await svc.subscriptions.list_page(after_id=cursor, limit=limit)
+    page, last = await svc.subscriptions.list_page(caller.tenant_id, after_id=cursor, limit=limit)
     return {"items": [_out(s, svc.settings) for s in page], "next_cursor": last}
 
 
@@ -75,8 +78,10 @@ async def list_subscriptions(
     response_model=schemas.SubscriptionOut,
     responses=_PROBLEMS,
 )
-async def get_subscription(subscription_id: str, svc: ServicesDep) -> dict[str, object]:
-    return _out(await svc.subscriptions.get(subscription_id), svc.settings)
+async def get_subscription(
+    subscription_id: str, svc: ServicesDep, caller: AdminCaller
+) -> dict[str, object]:
+    return _out(await svc.subscriptions.get(caller.tenant_id, subscription_id), svc.settings)
 
 
 @router.patch(
@@ -85,14 +90,17 @@ async def get_subscription(subscription_id: str, svc: ServicesDep) -> dict[str, 
     responses=_PROBLEMS,
 )
 async def patch_subscription(
-    subscription_id: str, body: SubscriptionPatch, svc: ServicesDep
+    subscription_id: str, body: SubscriptionPatch, svc: ServicesDep, caller: AdminCaller
 ) -> dict[str, object]:
-    return _out(await svc.subscriptions.patch(subscription_id, body), svc.settings)
+    sub = await svc.subscriptions.patch(caller.tenant_id, subscription_id, body)
+    return _out(sub, svc.settings)
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=204, responses=_PROBLEMS)
-async def delete_subscription(subscription_id: str, svc: ServicesDep) -> Response:
-    await svc.subscriptions.delete(subscription_id)
+async def delete_subscription(
+    subscription_id: str, svc: ServicesDep, caller: AdminCaller
+) -> Response:
+    await svc.subscriptions.delete(caller.tenant_id, subscription_id)
     return Response(status_code=204)
 
 
@@ -101,8 +109,11 @@ async def delete_subscription(subscription_id: str, svc: ServicesDep) -> Respons
     response_model=schemas.SecretOut,
     responses=_PROBLEMS,
 )
-async def get_secret(subscription_id: str, svc: ServicesDep) -> schemas.SecretOut:
-    return schemas.SecretOut(secret=(await svc.subscriptions.get(subscription_id)).secret)
+async def get_secret(
+    subscription_id: str, svc: ServicesDep, caller: AdminCaller
+) -> schemas.SecretOut:
+    sub = await svc.subscriptions.get(caller.tenant_id, subscription_id)
+    return schemas.SecretOut(secret=sub.secret)
 
 
 @router.post(
@@ -110,8 +121,11 @@ async def get_secret(subscription_id: str, svc: ServicesDep) -> schemas.SecretOu
     response_model=schemas.SecretOut,
     responses=_PROBLEMS,
 )
-async def rotate_secret(subscription_id: str, svc: ServicesDep) -> schemas.SecretOut:
-    return schemas.SecretOut(secret=await svc.subscriptions.rotate_secret(subscription_id))
+async def rotate_secret(
+    subscription_id: str, svc: ServicesDep, caller: AdminCaller
+) -> schemas.SecretOut:
+    secret = await svc.subscriptions.rotate_secret(caller.tenant_id, subscription_id)
+    return schemas.SecretOut(secret=secret)
 
 
 @router.post(
@@ -121,7 +135,9 @@ async def rotate_secret(subscription_id: str, svc: ServicesDep) -> schemas.Secre
     responses=_PROBLEMS,
 )
 async def replay(
-    subscription_id: str, body: schemas.ReplayWindow, svc: ServicesDep
+    subscription_id: str, body: schemas.ReplayWindow, svc: ServicesDep, caller: AdminCaller
 ) -> schemas.ReplayCount:
-    count = await svc.subscriptions.replay(subscription_id, body.since, body.until)
+    count = await svc.subscriptions.replay(
+        caller.tenant_id, subscription_id, body.since, body.until
+    )
     return schemas.ReplayCount(replayed=count)

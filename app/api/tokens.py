@@ -1,4 +1,9 @@
-"""``/v1/tokens``: issue and revoke API tokens (admin only)."""
+"""``/v1/tokens``: issue and revoke API tokens (admin only).
+
+A tenant's admin token issues tokens confined to its own tenant and revokes
+only those; a global admin issues global tokens or, with ``tenant_id``, tokens
+of any tenant.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,41 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from app.api import schemas
-from app.api.deps import AdminDep, ServicesDep
+from app.api.deps import AdminCaller, ServicesDep
+from app.errors import Forbidden, UnknownTenant
 
-router = APIRouter(prefix="/v1", tags=["tokens"], dependencies=[AdminDep])
+router = APIRouter(prefix="/v1", tags=["tokens"])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     s: {"model": schemas.Problem} for s in (401, 403, 404, 422)
 }
 
 
-@router.post("/tokens", status_code=201, response_model=schemas.TokenCreated, responses=_PROBLEMS)
-async def create_token(body: schemas.TokenCreate, svc: ServicesDep) -> schemas.TokenCreated:
-    issued = await svc.auth.issue(body.scope, body.description)
-    return schemas.TokenCreated(id=issued.id, token=issued.token, scope=issued.scope)
+# A global token's answer is what it always was: no ``tenant_id`` key.
+@router.post(
+    "/tokens",
+    status_code=201,
+    response_model=schemas.TokenCreated,
+    response_model_exclude_none=True,
+    responses=_PROBLEMS,
+)
+async def create_token(
+    body: schemas.TokenCreate, svc: ServicesDep, caller: AdminCaller
+) -> schemas.TokenCreated:
+    tenant_id = caller.token.tenant_id
+    if tenant_id is not None:
+        if body.tenant_id is not None and body.tenant_id != tenant_id:
+            raise Forbidden("a tenant's token can issue tokens of its own tenant only")
+    elif body.tenant_id is not None:
+        if await svc.tenants.active(body.tenant_id) is None:
+            raise UnknownTenant(f"no tenant {body.tenant_id}")
+        tenant_id = body.tenant_id
+    issued = await svc.auth.issue(body.scope, body.description, tenant_id)
+    return schemas.TokenCreated(
+        id=issued.id, token=issued.token, scope=issued.scope, tenant_id=issued.tenant_id
+    )
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses=_PROBLEMS)
-async def revoke_token(token_id: str, svc: ServicesDep) -> Response:
-    await svc.auth.revoke(token_id)
+async def revoke_token(token_id: str, svc: ServicesDep, caller: AdminCaller) -> Response:
+    await svc.auth.revoke(token_id, caller.token.tenant_id)
     return Response(status_code=204)

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from app.domain.tenants import DEFAULT_TENANT
 from app.errors import FieldError, ValidationFailed
 
 TYPE_PATTERN = r"^[A-Za-z0-9._:/-]{1,200}$"
@@ -51,6 +52,13 @@ class NewEvent:
     received_at: datetime
     idempotency_key: str | None
     fingerprint: str | None
+    tenant_id: str = DEFAULT_TENANT
+
+    @property
+    def scoped_key(self) -> tuple[str, str] | None:
+        """The idempotency key as stored: keys are per tenant."""
+        key = self.idempotency_key
+        return None if key is None else (self.tenant_id, key)
 
 
 def pointer(loc: tuple[int | str, ...], prefix: str = "") -> str:

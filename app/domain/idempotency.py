@@ -107,32 +107,36 @@ class Plan:
     items: list[Accepted | NewEvent | tuple[NewEvent]] = field(default_factory=list)
 
 
+# A stored key: (tenant ID, Idempotency-Key). Keys are per tenant.
+ScopedKey = tuple[str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     plans: list[Plan | KeyReused]
     new_events: list[NewEvent]
-    reclaim: list[str]  # stored keys older than the TTL, taken over by new events
+    reclaim: list[ScopedKey]  # stored keys older than the TTL, taken over by new events
 
 
-def keys(units: Sequence[Sequence[NewEvent]]) -> list[str]:
+def keys(units: Sequence[Sequence[NewEvent]]) -> list[ScopedKey]:
     """The keys a flush names, sorted (the order the store reads and writes them in)."""
-    return sorted({e.idempotency_key for unit in units for e in unit if e.idempotency_key})
+    return sorted({k for unit in units for e in unit if (k := e.scoped_key) is not None})
 
 
 def decide(
-    units: Sequence[Sequence[NewEvent]], stored: dict[str, StoredKey], cutoff: datetime
+    units: Sequence[Sequence[NewEvent]], stored: dict[ScopedKey, StoredKey], cutoff: datetime
 ) -> Decision:
     """Every unit's plan, given what the keys it names already stored; a key stored
     before ``cutoff`` has expired and is taken over."""
     live = {k: row for k, row in stored.items() if row.created_at >= cutoff}
     reclaim = [k for k, row in stored.items() if row.created_at < cutoff]
-    claimed: dict[str, NewEvent] = {}
+    claimed: dict[ScopedKey, NewEvent] = {}
     plans: list[Plan | KeyReused] = []
     for unit in units:
         plan = _plan_unit(unit, live, claimed)
         plans.append(plan)
         if isinstance(plan, Plan):
-            claimed.update({e.idempotency_key: e for e in plan.new if e.idempotency_key})
+            claimed.update({k: e for e in plan.new if (k := e.scoped_key) is not None})
     new_events = [e for p in plans if isinstance(p, Plan) for e in p.new]
     return Decision(plans, new_events, reclaim)
 
@@ -143,13 +147,15 @@ def answers(decision: Decision, bodies: dict[str, str]) -> list[UnitResult]:
 
 
 def _plan_unit(
-    unit: Sequence[NewEvent], live: dict[str, StoredKey], claimed: dict[str, NewEvent]
+    unit: Sequence[NewEvent],
+    live: dict[ScopedKey, StoredKey],
+    claimed: dict[ScopedKey, NewEvent],
 ) -> Plan | KeyReused:
     plan = Plan()
-    local: dict[str, NewEvent] = {}
+    local: dict[ScopedKey, NewEvent] = {}
     reused: list[int] = []
     for index, event in enumerate(unit):
-        key = event.idempotency_key
+        key = event.scoped_key
         if key is None:
             plan.new.append(event)
             plan.items.append(event)

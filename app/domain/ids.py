@@ -20,7 +20,7 @@ _TIME_SHIFTS = (40, 30, 20, 10, 0)
 # sixteen bytes make the 80 random bits in one bytes.translate.
 _RANDOM_CHARACTER = bytes(ord(_ALPHABET[byte & 31]) for byte in range(256))
 _LENGTH = 26
-PREFIXES = frozenset({"evt", "sub", "dlv", "tok", "att"})
+PREFIXES = frozenset({"evt", "sub", "dlv", "tok", "att", "ten"})
 
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:

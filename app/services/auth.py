@@ -31,6 +31,7 @@ class IssuedToken:
     id: str
     token: str
     scope: Scope
+    tenant_id: str | None = None
 
 
 class Authenticator:
@@ -79,7 +80,11 @@ class Authenticator:
             pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
         return await asyncio.shield(pending)
 
-    async def issue(self, scope: Scope, description: str | None) -> IssuedToken:
+    async def issue(
+        self, scope: Scope, description: str | None, tenant_id: str | None = None
+    ) -> IssuedToken:
+        """A new token; with ``tenant_id`` (an existing tenant, checked by the
+        caller) confined to that tenant, else global."""
         token = generate_token()
         token_id = new_id("tok")
         await store.create_token(
@@ -89,12 +94,19 @@ class Authenticator:
             scope=scope,
             description=description,
             now=datetime.now(UTC),
+            tenant_id=tenant_id,
         )
-        return IssuedToken(token_id, token, scope)
+        return IssuedToken(token_id, token, scope, tenant_id)
 
-    async def revoke(self, token_id: str) -> None:
-        if not await store.revoke_token(self._db, token_id, datetime.now(UTC)):
+    async def revoke(self, token_id: str, tenant_id: str | None = None) -> None:
+        """Revoke a token; with ``tenant_id``, only one of that tenant's (any
+        other is 404, as if it did not exist)."""
+        if not await store.revoke_token(self._db, token_id, datetime.now(UTC), tenant_id):
             raise NotFound(f"no active token {token_id}")
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop every cached lookup (after revocations)."""
         self._cache.clear()
 
 

@@ -32,6 +32,7 @@ class DeadLetterService:
 
     async def list_page(
         self,
+        tenant_id: str,
         *,
         subscription_id: str | None,
         event_type: str | None,
@@ -41,29 +42,35 @@ class DeadLetterService:
         """Dead letters, oldest first, and the ``seq`` to continue after."""
         return await store.list_dead(
             self._db,
+            tenant_id,
             subscription_id=subscription_id,
             event_type=event_type,
             after_seq=after_seq,
             limit=limit,
         )
 
-    async def show(self, delivery_id: str) -> DeadLetterDetail:
-        dead = await store.get_dead(self._db, delivery_id)
-        event = await events_store.get_event(self._db, dead.event_id) if dead else None
+    async def show(self, tenant_id: str, delivery_id: str) -> DeadLetterDetail:
+        dead = await store.get_dead(self._db, tenant_id, delivery_id)
+        event = await events_store.get_event(self._db, tenant_id, dead.event_id) if dead else None
         if dead is None or event is None:
             raise NotFound(f"no dead letter {delivery_id}")
         attempts = await store.attempts_of_delivery(self._db, delivery_id)
         return DeadLetterDetail(dead, event, attempts)
 
-    async def redrive(self, delivery_id: str) -> None:
+    async def redrive(self, tenant_id: str, delivery_id: str) -> None:
         async with self._db.write() as conn:
-            found = await store.redrive(conn, delivery_id, datetime.now(UTC))
+            found = await store.redrive(conn, tenant_id, delivery_id, datetime.now(UTC))
         if not found:
             raise NotFound(f"no dead letter {delivery_id}")
         self._wake()
 
     async def redrive_matching(
-        self, *, subscription_id: str | None, event_type: str | None, limit: int | None
+        self,
+        tenant_id: str,
+        *,
+        subscription_id: str | None,
+        event_type: str | None,
+        limit: int | None,
     ) -> int:
         """Every matching dead letter, oldest first, a batch per transaction so
         ingest never waits long; ``limit`` caps how many."""
@@ -73,6 +80,7 @@ class DeadLetterService:
             async with self._db.write() as conn:
                 matched, redriven = await store.redrive_batch(
                     conn,
+                    tenant_id,
                     subscription_id=subscription_id,
                     event_type=event_type,
                     now=datetime.now(UTC),
@@ -85,9 +93,9 @@ class DeadLetterService:
             self._wake()
         return total
 
-    async def discard(self, delivery_id: str) -> None:
+    async def discard(self, tenant_id: str, delivery_id: str) -> None:
         async with self._db.write() as conn:
-            found = await store.discard(conn, delivery_id, datetime.now(UTC))
+            found = await store.discard(conn, tenant_id, delivery_id, datetime.now(UTC))
         if not found:
             raise NotFound(f"no dead letter {delivery_id}")
         self._wake()

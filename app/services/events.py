@@ -27,6 +27,7 @@ class EventService:
 
     async def list_page(
         self,
+        tenant_id: str,
         *,
         event_type: str | None,
         key: str | None,
@@ -36,23 +37,29 @@ class EventService:
     ) -> tuple[list[StoredEvent], int | None]:
         """A page of events and the ``seq`` to continue after (None on the last page)."""
         return await store.list_events(
-            self._db, event_type=event_type, key=key, order=order, after_seq=after_seq, limit=limit
+            self._db,
+            tenant_id,
+            event_type=event_type,
+            key=key,
+            order=order,
+            after_seq=after_seq,
+            limit=limit,
         )
 
-    async def get(self, event_id: str) -> EventDetail:
-        event = await self._event(event_id)
+    async def get(self, tenant_id: str, event_id: str) -> EventDetail:
+        event = await self._event(tenant_id, event_id)
         return EventDetail(event, await store.event_deliveries(self._db, event_id))
 
-    async def attempts(self, event_id: str) -> list[Attempt]:
+    async def attempts(self, tenant_id: str, event_id: str) -> list[Attempt]:
         """Every attempt made for the event, for any of its deliveries."""
-        await self._event(event_id)
+        await self._event(tenant_id, event_id)
         return await dlq_store.attempts_of_event(self._db, event_id)
 
-    async def stats(self) -> Stats:
-        return await store.stats(self._db)
+    async def stats(self, tenant_id: str) -> Stats:
+        return await store.stats(self._db, tenant_id)
 
-    async def _event(self, event_id: str) -> StoredEvent:
-        event = await store.get_event(self._db, event_id)
+    async def _event(self, tenant_id: str, event_id: str) -> StoredEvent:
+        event = await store.get_event(self._db, tenant_id, event_id)
         if event is None:
             raise NotFound(f"no event {event_id}")
         return event

@@ -22,13 +22,18 @@ from app.domain.events import (
 )
 from app.domain.idempotency import Accepted, KeyReused, UnitResult, fingerprint, parse_key
 from app.domain.ids import new_id
+from app.domain.tenants import DEFAULT_TENANT
 from app.errors import BadRequest, FieldError, StoreUnavailable, ValidationFailed
 from app.services.group_commit import GroupCommitter
 from app.services.schemas import SchemaService
+from app.services.tenants import Tenant, TenantService
 from app.store import ingest as store
 from app.store.database import Database
 
 log = logging.getLogger(__name__)
+
+# The tenant of callers that name none (tests, tools): ``default``, no limits.
+DEFAULT = Tenant(DEFAULT_TENANT, "Default", {}, None, None, "active", datetime.min, datetime.min)
 
 
 class IngestService:
@@ -43,8 +48,10 @@ class IngestService:
         on_accepted: Callable[[int, int], None] | None = None,
         on_deliveries: Callable[[], None] | None = None,
         schemas: SchemaService | None = None,
+        limits: TenantService | None = None,
     ) -> None:
         self._db = db
+        self._limits = limits
         self._schemas = schemas
         self._require_key = require_idempotency_key
         self._ttl = idempotency_ttl
@@ -60,18 +67,20 @@ class IngestService:
     async def stop(self) -> None:
         await self._committer.stop()
 
-    async def ingest_one(self, document: Any, idempotency_key: str | None) -> Accepted:
-        """Store one event (``POST /v1/events``); raises on invalid input."""
+    async def ingest_one(
+        self, document: Any, idempotency_key: str | None, tenant: Tenant = DEFAULT
+    ) -> Accepted:
+        """Store one event (``POST /v1/events``) in ``tenant``; raises on invalid input."""
         if idempotency_key is None and self._require_key:
             raise BadRequest("the Idempotency-Key header is required")
         event = parse_event(document)
         (version,) = await self._schema_versions([(event, "/data", "/schema_version")])
         (accepted,) = await self._submit(
-            [_new_event(event, idempotency_key, version)], _header_key_reused
+            tenant, [_new_event(event, idempotency_key, version, tenant.id)], _header_key_reused
         )
         return accepted
 
-    async def ingest_batch(self, document: Any) -> list[Accepted]:
+    async def ingest_batch(self, document: Any, tenant: Tenant = DEFAULT) -> list[Accepted]:
         """Store every event of a batch in one transaction, or none of them."""
         batch = parse_batch(document)
         keys = self._batch_keys(batch.events)
@@ -82,31 +91,37 @@ class IngestService:
             ]
         )
         return await self._submit(
+            tenant,
             [
-                _new_event(item, key, version)
+                _new_event(item, key, version, tenant.id)
                 for item, key, version in zip(batch.events, keys, versions, strict=True)
             ],
             _batch_keys_reused,
         )
 
-    async def ingest_cloudevent(self, event: MappedEvent, idempotency_key: str | None) -> Accepted:
+    async def ingest_cloudevent(
+        self, event: MappedEvent, idempotency_key: str | None, tenant: Tenant = DEFAULT
+    ) -> Accepted:
         """Store one CloudEvent, keyed by the header's key or else its (source, id)."""
         (version,) = await self._schema_versions([(event.event, event.data_loc, event.version_loc)])
-        new = _new_event(event.event, idempotency_key or event.pair_key, version, event.attributes)
+        key = idempotency_key or event.pair_key
+        new = _new_event(event.event, key, version, tenant.id, event.attributes)
         reused = _header_key_reused if idempotency_key else _pairs_reused([event])
-        (accepted,) = await self._submit([new], reused)
+        (accepted,) = await self._submit(tenant, [new], reused)
         return accepted
 
-    async def ingest_cloudevent_batch(self, events: list[MappedEvent]) -> list[Accepted]:
+    async def ingest_cloudevent_batch(
+        self, events: list[MappedEvent], tenant: Tenant = DEFAULT
+    ) -> list[Accepted]:
         """Store a CloudEvents batch atomically, each event keyed by its (source, id)."""
         versions = await self._schema_versions(
             [(m.event, m.data_loc, m.version_loc) for m in events]
         )
         new = [
-            _new_event(m.event, m.pair_key, version, m.attributes)
+            _new_event(m.event, m.pair_key, version, tenant.id, m.attributes)
             for m, version in zip(events, versions, strict=True)
         ]
-        return await self._submit(new, _pairs_reused(events))
+        return await self._submit(tenant, new, _pairs_reused(events))
 
     async def _schema_versions(self, items: list[tuple[EventInput, str, str]]) -> list[int | None]:
         """Each event's schema version, its data validated; 422 naming every failure.
@@ -150,13 +165,29 @@ class IngestService:
         return keys
 
     async def _submit(
-        self, events: list[NewEvent], refusal: Callable[[KeyReused], ValidationFailed]
+        self,
+        tenant: Tenant,
+        events: list[NewEvent],
+        refusal: Callable[[KeyReused], ValidationFailed],
     ) -> list[Accepted]:
         """Store one request's events; ``refusal`` names the parts of the request
-        whose key was already used with a different body."""
-        result = await self._committer.submit(events)
+        whose key was already used with a different body. The tenant's ingest
+        limit is taken first (429, nothing stored); what was not stored is given back."""
+        limits = self._limits
+        if limits is not None:
+            limits.admit(tenant, len(events))
+        try:
+            result = await self._committer.submit(events)
+        except BaseException:
+            if limits is not None:
+                limits.give_back(tenant, len(events))
+            raise
         if isinstance(result, KeyReused):
+            if limits is not None:
+                limits.give_back(tenant, len(events))
             raise refusal(result)
+        if limits is not None:
+            limits.give_back(tenant, sum(a.replayed for a in result))
         return result
 
     async def _flush(self, units: Sequence[list[NewEvent]]) -> list[UnitResult]:
@@ -223,6 +254,7 @@ def _new_event(
     event: EventInput,
     idempotency_key: str | None,
     schema_version: int | None,
+    tenant_id: str,
     cloudevent: dict[str, str] | None = None,
 ) -> NewEvent:
     """The event to store; ``schema_version`` is the resolved one, the request's counts
@@ -248,6 +280,7 @@ def _new_event(
         received_at=received_at,
         idempotency_key=idempotency_key,
         fingerprint=fingerprint(meaning) if idempotency_key is not None else None,
+        tenant_id=tenant_id,
     )
 
 

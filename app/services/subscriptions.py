@@ -21,6 +21,7 @@ from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch, free
 from app.errors import FieldError, NotFound, ValidationFailed
 from app.store import replay as replay_store
 from app.store import subscriptions as store
+from app.store import tenants as tenants_store
 from app.store.database import Database
 from app.store.subscriptions import Subscription
 
@@ -54,33 +55,37 @@ class SubscriptionService:
         self._wake = wake_workers
         self._changed = changed
 
-    async def create(self, body: SubscriptionCreate) -> Subscription:
+    async def create(self, tenant_id: str, body: SubscriptionCreate) -> Subscription:
         await self._check_target(body.url)
         now = datetime.now(UTC)
         values = body.model_dump()
         values.update(
             id=new_id("sub"),
+            tenant_id=tenant_id,
             secret=body.secret or generate_secret(),
             status="active",
             created_at=now,
             updated_at=now,
         )
         async with self._db.write() as conn:
+            await tenants_store.check_room(conn, tenant_id)
             return await store.create(conn, values)
 
-    async def get(self, subscription_id: str) -> Subscription:
-        found = await store.get(self._db, subscription_id)
+    async def get(self, tenant_id: str, subscription_id: str) -> Subscription:
+        found = await store.get(self._db, tenant_id, subscription_id)
         if found is None:
             raise NotFound(f"no subscription {subscription_id}")
         return found
 
     async def list_page(
-        self, *, after_id: str | None, limit: int
+        self, tenant_id: str, *, after_id: str | None, limit: int
     ) -> tuple[list[Subscription], str | None]:
         """Subscriptions by ID, and the ID to continue after (None on the last page)."""
-        return await store.list_page(self._db, after_id=after_id, limit=limit)
+        return await store.list_page(self._db, tenant_id, after_id=after_id, limit=limit)
 
-    async def patch(self, subscription_id: str, body: SubscriptionPatch) -> Subscription:
+    async def patch(
+        self, tenant_id: str, subscription_id: str, body: SubscriptionPatch
+    ) -> Subscription:
         changes: dict[str, Any] = body.model_dump(exclude_unset=True)
         for required in (
             "url",
@@ -108,7 +113,7 @@ class SubscriptionService:
                 }
         changes["updated_at"] = datetime.now(UTC)
         async with self._db.write() as conn:
-            updated = await store.patch(conn, subscription_id, changes)
+            updated = await store.patch(conn, tenant_id, subscription_id, changes)
             if updated is None:
                 raise NotFound(f"no subscription {subscription_id}")
             if frees_blocked_lines(changes):
@@ -117,18 +122,19 @@ class SubscriptionService:
         self._changed(subscription_id)
         return updated
 
-    async def delete(self, subscription_id: str) -> None:
+    async def delete(self, tenant_id: str, subscription_id: str) -> None:
         async with self._db.write() as conn:
-            if not await store.remove(conn, subscription_id):
+            if not await store.remove(conn, tenant_id, subscription_id):
                 raise NotFound(f"no subscription {subscription_id}")
         self._changed(subscription_id)
 
-    async def rotate_secret(self, subscription_id: str) -> str:
+    async def rotate_secret(self, tenant_id: str, subscription_id: str) -> str:
         now = datetime.now(UTC)
         secret = generate_secret()
         async with self._db.write() as conn:
             rotated = await store.rotate_secret(
                 conn,
+                tenant_id,
                 subscription_id,
                 secret=secret,
                 previous_expires_at=now + PREVIOUS_SECRET_GRACE,
@@ -140,9 +146,12 @@ class SubscriptionService:
         self._changed(subscription_id)
         return secret
 
-    async def replay(self, subscription_id: str, since: datetime, until: datetime | None) -> int:
-        """New deliveries of every stored matching event in ``[since, until)``."""
-        sub = await self.get(subscription_id)
+    async def replay(
+        self, tenant_id: str, subscription_id: str, since: datetime, until: datetime | None
+    ) -> int:
+        """New deliveries of every stored matching event of the subscription's
+        tenant in ``[since, until)``."""
+        sub = await self.get(tenant_id, subscription_id)
         if until is not None and until <= since:
             raise ValidationFailed(
                 "the replay window is empty", [FieldError("/until", "must be after since")]
@@ -151,7 +160,7 @@ class SubscriptionService:
         # Without ``until`` the window ends now: later events reach the
         # subscription by fan-out. A chunk of events per transaction.
         replay = replay_store.Replay(
-            sub.id, sub.event_types, sub.ordering == "key", since, until or now
+            sub.tenant_id, sub.id, sub.event_types, sub.ordering == "key", since, until or now
         )
         async with self._db.read() as conn:
             bounds = await replay_store.window_bounds(conn, replay)

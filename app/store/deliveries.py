@@ -57,13 +57,19 @@ _CANDIDATES = """
               AND p.ordering_key = d.ordering_key
               AND p.seq < d.seq
               AND {busy_line}))
-    ORDER BY d.next_attempt_at, d.seq
+    ORDER BY {order}
     LIMIT :limit
 """
+OLDEST_FIRST = "d.next_attempt_at, d.seq"
+# A probe claim that leaves busy subscriptions out walks the claim index from
+# its newest end: another subscription's (another tenant's) new delivery is
+# found at once, not behind the whole backlog it would otherwise scan past.
+NEWEST_FIRST = "d.next_attempt_at DESC, d.seq DESC"
 
 # SQLite's planner prefers the (status, subscription_id) index and then sorts
 # the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
 SQLITE_CLAIM_HINT = "INDEXED BY ix_deliveries_claim"
+
 
 # PostgreSQL runs the claim as a prepared statement and soon with a generic
 # plan, which must not sort the backlog either. Two spellings keep it on the
@@ -72,14 +78,23 @@ SQLITE_CLAIM_HINT = "INDEXED BY ix_deliveries_claim"
 # statistics estimated one row, and a sort looked cheap), and the claimed rows
 # joined back by ``seq = ANY(ARRAY(…))`` (a LIMIT of unknown size estimated
 # hundreds of rows and hashed the whole table).
-_PG_CANDIDATES = _CANDIDATES.format(
-    index_hint="", exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))", busy_line=busy("p", "s")
-)
-_SQLITE_CANDIDATES = _CANDIDATES.format(
-    index_hint=SQLITE_CLAIM_HINT,
-    exclude="s.id NOT IN (SELECT value FROM json_each(:exclude))",
-    busy_line=busy("p", "s"),
-)
+def _pg_candidates(order: str) -> str:
+    return _CANDIDATES.format(
+        index_hint="",
+        exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))",
+        busy_line=busy("p", "s"),
+        order=order,
+    )
+
+
+def _sqlite_candidates(order: str) -> str:
+    return _CANDIDATES.format(
+        index_hint=SQLITE_CLAIM_HINT,
+        exclude="s.id NOT IN (SELECT value FROM json_each(:exclude))",
+        busy_line=busy("p", "s"),
+        order=order,
+    )
+
 
 _CLAIMED_COLUMNS = (
     "deliveries.seq, deliveries.id, deliveries.event_id, deliveries.subscription_id, "
@@ -91,6 +106,7 @@ _EVENT_COLUMNS = (
     "e.received_at AS event_received_at"
 )
 
+
 # Each claimed delivery comes back with its event. PostgreSQL's UPDATE … FROM
 # joins it. SQLite's RETURNING cannot join, and sqlite3 gives up the GIL for
 # every row it steps through (and waits to get it back from the busy event
@@ -99,16 +115,21 @@ _EVENT_COLUMNS = (
 # their events as one JSON array (an event's data is its stored text). Data
 # longer than SQLITE_INLINE_DATA characters is read by a fourth statement, row
 # by row, so that no claim comes near SQLite's limit on one string's size.
-CLAIM = {
-    "postgresql": f"""
-        WITH claimed AS ({_PG_CANDIDATES} FOR UPDATE OF d SKIP LOCKED)
+def _claim(order: str) -> dict[str, str]:
+    return {
+        "postgresql": f"""
+        WITH claimed AS ({_pg_candidates(order)} FOR UPDATE OF d SKIP LOCKED)
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
         FROM events e
         WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM claimed)) AND e.id = deliveries.event_id
         RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
     """,
-    "sqlite": f"SELECT json_group_array(seq) FROM ({_SQLITE_CANDIDATES})",
-}
+        "sqlite": f"SELECT json_group_array(seq) FROM ({_sqlite_candidates(order)})",
+    }
+
+
+CLAIM = _claim(OLDEST_FIRST)
+CLAIM_NEWEST = _claim(NEWEST_FIRST)
 SQLITE_LEASE = """
     UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
     WHERE seq IN (SELECT value FROM json_each(:seqs))
@@ -133,6 +154,7 @@ _EVENT_TIMES = ("occurred_at", "received_at")
 
 
 _PG_CLAIM = timed_sql(CLAIM["postgresql"], ("now", "lease"))
+_PG_CLAIM_NEWEST = timed_sql(CLAIM_NEWEST["postgresql"], ("now", "lease"))
 
 
 async def complete_and_claim(
@@ -163,7 +185,7 @@ async def complete_and_claim(
 
 async def _claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> list[Work]:
     result = await conn.execute(
-        _PG_CLAIM,
+        _PG_CLAIM_NEWEST if request.newest_first else _PG_CLAIM,
         {
             "owner": request.owner,
             "now": request.now,
@@ -235,7 +257,7 @@ def _sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
         "limit": request.limit,
         "exclude": orjson.dumps(list(request.exclude)).decode(),
     }
-    return CLAIM["sqlite"], params
+    return (CLAIM_NEWEST if request.newest_first else CLAIM)["sqlite"], params
 
 
 def _event(

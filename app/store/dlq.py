@@ -50,7 +50,7 @@ class Attempt:
     response_body: str | None
 
 
-def _dead_letters() -> Select[Any]:
+def _dead_letters(tenant_id: str) -> Select[Any]:
     return (
         select(
             d.c.seq,
@@ -65,20 +65,22 @@ def _dead_letters() -> Select[Any]:
             d.c.dead_lettered_at,
         )
         .join(e, e.c.id == d.c.event_id)
-        .where(d.c.status == DEAD)
+        .where(d.c.status == DEAD, d.c.tenant_id == tenant_id)
     )
 
 
 async def list_dead(
     db: Database,
+    tenant_id: str,
     *,
     subscription_id: str | None,
     event_type: str | None,
     after_seq: int | None,
     limit: int,
 ) -> tuple[list[DeadLetter], int | None]:
-    """Dead letters in the order they were created (oldest first), a page at a time."""
-    query = _dead_letters()
+    """The tenant's dead letters in the order they were created (oldest first), a
+    page at a time."""
+    query = _dead_letters(tenant_id)
     if subscription_id is not None:
         query = query.where(d.c.subscription_id == subscription_id)
     if event_type is not None:
@@ -93,9 +95,9 @@ async def list_dead(
     return page, None
 
 
-async def get_dead(db: Database, delivery_id: str) -> DeadLetter | None:
+async def get_dead(db: Database, tenant_id: str, delivery_id: str) -> DeadLetter | None:
     async with db.read() as conn:
-        row = (await conn.execute(_dead_letters().where(d.c.id == delivery_id))).first()
+        row = (await conn.execute(_dead_letters(tenant_id).where(d.c.id == delivery_id))).first()
     return DeadLetter(*row) if row else None
 
 
@@ -130,14 +132,15 @@ async def _attempts(db: Database, condition: Any) -> list[Attempt]:
         return [Attempt(*r) for r in await conn.execute(query)]
 
 
-async def redrive(conn: AsyncConnection, delivery_id: str, now: datetime) -> bool:
+async def redrive(conn: AsyncConnection, tenant_id: str, delivery_id: str, now: datetime) -> bool:
     """Within the caller's transaction: one dead letter is pending again, with a
-    fresh retry schedule. False when there is no such dead letter."""
-    return bool(await _redrive(conn, d.c.id == delivery_id, now))
+    fresh retry schedule. False when the tenant has no such dead letter."""
+    return bool(await _redrive(conn, (d.c.id == delivery_id, d.c.tenant_id == tenant_id), now))
 
 
 async def redrive_batch(
     conn: AsyncConnection,
+    tenant_id: str,
     *,
     subscription_id: str | None,
     event_type: str | None,
@@ -146,7 +149,7 @@ async def redrive_batch(
 ) -> tuple[int, int]:
     """Within the caller's transaction: redrive up to ``batch`` of the oldest dead
     letters that match. Returns (how many matched, how many were redriven)."""
-    candidates = select(d.c.seq).where(d.c.status == DEAD)
+    candidates = select(d.c.seq).where(d.c.status == DEAD, d.c.tenant_id == tenant_id)
     if subscription_id is not None:
         candidates = candidates.where(d.c.subscription_id == subscription_id)
     if event_type is not None:
@@ -154,14 +157,14 @@ async def redrive_batch(
     seqs = [r[0] for r in await conn.execute(candidates.order_by(d.c.seq).limit(batch))]
     if not seqs:
         return 0, 0
-    return len(seqs), await _redrive(conn, d.c.seq.in_(seqs), now)
+    return len(seqs), await _redrive(conn, (d.c.seq.in_(seqs),), now)
 
 
-async def _redrive(conn: AsyncConnection, which: Any, now: datetime) -> int:
+async def _redrive(conn: AsyncConnection, which: tuple[Any, ...], now: datetime) -> int:
     # A redriven delivery waits its turn: it is ready only if it heads its line.
     result = await conn.execute(
         update(d)
-        .where(which, d.c.status == DEAD)
+        .where(*which, d.c.status == DEAD)
         .values(
             status="pending",
             ready=d.c.ordering_key.is_(None),
@@ -174,12 +177,12 @@ async def _redrive(conn: AsyncConnection, which: Any, now: datetime) -> int:
     return await lines_moved_on(conn, [(r[0], r[1]) for r in result])
 
 
-async def discard(conn: AsyncConnection, delivery_id: str, now: datetime) -> bool:
+async def discard(conn: AsyncConnection, tenant_id: str, delivery_id: str, now: datetime) -> bool:
     """Within the caller's transaction: take a dead letter out of the DLQ for good;
-    its line moves on. False when there is no such dead letter."""
+    its line moves on. False when the tenant has no such dead letter."""
     result = await conn.execute(
         update(d)
-        .where(d.c.id == delivery_id, d.c.status == DEAD)
+        .where(d.c.id == delivery_id, d.c.tenant_id == tenant_id, d.c.status == DEAD)
         .values(status="discarded", completed_at=now)
         .returning(d.c.subscription_id, d.c.ordering_key)
     )

@@ -70,10 +70,14 @@ def _event(row: object) -> StoredEvent:
     )
 
 
-async def get_event(db: Database, event_id: str) -> StoredEvent | None:
+async def get_event(db: Database, tenant_id: str, event_id: str) -> StoredEvent | None:
+    """The event, if it is the tenant's: another tenant's is not there."""
+    e = schema.events
     async with db.read() as conn:
         row = (
-            await conn.execute(select(*_EVENT_COLUMNS).where(schema.events.c.id == event_id))
+            await conn.execute(
+                select(*_EVENT_COLUMNS).where(e.c.id == event_id, e.c.tenant_id == tenant_id)
+            )
         ).first()
     return _event(row) if row else None
 
@@ -108,6 +112,7 @@ async def event_deliveries(db: Database, event_id: str) -> list[DeliverySummary]
 
 async def list_events(
     db: Database,
+    tenant_id: str,
     *,
     event_type: str | None,
     key: str | None,
@@ -117,7 +122,7 @@ async def list_events(
 ) -> tuple[list[StoredEvent], int | None]:
     """A page of events and the ``seq`` to continue after (None on the last page)."""
     e = schema.events
-    query = select(*_EVENT_COLUMNS)
+    query = select(*_EVENT_COLUMNS).where(e.c.tenant_id == tenant_id)
     if event_type is not None:
         query = query.where(e.c.type == event_type)
     if key is not None:
@@ -132,16 +137,28 @@ async def list_events(
     return page, None
 
 
-async def stats(db: Database) -> Stats:
+async def stats(db: Database, tenant_id: str) -> Stats:
     async with db.read() as conn:
-        return await _stats(conn)
+        return await _stats(conn, tenant_id)
 
 
-async def _stats(conn: AsyncConnection) -> Stats:
-    events = (await conn.execute(select(func.count()).select_from(schema.events))).scalar_one()
-    subs = (await conn.execute(select(func.count()).select_from(schema.subscriptions))).scalar_one()
-    d = schema.deliveries
+async def _stats(conn: AsyncConnection, tenant_id: str) -> Stats:
+    e, s, d = schema.events, schema.subscriptions, schema.deliveries
+    events = (
+        await conn.execute(select(func.count()).select_from(e).where(e.c.tenant_id == tenant_id))
+    ).scalar_one()
+    subscription_ids = [
+        r[0] for r in await conn.execute(select(s.c.id).where(s.c.tenant_id == tenant_id))
+    ]
     by_status = dict.fromkeys(DELIVERY_STATUSES, 0)
-    for status, count in await conn.execute(select(d.c.status, func.count()).group_by(d.c.status)):
-        by_status[status] = count
-    return Stats(events, subs, by_status)
+    if subscription_ids:
+        # By subscription, on the (status, subscription_id) index: a tenant's
+        # deliveries are its subscriptions'.
+        query = (
+            select(d.c.status, func.count())
+            .where(d.c.status.in_(DELIVERY_STATUSES), d.c.subscription_id.in_(subscription_ids))
+            .group_by(d.c.status)
+        )
+        for status, count in await conn.execute(query):
+            by_status[status] = count
+    return Stats(events, len(subscription_ids), by_status)

@@ -14,6 +14,7 @@ from app.store.schema import UTCDateTime
 @dataclass(frozen=True, slots=True)
 class SubscriptionHealth:
     id: str
+    tenant_id: str
     status: str
     consecutive_failures: int
     circuit_open_until: datetime | None
@@ -52,7 +53,7 @@ _OLDEST_DUE = (
     .columns(due=UTCDateTime())
 )
 _SUBSCRIPTIONS = text(
-    "SELECT id, status, consecutive_failures, circuit_open_until FROM subscriptions"
+    "SELECT id, tenant_id, status, consecutive_failures, circuit_open_until FROM subscriptions"
 ).columns(circuit_open_until=UTCDateTime())
 
 

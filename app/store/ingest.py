@@ -16,7 +16,7 @@ on PostgreSQL every step is one statement, its rows as arrays.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.domain import idempotency
 from app.domain.events import NewEvent, accepted_body
 from app.domain.filters import any_matches
-from app.domain.idempotency import Decision, StoredKey, UnitResult
+from app.domain.idempotency import Decision, ScopedKey, StoredKey, UnitResult
 from app.store import driver, schema
 from app.store.database import Database
 from app.store.lines import (
@@ -52,6 +52,7 @@ class KeyRace(Exception):
 @dataclass(frozen=True, slots=True)
 class _Subscription:
     id: str
+    tenant_id: str
     patterns: tuple[str, ...]
     by_key: bool
 
@@ -89,21 +90,38 @@ def _created_at(stored: object) -> datetime:
     return moment
 
 
-def _stored(row: Sequence[Any]) -> tuple[str, StoredKey]:
-    return row[0], StoredKey(row[1], row[2], row[3], _created_at(row[4]))
+def _stored(rows: Iterable[Sequence[Any]], wanted: set[ScopedKey]) -> dict[ScopedKey, StoredKey]:
+    """The stored keys among ``wanted``: rows are read by tenant and key apart,
+    so a row may pair a tenant with another tenant's key."""
+    found: dict[ScopedKey, StoredKey] = {}
+    for row in rows:
+        scoped = (row[0], row[1])
+        if scoped in wanted:
+            found[scoped] = StoredKey(row[2], row[3], row[4], _created_at(row[5]))
+    return found
 
 
 def _subscription(row: Sequence[Any]) -> _Subscription:
-    return _Subscription(row[0], tuple(orjson.loads(row[1])), row[2] == "key")
+    return _Subscription(row[0], row[3], tuple(orjson.loads(row[1])), row[2] == "key")
 
 
 def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list[dict[str, object]]:
+    """One delivery per event and matching subscription of the event's tenant."""
+    by_tenant: dict[str, list[_Subscription]] = {}
+    for sub in subscriptions:
+        by_tenant.setdefault(sub.tenant_id, []).append(sub)
     return [
-        delivery_row(event.id, event.type, event.key, sub.id, sub.by_key, event.received_at)
+        delivery_row(
+            event.tenant_id, event.id, event.type, event.key, sub.id, sub.by_key, event.received_at
+        )
         for event in events
-        for sub in subscriptions
+        for sub in by_tenant.get(event.tenant_id, ())
         if any_matches(sub.patterns, event.type)
     ]
+
+
+def _tenants(units: Sequence[Sequence[NewEvent]]) -> list[str]:
+    return sorted({e.tenant_id for unit in units for e in unit})
 
 
 def _bodies(new_events: list[NewEvent], fanout: list[dict[str, object]]) -> dict[str, str]:
@@ -116,17 +134,18 @@ def _bodies(new_events: list[NewEvent], fanout: list[dict[str, object]]) -> dict
 
 
 def _keyed(new_events: list[NewEvent]) -> list[NewEvent]:
-    return sorted(
-        (e for e in new_events if e.idempotency_key), key=lambda e: e.idempotency_key or ""
-    )
+    return sorted((e for e in new_events if e.idempotency_key), key=lambda e: e.scoped_key or ("",))
 
 
-_SELECT_KEYS = "SELECT key, fingerprint, event_id, response_body, created_at FROM idempotency_keys"
-_SELECT_SUBSCRIPTIONS = (
-    "SELECT id, event_types, ordering FROM subscriptions WHERE status <> 'disabled' ORDER BY id"
+_SELECT_KEYS = (
+    "SELECT tenant_id, key, fingerprint, event_id, response_body, created_at FROM idempotency_keys"
 )
-_EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at"
-_KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at"
+_SELECT_SUBSCRIPTIONS = (
+    "SELECT id, event_types, ordering, tenant_id FROM subscriptions "
+    "WHERE status <> 'disabled' AND tenant_id IN {tenants} ORDER BY id"
+)
+_EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at, tenant_id"
+_KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at, tenant_id"
 
 
 # -- SQLite: the whole transaction in one call on the writer's thread ----------
@@ -142,12 +161,13 @@ _KEY_CHUNK = 500  # keys per SELECT, well under SQLite's limit on bound variable
 # first chunk and the subscriptions, each as a JSON array. Every statement on
 # the writer's thread gives up the GIL and waits to win it back from the busy
 # event loop (driver.sqlite_run_rows), and the flush is what bounds ingest.
-_SQLITE_READS = f"""
+_SQLITE_READS = """
     SELECT
-      (SELECT json_group_array(json_array(key, fingerprint, event_id, response_body, created_at))
-       FROM idempotency_keys WHERE key IN {{marks}}),
-      (SELECT json_group_array(json_array(id, event_types, ordering))
-       FROM ({_SELECT_SUBSCRIPTIONS}))
+      (SELECT json_group_array(
+                json_array(tenant_id, key, fingerprint, event_id, response_body, created_at))
+       FROM idempotency_keys WHERE tenant_id IN {tenants} AND key IN {marks}),
+      (SELECT json_group_array(json_array(id, event_types, ordering, tenant_id))
+       FROM ({subscriptions}))
 """
 # The inserts take their rows as one VALUES list (driver.sqlite_run_rows):
 # one step a statement, where executemany stepped, and gave up the GIL, per
@@ -155,7 +175,8 @@ _SQLITE_READS = f"""
 _SQLITE_INSERT_EVENTS = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {{rows}}"
 _SQLITE_INSERT_DELIVERIES = f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) VALUES {{rows}}"
 _SQLITE_INSERT_KEYS = (
-    f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES {{rows}} ON CONFLICT (key) DO NOTHING"
+    f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) VALUES {{rows}} "
+    "ON CONFLICT (tenant_id, key) DO NOTHING"
 )
 
 
@@ -163,14 +184,27 @@ def _ingest_sqlite(
     units: Sequence[Sequence[NewEvent]], cutoff: datetime, conn: sqlite3.Connection
 ) -> IngestOutcome:
     keys = idempotency.keys(units)
+    wanted = set(keys)
+    tenants = _tenants(units)
+    tenant_marks = driver.marks(len(tenants))
     first = keys[:_KEY_CHUNK]
-    sql = _SQLITE_READS.format(marks=driver.marks(len(first)) if first else "(NULL)")
-    stored_json, subscriptions_json = conn.execute(sql, first).fetchone()
-    stored = dict(_stored(row) for row in orjson.loads(stored_json))
+    key_tenants = sorted({t for t, _ in first})
+    sql = _SQLITE_READS.format(
+        tenants=driver.marks(len(key_tenants)) if first else "(NULL)",
+        marks=driver.marks(len(first)) if first else "(NULL)",
+        subscriptions=_SELECT_SUBSCRIPTIONS.format(tenants=tenant_marks),
+    )
+    params = [*key_tenants, *(k for _, k in first), *tenants]
+    stored_json, subscriptions_json = conn.execute(sql, params).fetchone()
+    stored = _stored(orjson.loads(stored_json), wanted)
     for start in range(_KEY_CHUNK, len(keys), _KEY_CHUNK):
         chunk = keys[start : start + _KEY_CHUNK]
-        sql = f"{_SELECT_KEYS} WHERE key IN {driver.marks(len(chunk))}"
-        stored.update(_stored(row) for row in conn.execute(sql, chunk))
+        chunk_tenants = sorted({t for t, _ in chunk})
+        sql = (
+            f"{_SELECT_KEYS} WHERE tenant_id IN {driver.marks(len(chunk_tenants))} "
+            f"AND key IN {driver.marks(len(chunk))}"
+        )
+        stored.update(_stored(conn.execute(sql, [*chunk_tenants, *(k for _, k in chunk)]), wanted))
     decision = idempotency.decide(units, stored, cutoff)
     new_events = decision.new_events
     if not new_events:
@@ -191,6 +225,7 @@ def _ingest_sqlite(
                 e.schema_version,
                 stamp(e.occurred_at) if e.occurred_at else None,
                 received[e.id],
+                e.tenant_id,
             )
             for e in new_events
         ],
@@ -201,14 +236,14 @@ def _ingest_sqlite(
         _insert_deliveries_sqlite(conn, fanout, received)
     bodies = _bodies(new_events, fanout)
     keyed = _keyed(new_events)
-    if decision.reclaim:
+    for tenant_id, key in decision.reclaim:
         conn.execute(
-            f"DELETE FROM idempotency_keys WHERE key IN {driver.marks(len(decision.reclaim))} "
-            "AND created_at < ?",
-            [*decision.reclaim, stamp(cutoff)],
+            "DELETE FROM idempotency_keys WHERE tenant_id = ? AND key = ? AND created_at < ?",
+            [tenant_id, key, stamp(cutoff)],
         )
     rows = [
-        (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], received[e.id]) for e in keyed
+        (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], received[e.id], e.tenant_id)
+        for e in keyed
     ]
     # A conflict changes no row.
     if driver.sqlite_run_rows(conn, _SQLITE_INSERT_KEYS, rows) != len(keyed):
@@ -231,6 +266,7 @@ def _insert_deliveries_sqlite(
                 row["round_attempts"],
                 received[str(row["event_id"])],
                 received[str(row["event_id"])],
+                row["tenant_id"],
             )
             for row in fanout
         ],
@@ -245,35 +281,46 @@ def _insert_deliveries_sqlite(
 _PG_INSERT_EVENTS = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM unnest("
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], "
-    f"$7::timestamptz[]) WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n"
+    f"$7::timestamptz[], $8::text[]) WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n"
 )
 _PG_INSERT_KEYS = (
     f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) SELECT * FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[]) "
-    "ON CONFLICT (key) DO NOTHING RETURNING key"
+    "$1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::text[]) "
+    "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING key"
 )
+_PG_SELECT_KEYS = f"{_SELECT_KEYS} WHERE tenant_id = ANY($1::text[]) AND key = ANY($2::text[])"
+_PG_SELECT_SUBSCRIPTIONS = _SELECT_SUBSCRIPTIONS.format(tenants="(SELECT unnest($1::text[]))")
 
 
 async def _ingest_postgres(
     conn: AsyncConnection, units: Sequence[Sequence[NewEvent]], cutoff: datetime
 ) -> IngestOutcome:
     keys = idempotency.keys(units)
-    rows = (
-        await driver.fetch_all(conn, f"{_SELECT_KEYS} WHERE key = ANY($1::text[])", [keys])
-        if keys
-        else []
-    )
-    decision = idempotency.decide(units, dict(_stored(row) for row in rows), cutoff)
+    params = [sorted({t for t, _ in keys}), [k for _, k in keys]]
+    rows = await driver.fetch_all(conn, _PG_SELECT_KEYS, params) if keys else []
+    decision = idempotency.decide(units, _stored(rows, set(keys)), cutoff)
     new_events = decision.new_events
     if not new_events:
         return _outcome(decision, {}, 0)
-    subscriptions = [_subscription(r) for r in await driver.fetch_all(conn, _SELECT_SUBSCRIPTIONS)]
+    tenants = [_tenants([new_events])]
+    subscriptions = [
+        _subscription(r) for r in await driver.fetch_all(conn, _PG_SELECT_SUBSCRIPTIONS, tenants)
+    ]
     fanout = _fan_out(new_events, subscriptions)
     events = [
-        (e.id, e.type, e.key, e.data_json, e.schema_version, e.occurred_at, e.received_at)
+        (
+            e.id,
+            e.type,
+            e.key,
+            e.data_json,
+            e.schema_version,
+            e.occurred_at,
+            e.received_at,
+            e.tenant_id,
+        )
         for e in new_events
     ]
-    await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, 7))
+    await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, 8))
     await add_deliveries(conn, fanout)
     bodies = _bodies(new_events, fanout)
     await _insert_keys_postgres(conn, new_events, bodies, decision.reclaim, cutoff)
@@ -284,18 +331,21 @@ async def _insert_keys_postgres(
     conn: AsyncConnection,
     new_events: list[NewEvent],
     bodies: dict[str, str],
-    reclaim: list[str],
+    reclaim: list[ScopedKey],
     cutoff: datetime,
 ) -> None:
     keyed = _keyed(new_events)
     if not keyed:
         return
-    if reclaim:
-        t = schema.idempotency_keys
-        await conn.execute(delete(t).where(t.c.key.in_(reclaim), t.c.created_at < cutoff))
+    t = schema.idempotency_keys
+    for tenant_id, key in reclaim:
+        await conn.execute(
+            delete(t).where(t.c.tenant_id == tenant_id, t.c.key == key, t.c.created_at < cutoff)
+        )
     rows = [
-        (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], e.received_at) for e in keyed
+        (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], e.received_at, e.tenant_id)
+        for e in keyed
     ]
-    stored = await driver.fetch_all(conn, _PG_INSERT_KEYS, driver.columns(rows, 6))
+    stored = await driver.fetch_all(conn, _PG_INSERT_KEYS, driver.columns(rows, 7))
     if len(stored) != len(keyed):
         raise KeyRace()

@@ -99,14 +99,14 @@ _LOCK = text(
 
 DELIVERY_COLUMNS = (
     "id, event_id, subscription_id, event_type, ordering_key, status, ready, attempts, "
-    "round_attempts, next_attempt_at, created_at"
+    "round_attempts, next_attempt_at, created_at, tenant_id"
 )
 DELIVERY_FIELDS = tuple(DELIVERY_COLUMNS.split(", "))
 # Rows are inserted, and so numbered (seq), in array order.
 _PG_INSERT_DELIVERIES = (
     f"INSERT INTO deliveries ({DELIVERY_COLUMNS}) SELECT {DELIVERY_COLUMNS} "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-    "$7::boolean[], $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[]) "
+    "$7::boolean[], $8::int[], $9::int[], $10::timestamptz[], $11::timestamptz[], $12::text[]) "
     f"WITH ORDINALITY AS t({DELIVERY_COLUMNS}, n) ORDER BY n"
 )
 
@@ -138,7 +138,9 @@ async def add_deliveries(conn: AsyncConnection, rows: list[dict[str, object]]) -
     await mark_heads(conn, rows)
     if conn.dialect.name == "postgresql":
         values = [tuple(row[f] for f in DELIVERY_FIELDS) for row in rows]
-        await driver.fetch_all(conn, _PG_INSERT_DELIVERIES, driver.columns(values, 11))
+        await driver.fetch_all(
+            conn, _PG_INSERT_DELIVERIES, driver.columns(values, len(DELIVERY_FIELDS))
+        )
     else:
         await conn.execute(deliveries.insert(), rows)
     await notify_workers(conn)
@@ -194,6 +196,7 @@ async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | 
 
 
 def delivery_row(
+    tenant_id: str,
     event_id: str,
     event_type: str,
     key: str | None,
@@ -214,6 +217,7 @@ def delivery_row(
         "round_attempts": 0,
         "next_attempt_at": at,
         "created_at": at,
+        "tenant_id": tenant_id,
     }
 
 

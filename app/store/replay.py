@@ -18,9 +18,10 @@ e = schema.events
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """What to replay: every event received in ``[since, until)`` whose type
-    matches, as new deliveries of one subscription."""
+    """What to replay: every event of the subscription's tenant received in
+    ``[since, until)`` whose type matches, as new deliveries of one subscription."""
 
+    tenant_id: str
     subscription_id: str
     patterns: list[str]
     by_key: bool
@@ -28,7 +29,11 @@ class Replay:
     until: datetime
 
     def window(self) -> tuple[ColumnElement[bool], ...]:
-        return (e.c.received_at >= self.since, e.c.received_at < self.until)
+        return (
+            e.c.received_at >= self.since,
+            e.c.received_at < self.until,
+            e.c.tenant_id == self.tenant_id,
+        )
 
 
 async def window_bounds(conn: AsyncConnection, replay: Replay) -> tuple[int, int] | None:
@@ -57,7 +62,9 @@ async def replay_chunk(
     )
     chunk = list(await conn.execute(query))
     rows = [
-        delivery_row(r.id, r.type, r.key, replay.subscription_id, replay.by_key, now)
+        delivery_row(
+            replay.tenant_id, r.id, r.type, r.key, replay.subscription_id, replay.by_key, now
+        )
         for r in chunk
         if any_matches(replay.patterns, r.type)
     ]

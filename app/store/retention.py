@@ -58,9 +58,11 @@ _BATCHES = {
         ORDER BY ev.received_at
         """,
     ),
+    # The primary key is (tenant_id, key): a batch's keys and their tenants,
+    # both found on the created_at index, and only expired rows deleted.
     "idempotency_keys": (
         "key",
-        "SELECT key FROM idempotency_keys WHERE created_at < :cutoff ORDER BY created_at",
+        "SELECT {column} FROM idempotency_keys WHERE created_at < :cutoff ORDER BY created_at",
     ),
 }
 _OLDEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -69,8 +71,14 @@ _OLDEST = datetime(1970, 1, 1, tzinfo=UTC)
 @lru_cache
 def _delete_batch(table: str, dialect: str, batch: int) -> TextClause:
     column, oldest = _BATCHES[table]
-    rows = f"{oldest} LIMIT {int(batch)}"
-    which = f"= ANY(ARRAY({rows}))" if dialect == "postgresql" else f"IN ({rows})"
+
+    def among(column: str) -> str:
+        rows = f"{oldest.format(column=column)} LIMIT {int(batch)}"
+        return f"= ANY(ARRAY({rows}))" if dialect == "postgresql" else f"IN ({rows})"
+
+    which = among(column)
+    if table == "idempotency_keys":
+        which += f" AND tenant_id {among('tenant_id')} AND created_at < :cutoff"
     reached = "received_at" if table == "events" else "NULL"
     statement = text(f"DELETE FROM {table} WHERE {column} {which} RETURNING {reached}")
     times = [bindparam(name, type_=UTCDateTime()) for name in ("cutoff", "after")]

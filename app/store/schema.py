@@ -73,10 +73,37 @@ def sqlite_timestamp(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
+DEFAULT_TENANT = "default"
+
+# A tenant is one customer of the installation. ``status`` is ``active``, or
+# ``deleting`` while its rows are removed in the background (the row goes last,
+# so its ID stays taken until then).
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("metadata", Text, nullable=False),  # JSON object of strings
+    Column("ingest_rate_per_second", Float, nullable=True),
+    Column("max_subscriptions", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+
+def _tenant_column() -> Column[str]:
+    # Rows made before tenants existed belong to the default tenant.
+    return Column(
+        "tenant_id", String(64), nullable=False, server_default=text(f"'{DEFAULT_TENANT}'")
+    )
+
+
 tokens = Table(
     "tokens",
     metadata,
     Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=True),  # NULL: a global token
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("scope", String(16), nullable=False),
     Column("description", Text, nullable=True),
@@ -89,22 +116,26 @@ events = Table(
     metadata,
     Column("seq", Sequence64, primary_key=True, autoincrement=True),
     Column("id", String(32), nullable=False, unique=True),
+    _tenant_column(),
     Column("type", String(200), nullable=False),
     Column("key", String(200), nullable=True),
     Column("data", Text, nullable=False),
     Column("schema_version", Integer, nullable=True),
     Column("occurred_at", UTCDateTime, nullable=True),
     Column("received_at", UTCDateTime, nullable=False),
-    Index("ix_events_type_seq", "type", "seq"),
-    Index("ix_events_key_seq", "key", "seq"),
+    Index("ix_events_tenant_id_seq", "tenant_id", "seq"),
+    Index("ix_events_tenant_id_type_seq", "tenant_id", "type", "seq"),
+    Index("ix_events_tenant_id_key_seq", "tenant_id", "key", "seq"),
     Index("ix_events_received_at", "received_at"),
 )
 
 # One row per remembered Idempotency-Key, written in the same transaction as
 # its event, so a key can never exist without its answer (no "in flight" rows).
+# Keys are per tenant: the same key in two tenants is two events.
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
+    Column("tenant_id", String(64), primary_key=True, server_default=text(f"'{DEFAULT_TENANT}'")),
     Column("key", String(255), primary_key=True),
     Column("fingerprint", String(64), nullable=False),
     Column("event_id", String(32), nullable=False),
@@ -118,6 +149,7 @@ subscriptions = Table(
     "subscriptions",
     metadata,
     Column("id", String(32), primary_key=True),
+    _tenant_column(),
     Column("url", Text, nullable=False),
     Column("description", Text, nullable=True),
     Column("event_types", Text, nullable=False),  # JSON array of patterns
@@ -138,6 +170,7 @@ subscriptions = Table(
     Column("failing_since", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_subscriptions_tenant_id_id", "tenant_id", "id"),
 )
 
 # Ordered by ``seq``, a database sequence: IDs minted by different processes in
@@ -166,6 +199,9 @@ deliveries = Table(
         ForeignKey("subscriptions.id", ondelete="CASCADE"),
         nullable=False,
     ),
+    # The subscription's (and the event's) tenant, so per-tenant lists, the DLQ
+    # and counts need no join.
+    _tenant_column(),
     Column("event_type", String(200), nullable=False),
     # The event's key when the subscription orders by key, else NULL (no ordering).
     Column("ordering_key", String(200), nullable=True),
@@ -205,6 +241,14 @@ deliveries = Table(
         postgresql_where=text(DEAD),
         sqlite_where=text(DEAD),
     ),
+    # A tenant's dead letters (partial indexes on dead rows cost ingest nothing).
+    Index(
+        "ix_deliveries_dead_tenant",
+        "tenant_id",
+        "seq",
+        postgresql_where=text(DEAD),
+        sqlite_where=text(DEAD),
+    ),
     Index(
         "ix_deliveries_dead_subscription",
         "subscription_id",
@@ -214,6 +258,7 @@ deliveries = Table(
     ),
     Index(
         "ix_deliveries_dead_type",
+        "tenant_id",
         "event_type",
         "seq",
         postgresql_where=text(DEAD),

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, bindparam, delete, select, text, update
+from sqlalchemy import ColumnElement, Text, bindparam, delete, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -16,7 +16,7 @@ from app.store import schema
 from app.store.database import Database
 from app.store.lines import lines_moved_on
 from app.store.notify import CHANGED, CHANNEL
-from app.store.schema import UTCDateTime
+from app.store.schema import DEFAULT_TENANT, UTCDateTime
 
 s = schema.subscriptions
 
@@ -44,12 +44,14 @@ class Subscription:
     circuit_open_until: datetime | None
     created_at: datetime
     updated_at: datetime
+    tenant_id: str = DEFAULT_TENANT
 
 
 def _subscription(row: Row[Any]) -> Subscription:
     r = row._mapping
     return Subscription(
         id=r["id"],
+        tenant_id=r["tenant_id"],
         url=r["url"],
         description=r["description"],
         event_types=orjson.loads(r["event_types"]),
@@ -91,9 +93,14 @@ async def create(conn: AsyncConnection, values: Mapping[str, Any]) -> Subscripti
     return _subscription(row)
 
 
-async def get(db: Database, subscription_id: str) -> Subscription | None:
+def _own(tenant_id: str, subscription_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The subscription, if it is the tenant's: another tenant's is not there."""
+    return (s.c.id == subscription_id, s.c.tenant_id == tenant_id)
+
+
+async def get(db: Database, tenant_id: str, subscription_id: str) -> Subscription | None:
     async with db.read() as conn:
-        row = (await conn.execute(select(s).where(s.c.id == subscription_id))).first()
+        row = (await conn.execute(select(s).where(*_own(tenant_id, subscription_id)))).first()
     return _subscription(row) if row else None
 
 
@@ -107,9 +114,9 @@ async def get_many(db: Database, ids: Iterable[str]) -> dict[str, Subscription]:
 
 
 async def list_page(
-    db: Database, *, after_id: str | None, limit: int
+    db: Database, tenant_id: str, *, after_id: str | None, limit: int
 ) -> tuple[list[Subscription], str | None]:
-    query = select(s).order_by(s.c.id).limit(limit + 1)
+    query = select(s).where(s.c.tenant_id == tenant_id).order_by(s.c.id).limit(limit + 1)
     if after_id is not None:
         query = query.where(s.c.id > after_id)
     async with db.read() as conn:
@@ -120,11 +127,11 @@ async def list_page(
 
 
 async def patch(
-    conn: AsyncConnection, subscription_id: str, values: Mapping[str, Any]
+    conn: AsyncConnection, tenant_id: str, subscription_id: str, values: Mapping[str, Any]
 ) -> Subscription | None:
     """Within the caller's transaction: update fields (None: no such subscription)."""
     result = await conn.execute(
-        update(s).where(s.c.id == subscription_id).values(**_to_row(values))
+        update(s).where(*_own(tenant_id, subscription_id)).values(**_to_row(values))
     )
     if not result.rowcount:
         return None
@@ -134,6 +141,7 @@ async def patch(
 
 async def rotate_secret(
     conn: AsyncConnection,
+    tenant_id: str,
     subscription_id: str,
     *,
     secret: str,
@@ -148,7 +156,7 @@ async def rotate_secret(
     """
     result = await conn.execute(
         update(s)
-        .where(s.c.id == subscription_id)
+        .where(*_own(tenant_id, subscription_id))
         .values(
             previous_secret=s.c.secret,
             secret=secret,
@@ -182,9 +190,9 @@ async def promote_all_lines(conn: AsyncConnection, subscription_id: str) -> None
     await lines_moved_on(conn, [(subscription_id, r[0]) for r in rows])
 
 
-async def remove(conn: AsyncConnection, subscription_id: str) -> bool:
+async def remove(conn: AsyncConnection, tenant_id: str, subscription_id: str) -> bool:
     """Within the caller's transaction."""
-    result = await conn.execute(delete(s).where(s.c.id == subscription_id))
+    result = await conn.execute(delete(s).where(*_own(tenant_id, subscription_id)))
     return bool(result.rowcount)
 
 

@@ -16,6 +16,7 @@ from app.store.database import Database
 class TokenRecord:
     id: str
     scope: Scope
+    tenant_id: str | None = None  # None: a global token
 
 
 async def create_token(
@@ -26,6 +27,7 @@ async def create_token(
     scope: Scope,
     description: str | None,
     now: datetime,
+    tenant_id: str | None = None,
 ) -> None:
     async with db.write() as conn:
         await conn.execute(
@@ -35,6 +37,7 @@ async def create_token(
                 scope=scope.value,
                 description=description,
                 created_at=now,
+                tenant_id=tenant_id,
             )
         )
 
@@ -44,20 +47,24 @@ async def find_token(db: Database, token_hash: str) -> TokenRecord | None:
     async with db.read() as conn:
         row = (
             await conn.execute(
-                select(t.c.id, t.c.scope).where(
+                select(t.c.id, t.c.scope, t.c.tenant_id).where(
                     t.c.token_hash == token_hash, t.c.revoked_at.is_(None)
                 )
             )
         ).first()
-    return TokenRecord(row.id, Scope(row.scope)) if row else None
+    return TokenRecord(row.id, Scope(row.scope), row.tenant_id) if row else None
 
 
-async def revoke_token(db: Database, token_id: str, now: datetime) -> bool:
+async def revoke_token(
+    db: Database, token_id: str, now: datetime, tenant_id: str | None = None
+) -> bool:
+    """Revoke an active token; with ``tenant_id``, only one of that tenant's."""
     t = schema.tokens
+    which = [t.c.id == token_id, t.c.revoked_at.is_(None)]
+    if tenant_id is not None:
+        which.append(t.c.tenant_id == tenant_id)
     async with db.write() as conn:
-        result = await conn.execute(
-            update(t).where(t.c.id == token_id, t.c.revoked_at.is_(None)).values(revoked_at=now)
-        )
+        result = await conn.execute(update(t).where(*which).values(revoked_at=now))
     return bool(result.rowcount)
 
 

@@ -47,6 +47,7 @@ class ClaimRequest:
     lease_until: datetime
     limit: int
     exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
+    newest_first: bool = False  # walk the due deliveries from the newest (a probe)
 
 
 @dataclass(frozen=True, slots=True)

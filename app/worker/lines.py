@@ -2,8 +2,10 @@
 
 A line here is what the worker holds for one subscription: its attempts in
 flight, the deliveries claimed ahead for it, its token bucket and its
-circuit. The policy shares the worker's slots (``concurrency``) fairly, so
-that a slow or failing subscriber delays only itself:
+circuit. The policy shares the worker's slots (``concurrency``) fairly between
+tenants first and between a tenant's subscriptions second, so that a slow or
+failing subscriber delays only itself and a tenant with many subscriptions
+does not crowd out a tenant with one:
 
 - A subscription never has more attempts in flight than its own limits allow
   (``max_in_flight``, ``rate_limit_per_second``, one probe while its circuit
@@ -11,10 +13,12 @@ that a slow or failing subscriber delays only itself:
 - The last ``reserve`` free slots go only to subscriptions that hold none and
   are not failing: the first delivery of a healthy subscription starts at
   once, however many slots slow or failing ones hold.
-- When an attempt ends while another subscription waits for a slot and holds
-  fewer than this one, the slot moves to it (its next delivery, in the same
+- When an attempt ends while another subscription waits for a slot and its
+  tenant holds fewer slots than this one's (or, in the same tenant, it holds
+  fewer than this one), the slot moves to it (its next delivery, in the same
   task); else, after a success, the task goes on with this subscription's next
-  waiting delivery without a trip to the database.
+  waiting delivery without a trip to the database. Free slots are offered to
+  waiting lines in the order of their tenants' share, smallest first.
 - Deliveries are claimed ahead only for a healthy subscription (active, no
   rate limit, no failure since its last success), up to ``claim_ahead`` times
   the slots it may use. A claim leaves out the subscriptions at their limit;
@@ -101,6 +105,7 @@ class LinePolicy:
         self.waiting = 0  # deliveries claimed ahead, over all lines
         # Lines with deliveries waiting, in the order they are offered free slots.
         self._queued: dict[str, Line] = {}
+        self.tenant_in_flight: dict[str, int] = {}  # attempts running, by tenant
         self._released: list[int] = []  # claims to give back in the next cycle
 
     # -- limits ---------------------------------------------------------------
@@ -141,7 +146,28 @@ class LinePolicy:
         if line.bucket is not None and not line.bucket.take():
             return False
         line.in_flight += 1
+        self._count(line, 1)
         return True
+
+    def _count(self, line: Line, change: int) -> None:
+        tenant = line.subscription.tenant_id
+        held = self.tenant_in_flight.get(tenant, 0) + change
+        if held:
+            self.tenant_in_flight[tenant] = held
+        else:
+            del self.tenant_in_flight[tenant]
+
+    def _in_turn(self) -> list[Line]:
+        """The waiting lines, the smallest tenant's share first (a stable sort
+        keeps the turn within a tenant; with one tenant there is nothing to sort)."""
+        lines = list(self._queued.values())
+        tenants = {line.subscription.tenant_id for line in lines}
+        if len(tenants | self.tenant_in_flight.keys()) < 2:
+            return lines
+        return sorted(lines, key=self._share)
+
+    def _share(self, line: Line) -> int:
+        return self.tenant_in_flight.get(line.subscription.tenant_id, 0)
 
     def take_slot(self, line: Line) -> bool:
         """A free slot for ``line``, if the slots and its limits allow."""
@@ -201,7 +227,7 @@ class LinePolicy:
         progress = True
         while progress and self._queued and self.used < self.slots:
             progress = False
-            for line in list(self._queued.values()):
+            for line in self._in_turn():
                 if line.waiting and self.take_slot(line):
                     started.append((line, self._pop(line)))
                     progress = True
@@ -218,6 +244,7 @@ class LinePolicy:
             needier = self._needier(line)
             if needier is not None:
                 line.in_flight -= 1
+                self._count(line, -1)
                 return needier, self._pop(needier)
             if (
                 succeeded
@@ -231,15 +258,27 @@ class LinePolicy:
 
     def free_slot(self, line: Line) -> None:
         line.in_flight -= 1
+        self._count(line, -1)
         self.used -= 1
 
     def _needier(self, line: Line) -> Line | None:
-        """A line waiting for a slot that holds fewer than ``line`` (its limits
-        checked, the slot taken), when ``line`` holds more than the average."""
-        if not self._queued or line.in_flight * len(self._queued) <= self.used:
+        """A line waiting for a slot (its limits checked, the slot taken) whose
+        tenant holds fewer than ``line``'s, or in ``line``'s tenant, that holds
+        fewer than ``line`` while ``line`` holds more than the average."""
+        if not self._queued:
             return None
-        for other in self._queued.values():
-            if other is not line and other.in_flight + 1 < line.in_flight and self._take(other):
+        share = self._share(line)
+        for other in self._in_turn():
+            if other is line:
+                continue
+            if other.subscription.tenant_id != line.subscription.tenant_id:
+                needier = self._share(other) + 1 < share
+            else:
+                needier = (
+                    line.in_flight * len(self._queued) > self.used
+                    and other.in_flight + 1 < line.in_flight
+                )
+            if needier and self._take(other):
                 # To the back of the turn.
                 del self._queued[other.subscription.id]
                 self._queued[other.subscription.id] = other

@@ -35,6 +35,7 @@ from app.worker.lines import Line, LinePolicy, Ready
 from app.worker.protocol import Sender, SenderFactory
 from app.worker.retention import RetentionJob
 from app.worker.sender import http_senders
+from app.worker.tenant_removal import TenantRemoval
 
 __all__ = ["DeliveryWorker", "WorkerConfig", "worker_config"]
 
@@ -78,10 +79,15 @@ class DeliveryWorker:
             keys_ttl=config.idempotency_ttl,
             interval_seconds=config.retention_interval_seconds,
         )
+        self._removal = TenantRemoval(db)
 
     def wake(self) -> None:
         self._probe = True
         self._wakeup.set()
+
+    def remove_tenants(self) -> None:
+        """A tenant was deleted: remove its rows now rather than at the next poll."""
+        self._removal.wake()
 
     def subscription_changed(self, subscription_id: str) -> None:
         """Forget what this worker knows of a subscription's settings (not its counters)."""
@@ -112,6 +118,7 @@ class DeliveryWorker:
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
         self._reaper_task = asyncio.create_task(self._keep_leases(), name="leases")
         self._retention.start()
+        self._removal.start()
         log.info("delivery worker started", extra={"worker": self.owner})
 
     async def stop(self) -> None:
@@ -124,6 +131,7 @@ class DeliveryWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper_task
         await self._retention.stop()
+        await self._removal.stop()
         if self._listener is not None:
             await self._listener.stop()
         running = dict(self._tasks.values())
@@ -238,7 +246,12 @@ class DeliveryWorker:
         if room <= 0:
             return None
         limit = min(plan.capacity, self._config.claim_batch, room)
-        return ClaimRequest(self.owner, now, now + self._config.lease, limit, plan.exclude)
+        # A probe past busy subscriptions looks at the newest due deliveries
+        # first: others' new events are there, not behind the busy backlogs.
+        newest = probing and bool(plan.exclude)
+        return ClaimRequest(
+            self.owner, now, now + self._config.lease, limit, plan.exclude, newest_first=newest
+        )
 
     async def _start(self, work: list[Work]) -> int:
         """Start a task for each claimed delivery a slot allows now, keep the next

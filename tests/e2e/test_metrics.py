@@ -313,15 +313,34 @@ async def test_a_dead_letter_is_counted_and_shows_in_the_database_gauges(
     sid = sub["id"]
     gauges = await gauges_until(
         url,
-        lambda s: s("eventrelay_subscription_deliveries", subscription_id=sid, status="dead") == 1,
+        lambda s: (
+            s(
+                "eventrelay_subscription_deliveries",
+                subscription_id=sid,
+                status="dead",
+                tenant_id="default",
+            )
+            == 1
+        ),
         f"the dead letter of {sid} in eventrelay_subscription_deliveries",
     )
     assert gauges("eventrelay_deliveries", status="dead") == dead_in_database
-    assert gauges("eventrelay_subscription_consecutive_failures", subscription_id=sid) == 2
+    assert (
+        gauges(
+            "eventrelay_subscription_consecutive_failures", subscription_id=sid, tenant_id="default"
+        )
+        == 2
+    )
     # Two failures in a row reach the threshold of this server: the circuit is open.
-    assert gauges("eventrelay_subscription_circuit_state", subscription_id=sid) == 2
+    assert (
+        gauges("eventrelay_subscription_circuit_state", subscription_id=sid, tenant_id="default")
+        == 2
+    )
     assert gauges.get(
-        "eventrelay_subscription_deliveries", subscription_id=sid, status="pending"
+        "eventrelay_subscription_deliveries",
+        subscription_id=sid,
+        status="pending",
+        tenant_id="default",
     ) in (
         None,
         0,
@@ -360,12 +379,14 @@ async def test_pending_in_flight_and_disabled_show_in_the_database_gauges(
                     "eventrelay_subscription_deliveries",
                     subscription_id=paused["id"],
                     status="pending",
+                    tenant_id="default",
                 )
                 == 1
                 and s(
                     "eventrelay_subscription_deliveries",
                     subscription_id=held["id"],
                     status="in_flight",
+                    tenant_id="default",
                 )
                 == 1
                 and s("eventrelay_subscriptions", status="disabled") >= 1

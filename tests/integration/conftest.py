@@ -42,11 +42,16 @@ class DeliveryKit:
 
     async def subscription(self, **fields: Any) -> Subscription:
         fields.setdefault("url", "http://8.8.8.8/hooks")
+        tenant_id = fields.pop("tenant_id", "default")
         service = SubscriptionService(self.db, allow_private_targets=True)
-        return await service.create(SubscriptionCreate(**fields))
+        return await service.create(tenant_id, SubscriptionCreate(**fields))
 
     async def events(
-        self, *specs: tuple[str, str | None], together: bool = False, data_json: str = "{}"
+        self,
+        *specs: tuple[str, str | None],
+        together: bool = False,
+        data_json: str = "{}",
+        tenant_id: str = "default",
     ) -> list[NewEvent]:
         """Ingest events given as (type, key): one transaction each, or all in one."""
         now = datetime.now(UTC)
@@ -61,6 +66,7 @@ class DeliveryKit:
                 received_at=now,
                 idempotency_key=None,
                 fingerprint=None,
+                tenant_id=tenant_id,
             )
             for event_type, key in specs
         ]

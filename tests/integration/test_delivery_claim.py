@@ -142,7 +142,7 @@ async def test_dead_head_with_block_holds_the_key(kit: DeliveryKit) -> None:
     # Discarding the dead letter (DELETE /v1/dlq/{id}) unblocks the key, in order.
     now = datetime.now(UTC)
     async with kit.db.write() as conn:
-        assert await dlq.discard(conn, (await kit.delivery_for(e[0], sub))["id"], now)
+        assert await dlq.discard(conn, "default", (await kit.delivery_for(e[0], sub))["id"], now)
     (next_up,) = await kit.claim()
     assert next_up.event_id == e[1].id
     assert await kit.claim() == []
@@ -152,7 +152,7 @@ async def test_dead_head_with_block_holds_the_key(kit: DeliveryKit) -> None:
     # Redriving it goes first, then the key moves on once it succeeds.
     dead_j = await kit.delivery_for(e[2], sub)
     async with kit.db.write() as conn:
-        assert await dlq.redrive(conn, dead_j["id"], datetime.now(UTC))
+        assert await dlq.redrive(conn, "default", dead_j["id"], datetime.now(UTC))
     (redriven,) = await kit.claim()
     assert (redriven.id, redriven.attempts) == (dead_j["id"], 1)
     assert await kit.claim() == []
@@ -161,7 +161,7 @@ async def test_dead_head_with_block_holds_the_key(kit: DeliveryKit) -> None:
 
     # Loosening the rule to skip frees the last blocked key.
     service = SubscriptionService(kit.db, allow_private_targets=True)
-    await service.patch(sub.id, SubscriptionPatch(on_dead_letter="skip"))
+    await service.patch("default", sub.id, SubscriptionPatch(on_dead_letter="skip"))
     assert event_ids(await kit.claim()) == [e[5].id]
 
 
@@ -175,7 +175,7 @@ async def test_redriven_dead_letter_is_delivered_again_with_skip(kit: DeliveryKi
     await kit.finish(second, "succeeded")
 
     async with kit.db.write() as conn:
-        assert await dlq.redrive(conn, head.id, datetime.now(UTC))
+        assert await dlq.redrive(conn, "default", head.id, datetime.now(UTC))
     (again,) = await kit.claim()
     assert (again.id, again.attempts) == (head.id, 1)
     await kit.finish(again, "succeeded")

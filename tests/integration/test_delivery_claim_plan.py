@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import TextClause, text
 
 from app.store.database import Database
-from app.store.deliveries import _FINISH_AND_RECORD_PG, _PG_CLAIM
+from app.store.deliveries import _FINISH_AND_RECORD_PG, _PG_CLAIM, _PG_CLAIM_NEWEST
 from tests.integration.conftest import DeliveryKit
 from tests.integration.plans import describe, postgres_plan
 
@@ -96,10 +96,18 @@ async def _fill(kit: DeliveryKit, statements: list[str]) -> None:
 async def _assert_claim_uses_the_claim_index(
     kit: DeliveryKit, plan_mode: str, *, without_sort: bool
 ) -> None:
+    # Both walks: oldest first, and newest first (a probe past busy subscriptions).
+    for claim in (_PG_CLAIM, _PG_CLAIM_NEWEST):
+        await _assert_walks_the_claim_index(kit, claim, plan_mode, without_sort=without_sort)
+
+
+async def _assert_walks_the_claim_index(
+    kit: DeliveryKit, claim: Any, plan_mode: str, *, without_sort: bool
+) -> None:
     now = datetime.now(UTC)
     nodes = await _plan(
         kit.db,
-        _PG_CLAIM,
+        claim,
         {
             "owner": "worker-a",
             "now": now,

@@ -89,6 +89,7 @@ async def explain_list_dead(db: Database, **filters: Any) -> tuple[list[Any], di
     try:
         page, _ = await dlq.list_dead(
             db,
+            "default",
             subscription_id=filters.get("subscription_id"),
             event_type=filters.get("event_type"),
             after_seq=filters.get("after_seq"),

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from app.store import database, leases
 from app.store.database import open_database
 from app.store.gauges import snapshot
-from app.store.ingest import _SELECT_KEYS
+from app.store.ingest import _PG_SELECT_KEYS
 from app.store.retention import prune, refresh_statistics
 from tests.integration.conftest import DeliveryKit
 from tests.integration.plans import (
@@ -203,16 +203,17 @@ async def test_a_plan_made_while_small_is_not_kept(kit: DeliveryKit) -> None:
     small, kept a scan as its generic plan while the table grew to 100,000s of
     keys (one full scan per group commit). On eventrelay's own connections the
     next run after the table grew plans again and probes the key index."""
-    lookup = f"{_SELECT_KEYS} WHERE key = ANY($1::text[])"
     async with kit.db.read() as conn:
-        await conn.exec_driver_sql(f"PREPARE lookup(text[]) AS {lookup}")
+        await conn.exec_driver_sql(f"PREPARE lookup(text[], text[]) AS {_PG_SELECT_KEYS}")
         for n in range(10):  # PostgreSQL settles on a generic plan after five runs
-            await conn.exec_driver_sql(f"EXECUTE lookup(ARRAY['small-{n}'])")
+            await conn.exec_driver_sql(f"EXECUTE lookup(ARRAY['default'], ARRAY['small-{n}'])")
         await conn.commit()
         async with kit.db.write() as grow:
             await grow.execute(text(_GROW_POSTGRES[-1]), {"rows": ROWS})
         document = (
-            await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) EXECUTE lookup(ARRAY['grown-7'])")
+            await conn.exec_driver_sql(
+                "EXPLAIN (FORMAT JSON) EXECUTE lookup(ARRAY['default'], ARRAY['grown-7'])"
+            )
         ).scalar()
     nodes = list(
         plan_nodes((document if isinstance(document, list) else json.loads(document))[0]["Plan"])

@@ -135,24 +135,24 @@ async def test_every_line_rule_agrees_on_both_databases(
                 )
             ).scalar_one()
         async with side.kit.db.write() as conn:
-            return int(await dlq.redrive(conn, first, datetime.now(UTC)))
+            return int(await dlq.redrive(conn, "default", first, datetime.now(UTC)))
 
     async def discard_the_rest(side: Side) -> int:
         d = schema.deliveries
         async with side.kit.db.read() as conn:
             dead = [r[0] for r in await conn.execute(select(d.c.id).where(d.c.status == "dead"))]
         async with side.kit.db.write() as conn:
-            return sum([await dlq.discard(conn, i, datetime.now(UTC)) for i in dead])
+            return sum([await dlq.discard(conn, "default", i, datetime.now(UTC)) for i in dead])
 
     async def replay_all(side: Side) -> int:
         service = SubscriptionService(side.kit.db, allow_private_targets=True)
         return await service.replay(
-            side.subs["block"], datetime.now(UTC) - timedelta(hours=1), None
+            "default", side.subs["block"], datetime.now(UTC) - timedelta(hours=1), None
         )
 
     async def loosen_block(side: Side) -> None:
         service = SubscriptionService(side.kit.db, allow_private_targets=True)
-        await service.patch(side.subs["block"], SubscriptionPatch(on_dead_letter="skip"))
+        await service.patch("default", side.subs["block"], SubscriptionPatch(on_dead_letter="skip"))
 
     await _both(sides, subscribe)
     await _both(sides, ingest)

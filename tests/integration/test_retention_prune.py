@@ -105,7 +105,7 @@ async def test_prune_removes_what_it_should_and_nothing_else(kit: DeliveryKit) -
         for ev in (done, discarded, pending, in_flight, dead, fresh_done, fresh_pending)
     }
     async with kit.db.write() as conn:
-        assert await dlq.discard(conn, dlv[discarded.id], NOW - timedelta(days=9))
+        assert await dlq.discard(conn, "default", dlv[discarded.id], NOW - timedelta(days=9))
     await age_completion(kit, dlv[done.id])
     await age_completion(kit, dlv[discarded.id])
     for ev in (done, discarded, pending, in_flight, dead):
@@ -135,7 +135,7 @@ async def test_prune_removes_what_it_should_and_nothing_else(kit: DeliveryKit) -
     for ev in (pending, in_flight, dead, fresh_done, fresh_pending):
         assert dlv[ev.id] in remaining, ev
     assert (await kit.delivery(dlv[dead.id]))["status"] == "dead"
-    assert await dlq.get_dead(kit.db, dlv[dead.id]) is not None, "the dead letter stays"
+    assert await dlq.get_dead(kit.db, "default", dlv[dead.id]) is not None, "the dead letter stays"
     assert len(await kit.attempts_of(dlv[dead.id])) == 1
     assert len(await kit.attempts_of(dlv[fresh_done.id])) == 1
     assert await kit.attempts_of(dlv[done.id]) == []
@@ -177,11 +177,11 @@ async def test_an_event_stays_while_any_of_its_deliveries_is_unfinished(
     assert (pruned.deliveries, pruned.events) == (1, 0)
     assert event.id in await event_ids(kit)
     assert await delivery_ids(kit) == {dead}
-    assert await dlq.get_dead(kit.db, dead) is not None
+    assert await dlq.get_dead(kit.db, "default", dead) is not None
 
     # Once the dead letter is discarded, the event goes (with it).
     async with kit.db.write() as conn:
-        assert await dlq.discard(conn, dead, NOW)
+        assert await dlq.discard(conn, "default", dead, NOW)
     pruned = await retention.prune(kit.db, cutoff=CUTOFF, keys_cutoff=CUTOFF)
     assert pruned.events == 1
     assert await event_ids(kit) == set()

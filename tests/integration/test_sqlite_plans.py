@@ -14,13 +14,14 @@ import pytest
 
 from app.store.deliveries import (
     CLAIM,
+    CLAIM_NEWEST,
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_FINISH_ALL,
     SQLITE_LEASE,
     SQLITE_RECORD_ATTEMPTS,
 )
-from app.store.ingest import _SQLITE_READS
+from app.store.ingest import _SELECT_SUBSCRIPTIONS, _SQLITE_READS
 from app.store.lines import _BUSY_SQL, SQLITE_PROMOTE_ALL
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -54,6 +55,10 @@ STATEMENTS = {
         CLAIM["sqlite"],
         {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
     ),
+    "claim, newest first": (
+        CLAIM_NEWEST["sqlite"],
+        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
+    ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
     "claimed large data": (SQLITE_CLAIMED_LARGE_DATA, {"seqs": "[1, 2]"}),
@@ -61,7 +66,12 @@ STATEMENTS = {
     "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
     "promote heads": (SQLITE_PROMOTE_ALL.format(rows="(?, ?), (?, ?)"), ["a", "k", "b", "k"]),
     # The ingest flush's reads (keys and subscriptions) and busy-lines query.
-    "flush reads": (_SQLITE_READS.format(marks="(?, ?)"), ["k1", "k2"]),
+    "flush reads": (
+        _SQLITE_READS.format(
+            tenants="(?)", marks="(?, ?)", subscriptions=_SELECT_SUBSCRIPTIONS.format(tenants="(?)")
+        ),
+        ["default", "k1", "k2", "default"],
+    ),
     "busy lines": (_BUSY_SQL.format(subs="(?, ?)", keys="(?, ?)"), ["sub_a", "sub_b", "k1", "k2"]),
 }
 

@@ -17,15 +17,15 @@ from app.store.database import Database
 INSERT = {
     "sqlite": "INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, "
     "response_body, created_at) VALUES (?, 'f', 'evt_x', 202, '{}', '2026-11-26 00:00:00.000000') "
-    "ON CONFLICT (key) DO NOTHING",
+    "ON CONFLICT (tenant_id, key) DO NOTHING",
     # Both dialects take the keys as one parameter (a JSON array on SQLite).
     "sqlite_returning": "INSERT INTO idempotency_keys (key, fingerprint, event_id, "
     "response_status, response_body, created_at) SELECT value, 'f', 'evt_x', 202, '{}', "
-    "'2026-11-26 00:00:00.000000' FROM json_each(?) WHERE true ON CONFLICT (key) DO NOTHING "
-    "RETURNING key",
+    "'2026-11-26 00:00:00.000000' FROM json_each(?) WHERE true "
+    "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING key",
     "postgresql": "INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, "
     "response_body, created_at) SELECT k, 'f', 'evt_x', 202, '{}', now() "
-    "FROM unnest($1::text[]) AS k ON CONFLICT (key) DO NOTHING RETURNING key",
+    "FROM unnest($1::text[]) AS k ON CONFLICT (tenant_id, key) DO NOTHING RETURNING key",
 }
 SELECT = {
     "sqlite": "SELECT key FROM idempotency_keys WHERE key IN (?, ?, ?) ORDER BY key",
@@ -144,7 +144,8 @@ async def test_rows_go_in_as_values_lists_of_bounded_size(
     template = (
         "INSERT INTO idempotency_keys (key, fingerprint, event_id, response_status, "
         "response_body, created_at) SELECT column1, 'f', 'evt_x', 202, 'body', "
-        "'2026-11-26 00:00:00.000000' FROM (VALUES {rows}) WHERE true ON CONFLICT (key) DO NOTHING"
+        "'2026-11-26 00:00:00.000000' FROM (VALUES {rows}) WHERE true "
+        "ON CONFLICT (tenant_id, key) DO NOTHING"
     )
     keys = [f"k{n}" for n in range(7)]
     statements: list[str] = []

@@ -214,7 +214,7 @@ async def test_secret_and_rotation(client: httpx.AsyncClient, db: Database) -> N
     assert len(secret_key(new)) == 32
     assert (await client.get(url + "/secret")).json() == {"secret": new}
 
-    stored = await subscription_store.get(db, sub["id"])
+    stored = await subscription_store.get(db, "default", sub["id"])
     assert stored is not None
     assert (stored.secret, stored.previous_secret) == (new, sub["secret"])
     assert stored.previous_secret_expires_at is not None
@@ -222,7 +222,7 @@ async def test_secret_and_rotation(client: httpx.AsyncClient, db: Database) -> N
     assert timedelta(hours=24) - timedelta(minutes=1) <= grace <= timedelta(hours=24)
 
     again = (await client.post(url + "/rotate-secret")).json()["secret"]
-    stored = await subscription_store.get(db, sub["id"])
+    stored = await subscription_store.get(db, "default", sub["id"])
     assert stored is not None
     assert (stored.secret, stored.previous_secret) == (again, new)
 

@@ -3,6 +3,7 @@ and the plan of a flush."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -130,7 +131,9 @@ def _stored(event_id: str, body: str = "a", *, at: datetime = NOW) -> StoredKey:
     return StoredKey(fingerprint(body), event_id, f"body of {event_id}", at)
 
 
-def _answers(units: list[list[NewEvent]], stored: dict[str, StoredKey]) -> list[UnitResult]:
+def _answers(
+    units: list[list[NewEvent]], stored: dict[tuple[str, str], StoredKey]
+) -> list[UnitResult]:
     decision = decide(units, stored, CUTOFF)
     return answers(decision, {e.id: f"body of {e.id}" for e in decision.new_events})
 
@@ -147,14 +150,16 @@ def test_a_new_key_and_no_key_store_their_events() -> None:
 
 def test_a_stored_key_with_the_same_body_is_a_replay() -> None:
     units = [[_event(1, "k")]]
-    decision = decide(units, {"k": _stored("evt_0")}, CUTOFF)
+    decision = decide(units, {("default", "k"): _stored("evt_0")}, CUTOFF)
     assert decision.new_events == []
-    assert _answers(units, {"k": _stored("evt_0")}) == [[Accepted("evt_0", "body of evt_0", True)]]
+    assert _answers(units, {("default", "k"): _stored("evt_0")}) == [
+        [Accepted("evt_0", "body of evt_0", True)]
+    ]
 
 
 def test_reused_keys_name_the_items_and_sink_only_their_request() -> None:
     units = [[_event(1, "k"), _event(2, "j"), _event(3, "k", "b")], [_event(4, "z")]]
-    stored = {"j": _stored("evt_0", "other")}
+    stored = {("default", "j"): _stored("evt_0", "other")}
     decision = decide(units, stored, CUTOFF)
     assert decision.plans[0] == KeyReused((1, 2))
     assert [e.id for e in decision.new_events] == ["evt_4"]
@@ -172,14 +177,28 @@ def test_a_key_claimed_earlier_in_the_flush_is_replayed_or_reused() -> None:
 
 def test_an_expired_key_is_taken_over() -> None:
     units = [[_event(1, "k", "b")]]
-    expired = {"k": _stored("evt_0", at=CUTOFF - timedelta(seconds=1))}
+    expired = {("default", "k"): _stored("evt_0", at=CUTOFF - timedelta(seconds=1))}
     decision = decide(units, expired, CUTOFF)
-    assert decision.reclaim == ["k"]
+    assert decision.reclaim == [("default", "k")]
     assert [e.id for e in decision.new_events] == ["evt_1"]
 
 
 def test_keys_are_the_distinct_keys_sorted() -> None:
     assert keys([[_event(1, "b"), _event(2, None)], [_event(3, "a"), _event(4, "b")]]) == [
-        "a",
-        "b",
+        ("default", "a"),
+        ("default", "b"),
+    ]
+
+
+def test_keys_are_per_tenant() -> None:
+    """The same key in two tenants is two events; a tenant's stored key replays
+    only in that tenant."""
+    a = dataclasses.replace(_event(1, "k"), tenant_id="a")
+    b = dataclasses.replace(_event(2, "k"), tenant_id="b")
+    assert keys([[a], [b]]) == [("a", "k"), ("b", "k")]
+    decision = decide([[a], [b]], {("a", "k"): _stored("evt_0")}, CUTOFF)
+    assert [e.id for e in decision.new_events] == ["evt_2"]
+    assert answers(decision, {"evt_2": "body of evt_2"}) == [
+        [Accepted("evt_0", "body of evt_0", True)],
+        [Accepted("evt_2", "body of evt_2", False)],
     ]

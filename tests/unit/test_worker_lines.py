@@ -182,3 +182,42 @@ def test_a_success_closes_the_circuit() -> None:
     (update,) = p.record([completion("a", "succeeded", 200)], datetime.now(UTC))
     assert update.consecutive_failures == 0
     assert a.prefetches()
+
+
+# -- fairness between tenants ----------------------------------------------------------
+
+
+def test_a_tenant_with_many_subscriptions_hands_slots_to_a_tenant_with_one() -> None:
+    """Tenant A's ten subscriptions hold every slot; tenant B's one subscription
+    waits. Attempts that end hand their slots to B until the two tenants hold
+    about as many: fair between tenants (by subscription, B would get one)."""
+    p = policy(concurrency=20)
+    many = [line(p, f"a{n}", tenant_id="A", max_in_flight=100) for n in range(10)]
+    for a in many:
+        fill(p, a, 2)
+    assert p.tenant_in_flight == {"A": 19}  # one slot is the reserve
+    b = line(p, "b", tenant_id="B", max_in_flight=100)
+    for _ in range(30):
+        p.queue(b, ready("b"))
+    for a in many:
+        p.queue(a, ready(a.subscription.id))
+    handed = 0
+    for a in many:  # one attempt of each ends
+        after = p.next_after(a, succeeded=True, stopping=False)
+        assert after is not None
+        handed += after[0] is b
+    assert handed == 9
+    assert p.tenant_in_flight == {"A": 10, "B": 9}
+    assert p.used == 19
+
+
+def test_free_slots_go_to_the_tenant_holding_fewest_first() -> None:
+    p = policy(concurrency=4)
+    a1, a2 = line(p, "a1", tenant_id="A"), line(p, "a2", tenant_id="A")
+    b = line(p, "b", tenant_id="B")
+    fill(p, a1, 1)
+    for target in (a1, a2, b):
+        p.queue(target, ready(target.subscription.id))
+    started = p.start_waiting()
+    assert [ln.subscription.id for ln, _ in started] == ["b", "a1", "a2"]
+    assert p.tenant_in_flight == {"A": 3, "B": 1}
