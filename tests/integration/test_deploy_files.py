@@ -157,7 +157,8 @@ def exported(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_the_app_exports_what_the_files_are_checked_against(exported: Exported) -> None:
     assert exported.names >= DATABASE_GAUGES
     assert exported.names >= ON_DASHBOARD
-    assert exported.labels["eventrelay_subscription_circuit_state"] == {"subscription_id", "tenant_id"}
+    circuit_labels = exported.labels["eventrelay_subscription_circuit_state"]
+    assert circuit_labels == {"subscription_id", "tenant_id"}
 
 
 # -- a small PromQL reader --------------------------------------------------------
