@@ -52,8 +52,8 @@ _BATCHES = {
           AND NOT EXISTS (
             SELECT 1 FROM deliveries d
             WHERE d.event_id = ev.id
-              AND (d.status IN ('pending', 'in_flight', 'dead')
-                   OR (d.status = 'succeeded' AND d.completed_at >= :cutoff))
+              AND NOT (d.status = 'discarded'
+                       OR (d.status = 'succeeded' AND d.completed_at < :cutoff))
             LIMIT 1 OFFSET 0)
         ORDER BY ev.received_at
         """,
