@@ -1,0 +1,328 @@
+"""Content filters of subscriptions: which events a subscription wants, by content.
+
+A filter matches the document ``{"type", "key", "data"}`` of an event (an
+event without a key has ``"key": null``, as everywhere in the API). It is an
+object of conditions that must all hold:
+
+* a field name and a condition on that field's value; the condition is a plain
+  value (``$eq``) or an object of fields and operators (nested objects match
+  nested fields);
+* an operator and its argument: ``$eq $neq $gt $gte $lt $lte $in $nin $exist
+  $startsWith $endsWith`` on the value, ``$and $or`` (arrays of conditions)
+  and ``$not`` (a condition) around conditions on the same value.
+
+Matching follows MongoDB's query rules. A path is resolved to the values it
+names (none: the field is missing); passing through an array it names the
+field of each element. A positive operator holds when one of those values
+holds it, or, for an array, one of its elements. ``$neq`` and ``$nin`` are the
+negations of ``$eq`` and ``$in``, so a missing field matches them and only
+them, ``$exist: false``, and a ``$not`` around anything else. A comparison
+with a value of another JSON type is no match (``true`` is not a number).
+
+:func:`parse_filter` checks a filter and compiles it once into closures;
+:meth:`ContentFilter.matches` then runs without looking at the filter's
+text again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from app.errors import FieldError, ValidationFailed
+
+__all__ = [
+    "ContentFilter",
+    "FieldPath",
+    "document",
+    "json_equal",
+    "parse_filter",
+    "stored_filter",
+]
+
+# The candidate values at a path: empty when the field is missing.
+Values = list[Any]
+Test = Callable[[Values], bool]
+
+DOCUMENT_FIELDS = ("type", "key", "data")
+MAX_DEPTH = 32
+MAX_CONDITIONS = 1000
+MAX_MEMBERS = 1000
+COMPARISONS = ("$gt", "$gte", "$lt", "$lte")
+OPERATORS = (
+    "$eq",
+    "$neq",
+    *COMPARISONS,
+    "$in",
+    "$nin",
+    "$exist",
+    "$startsWith",
+    "$endsWith",
+    "$and",
+    "$or",
+    "$not",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldPath:
+    """A field a filter names: its path in the document and where the filter says it."""
+
+    tokens: tuple[str, ...]
+    pointer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContentFilter:
+    spec: dict[str, Any]
+    paths: tuple[FieldPath, ...]
+    _test: Test = field(repr=False, compare=False)
+
+    def matches(self, event_type: str, key: str | None, data: Any) -> bool:
+        return self._test(document(event_type, key, data))
+
+    def matches_document(self, doc: Values) -> bool:
+        """Match a :func:`document` built once for every filter an event meets."""
+        return self._test(doc)
+
+
+def document(event_type: str, key: str | None, data: Any) -> Values:
+    """What a filter is matched against, as the values at its root."""
+    return [{"type": event_type, "key": key, "data": data}]
+
+
+def parse_filter(spec: Any, at: str = "") -> ContentFilter:
+    """Check and compile a filter; 422 naming each problem by its JSON pointer
+    (below ``at``, where the filter sits in the request)."""
+    compiler = _Compiler(at)
+    if not isinstance(spec, dict):
+        compiler.problem(at, "a filter is a JSON object")
+        test: Test = _never
+    else:
+        test = compiler.conditions(spec, at, (), 0)
+    if compiler.problems:
+        raise ValidationFailed("the filter is invalid", compiler.problems)
+    return ContentFilter(spec, tuple(compiler.paths), test)
+
+
+@lru_cache(maxsize=4096)
+def stored_filter(text: str) -> ContentFilter | None:
+    """A stored filter, compiled once however many flushes read it. Stored
+    filters were checked when written; one a later rule refuses matches every
+    event rather than lose its deliveries (None: no filter)."""
+    try:
+        return parse_filter(orjson.loads(text))
+    except (ValidationFailed, orjson.JSONDecodeError):
+        return None
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: ``1 == 1.0``, but ``true`` is not ``1``."""
+    ta, tb = type(a), type(b)
+    if ta is bool or tb is bool:
+        return a is b
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        return bool(a == b)
+    if ta is dict and tb is dict:
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if ta is list and tb is list:
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return ta is tb and bool(a == b)
+
+
+# -- evaluation -----------------------------------------------------------------
+
+
+def _never(_: Values) -> bool:
+    return False
+
+
+def _children(values: Values, name: str) -> Values:
+    """The values of field ``name`` of each value, into the elements of arrays."""
+    found: Values = []
+    for value in values:
+        if type(value) is dict:
+            if name in value:
+                found.append(value[name])
+        elif type(value) is list:
+            found.extend(e[name] for e in value if type(e) is dict and name in e)
+    return found
+
+
+def _any(predicate: Callable[[Any], bool]) -> Test:
+    """A positive operator: one value, or one element of an array value, holds it."""
+
+    def test(values: Values) -> bool:
+        for value in values:
+            if predicate(value):
+                return True
+            if type(value) is list and any(predicate(e) for e in value):
+                return True
+        return False
+
+    return test
+
+
+def _equal_to(arg: Any) -> Callable[[Any], bool]:
+    kind = type(arg)
+    if kind is str:
+        return lambda v: type(v) is str and v == arg
+    if kind is bool or arg is None:
+        return lambda v: v is arg
+    if kind is int or kind is float:
+        return lambda v: (type(v) is int or type(v) is float) and v == arg
+    return lambda v: json_equal(v, arg)
+
+
+def _member_of(members: list[Any]) -> Callable[[Any], bool]:
+    strings = {m for m in members if type(m) is str}
+    numbers = {m for m in members if type(m) is int or type(m) is float}
+    flags = {m for m in members if type(m) is bool}
+    null = any(m is None for m in members)
+    nested = [m for m in members if type(m) is dict or type(m) is list]
+
+    def predicate(v: Any) -> bool:
+        kind = type(v)
+        if kind is str:
+            return v in strings
+        if kind is int or kind is float:
+            return v in numbers
+        if kind is bool:
+            return v in flags
+        if v is None:
+            return null
+        return any(json_equal(v, m) for m in nested)
+
+    return predicate
+
+
+def _ordered(op: str, arg: int | float | str) -> Callable[[Any], bool]:
+    if type(arg) is str:
+        kinds: tuple[type, ...] = (str,)
+    else:
+        kinds = (int, float)
+    if op == "$gt":
+        return lambda v: type(v) in kinds and v > arg
+    if op == "$gte":
+        return lambda v: type(v) in kinds and v >= arg
+    if op == "$lt":
+        return lambda v: type(v) in kinds and v < arg
+    return lambda v: type(v) in kinds and v <= arg
+
+
+def _all_of(tests: list[Test]) -> Test:
+    if len(tests) == 1:
+        return tests[0]
+    return lambda values: all(t(values) for t in tests)
+
+
+def _field(name: str, test: Test) -> Test:
+    return lambda values: test(_children(values, name))
+
+
+# -- checking and compiling -------------------------------------------------------
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or type(value) is float
+
+
+class _Compiler:
+    def __init__(self, at: str) -> None:
+        self.at = at
+        self.problems: list[FieldError] = []
+        self.paths: list[FieldPath] = []
+        self.count = 0
+
+    def problem(self, pointer: str, message: str) -> Test:
+        self.problems.append(FieldError(pointer or "/", message))
+        return _never
+
+    def conditions(self, obj: dict[str, Any], at: str, path: tuple[str, ...], depth: int) -> Test:
+        """An object of fields and operators, all of which must hold."""
+        if depth > MAX_DEPTH:
+            return self.problem(at, f"a filter nests at most {MAX_DEPTH} levels")
+        tests = []
+        for name, value in obj.items():
+            self.count += 1
+            if self.count > MAX_CONDITIONS:
+                return self.problem(at, f"a filter has at most {MAX_CONDITIONS} conditions")
+            pointer = f"{at}/{_escape(name)}"
+            if name.startswith("$"):
+                tests.append(self.operator(name, value, pointer, path, depth))
+            elif not path and name not in DOCUMENT_FIELDS:
+                tests.append(self.problem(pointer, "an event has only type, key and data"))
+            else:
+                tests.append(self.field(name, value, pointer, path, depth))
+        return _all_of(tests) if tests else lambda _: True
+
+    def field(self, name: str, value: Any, at: str, path: tuple[str, ...], depth: int) -> Test:
+        tokens = (*path, name)
+        self.paths.append(FieldPath(tokens, at[len(self.at) :]))
+        return _field(name, self.condition(value, at, tokens, depth + 1))
+
+    def condition(self, value: Any, at: str, path: tuple[str, ...], depth: int) -> Test:
+        """A plain value (``$eq``) or a non-empty object of fields and operators."""
+        if not isinstance(value, dict):
+            return _any(_equal_to(value))
+        if not value:
+            return self.problem(at, 'an empty condition; {"$eq": {}} matches an empty object')
+        return self.conditions(value, at, path, depth)
+
+    def operator(self, op: str, arg: Any, at: str, path: tuple[str, ...], depth: int) -> Test:
+        if op in ("$and", "$or"):
+            return self.logical(op, arg, at, path, depth)
+        if op == "$not":
+            if not isinstance(arg, dict):
+                return self.problem(at, "$not takes a filter (an object)")
+            inner = self.condition(arg, at, path, depth + 1)
+            return lambda values: not inner(values)
+        if not path:
+            return self.problem(at, f"{op} applies to a field; at the top: $and, $or, $not")
+        return self.value_operator(op, arg, at)
+
+    def logical(self, op: str, arg: Any, at: str, path: tuple[str, ...], depth: int) -> Test:
+        if not isinstance(arg, list) or not arg:
+            return self.problem(at, f"{op} takes a non-empty array of filters")
+        tests = []
+        for i, item in enumerate(arg):
+            if not isinstance(item, dict):
+                tests.append(self.problem(f"{at}/{i}", "each item is a filter (an object)"))
+            else:
+                tests.append(self.condition(item, f"{at}/{i}", path, depth + 1))
+        if op == "$and":
+            return _all_of(tests)
+        return lambda values: any(t(values) for t in tests)
+
+    def value_operator(self, op: str, arg: Any, at: str) -> Test:
+        if op in ("$eq", "$neq"):
+            equal = _any(_equal_to(arg))
+            return equal if op == "$eq" else lambda values: not equal(values)
+        if op in COMPARISONS:
+            if not (_is_number(arg) or isinstance(arg, str)):
+                return self.problem(at, f"{op} compares with a number or a string")
+            return _any(_ordered(op, arg))
+        if op in ("$in", "$nin"):
+            if not isinstance(arg, list) or len(arg) > MAX_MEMBERS:
+                return self.problem(at, f"{op} takes an array of at most {MAX_MEMBERS} values")
+            member = _any(_member_of(arg))
+            return member if op == "$in" else lambda values: not member(values)
+        if op == "$exist":
+            if not isinstance(arg, bool):
+                return self.problem(at, "$exist takes true or false")
+            return (lambda values: bool(values)) if arg else (lambda values: not values)
+        if op in ("$startsWith", "$endsWith"):
+            if not isinstance(arg, str):
+                return self.problem(at, f"{op} takes a string")
+            if op == "$startsWith":
+                return _any(lambda v: type(v) is str and v.startswith(arg))
+            return _any(lambda v: type(v) is str and v.endswith(arg))
+        return self.problem(at, f"unknown operator {op}; the operators are {', '.join(OPERATORS)}")
