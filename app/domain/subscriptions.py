@@ -106,6 +106,7 @@ class SubscriptionCreate(_Common):
     timeout_ms: int | None = Field(default=None, ge=100, le=300_000)
     max_in_flight: int = Field(default=32, ge=1, le=1000)
     rate_limit_per_second: float | None = Field(default=None, gt=0, le=100_000)
+    filter: dict[str, Any] | None = None  # checked by app.domain.content_filters
 
 
 class SubscriptionPatch(_Common):
@@ -120,6 +121,7 @@ class SubscriptionPatch(_Common):
     max_in_flight: int | None = Field(default=None, ge=1, le=1000)
     rate_limit_per_second: float | None = Field(default=None, gt=0, le=100_000)
     status: Literal["active", "paused", "disabled"] | None = None
+    filter: dict[str, Any] | None = None  # null removes it
 
 
 def frees_blocked_lines(changes: Mapping[str, Any]) -> bool:
