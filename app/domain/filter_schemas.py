@@ -41,12 +41,12 @@ def impossible_paths(content_filter: ContentFilter, schemas: Sequence[Schema]) -
 
 def allows(node: Node, tokens: tuple[str, ...], walked: int = 0) -> bool:
     """Whether a document valid against ``node`` may have the field at ``tokens``."""
+    if node.schema is False:
+        return False  # no value at all: not even the field itself
     if not tokens or walked > MAX_WALK:
         return True
-    if isinstance(node.schema, bool):
-        return node.schema
     if not isinstance(node.schema, dict):
-        return True
+        return True  # true, or not a schema the walk understands
     words = node.keywords
     walked += 1
     if "$ref" in words:
