@@ -144,7 +144,7 @@ async def test_fan_out_creates_deliveries_only_for_matching_filters(
     example = await subscription(client, event_types=["order.*"], filter=CONTRACT_EXAMPLE)
     keyless = await subscription(client, filter={"key": None})
 
-    cases = [
+    cases: list[tuple[dict[str, Any], set[str]]] = [
         # (event, the filtered subscriptions that get a delivery)
         (
             {

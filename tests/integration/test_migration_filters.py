@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from alembic import command
@@ -30,7 +31,7 @@ async def test_filters_migration_keeps_existing_subscriptions(database_url: str)
         async with db.read() as conn:
             assert "filter" not in await conn.run_sync(_columns)
         now = datetime.now(UTC)
-        row = {
+        row: dict[str, Any] = {
             "id": "sub_01J00000000000000000000000",
             "url": "http://8.8.8.8/hooks",
             "description": "from before filters",

@@ -63,6 +63,7 @@ OBJECT: st.SearchStrategy[dict[str, Any]] = st.deferred(
     ).map(dict)
 )
 CONDITION: st.SearchStrategy[Any] = st.deferred(lambda: st.one_of(PLAIN, OBJECT))
+ROOT_ITEM: st.SearchStrategy[dict[str, Any]]
 ROOT: st.SearchStrategy[dict[str, Any]] = st.deferred(
     lambda: st.lists(
         st.one_of(
@@ -141,12 +142,14 @@ def holds_for_some(values: list[Any], test: Any) -> bool:
 def compare(op: str, value: Any, arg: Any) -> bool:
     if kind(value) != kind(arg) or kind(arg) not in ("number", "string"):
         return False
-    return {
-        "$gt": value > arg,
-        "$gte": value >= arg,
-        "$lt": value < arg,
-        "$lte": value <= arg,
-    }[op]
+    return bool(
+        {
+            "$gt": value > arg,
+            "$gte": value >= arg,
+            "$lt": value < arg,
+            "$lte": value <= arg,
+        }[op]
+    )
 
 
 def operator(op: str, arg: Any, values: list[Any]) -> bool:
@@ -161,7 +164,7 @@ def operator(op: str, arg: Any, values: list[Any]) -> bool:
     if op == "$nin":
         return not operator("$in", arg, values)
     if op == "$exist":
-        return (len(values) > 0) == arg
+        return bool((len(values) > 0) == arg)
     if op == "$startsWith":
         return holds_for_some(values, lambda v: kind(v) == "string" and v[: len(arg)] == arg)
     assert op == "$endsWith"
