@@ -26,6 +26,7 @@ text again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -52,6 +53,7 @@ DOCUMENT_FIELDS = ("type", "key", "data")
 MAX_DEPTH = 32
 MAX_CONDITIONS = 1000
 MAX_MEMBERS = 1000
+INT_MIN, UINT_MAX = -(2**63), 2**64 - 1  # what orjson, and so the store, can write
 COMPARISONS = ("$gt", "$gte", "$lt", "$lte")
 OPERATORS = (
     "$eq",
@@ -235,6 +237,22 @@ def _is_number(value: Any) -> bool:
     return type(value) is int or type(value) is float
 
 
+def _unstorable_value(value: Any, depth: int = 0) -> str | None:
+    """Why a value in a filter cannot be stored as JSON like the rest (None: it can)."""
+    if depth > MAX_DEPTH:
+        return f"a value in a filter nests at most {MAX_DEPTH} levels"
+    if type(value) is float and not math.isfinite(value):
+        return "NaN and Infinity are not JSON"
+    if type(value) is int and not INT_MIN <= value <= UINT_MAX:
+        return "an integer beyond 64 bits cannot be stored"
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        found = _unstorable_value(item, depth + 1)
+        if found:
+            return found
+    return None
+
+
 class _Compiler:
     def __init__(self, at: str) -> None:
         self.at = at
@@ -272,7 +290,7 @@ class _Compiler:
     def condition(self, value: Any, at: str, path: tuple[str, ...], depth: int) -> Test:
         """A plain value (``$eq``) or a non-empty object of fields and operators."""
         if not isinstance(value, dict):
-            return _any(_equal_to(value))
+            return self.value_operator("$eq", value, at)
         if not value:
             return self.problem(at, 'an empty condition; {"$eq": {}} matches an empty object')
         return self.conditions(value, at, path, depth)
@@ -303,6 +321,9 @@ class _Compiler:
         return lambda values: any(t(values) for t in tests)
 
     def value_operator(self, op: str, arg: Any, at: str) -> Test:
+        unstorable = _unstorable_value(arg)
+        if unstorable:
+            return self.problem(at, unstorable)
         if op in ("$eq", "$neq"):
             equal = _any(_equal_to(arg))
             return equal if op == "$eq" else lambda values: not equal(values)

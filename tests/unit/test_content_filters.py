@@ -321,3 +321,26 @@ def test_stored_filters_are_compiled_once() -> None:
 
 def test_a_stored_filter_a_later_rule_refuses_matches_everything() -> None:
     assert stored_filter('{"data": {"a": {"$regex": "x"}}}') is None
+
+
+DEEP_LIST: Any = 1
+for _ in range(34):
+    DEEP_LIST = [DEEP_LIST]
+
+
+@pytest.mark.parametrize(
+    ("spec", "pointer", "fragment"),
+    [
+        ({"data": {"a": float("nan")}}, "/data/a", "NaN and Infinity"),
+        ({"data": {"a": {"$gt": float("inf")}}}, "/data/a/$gt", "NaN and Infinity"),
+        ({"data": {"a": {"$in": [1, 2**64]}}}, "/data/a/$in", "beyond 64 bits"),
+        ({"data": {"a": {"$eq": DEEP_LIST}}}, "/data/a/$eq", "at most 32 levels"),
+    ],
+)
+def test_values_a_filter_could_not_store_are_refused(
+    spec: dict[str, Any], pointer: str, fragment: str
+) -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        parse_filter(spec)
+    assert [e.loc for e in raised.value.errors] == [pointer]
+    assert fragment in raised.value.errors[0].msg
