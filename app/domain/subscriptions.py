@@ -83,7 +83,8 @@ OnDeadLetter = Literal["skip", "block"]
 Status = Literal["active", "paused", "disabled"]
 FILTER_DESCRIPTION = (
     "A content filter the event's {type, key, data} must match to be delivered "
-    "(checked by app.domain.content_filters; see the README's Content filters)."
+    "(operators $eq $neq $gt $gte $lt $lte $in $nin $exist $startsWith $endsWith $and $or "
+    "$not; see the README, Content filters)."
 )
 
 
