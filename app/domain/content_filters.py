@@ -45,9 +45,8 @@ __all__ = [
     "stored_filter",
 ]
 
-# The candidate values at a path: empty when the field is missing.
-Values = list[Any]
-Test = Callable[[Values], bool]
+# A test of the value at a path: a JSON value, MISSING, or _Many values.
+Test = Callable[[Any], bool]
 
 DOCUMENT_FIELDS = ("type", "key", "data")
 MAX_DEPTH = 32
@@ -87,14 +86,14 @@ class ContentFilter:
     def matches(self, event_type: str, key: str | None, data: Any) -> bool:
         return self._test(document(event_type, key, data))
 
-    def matches_document(self, doc: Values) -> bool:
+    def matches_document(self, doc: dict[str, Any]) -> bool:
         """Match a :func:`document` built once for every filter an event meets."""
         return self._test(doc)
 
 
-def document(event_type: str, key: str | None, data: Any) -> Values:
-    """What a filter is matched against, as the values at its root."""
-    return [{"type": event_type, "key": key, "data": data}]
+def document(event_type: str, key: str | None, data: Any) -> dict[str, Any]:
+    """What a filter is matched against."""
+    return {"type": event_type, "key": key, "data": data}
 
 
 def parse_filter(spec: Any, at: str = "") -> ContentFilter:
@@ -139,32 +138,65 @@ def json_equal(a: Any, b: Any) -> bool:
 # -- evaluation -----------------------------------------------------------------
 
 
-def _never(_: Values) -> bool:
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()  # the value of a field that is not there
+
+
+class _Many(list[Any]):
+    """The values a path names through an array, when there are several: never
+    a JSON value (those are plain lists), never empty (that is MISSING)."""
+
+    __slots__ = ()
+
+
+def _never(_: Any) -> bool:
     return False
 
 
-def _children(values: Values, name: str) -> Values:
-    """The values of field ``name`` of each value, into the elements of arrays."""
-    found: Values = []
-    for value in values:
-        if type(value) is dict:
-            if name in value:
-                found.append(value[name])
-        elif type(value) is list:
-            found.extend(e[name] for e in value if type(e) is dict and name in e)
-    return found
+def _always(_: Any) -> bool:
+    return True
+
+
+def _child(value: Any, name: str) -> Any:
+    """The value of field ``name`` below ``value``; through an array, the field
+    of each element (MISSING when none has it)."""
+    kind = type(value)
+    if kind is dict:
+        return value.get(name, MISSING)
+    if kind is list:
+        found = [e[name] for e in value if type(e) is dict and name in e]
+    elif kind is _Many:
+        found = []
+        for each in value:
+            child = _child(each, name)
+            if type(child) is _Many:
+                found.extend(child)
+            elif child is not MISSING:
+                found.append(child)
+    else:
+        return MISSING
+    if not found:
+        return MISSING
+    return found[0] if len(found) == 1 else _Many(found)
 
 
 def _any(predicate: Callable[[Any], bool]) -> Test:
-    """A positive operator: one value, or one element of an array value, holds it."""
+    """A positive operator: the value, or one element of an array value, holds
+    it (one of them, for several values). MISSING holds no predicate."""
 
-    def test(values: Values) -> bool:
-        for value in values:
-            if predicate(value):
-                return True
-            if type(value) is list and any(predicate(e) for e in value):
-                return True
-        return False
+    def test(value: Any) -> bool:
+        kind = type(value)
+        if kind is _Many:
+            return any(test(v) for v in value)
+        if predicate(value):
+            return True
+        return kind is list and any(predicate(e) for e in value)
 
     return test
 
@@ -217,13 +249,25 @@ def _ordered(op: str, arg: int | float | str) -> Callable[[Any], bool]:
 
 
 def _all_of(tests: list[Test]) -> Test:
+    if not tests:
+        return _always
     if len(tests) == 1:
         return tests[0]
-    return lambda values: all(t(values) for t in tests)
+    if len(tests) == 2:
+        first, second = tests
+        return lambda v: first(v) and second(v)
+    if len(tests) == 3:
+        first, second, third = tests
+        return lambda v: first(v) and second(v) and third(v)
+    return lambda v: all(t(v) for t in tests)
 
 
 def _field(name: str, test: Test) -> Test:
-    return lambda values: test(_children(values, name))
+    return lambda v: test(v.get(name, MISSING) if type(v) is dict else _child(v, name))
+
+
+def _negation(test: Test) -> Test:
+    return lambda v: not test(v)
 
 
 # -- checking and compiling -------------------------------------------------------
@@ -280,7 +324,7 @@ class _Compiler:
                 tests.append(self.problem(pointer, "an event has only type, key and data"))
             else:
                 tests.append(self.field(name, value, pointer, path, depth))
-        return _all_of(tests) if tests else lambda _: True
+        return _all_of(tests)
 
     def field(self, name: str, value: Any, at: str, path: tuple[str, ...], depth: int) -> Test:
         tokens = (*path, name)
@@ -301,8 +345,7 @@ class _Compiler:
         if op == "$not":
             if not isinstance(arg, dict):
                 return self.problem(at, "$not takes a filter (an object)")
-            inner = self.condition(arg, at, path, depth + 1)
-            return lambda values: not inner(values)
+            return _negation(self.condition(arg, at, path, depth + 1))
         if not path:
             return self.problem(at, f"{op} applies to a field; at the top: $and, $or, $not")
         return self.value_operator(op, arg, at)
@@ -318,7 +361,7 @@ class _Compiler:
                 tests.append(self.condition(item, f"{at}/{i}", path, depth + 1))
         if op == "$and":
             return _all_of(tests)
-        return lambda values: any(t(values) for t in tests)
+        return lambda v: any(t(v) for t in tests)
 
     def value_operator(self, op: str, arg: Any, at: str) -> Test:
         unstorable = _unstorable_value(arg)
@@ -326,7 +369,7 @@ class _Compiler:
             return self.problem(at, unstorable)
         if op in ("$eq", "$neq"):
             equal = _any(_equal_to(arg))
-            return equal if op == "$eq" else lambda values: not equal(values)
+            return equal if op == "$eq" else _negation(equal)
         if op in COMPARISONS:
             if not (_is_number(arg) or isinstance(arg, str)):
                 return self.problem(at, f"{op} compares with a number or a string")
@@ -335,11 +378,11 @@ class _Compiler:
             if not isinstance(arg, list) or len(arg) > MAX_MEMBERS:
                 return self.problem(at, f"{op} takes an array of at most {MAX_MEMBERS} values")
             member = _any(_member_of(arg))
-            return member if op == "$in" else lambda values: not member(values)
+            return member if op == "$in" else _negation(member)
         if op == "$exist":
             if not isinstance(arg, bool):
                 return self.problem(at, "$exist takes true or false")
-            return (lambda values: bool(values)) if arg else (lambda values: not values)
+            return (lambda v: v is not MISSING) if arg else (lambda v: v is MISSING)
         if op in ("$startsWith", "$endsWith"):
             if not isinstance(arg, str):
                 return self.problem(at, f"{op} takes a string")

@@ -35,6 +35,12 @@ JSON = st.recursive(
     ),
     max_leaves=6,
 )
+# Arrays of objects, so that paths go through arrays and name several values.
+ROWS = st.lists(
+    st.dictionaries(st.sampled_from(NAMES), st.sampled_from([0, 1, "a", [1], None])),
+    min_size=1,
+    max_size=3,
+).flatmap(lambda rows: st.sampled_from([rows, [{"a": rows}], [{"a": rows[:1]}, {"a": rows[1:]}]]))
 PLAIN = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=2), max_leaves=3)
 STRINGS = st.sampled_from(["", "a", "ab", "ba"])
 ORDERED = st.one_of(st.integers(0, 2), st.sampled_from([0.0, 1.5]), STRINGS)
@@ -216,7 +222,7 @@ def test_a_condition_on_data_agrees_with_the_reference(condition: Any, data: Any
 @given(
     path=st.lists(st.sampled_from(NAMES), min_size=1, max_size=3),
     condition=st.one_of(SCALARS, st.one_of(*_value_operators()).map(lambda pair: dict([pair]))),
-    data=st.dictionaries(st.sampled_from(NAMES), JSON, min_size=1, max_size=2),
+    data=st.dictionaries(st.sampled_from(NAMES), st.one_of(JSON, ROWS), min_size=1, max_size=2),
 )
 def test_one_condition_at_a_path_agrees_with_the_reference(
     path: list[str], condition: Any, data: Any
