@@ -1,7 +1,7 @@
 """CPU cost of fan-out with content filters, in the process, no database:
 ``app.store.ingest._fan_out`` over a flush of bench/ingest.lua-like events
 and 10 subscriptions matching every event, with and without the three-condition
-filter of ``bench/ingest.py --filters``.
+filters of ``bench/ingest.py --filters``.
 
     .venv/bin/python bench/fanout_filters.py [--events 64] [--rounds 7]
 
@@ -21,7 +21,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ingest import BENCH_FILTER  # noqa: E402  (bench/ingest.py, beside this script)
+from ingest import bench_filter  # noqa: E402  (bench/ingest.py, beside this script)
 
 from app.domain.events import NewEvent  # noqa: E402
 from app.domain.ids import new_id  # noqa: E402
@@ -55,8 +55,15 @@ def events(count: int) -> list[NewEvent]:
 
 
 def subscriptions(filtered: bool) -> list[object]:
-    text = orjson.dumps(BENCH_FILTER).decode() if filtered else None
-    rows = [(new_id("sub"), '["*"]', "key", text) for _ in range(10)]
+    rows = [
+        (
+            new_id("sub"),
+            '["*"]',
+            "key",
+            orjson.dumps(bench_filter(n)).decode() if filtered else None,
+        )
+        for n in range(10)
+    ]
     return [ingest._subscription(row) for row in rows]
 
 
