@@ -60,6 +60,7 @@ def subscriptions(filtered: bool) -> list[object]:
             new_id("sub"),
             '["*"]',
             "key",
+            "default",
             orjson.dumps(bench_filter(n)).decode() if filtered else None,
         )
         for n in range(10)

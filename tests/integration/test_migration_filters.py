@@ -17,7 +17,7 @@ from app.store import subscriptions as subscription_store
 from app.store.database import open_database
 from app.store.migrations import alembic_config, upgrade_head
 
-BEFORE_FILTERS = "0002"
+BEFORE_FILTERS = "0003"
 
 
 def _columns(conn: Connection) -> set[str]:
@@ -56,7 +56,7 @@ async def test_filters_migration_keeps_existing_subscriptions(database_url: str)
     await asyncio.to_thread(upgrade_head, database_url)
     db = open_database(database_url)
     try:
-        kept = await subscription_store.get(db, row["id"])
+        kept = await subscription_store.get(db, "default", row["id"])
         assert kept is not None
         assert (kept.url, kept.description, kept.event_types, kept.headers, kept.max_in_flight) == (
             "http://8.8.8.8/hooks",
