@@ -85,6 +85,7 @@ def build_services(
             allow_private_targets=settings.allow_private_targets,
             wake_workers=wake,
             changed=changed,
+            schemas=schemas,
         ),
         dlq=DeadLetterService(db, wake_workers=wake),
         schemas=schemas,

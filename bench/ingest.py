@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest.py [--duration 10] [--rounds 3] [--connections 64]
                                      [--threads 2] [--backend sqlite|postgres|both]
                                      [--subscriptions 0] [--variant NAME=PATCH,...]
-                                     [--profile] [--check]
+                                     [--schemas] [--filters] [--profile] [--check]
 
 It starts, once per run:
 
@@ -220,6 +220,7 @@ def start_eventrelay(
     patches: str = "",
     subscriptions: int = 0,
     schemas: bool = False,
+    filtered: bool = False,
 ) -> Server:
     port = free_port()
     admin = secrets.token_urlsafe(24)
@@ -246,7 +247,7 @@ def start_eventrelay(
         )
     server = Server(name, f"http://127.0.0.1:{port}", proc, log_path, admin, db_url=db_url)
     try:
-        prepare(server, subscriptions, schemas)
+        prepare(server, subscriptions, schemas, filtered)
     except BaseException:
         stop(server)  # the caller never got hold of it
         raise
@@ -297,7 +298,19 @@ def register_schemas(server: Server) -> None:
         ).raise_for_status()
 
 
-def prepare(server: Server, subscriptions: int, schemas: bool = False) -> None:
+def bench_filter(number: int) -> dict[str, Any]:
+    """Three conditions every event of bench/ingest.lua meets, different for each
+    subscription (each is compiled and matched on its own): a filtered run makes
+    the same deliveries as an unfiltered one, so the difference is the filters' cost."""
+    return {
+        "key": {"$startsWith": "customer-"},
+        "data": {"total": {"$gte": -number}, "currency": {"$in": ["EUR", "USD", f"X{number}"]}},
+    }
+
+
+def prepare(
+    server: Server, subscriptions: int, schemas: bool = False, filtered: bool = False
+) -> None:
     """Wait for health, create the ingest token wrk uses, the subscriptions and schemas."""
     wait_healthy(server)
     admin = server.admin_token
@@ -313,7 +326,8 @@ def prepare(server: Server, subscriptions: int, schemas: bool = False) -> None:
     for number in range(subscriptions):
         created = httpx.post(
             f"{server.url}/v1/subscriptions",
-            json={"url": f"http://127.0.0.1:9/hooks/{number}", "event_types": ["*"]},
+            json={"url": f"http://127.0.0.1:9/hooks/{number}", "event_types": ["*"]}
+            | ({"filter": bench_filter(number)} if filtered else {}),
             headers={"Authorization": f"Bearer {admin}"},
             timeout=10,
         )
@@ -731,6 +745,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run each backend with a JSON Schema registered for every event type "
         "(reported as <backend>+schema, with its ratio to the plain backend)",
     )
+    parser.add_argument(
+        "--filters",
+        action="store_true",
+        help="also run each backend with every subscription filtered by three conditions "
+        "every event meets (reported as <backend>+filter, with its ratio to the plain backend)",
+    )
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
@@ -778,10 +798,11 @@ def report(run: Run, args: argparse.Namespace) -> list[Verdict]:
     print(summary_table(found, args.connections))
     by_target = {v.target: v for v in found}
     for v in found:
-        plain = by_target.get(v.target.removesuffix("+schema"))
-        if v.target.endswith("+schema") and plain is not None and plain.rps:
+        base, _, extra = v.target.partition("+")
+        plain = by_target.get(base)
+        if extra in ("schema", "filter") and plain is not None and plain.rps:
             print(
-                f"\n{v.target}: {v.rps / plain.rps:.2f} x {plain.target} without schemas "
+                f"\n{v.target}: {v.rps / plain.rps:.2f} x {plain.target} without {extra}s "
                 f"(server CPU {v.cpu_us:,.0f} vs {plain.cpu_us:,.0f} µs/request)"
             )
     print("\n### Rounds\n")
@@ -816,22 +837,28 @@ def start_servers(
     stack.callback(stop, servers[0])
     pg: dict[str, tuple[str, str]] = {}
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
-    targets = [(b, "", b == "postgres", False) for b in backends]
+    targets = [(b, "", b == "postgres", False, False) for b in backends]
     if args.schemas:
-        targets += [(f"{b}+schema", "", b == "postgres", True) for b in backends]
+        targets += [(f"{b}+schema", "", b == "postgres", True, False) for b in backends]
+    if args.filters:
+        targets += [(f"{b}+filter", "", b == "postgres", False, True) for b in backends]
     for variant in args.variant + args.pg_variant:
         name, _, patches = variant.partition("=")
-        targets.append((name, patches, variant in args.pg_variant, False))
-    for name, patches, on_postgres, schemas in targets:
+        targets.append((name, patches, variant in args.pg_variant, False, False))
+    for name, patches, on_postgres, schemas, filtered in targets:
         if on_postgres:
             url, dbname = stack.enter_context(fresh_pg_database(args.pg_dsn))
-            server = start_eventrelay(name, url, workdir, patches, args.subscriptions, schemas)
+            server = start_eventrelay(
+                name, url, workdir, patches, args.subscriptions, schemas, filtered
+            )
             server.pg_dbname = dbname
             pg[name] = (args.pg_dsn, dbname)
         else:
             db_file = workdir / f"{name}.db"
             url = f"sqlite+aiosqlite:///{db_file}"
-            server = start_eventrelay(name, url, workdir, patches, args.subscriptions, schemas)
+            server = start_eventrelay(
+                name, url, workdir, patches, args.subscriptions, schemas, filtered
+            )
             server.sqlite_path = db_file
         stack.callback(stop, server)
         servers.append(server)

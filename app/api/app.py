@@ -17,6 +17,7 @@ from app.api import (
     dlq,
     event_types,
     events,
+    filters,
     health,
     openapi,
     problems,
@@ -57,6 +58,7 @@ def build_api(*, lifespan: Lifespan, metrics: Metrics) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(tenants.router)
     app.include_router(event_types.router)
+    app.include_router(filters.router)
     app.include_router(health.router)
     # Middlewares run outermost last added: request IDs and HTTP metrics, then
     # the ingest hot path. prometheus-fastapi-instrumentator serves /metrics; its

@@ -159,6 +159,9 @@ class SubscriptionOut(BaseModel):
     disabled_reason: str | None
     created_at: str
     updated_at: str
+    filter: dict[str, Any] | None = Field(
+        default=None, description="the content filter an event must match; null: none"
+    )
 
 
 class SubscriptionCreated(SubscriptionOut):
@@ -271,3 +274,24 @@ class SchemaVersionOut(BaseModel):
 
 class SchemaRegistered(BaseModel):
     version: int
+
+
+class FilterTestEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=200)
+    key: str | None = Field(default=None, max_length=200)
+    data: Any = None
+
+
+class FilterTest(BaseModel):
+    """The body of ``POST /v1/filters/test``: a filter and an event to match it with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: dict[str, Any]
+    event: FilterTestEvent
+
+
+class FilterMatch(BaseModel):
+    matches: bool

@@ -41,6 +41,7 @@ def _out(sub: Subscription, settings: Settings) -> dict[str, object]:
         "disabled_reason": sub.disabled_reason,
         "created_at": rfc3339(sub.created_at),
         "updated_at": rfc3339(sub.updated_at),
+        "filter": sub.filter,
     }
 
 

@@ -13,5 +13,10 @@ def type_matches(pattern: str, event_type: str) -> bool:
     return pattern == event_type
 
 
+def is_exact(pattern: str) -> bool:
+    """Whether a pattern names one event type (no wildcard)."""
+    return pattern != "*" and not pattern.endswith(".*")
+
+
 def any_matches(patterns: Iterable[str], event_type: str) -> bool:
     return any(type_matches(p, event_type) for p in patterns)

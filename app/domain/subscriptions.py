@@ -81,6 +81,11 @@ Schedule = Annotated[list[float], Field(max_length=50)]
 Ordering = Literal["key", "none"]
 OnDeadLetter = Literal["skip", "block"]
 Status = Literal["active", "paused", "disabled"]
+FILTER_DESCRIPTION = (
+    "A content filter the event's {type, key, data} must match to be delivered "
+    "(operators $eq $neq $gt $gte $lt $lte $in $nin $exist $startsWith $endsWith $and $or "
+    "$not; see the README, Content filters)."
+)
 
 
 class _Common(BaseModel):
@@ -106,6 +111,7 @@ class SubscriptionCreate(_Common):
     timeout_ms: int | None = Field(default=None, ge=100, le=300_000)
     max_in_flight: int = Field(default=32, ge=1, le=1000)
     rate_limit_per_second: float | None = Field(default=None, gt=0, le=100_000)
+    filter: dict[str, Any] | None = Field(default=None, description=FILTER_DESCRIPTION)
 
 
 class SubscriptionPatch(_Common):
@@ -120,6 +126,9 @@ class SubscriptionPatch(_Common):
     max_in_flight: int | None = Field(default=None, ge=1, le=1000)
     rate_limit_per_second: float | None = Field(default=None, gt=0, le=100_000)
     status: Literal["active", "paused", "disabled"] | None = None
+    filter: dict[str, Any] | None = Field(
+        default=None, description=FILTER_DESCRIPTION + " null removes it."
+    )
 
 
 def frees_blocked_lines(changes: Mapping[str, Any]) -> bool:

@@ -122,6 +122,16 @@ class SchemaService:
         schema: Schema = orjson.loads(stored.text)
         return stored.version, schema
 
+    async def latest_schemas(self, names: list[str]) -> list[Schema] | None:
+        """The latest schema of each type, or None when one of them has none."""
+        found: list[Schema] = []
+        for name in dict.fromkeys(names):
+            stored = await store.get_schema(self._db, name, None)
+            if stored is None:
+                return None
+            found.append(orjson.loads(stored.text))
+        return found
+
     async def register(self, name: str, schema: Any) -> tuple[int, bool]:
         """Add ``schema`` as ``name``'s next version; ``(version, created)``."""
         problems = await asyncio.to_thread(schema_problems, schema)

@@ -14,11 +14,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
+from app.domain.content_filters import ContentFilter, parse_filter, stored_filter
+from app.domain.filter_schemas import impossible_paths
+from app.domain.filters import is_exact
 from app.domain.ids import new_id
+from app.domain.jsonbody import unstorable_strings
 from app.domain.signing import generate_secret
 from app.domain.ssrf import forbidden_reason
 from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch, frees_blocked_lines
 from app.errors import FieldError, NotFound, ValidationFailed
+from app.services.schemas import SchemaService
 from app.store import replay as replay_store
 from app.store import subscriptions as store
 from app.store import tenants as tenants_store
@@ -49,14 +56,17 @@ class SubscriptionService:
         allow_private_targets: bool,
         wake_workers: Callable[[], None] = lambda: None,
         changed: Callable[[str], None] = lambda _: None,
+        schemas: SchemaService | None = None,
     ) -> None:
         self._db = db
+        self._schemas = schemas
         self._allow_private = allow_private_targets
         self._wake = wake_workers
         self._changed = changed
 
     async def create(self, tenant_id: str, body: SubscriptionCreate) -> Subscription:
         await self._check_target(body.url)
+        await self._check_filter(body.filter, body.event_types)
         now = datetime.now(UTC)
         values = body.model_dump()
         values.update(
@@ -102,6 +112,8 @@ class SubscriptionService:
                 )
         if "url" in changes:
             await self._check_target(changes["url"])
+        if "filter" in changes or "event_types" in changes:
+            await self._check_patched_filter(tenant_id, subscription_id, changes)
         if "status" in changes:
             changes["disabled_reason"] = None if changes["status"] != "disabled" else "manual"
             if changes["status"] == "active":
@@ -160,7 +172,13 @@ class SubscriptionService:
         # Without ``until`` the window ends now: later events reach the
         # subscription by fan-out. A chunk of events per transaction.
         replay = replay_store.Replay(
-            sub.tenant_id, sub.id, sub.event_types, sub.ordering == "key", since, until or now
+            sub.tenant_id,
+            sub.id,
+            sub.event_types,
+            sub.ordering == "key",
+            since,
+            until or now,
+            content_filter=_compiled(sub.filter),
         )
         async with self._db.read() as conn:
             bounds = await replay_store.window_bounds(conn, replay)
@@ -176,6 +194,47 @@ class SubscriptionService:
             self._wake()
         return created
 
+    async def _check_filter(self, spec: dict[str, Any] | None, event_types: list[str]) -> None:
+        """422 for a malformed filter, or for one naming a field under ``data`` that
+        no latest schema of the subscription's event types allows (when each is an
+        exact name with a schema)."""
+        if spec is None:
+            return
+        unstorable = list(unstorable_strings(spec, "/filter"))
+        if unstorable:
+            raise ValidationFailed("the request body is invalid", unstorable)
+        content_filter = parse_filter(spec, "/filter")
+        if self._schemas is None or not all(is_exact(p) for p in event_types):
+            return
+        schemas = await self._schemas.latest_schemas(event_types)
+        if schemas is None:
+            return
+        impossible = impossible_paths(content_filter, schemas)
+        if impossible:
+            names = ", ".join(dict.fromkeys(event_types))
+            raise ValidationFailed(
+                "the filter names a field the event types' schemas do not allow",
+                [
+                    FieldError(
+                        "/filter" + p.pointer,
+                        f"no latest schema of {names} allows data/{'/'.join(p.tokens[1:])}",
+                    )
+                    for p in impossible
+                ],
+            )
+
+    async def _check_patched_filter(
+        self, tenant_id: str, subscription_id: str, changes: dict[str, Any]
+    ) -> None:
+        """The filter a change leaves, checked against the event types it leaves."""
+        if "filter" in changes and "event_types" in changes:
+            await self._check_filter(changes["filter"], changes["event_types"])
+            return
+        current = await self.get(tenant_id, subscription_id)
+        await self._check_filter(
+            changes.get("filter", current.filter), changes.get("event_types", current.event_types)
+        )
+
     async def _check_target(self, url: str) -> None:
         if self._allow_private:
             return
@@ -186,6 +245,10 @@ class SubscriptionService:
                 "the webhook URL points at an address eventrelay may not reach",
                 [FieldError("/url", reason)],
             )
+
+
+def _compiled(spec: dict[str, Any] | None) -> ContentFilter | None:
+    return None if spec is None else stored_filter(orjson.dumps(spec).decode())
 
 
 async def _refusal(host: str) -> str | None:

@@ -27,6 +27,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain import idempotency
+from app.domain.content_filters import ContentFilter, document, stored_filter
 from app.domain.events import NewEvent, accepted_body
 from app.domain.filters import any_matches
 from app.domain.idempotency import Decision, ScopedKey, StoredKey, UnitResult
@@ -55,6 +56,7 @@ class _Subscription:
     tenant_id: str
     patterns: tuple[str, ...]
     by_key: bool
+    content_filter: ContentFilter | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +104,42 @@ def _stored(rows: Iterable[Sequence[Any]], wanted: set[ScopedKey]) -> dict[Scope
 
 
 def _subscription(row: Sequence[Any]) -> _Subscription:
-    return _Subscription(row[0], row[3], tuple(orjson.loads(row[1])), row[2] == "key")
+    # A filter is compiled once per distinct stored text (stored_filter caches).
+    content_filter = stored_filter(row[4]) if row[4] else None
+    return _Subscription(
+        row[0], row[3], tuple(orjson.loads(row[1])), row[2] == "key", content_filter
+    )
 
 
 def _fan_out(events: list[NewEvent], subscriptions: list[_Subscription]) -> list[dict[str, object]]:
-    """One delivery per event and matching subscription of the event's tenant."""
+    """One delivery per event and subscription of the event's tenant whose event
+    types and filter match it (an event's data is parsed only when a filter asks)."""
     by_tenant: dict[str, list[_Subscription]] = {}
     for sub in subscriptions:
         by_tenant.setdefault(sub.tenant_id, []).append(sub)
-    return [
-        delivery_row(
-            event.tenant_id, event.id, event.type, event.key, sub.id, sub.by_key, event.received_at
-        )
-        for event in events
-        for sub in by_tenant.get(event.tenant_id, ())
-        if any_matches(sub.patterns, event.type)
-    ]
+    rows = []
+    for event in events:
+        doc = None
+        for sub in by_tenant.get(event.tenant_id, ()):
+            if not any_matches(sub.patterns, event.type):
+                continue
+            if sub.content_filter is not None:
+                if doc is None:
+                    doc = document(event.type, event.key, orjson.loads(event.data_json))
+                if not sub.content_filter.matches_document(doc):
+                    continue
+            rows.append(
+                delivery_row(
+                    event.tenant_id,
+                    event.id,
+                    event.type,
+                    event.key,
+                    sub.id,
+                    sub.by_key,
+                    event.received_at,
+                )
+            )
+    return rows
 
 
 def _tenants(units: Sequence[Sequence[NewEvent]]) -> list[str]:
@@ -141,7 +163,7 @@ _SELECT_KEYS = (
     "SELECT tenant_id, key, fingerprint, event_id, response_body, created_at FROM idempotency_keys"
 )
 _SELECT_SUBSCRIPTIONS = (
-    "SELECT id, event_types, ordering, tenant_id FROM subscriptions "
+    "SELECT id, event_types, ordering, tenant_id, filter FROM subscriptions "
     "WHERE status <> 'disabled' AND tenant_id IN {tenants} ORDER BY id"
 )
 _EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at, tenant_id"
@@ -166,7 +188,7 @@ _SQLITE_READS = """
       (SELECT json_group_array(
                 json_array(tenant_id, key, fingerprint, event_id, response_body, created_at))
        FROM idempotency_keys WHERE tenant_id IN {tenants} AND key IN {marks}),
-      (SELECT json_group_array(json_array(id, event_types, ordering, tenant_id))
+      (SELECT json_group_array(json_array(id, event_types, ordering, tenant_id, filter))
        FROM ({subscriptions}))
 """
 # The inserts take their rows as one VALUES list (driver.sqlite_run_rows):

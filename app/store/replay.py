@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.content_filters import ContentFilter
 from app.domain.filters import any_matches
 from app.store import schema
 from app.store.lines import add_deliveries, delivery_row
@@ -19,7 +21,8 @@ e = schema.events
 @dataclass(frozen=True, slots=True)
 class Replay:
     """What to replay: every event of the subscription's tenant received in
-    ``[since, until)`` whose type matches, as new deliveries of one subscription."""
+    ``[since, until)`` whose type matches (and content, with a filter), as new
+    deliveries of one subscription."""
 
     tenant_id: str
     subscription_id: str
@@ -27,6 +30,7 @@ class Replay:
     by_key: bool
     since: datetime
     until: datetime
+    content_filter: ContentFilter | None = None
 
     def window(self) -> tuple[ColumnElement[bool], ...]:
         return (
@@ -54,8 +58,11 @@ async def replay_chunk(
     of the window after ``seq`` ``after`` (up to ``last``), in ``seq`` order so that
     they keep the events' original order. Returns the last ``seq`` read (None
     when the window is done) and how many deliveries were made."""
+    wanted = replay.content_filter
+    # The data is read only to be matched.
+    columns = (e.c.seq, e.c.id, e.c.type, e.c.key) + ((e.c.data,) if wanted else ())
     query = (
-        select(e.c.seq, e.c.id, e.c.type, e.c.key)
+        select(*columns)
         .where(e.c.seq > after, e.c.seq <= last, *replay.window())
         .order_by(e.c.seq)
         .limit(CHUNK)
@@ -67,6 +74,7 @@ async def replay_chunk(
         )
         for r in chunk
         if any_matches(replay.patterns, r.type)
+        and (wanted is None or wanted.matches(r.type, r.key, orjson.loads(r.data)))
     ]
     await add_deliveries(conn, rows)
     return (chunk[-1].seq if len(chunk) == CHUNK else None), len(rows)

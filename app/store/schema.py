@@ -170,6 +170,7 @@ subscriptions = Table(
     Column("failing_since", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("filter", Text, nullable=True),  # JSON object: a content filter; null = none
     Index("ix_subscriptions_tenant_id_id", "tenant_id", "id"),
 )
 

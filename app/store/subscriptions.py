@@ -45,6 +45,7 @@ class Subscription:
     created_at: datetime
     updated_at: datetime
     tenant_id: str = DEFAULT_TENANT
+    filter: dict[str, Any] | None = None
 
 
 def _subscription(row: Row[Any]) -> Subscription:
@@ -72,10 +73,11 @@ def _subscription(row: Row[Any]) -> Subscription:
         circuit_open_until=r["circuit_open_until"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
+        filter=orjson.loads(r["filter"]) if r["filter"] else None,
     )
 
 
-_JSON_FIELDS = ("event_types", "headers", "retry_schedule")
+_JSON_FIELDS = ("event_types", "headers", "retry_schedule", "filter")
 
 
 def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ FIELDS = {
     "disabled_reason",
     "created_at",
     "updated_at",
+    "filter",
 }
 
 
