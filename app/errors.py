@@ -14,7 +14,8 @@ response.
      ├── ValidationFailed (422)      carries ``errors: [{loc, msg}]``
      ├── TooManyRequests (429)       a tenant's ingest rate; carries ``retry_after``
      └── ServiceUnavailable (503)
-          └── StoreUnavailable       the database cannot be reached
+          ├── StoreUnavailable       the database cannot be reached
+          └── SecretUnavailable      a stored secret does not open with the configured keys
 """
 
 from __future__ import annotations
@@ -102,3 +103,11 @@ class ServiceUnavailable(EventRelayError):
 
 class StoreUnavailable(ServiceUnavailable):
     slug = "store-unavailable"
+
+
+class SecretUnavailable(ServiceUnavailable):
+    """A value stored encrypted cannot be opened: its key is not among
+    ``EVENTRELAY_ENCRYPTION_KEYS``, or it does not authenticate. The detail
+    names the value and the key's ID, never the value."""
+
+    slug = "secret-unavailable"

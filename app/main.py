@@ -36,6 +36,7 @@ from app.services.tenants import TenantService
 from app.settings import Settings
 from app.store.database import Database, open_database
 from app.store.migrations import current_revision, head_revision
+from app.store.sealed import RESEAL_BATCH, SEALED_TABLES, ResealReport, keys_missing, reseal
 from app.worker.sender import http_senders
 from app.worker.worker import DeliveryWorker, worker_config
 
@@ -100,9 +101,14 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = open_database(settings.database_url)
+        keyring = settings.keyring()
+        db = open_database(settings.database_url, keyring=keyring)
         # SQLite: one Database per process (one writer); PostgreSQL: the worker's own engine.
-        worker_db = db if db.is_sqlite or not worker else open_database(db.url, worker=True)
+        worker_db = (
+            db
+            if db.is_sqlite or not worker
+            else open_database(db.url, worker=True, keyring=keyring)
+        )
         config = worker_config(settings)
         embedded = (
             DeliveryWorker(worker_db, config, metrics, senders=http_senders(config))
@@ -145,9 +151,12 @@ async def run_worker(
     """``eventrelay worker``: deliver until SIGTERM or SIGINT, then finish in-flight
     deliveries. ``before_start`` runs once everything is built."""
     # A worker acknowledges no event: a lost outcome only means a redelivery.
-    db = open_database(settings.database_url, durable_commits=False, worker=True)
+    db = open_database(
+        settings.database_url, durable_commits=False, worker=True, keyring=settings.keyring()
+    )
     try:
         await _wait_for_migrations(db)
+        await _warn_about_missing_keys(db)
         metrics = Metrics()
         config = worker_config(settings)
         worker = DeliveryWorker(db, config, metrics, senders=http_senders(config))
@@ -177,6 +186,45 @@ async def bootstrap_admin_token(settings: Settings) -> str | None:
     db = open_database(settings.database_url)
     try:
         return await ensure_admin_token(db, settings.admin_token)
+    finally:
+        await db.dispose()
+
+
+async def check_stored_secrets(settings: Settings) -> None:
+    """At ``serve``: log an error when stored secrets need keys this process lacks."""
+    db = open_database(settings.database_url, keyring=settings.keyring())
+    try:
+        await _warn_about_missing_keys(db)
+    finally:
+        await db.dispose()
+
+
+async def _warn_about_missing_keys(db: Database) -> None:
+    missing = await keys_missing(db)
+    if missing:
+        log.error(
+            "%d stored secrets are encrypted with keys EVENTRELAY_ENCRYPTION_KEYS does not"
+            " hold (key IDs %s): their subscriptions cannot be signed for until the key is back",
+            sum(missing.values()),
+            ", ".join(sorted(missing)),
+            extra={"missing_key_ids": sorted(missing)},
+        )
+
+
+async def rotate_encryption_key(
+    settings: Settings, *, batch: int = RESEAL_BATCH
+) -> dict[str, ResealReport]:
+    """``eventrelay rotate-encryption-key``: every stored secret sealed again with the
+    first key, table by table. ValueError when there is no key or the database is
+    not migrated."""
+    keyring = settings.keyring()
+    if keyring.current is None:
+        raise ValueError("EVENTRELAY_ENCRYPTION_KEYS is not set: there is no key to encrypt with")
+    db = open_database(settings.database_url, keyring=keyring)
+    try:
+        if await current_revision(db) != head_revision():
+            raise ValueError("the database is not migrated: run `eventrelay migrate` first")
+        return {sealed.table: await reseal(db, sealed, batch=batch) for sealed in SEALED_TABLES}
     finally:
         await db.dispose()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretBytes, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.domain.sealing import Keyring, parse_keys
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
@@ -17,7 +19,10 @@ class Settings(BaseSettings):
     environment on its own.
     """
 
-    model_config = SettingsConfigDict(env_prefix="EVENTRELAY_", extra="ignore")
+    # Inputs stay out of error messages: settings hold keys and passwords.
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTRELAY_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = "sqlite+aiosqlite:///./eventrelay.db"
     admin_token: str | None = None
@@ -45,6 +50,17 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=60, gt=0)
     # `eventrelay worker` has no API; set this to serve its /metrics.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Secrets at rest: comma-separated base64 keys of 32 bytes; the first seals.
+    encryption_keys: Annotated[tuple[SecretBytes, ...], NoDecode] = ()
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        return parse_keys(value) if isinstance(value, str) else value
+
+    def keyring(self) -> Keyring:
+        """The keys that seal and open stored secrets."""
+        return Keyring([k.get_secret_value() for k in self.encryption_keys])
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

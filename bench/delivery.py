@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/delivery.py [--deliveries 20000] [--backend sqlite|postgres|both]
                                        [--scenario none|key|latency|all] [--rounds 1]
-                                       [--concurrency 64] [--profile] [--json PATH] [--check]
+                                       [--concurrency 64] [--profile] [--encryption]
+                                       [--json PATH] [--check]
 
 Everything runs on this machine: ``bench/receiver.py`` (a raw asyncio/httptools
 receiver in its own process that answers 200 and records each ``webhook-id``
@@ -34,6 +35,11 @@ last, so every drain has a baseline on each side; and once per run, for the
 record, httpx's ``AsyncClient`` (limits sized to the concurrency) and httpx
 over the ``httpx-aiohttp`` transport (if installed: ``.venv/bin/pip install
 httpx-aiohttp``); those two stop after ``--baseline-seconds``.
+
+``--encryption`` drains every scenario twice a round, with
+``EVENTRELAY_ENCRYPTION_KEYS`` unset and set (in alternating order): the keyed
+drain first runs ``eventrelay rotate-encryption-key`` on its restored copy, so
+the worker opens an encrypted secret, and the report compares the two.
 
 ``latency``: ``eventrelay serve`` with its embedded worker on a fresh database,
 a default subscription (``ordering: key``), then single ``POST /v1/events``
@@ -138,6 +144,7 @@ class Drain:
     statuses: dict[str, int]
     baseline_rps: float = 0.0
     profiled: bool = False
+    encrypted: bool = False  # EVENTRELAY_ENCRYPTION_KEYS set, the secret stored encrypted
     error: str = ""
 
     @property
@@ -495,7 +502,7 @@ class PostgresBackend(Backend):
 # --------------------------------------------------------------------------- eventrelay
 
 
-def eventrelay_env(db_url: str, admin: str) -> dict[str, str]:
+def eventrelay_env(db_url: str, admin: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTRELAY_")}
     env.update(
         {
@@ -504,6 +511,7 @@ def eventrelay_env(db_url: str, admin: str) -> dict[str, str]:
             "EVENTRELAY_ALLOW_PRIVATE_TARGETS": "true",
         }
     )
+    env.update(extra or {})
     return env
 
 
@@ -542,7 +550,29 @@ def migrate(db_url: str, admin: str, workdir: Path) -> None:
         raise RuntimeError(f"eventrelay migrate failed:\n{done.stdout}\n{done.stderr}")
 
 
-def spawn(args: list[str], db_url: str, admin: str, workdir: Path, name: str) -> Eventrelay:
+def encrypt_secrets(db_url: str, workdir: Path, keys: dict[str, str]) -> None:
+    """``eventrelay rotate-encryption-key`` on a restored copy: its one secret encrypted."""
+    done = subprocess.run(
+        [str(VENV_BIN / "eventrelay"), "rotate-encryption-key"],
+        env=eventrelay_env(db_url, "unused", keys),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.rstrip().endswith("1 rows changed"):
+        raise RuntimeError(f"rotate-encryption-key failed:\n{done.stdout}\n{done.stderr}")
+
+
+def spawn(
+    args: list[str],
+    db_url: str,
+    admin: str,
+    workdir: Path,
+    name: str,
+    extra_env: dict[str, str] | None = None,
+) -> Eventrelay:
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
@@ -550,7 +580,7 @@ def spawn(args: list[str], db_url: str, admin: str, workdir: Path, name: str) ->
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env=eventrelay_env(db_url, admin),
+            env=eventrelay_env(db_url, admin, extra_env),
         )
     return Eventrelay(proc, log_path)
 
@@ -907,22 +937,27 @@ async def drain(
     number: int,
     *,
     profile: bool = False,
+    encrypted: bool = False,
 ) -> Drain:
     backend, n = prepared.backend, args.deliveries
-    label = f"run_{prepared.scenario}_{number}{'p' if profile else ''}"
+    label = f"run_{prepared.scenario}_{number}{'p' if profile else ''}{'e' if encrypted else ''}"
     url = await backend.restore(prepared.snapshot, label)
     # The checkout may have gained a migration since the snapshot (others work here too);
     # a worker waits for `migrate` rather than running it.
     migrate(url, "unused", args.workdir)
+    keys = {"EVENTRELAY_ENCRYPTION_KEYS": args.encryption_key} if encrypted else None
+    if keys is not None:
+        encrypt_secrets(url, args.workdir, keys)
     await receiver.reset(n)
     receiver_cpu = receiver.cpu()
     spawned = time.time()
-    worker = spawn(["worker"], url, "unused", args.workdir, f"worker-{backend.name}-{label}")
+    worker = spawn(["worker"], url, "unused", args.workdir, f"worker-{backend.name}-{label}", keys)
     profiler: Profiler | None = None
     result = Drain(
         backend.name, prepared.scenario, number, n, 0, 0, 0, 0, 0, None, 0, 0, None, 0, {}
     )
     result.profiled = profile
+    result.encrypted = encrypted
     try:
         if profile:
             while (await receiver.stats())["count"] == 0 and worker.proc.poll() is None:
@@ -958,7 +993,8 @@ async def drain(
         result.order_violations = order_violations(prepared.order, ids)
     print(
         f"drain {backend.name:8} {prepared.scenario:4} round {number}"
-        f"{' (py-spy)' if profile else ''}: {result.rate:8,.0f} deliveries/s "
+        f"{' (py-spy)' if profile else ''}{' encrypted' if encrypted else ''}: "
+        f"{result.rate:8,.0f} deliveries/s "
         f"({result.seconds:.2f} s; receiver {result.receiver_rate:,.0f}/s; "
         f"worker CPU {1e6 * result.worker_cpu_s / n:,.0f} µs/delivery)",
         file=sys.stderr,
@@ -1184,6 +1220,7 @@ def drain_table(run: Run) -> str:
         db_cpu = "-" if d.db_cpu_s is None else f"{1e6 * d.db_cpu_s / d.deliveries:,.0f}"
         order = "-" if d.order_violations is None else str(d.order_violations)
         label = f"{d.round} (py-spy, unmeasured)" if d.profiled else str(d.round)
+        label += ", encrypted" if d.encrypted else ""
         ratio = f"**{d.ratio:.2f}**" if not d.profiled else f"({d.ratio:.2f})"
         verdict = drain_verdict(d) if not d.profiled else "-"
         lines.append(
@@ -1193,6 +1230,33 @@ def drain_table(run: Run) -> str:
             f"| {1e6 * d.worker_cpu_s / d.deliveries:,.0f} "
             f"({1e6 * d.worker_loop_cpu_s / d.deliveries:,.0f}) | {db_cpu} | {d.duplicates} "
             f"| {order} |"
+        )
+    return "\n".join(lines)
+
+
+def encryption_table(run: Run) -> str:
+    """Drains with EVENTRELAY_ENCRYPTION_KEYS set against the same drains without."""
+    lines = [
+        "| backend | ordering | drains each | keys unset deliveries/s | keys set deliveries/s "
+        "| set / unset | worker CPU µs/delivery unset → set |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    groups: dict[tuple[str, str], list[Drain]] = {}
+    for d in run.drains:
+        if not d.profiled:
+            groups.setdefault((d.backend, d.scenario), []).append(d)
+    for (backend, scenario), drains in groups.items():
+        plain = [d for d in drains if not d.encrypted]
+        sealed = [d for d in drains if d.encrypted]
+        if not plain or not sealed:
+            continue
+        rate_plain = statistics.mean(d.rate for d in plain)
+        rate_sealed = statistics.mean(d.rate for d in sealed)
+        cpu_plain = statistics.mean(1e6 * d.worker_cpu_s / d.deliveries for d in plain)
+        cpu_sealed = statistics.mean(1e6 * d.worker_cpu_s / d.deliveries for d in sealed)
+        lines.append(
+            f"| {backend} | {scenario} | {len(plain)} | {rate_plain:,.0f} | {rate_sealed:,.0f} "
+            f"| **{rate_sealed / rate_plain:.2f}** | {cpu_plain:,.0f} → {cpu_sealed:,.0f} |"
         )
     return "\n".join(lines)
 
@@ -1241,6 +1305,9 @@ def report(run: Run, args: argparse.Namespace) -> bool:
         print("### Drain throughput\n")
         print(drain_table(run))
         ok = all(drain_verdict(d) == "met" for d in run.drains if not d.profiled)
+        if any(d.encrypted for d in run.drains):
+            print("\n### Secrets encrypted at rest against stored as they are\n")
+            print(encryption_table(run))
     if run.baselines:
         print("\n### Client baselines (same receiver, bodies, headers and concurrency)\n")
         print(baseline_table(run))
@@ -1292,10 +1359,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-native", action="store_true", help="py-spy --native (C frames too)"
     )
+    parser.add_argument(
+        "--encryption",
+        action="store_true",
+        help="drain each scenario with EVENTRELAY_ENCRYPTION_KEYS unset and set, in turn",
+    )
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     args.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    args.encryption_key = base64.b64encode(secrets.token_bytes(32)).decode()
     args.body_bytes = len(webhook_body("evt_" + "0" * 26, 0, args.pad))
     return args
 
@@ -1313,12 +1386,16 @@ async def run_backend(
     ]
     drains: list[Drain] = []
     for number in range(1, args.rounds + 1):
-        for p in prepared:
-            before = await measure_baseline(
-                receiver, "aiohttp", f"before {backend.name}/{p.scenario} {number}", payloads, args
-            )
+        # With --encryption each scenario drains with the keys unset and set, the
+        # order alternating by round so that drift on a shared machine cancels out.
+        modes = (False, True) if args.encryption else (False,)
+        if number % 2 == 0:
+            modes = modes[::-1]
+        for p, encrypted in ((p, e) for p in prepared for e in modes):
+            what = f"{backend.name}/{p.scenario}{' encrypted' if encrypted else ''} {number}"
+            before = await measure_baseline(receiver, "aiohttp", f"before {what}", payloads, args)
             run.baselines.append(before)
-            result = await drain(p, receiver, args, number)
+            result = await drain(p, receiver, args, number, encrypted=encrypted)
             result.baseline_rps = before.rps  # refined below with the next baseline
             run.drains.append(result)
             drains.append(result)
@@ -1344,7 +1421,15 @@ async def main_async(args: argparse.Namespace) -> bool:
         machine=machine_info(),
         settings={
             k: getattr(args, k)
-            for k in ("deliveries", "backend", "scenario", "rounds", "concurrency", "body_bytes")
+            for k in (
+                "deliveries",
+                "backend",
+                "scenario",
+                "rounds",
+                "concurrency",
+                "body_bytes",
+                "encryption",
+            )
         },
     )
     args.run = run

@@ -20,6 +20,9 @@ router = APIRouter(prefix="/v1", tags=["subscriptions"])
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     s: {"model": schemas.Problem} for s in (401, 403, 404, 422)
 }
+# The answers that hold a secret: 503 when it is stored encrypted with a key
+# this process is not configured with (EVENTRELAY_ENCRYPTION_KEYS).
+_SECRET_PROBLEMS = _PROBLEMS | {503: {"model": schemas.Problem}}
 
 
 def _out(sub: Subscription, settings: Settings) -> dict[str, object]:
@@ -49,13 +52,13 @@ def _out(sub: Subscription, settings: Settings) -> dict[str, object]:
     "/subscriptions",
     status_code=201,
     response_model=schemas.SubscriptionCreated,
-    responses=_PROBLEMS,
+    responses=_SECRET_PROBLEMS,
 )
 async def create_subscription(
     body: SubscriptionCreate, svc: ServicesDep, caller: AdminCaller
 ) -> dict[str, object]:
     sub = await svc.subscriptions.create(caller.tenant_id, body)
-    return _out(sub, svc.settings) | {"secret": sub.secret}
+    return _out(sub, svc.settings) | {"secret": sub.secret.open()}
 
 
 @router.get("/subscriptions", response_model=schemas.SubscriptionPage, responses=_PROBLEMS)
@@ -108,19 +111,19 @@ async def delete_subscription(
 @router.get(
     "/subscriptions/{subscription_id}/secret",
     response_model=schemas.SecretOut,
-    responses=_PROBLEMS,
+    responses=_SECRET_PROBLEMS,
 )
 async def get_secret(
     subscription_id: str, svc: ServicesDep, caller: AdminCaller
 ) -> schemas.SecretOut:
     sub = await svc.subscriptions.get(caller.tenant_id, subscription_id)
-    return schemas.SecretOut(secret=sub.secret)
+    return schemas.SecretOut(secret=sub.secret.open())
 
 
 @router.post(
     "/subscriptions/{subscription_id}/rotate-secret",
     response_model=schemas.SecretOut,
-    responses=_PROBLEMS,
+    responses=_SECRET_PROBLEMS,
 )
 async def rotate_secret(
     subscription_id: str, svc: ServicesDep, caller: AdminCaller

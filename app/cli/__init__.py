@@ -1,4 +1,5 @@
-"""The ``eventrelay`` command: ``serve``, ``worker``, ``migrate`` and ``dlq``."""
+"""The ``eventrelay`` command: ``serve``, ``worker``, ``migrate``, ``dlq`` and
+``rotate-encryption-key``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
-from app.cli import dlq, server
+from app.cli import dlq, keys, server
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     server.add_commands(commands)
     dlq.add_commands(commands)
+    keys.add_commands(commands)
     return root
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import uvicorn
 
-from app.logging import configure as configure_logging
-from app.main import bootstrap_admin_token, create_app, run_worker
+from app.cli.config import load_settings
+from app.main import bootstrap_admin_token, check_stored_secrets, create_app, run_worker
 from app.settings import Settings
 from app.store.migrations import upgrade_head
 
@@ -37,30 +37,25 @@ def add_commands(commands: Any) -> None:
     migrate.set_defaults(run=_run_migrate)
 
 
-def _settings() -> Settings:
-    settings = Settings()
-    configure_logging(settings.log_format, settings.log_level)
-    return settings
-
-
 def _run_migrate(_: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = load_settings()
     upgrade_head(settings.database_url)
     log.info("migrations applied")
     return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    return _serve(_settings(), args.host, args.port, worker=not args.no_worker)
+    return _serve(load_settings(), args.host, args.port, worker=not args.no_worker)
 
 
 def _run_worker_command(_: argparse.Namespace) -> int:
-    return _worker(_settings())
+    return _worker(load_settings())
 
 
 def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
     upgrade_head(settings.database_url)
     token = asyncio.run(bootstrap_admin_token(settings))
+    asyncio.run(check_stored_secrets(settings))
     if token is not None:
         log.warning("admin token: %s", token, extra={"admin_token": token})
     app = create_app(settings, worker=worker)

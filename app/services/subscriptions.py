@@ -79,7 +79,7 @@ class SubscriptionService:
         )
         async with self._db.write() as conn:
             await tenants_store.check_room(conn, tenant_id)
-            return await store.create(conn, values)
+            return await store.create(conn, values, keyring=self._db.keyring)
 
     async def get(self, tenant_id: str, subscription_id: str) -> Subscription:
         found = await store.get(self._db, tenant_id, subscription_id)
@@ -125,7 +125,9 @@ class SubscriptionService:
                 }
         changes["updated_at"] = datetime.now(UTC)
         async with self._db.write() as conn:
-            updated = await store.patch(conn, tenant_id, subscription_id, changes)
+            updated = await store.patch(
+                conn, tenant_id, subscription_id, changes, keyring=self._db.keyring
+            )
             if updated is None:
                 raise NotFound(f"no subscription {subscription_id}")
             if frees_blocked_lines(changes):
@@ -151,6 +153,7 @@ class SubscriptionService:
                 secret=secret,
                 previous_expires_at=now + PREVIOUS_SECRET_GRACE,
                 now=now,
+                keyring=self._db.keyring,
             )
             if not rotated:
                 raise NotFound(f"no subscription {subscription_id}")

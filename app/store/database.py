@@ -21,6 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from app.domain.sealing import Keyring
 from app.errors import StoreUnavailable
 from app.store.sqlite_writer import SqliteWriter
 
@@ -36,8 +37,10 @@ class Database:
         writer: AsyncEngine,
         reader: AsyncEngine,
         sqlite_writer: SqliteWriter | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.url = url
+        self.keyring = keyring or Keyring()  # seals the secrets stored here (app.store.sealed)
         self.writer = writer
         self.reader = reader
         self.sqlite_writer = sqlite_writer  # SQLite: the hot paths' writer
@@ -82,9 +85,14 @@ REPLAN_SECONDS = 60
 
 
 def open_database(
-    url: str, *, pool_size: int = 10, durable_commits: bool = True, worker: bool = False
+    url: str,
+    *,
+    pool_size: int = 10,
+    durable_commits: bool = True,
+    worker: bool = False,
+    keyring: Keyring | None = None,
 ) -> Database:
-    """Engines for ``url``.
+    """Engines for ``url``; ``keyring`` seals the secrets stored there (none: stored as they are).
 
     ``durable_commits=False`` is for a process that never acknowledges an
     event (``eventrelay worker``): its commits (claims, outcomes) may be lost
@@ -115,7 +123,7 @@ def open_database(
         reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sync)
         cargs, cparams = writer.dialect.create_connect_args(writer.url)
         connect = partial(_sqlite_connect, cargs, cparams, sync)
-        return Database(url, writer, reader, SqliteWriter(connect))
+        return Database(url, writer, reader, SqliteWriter(connect), keyring)
     server_settings = {"plan_cache_mode": "auto" if worker else "force_custom_plan"}
     if not durable_commits:
         server_settings["synchronous_commit"] = "off"
@@ -132,7 +140,7 @@ def open_database(
         pool_recycle=REPLAN_SECONDS if worker else 1800,
         connect_args=connect_args,
     )
-    return Database(url, engine, engine)
+    return Database(url, engine, engine, keyring=keyring)
 
 
 def _sqlite_engine(

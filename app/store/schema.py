@@ -153,8 +153,9 @@ subscriptions = Table(
     Column("url", Text, nullable=False),
     Column("description", Text, nullable=True),
     Column("event_types", Text, nullable=False),  # JSON array of patterns
-    Column("secret", String(128), nullable=False),
-    Column("previous_secret", String(128), nullable=True),
+    # Signing secrets, sealed when EVENTRELAY_ENCRYPTION_KEYS is set (app/store/sealed.py).
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text, nullable=True),
     Column("previous_secret_expires_at", UTCDateTime, nullable=True),
     Column("headers", Text, nullable=False),  # JSON object
     Column("ordering", String(8), nullable=False),

@@ -1,4 +1,8 @@
-"""Subscriptions: CRUD, secrets, and the circuit and status changes the worker makes."""
+"""Subscriptions: CRUD, secrets, and the circuit and status changes the worker makes.
+
+The signing secrets are stored sealed (:data:`app.store.sealed.SUBSCRIPTIONS`):
+sealed here on every write, handed out as :class:`~app.store.sealed.Sealed`.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from sqlalchemy import ColumnElement, Text, bindparam, delete, select, text, upd
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.sealing import Keyring
 from app.store import schema
 from app.store.database import Database
 from app.store.lines import lines_moved_on
 from app.store.notify import CHANGED, CHANNEL
 from app.store.schema import DEFAULT_TENANT, UTCDateTime
+from app.store.sealed import SUBSCRIPTIONS, Sealed
 
 s = schema.subscriptions
 
@@ -27,8 +33,8 @@ class Subscription:
     url: str
     description: str | None
     event_types: list[str]
-    secret: str
-    previous_secret: str | None
+    secret: Sealed
+    previous_secret: Sealed | None
     previous_secret_expires_at: datetime | None
     headers: dict[str, str]
     ordering: str
@@ -48,16 +54,19 @@ class Subscription:
     filter: dict[str, Any] | None = None
 
 
-def _subscription(row: Row[Any]) -> Subscription:
+def _subscription(row: Row[Any], keyring: Keyring) -> Subscription:
     r = row._mapping
+    secret = SUBSCRIPTIONS.read(keyring, r["id"], "secret", r["secret"])
+    assert secret is not None  # the column is NOT NULL
+    previous = SUBSCRIPTIONS.read(keyring, r["id"], "previous_secret", r["previous_secret"])
     return Subscription(
         id=r["id"],
         tenant_id=r["tenant_id"],
         url=r["url"],
         description=r["description"],
         event_types=orjson.loads(r["event_types"]),
-        secret=r["secret"],
-        previous_secret=r["previous_secret"],
+        secret=secret,
+        previous_secret=previous,
         previous_secret_expires_at=r["previous_secret_expires_at"],
         headers=orjson.loads(r["headers"]),
         ordering=r["ordering"],
@@ -80,19 +89,21 @@ def _subscription(row: Row[Any]) -> Subscription:
 _JSON_FIELDS = ("event_types", "headers", "retry_schedule", "filter")
 
 
-def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
-    row = dict(values)
+def _to_row(values: Mapping[str, Any], keyring: Keyring, subscription_id: str) -> dict[str, Any]:
+    row = SUBSCRIPTIONS.seal(keyring, subscription_id, values)
     for name in _JSON_FIELDS:
         if name in row and row[name] is not None:
             row[name] = orjson.dumps(row[name]).decode()
     return row
 
 
-async def create(conn: AsyncConnection, values: Mapping[str, Any]) -> Subscription:
+async def create(
+    conn: AsyncConnection, values: Mapping[str, Any], *, keyring: Keyring
+) -> Subscription:
     """Within the caller's transaction."""
-    await conn.execute(s.insert().values(**_to_row(values)))
+    await conn.execute(s.insert().values(**_to_row(values, keyring, values["id"])))
     row = (await conn.execute(select(s).where(s.c.id == values["id"]))).one()
-    return _subscription(row)
+    return _subscription(row, keyring)
 
 
 def _own(tenant_id: str, subscription_id: str) -> tuple[ColumnElement[bool], ...]:
@@ -103,7 +114,7 @@ def _own(tenant_id: str, subscription_id: str) -> tuple[ColumnElement[bool], ...
 async def get(db: Database, tenant_id: str, subscription_id: str) -> Subscription | None:
     async with db.read() as conn:
         row = (await conn.execute(select(s).where(*_own(tenant_id, subscription_id)))).first()
-    return _subscription(row) if row else None
+    return _subscription(row, db.keyring) if row else None
 
 
 async def get_many(db: Database, ids: Iterable[str]) -> dict[str, Subscription]:
@@ -112,7 +123,7 @@ async def get_many(db: Database, ids: Iterable[str]) -> dict[str, Subscription]:
         return {}
     async with db.read() as conn:
         rows = await conn.execute(select(s).where(s.c.id.in_(wanted)))
-        return {r.id: _subscription(r) for r in rows}
+        return {r.id: _subscription(r, db.keyring) for r in rows}
 
 
 async def list_page(
@@ -122,23 +133,29 @@ async def list_page(
     if after_id is not None:
         query = query.where(s.c.id > after_id)
     async with db.read() as conn:
-        page = [_subscription(r) for r in await conn.execute(query)]
+        page = [_subscription(r, db.keyring) for r in await conn.execute(query)]
     if len(page) > limit:
         return page[:limit], page[limit - 1].id
     return page, None
 
 
 async def patch(
-    conn: AsyncConnection, tenant_id: str, subscription_id: str, values: Mapping[str, Any]
+    conn: AsyncConnection,
+    tenant_id: str,
+    subscription_id: str,
+    values: Mapping[str, Any],
+    *,
+    keyring: Keyring,
 ) -> Subscription | None:
     """Within the caller's transaction: update fields (None: no such subscription)."""
+    row_values = _to_row(values, keyring, subscription_id)
     result = await conn.execute(
-        update(s).where(*_own(tenant_id, subscription_id)).values(**_to_row(values))
+        update(s).where(*_own(tenant_id, subscription_id)).values(**row_values)
     )
     if not result.rowcount:
         return None
     row = (await conn.execute(select(s).where(s.c.id == subscription_id))).one()
-    return _subscription(row)
+    return _subscription(row, keyring)
 
 
 async def rotate_secret(
@@ -149,24 +166,35 @@ async def rotate_secret(
     secret: str,
     previous_expires_at: datetime,
     now: datetime,
+    keyring: Keyring,
 ) -> bool:
-    """``secret`` signs from now on; the one it replaces signs too until
-    ``previous_expires_at``. False when there is no such subscription.
+    """Within the caller's transaction: ``secret`` signs from now on; the one it
+    replaces signs too until ``previous_expires_at``. False when there is no such
+    subscription; SecretUnavailable when the current secret cannot be opened.
 
-    One statement, so concurrent rotations queue on the row and each keeps the
-    secret the one before it set (the right-hand ``secret`` is the row's old value).
+    The row is locked before it is read (``FOR NO KEY UPDATE``, as the update
+    itself would; SQLite's writer is alone), so concurrent rotations, and
+    ``rotate-encryption-key``, queue on it and each keeps the secret the one
+    before it set. The old secret is opened and sealed again for its new column
+    (a sealed value is bound to its column).
     """
-    result = await conn.execute(
+    locked = select(s.c.secret).where(*_own(tenant_id, subscription_id))
+    locked = locked.with_for_update(key_share=True)
+    stored = (await conn.execute(locked)).scalar_one_or_none()
+    if stored is None:
+        return False
+    previous = SUBSCRIPTIONS.open(keyring, subscription_id, "secret", stored)
+    secrets = {"secret": secret, "previous_secret": previous}
+    await conn.execute(
         update(s)
         .where(*_own(tenant_id, subscription_id))
         .values(
-            previous_secret=s.c.secret,
-            secret=secret,
+            **SUBSCRIPTIONS.seal(keyring, subscription_id, secrets),
             previous_secret_expires_at=previous_expires_at,
             updated_at=now,
         )
     )
-    return bool(result.rowcount)
+    return True
 
 
 async def announce_change(conn: AsyncConnection, subscription_id: str) -> None:
@@ -228,8 +256,11 @@ _CIRCUIT = text(CIRCUIT_SQL).bindparams(
 async def apply_circuit(
     conn: AsyncConnection, updates: Iterable[CircuitUpdate], now: datetime
 ) -> None:
-    """Within the caller's transaction (the worker's completion write)."""
-    for u in updates:
+    """Within the caller's transaction (the worker's completion write). In ID
+    order, as everything that locks several subscription rows locks them (see
+    :func:`app.store.sealed.reseal`), so two such transactions never wait on
+    each other in a cycle."""
+    for u in sorted(updates, key=lambda u: u.subscription_id):
         await conn.execute(_CIRCUIT, circuit_params(u, now))
 
 

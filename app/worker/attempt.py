@@ -18,12 +18,13 @@ from app.domain import webhook
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import secret_key
+from app.errors import SecretUnavailable
 from app.metrics import Metrics
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed, Completion
 from app.worker.lines import Line
-from app.worker.protocol import Message, Sender, SendResult
+from app.worker.protocol import Message, Sender, SendResult, failed
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,18 @@ class AttemptStep:
         """Send ``delivery`` once and say what happened."""
         sub = line.subscription
         started = datetime.now(UTC)
+        try:
+            keys = signing_keys(line, started)
+        except SecretUnavailable as exc:
+            # Never sent unsigned or signed with a wrong key: a failed attempt
+            # that says why, retried on the schedule like any other.
+            log.error("cannot sign: %s", exc.detail, extra=_ids(delivery))
+            return self._conclude(sub, delivery, event, failed(0, exc.detail), started)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
             payload=payload,
-            keys=signing_keys(line, started),
+            keys=keys,
             user_agent=USER_AGENT,
             custom=sub.headers,
         )
@@ -127,25 +135,32 @@ def payload(event: StoredEvent) -> bytes:
 
 def signing_keys(line: Line, now: datetime) -> list[bytes]:
     """The keys that sign for ``line`` now: its secret, and the previous one
-    until it expires (derived again when that happens or the subscription changes)."""
+    until it expires (derived again when that happens or the subscription changes:
+    the stored secrets are opened then, not per attempt). Raises SecretUnavailable
+    when a secret that signs now cannot be opened."""
     if not line.keys or (line.keys_until is not None and now >= line.keys_until):
         sub = line.subscription
-        line.keys, line.keys_until = [secret_key(sub.secret)], None
+        keys = [secret_key(sub.secret.open())]
         expires = sub.previous_secret_expires_at
-        if sub.previous_secret and expires is not None and expires > now:
-            line.keys.append(secret_key(sub.previous_secret))
-            line.keys_until = expires
+        if sub.previous_secret is not None and expires is not None and expires > now:
+            keys.append(secret_key(sub.previous_secret.open()))
+            line.keys, line.keys_until = keys, expires
+        else:
+            line.keys, line.keys_until = keys, None
     return line.keys
 
 
-def _context(delivery: Claimed, result: SendResult) -> dict[str, object]:
+def _ids(delivery: Claimed) -> dict[str, object]:
     return {
         "delivery_id": delivery.id,
         "event_id": delivery.event_id,
         "subscription_id": delivery.subscription_id,
         "attempt": delivery.attempts + 1,
-        "status_code": result.outcome.status_code,
     }
+
+
+def _context(delivery: Claimed, result: SendResult) -> dict[str, object]:
+    return _ids(delivery) | {"status_code": result.outcome.status_code}
 
 
 def _summary(result: SendResult, decision: Succeeded | Retry | GiveUp) -> str | None:

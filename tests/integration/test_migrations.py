@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.store.migrations import head_revision, upgrade_head
+from app.store import subscriptions as subscription_store
+from app.store.database import open_database
+from app.store.migrations import alembic_config, head_revision, upgrade_head
 from app.store.schema import metadata
+from tests.conftest import pg_admin, pg_url
+from tests.integration.conftest import DeliveryKit
 
 
 def _differences(conn: Connection) -> list[Any]:
@@ -41,3 +50,48 @@ async def test_head_matches_the_models(database_url: str) -> None:
     # own event loop, so it cannot run on this one.
     await asyncio.to_thread(upgrade_head, database_url)
     assert await _inspect(database_url) == (head_revision(), [])
+
+
+@pytest.fixture
+def empty_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables yet, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"er_test_{uuid.uuid4().hex[:12]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_url(name)
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_widening_the_secret_columns_keeps_subscriptions_and_their_deliveries(
+    empty_database_url: str,
+) -> None:
+    """0004 changes the type of two subscription columns; on SQLite that copies
+    the table, which must keep its rows, and the deliveries' foreign key to it."""
+    url = empty_database_url
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0003")
+    db = open_database(url)
+    try:
+        kit = DeliveryKit(db)
+        sub = await kit.subscription(event_types=["*"])
+        (event,) = await kit.events(("kept", None))
+    finally:
+        await db.dispose()
+
+    await asyncio.to_thread(upgrade_head, url)
+    db = open_database(url)
+    try:
+        kit = DeliveryKit(db)
+        kept = await subscription_store.get(db, sub.tenant_id, sub.id)
+        assert kept is not None
+        assert kept.secret.open() == sub.secret.open()
+        assert (kept.url, kept.created_at) == (sub.url, sub.created_at)
+        assert len(await kit.deliveries_of(event.id)) == 1
+        async with db.write() as conn:
+            assert await subscription_store.remove(conn, sub.tenant_id, sub.id)
+        assert await kit.deliveries_of(event.id) == []  # the cascade still holds
+    finally:
+        await db.dispose()

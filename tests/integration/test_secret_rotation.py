@@ -1,14 +1,17 @@
-"""Concurrent ``rotate-secret`` calls, on both databases (API.md, Subscriptions):
-the secret that was current before the last rotation keeps signing for the grace
-period, however the rotations interleave."""
+"""Concurrent ``rotate-secret`` calls, on both databases (API.md, Subscriptions),
+with secrets stored as they are and encrypted: the secret that was current
+before the last rotation keeps signing for the grace period, however the
+rotations interleave."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from pydantic import SecretBytes
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.main import create_app
@@ -29,9 +32,14 @@ async def receiver() -> AsyncIterator[Receiver]:
         await receiver.close()
 
 
-@pytest.fixture
-async def relay(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with a delivery worker in the same process."""
+@pytest.fixture(params=["plaintext", "encrypted"])
+async def relay(
+    settings: Settings, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with a delivery worker in the same process; secrets stored as they
+    are, or encrypted (EVENTRELAY_ENCRYPTION_KEYS)."""
+    if request.param == "encrypted":
+        settings = settings.model_copy(update={"encryption_keys": (SecretBytes(os.urandom(32)),)})
     application = create_app(settings, worker=True)
     async with application.router.lifespan_context(application), client_for(application) as c:
         yield c

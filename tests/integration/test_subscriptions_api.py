@@ -217,7 +217,8 @@ async def test_secret_and_rotation(client: httpx.AsyncClient, db: Database) -> N
 
     stored = await subscription_store.get(db, "default", sub["id"])
     assert stored is not None
-    assert (stored.secret, stored.previous_secret) == (new, sub["secret"])
+    assert stored.previous_secret is not None
+    assert (stored.secret.open(), stored.previous_secret.open()) == (new, sub["secret"])
     assert stored.previous_secret_expires_at is not None
     grace = stored.previous_secret_expires_at - rotated_at
     assert timedelta(hours=24) - timedelta(minutes=1) <= grace <= timedelta(hours=24)
@@ -225,7 +226,8 @@ async def test_secret_and_rotation(client: httpx.AsyncClient, db: Database) -> N
     again = (await client.post(url + "/rotate-secret")).json()["secret"]
     stored = await subscription_store.get(db, "default", sub["id"])
     assert stored is not None
-    assert (stored.secret, stored.previous_secret) == (again, new)
+    assert stored.previous_secret is not None
+    assert (stored.secret.open(), stored.previous_secret.open()) == (again, new)
 
 
 REFUSED_URLS = [

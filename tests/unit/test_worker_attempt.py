@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +11,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from app.domain.circuit import CircuitPolicy
+from app.domain.sealing import Keyring, key_id
 from app.metrics import Metrics
+from app.store.sealed import SUBSCRIPTIONS, Sealed
 from app.store.work import Completion
 from app.worker.attempt import USER_AGENT, AttemptStep
 from app.worker.lines import LinePolicy
@@ -102,7 +105,7 @@ async def test_retry_after_is_honoured(status_code: int) -> None:
 async def test_the_previous_secret_signs_alongside_until_it_expires() -> None:
     expires = datetime.now(UTC) + timedelta(hours=1)
     _, sender, _ = await attempt(
-        delivered(1), previous_secret=OLD_SECRET, previous_secret_expires_at=expires
+        delivered(1), previous_secret=Sealed.plain(OLD_SECRET), previous_secret_expires_at=expires
     )
     headers = dict(sender.sent[0].message.headers)
     assert len(headers["webhook-signature"].split(" ")) == 2
@@ -110,6 +113,31 @@ async def test_the_previous_secret_signs_alongside_until_it_expires() -> None:
 
     expired = datetime.now(UTC) - timedelta(seconds=1)
     _, sender, _ = await attempt(
-        delivered(1), previous_secret=OLD_SECRET, previous_secret_expires_at=expired
+        delivered(1), previous_secret=Sealed.plain(OLD_SECRET), previous_secret_expires_at=expired
     )
     assert len(sender.sent[0].message.headers["webhook-signature"].split(" ")) == 1
+
+
+async def test_a_secret_that_cannot_be_opened_fails_the_attempt_and_sends_nothing() -> None:
+    gone_key = os.urandom(32)
+    aad = SUBSCRIPTIONS.aad("secret", "sub_1")
+    stored = Keyring([gone_key]).seal(SECRET, aad)
+    unopenable = Sealed(stored, aad, "subscriptions.secret of sub_1", Keyring([os.urandom(32)]))
+
+    done, sender, metrics = await attempt(failed(3, "unused"), secret=unopenable)
+
+    assert sender.sent == []
+    assert done.status == "pending"
+    assert done.error is not None
+    assert key_id(gone_key) in done.error
+    assert "EVENTRELAY_ENCRYPTION_KEYS" in done.error
+    assert SECRET not in done.error
+    assert count(metrics, "retry") == 1
+
+
+async def test_a_sealed_secret_signs_like_a_plain_one() -> None:
+    ring = Keyring([os.urandom(32)])
+    aad = SUBSCRIPTIONS.aad("secret", "sub_1")
+    sealed = Sealed(ring.seal(SECRET, aad), aad, "subscriptions.secret of sub_1", ring)
+    _, sender, _ = await attempt(delivered(1), secret=sealed)
+    Webhook(SECRET).verify(sender.sent[0].message.payload, dict(sender.sent[0].message.headers))

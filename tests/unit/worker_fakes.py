@@ -12,6 +12,7 @@ from typing import Any
 
 from app.domain.events import rfc3339
 from app.store.events import StoredEvent
+from app.store.sealed import Sealed
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed
 from app.worker.lines import Ready
@@ -28,7 +29,7 @@ def subscription(sid: str = "sub_1", **fields: Any) -> Subscription:
         url=f"http://receiver.test/{sid}",
         description=None,
         event_types=["*"],
-        secret=SECRET,
+        secret=Sealed.plain(SECRET),
         previous_secret=None,
         previous_secret_expires_at=None,
         headers={},
