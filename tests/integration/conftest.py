@@ -4,8 +4,10 @@ way the worker does, with the clock in the test's hands."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +23,23 @@ from app.store.database import Database, open_database
 from app.store.ingest import ingest
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed, ClaimRequest, Completion
+from tests.conftest import pg_admin, pg_url
 
 LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def empty_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables yet (for migration tests), dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"er_test_{uuid.uuid4().hex[:12]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_url(name)
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ def _columns(conn: Connection) -> set[str]:
     return {c["name"] for c in inspect(conn).get_columns("subscriptions")}
 
 
-async def test_filters_migration_keeps_existing_subscriptions(database_url: str) -> None:
-    await asyncio.to_thread(command.downgrade, alembic_config(database_url), BEFORE_FILTERS)
+async def test_filters_migration_keeps_existing_subscriptions(empty_database_url: str) -> None:
+    database_url = empty_database_url
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url), BEFORE_FILTERS)
     db = open_database(database_url)
     try:
         async with db.read() as conn:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -19,7 +15,6 @@ from app.store import subscriptions as subscription_store
 from app.store.database import open_database
 from app.store.migrations import alembic_config, head_revision, upgrade_head
 from app.store.schema import metadata
-from tests.conftest import pg_admin, pg_url
 from tests.integration.conftest import DeliveryKit
 
 
@@ -52,27 +47,13 @@ async def test_head_matches_the_models(database_url: str) -> None:
     assert await _inspect(database_url) == (head_revision(), [])
 
 
-@pytest.fixture
-def empty_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A database with no tables yet, dropped afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-        return
-    name = f"er_test_{uuid.uuid4().hex[:12]}"
-    pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg_url(name)
-    finally:
-        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 async def test_widening_the_secret_columns_keeps_subscriptions_and_their_deliveries(
     empty_database_url: str,
 ) -> None:
-    """0004 changes the type of two subscription columns; on SQLite that copies
+    """0005 changes the type of two subscription columns; on SQLite that copies
     the table, which must keep its rows, and the deliveries' foreign key to it."""
     url = empty_database_url
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "0003")
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0004")
     db = open_database(url)
     try:
         kit = DeliveryKit(db)

@@ -9,14 +9,10 @@ its rows are written with the columns that schema has.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from alembic import command
 from sqlalchemy import Table, column, select, table
 
@@ -27,7 +23,6 @@ from app.settings import Settings
 from app.store import schema
 from app.store.database import Database, open_database
 from app.store.migrations import alembic_config, upgrade_head
-from tests.conftest import pg_admin, pg_url
 from tests.integration.support import client_for
 
 PREVIOUS_RELEASE = "0002"
@@ -35,20 +30,6 @@ ADMIN = "er_previous_release_admin"
 INGEST = "er_previous_release_ingest"
 REVOKED = "er_previous_release_revoked"
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def empty_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-        return
-    if backend == "postgres":
-        name = f"er_upgrade_{uuid.uuid4().hex[:12]}"
-        pg_admin(f'CREATE DATABASE "{name}"')
-        try:
-            yield pg_url(name)
-        finally:
-            pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _event_meaning(data: Any) -> dict[str, Any]:
