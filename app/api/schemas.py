@@ -133,6 +133,19 @@ class TenantPage(BaseModel):
     next_cursor: str | None
 
 
+class TokenOut(BaseModel):
+    id: str
+    scope: Scope
+    description: str | None
+    created_at: str
+    tenant_id: str | None
+
+
+class TokenPage(BaseModel):
+    items: list[TokenOut]
+    next_cursor: str | None
+
+
 class Health(BaseModel):
     status: str
 
@@ -181,6 +194,7 @@ class AttemptOut(BaseModel):
     status_code: int | None
     error: str | None
     response_body: str | None
+    request_headers: dict[str, str] | None
 
 
 class EventAttemptOut(AttemptOut):

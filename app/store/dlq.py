@@ -6,6 +6,7 @@ databases use the partial ``ix_deliveries_dead*`` indexes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,7 @@ class Attempt:
     status_code: int | None
     error: str | None
     response_body: str | None
+    request_headers: dict[str, str] | None  # None for attempts made before they were kept
 
 
 def _dead_letters(tenant_id: str) -> Select[Any]:
@@ -124,12 +126,14 @@ async def _attempts(db: Database, condition: Any) -> list[Attempt]:
             a.c.status_code,
             a.c.error,
             a.c.response_body,
+            a.c.request_headers,
         )
         .where(condition)
         .order_by(a.c.seq)
     )
     async with db.read() as conn:
-        return [Attempt(*r) for r in await conn.execute(query)]
+        rows = list(await conn.execute(query))
+    return [Attempt(*r[:-1], json.loads(r[-1]) if r[-1] else None) for r in rows]
 
 
 async def redrive(conn: AsyncConnection, tenant_id: str, delivery_id: str, now: datetime) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import orjson
+
 from app import __version__
 from app.domain import webhook
 from app.domain.events import rfc3339
@@ -65,7 +67,7 @@ class AttemptStep:
         message = Message(payload, headers, timeout_ms / 1000)
         result = await self._sender.connection(sub.url).send(message)
         self._metrics.attempt_duration.observe(result.duration_ms / 1000)
-        return self._conclude(sub, delivery, event, result, started)
+        return self._conclude(sub, delivery, event, result, started, headers)
 
     def count_successes(self) -> None:
         if self.succeeded:
@@ -79,6 +81,7 @@ class AttemptStep:
         event: StoredEvent,
         result: SendResult,
         started: datetime,
+        headers: dict[str, str],
     ) -> Completion:
         now = datetime.now(UTC)
         schedule = sub.retry_schedule if sub.retry_schedule is not None else self._retry_schedule
@@ -110,6 +113,8 @@ class AttemptStep:
             next_attempt_at=next_at,
             finished_at=now,
             summary=_summary(result, decision),
+            # What was sent, for the attempt log (the console shows it).
+            request_headers=orjson.dumps(headers).decode(),
         )
 
 

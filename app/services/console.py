@@ -1,0 +1,90 @@
+"""Console sign-in: sessions kept in the database, so any API process serves them.
+
+The browser holds a random session ID; the database holds its SHA-256, the ID
+of the token that signed in, and the session's CSRF token. A session ends at
+its expiry, at sign-out, or as soon as its token is revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from app.domain.tokens import Scope
+from app.errors import Forbidden
+from app.services.auth import BOOTSTRAP_ID, Authenticator
+from app.store import console_sessions as store
+from app.store.database import Database
+
+SESSION_LIFETIME = timedelta(hours=12)
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    session_id: str  # for the cookie; never stored
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    token_id: str
+    csrf_token: str
+    tenant_id: str | None
+    portal: bool
+    expires_at: datetime
+
+
+class ConsoleSessions:
+    def __init__(self, db: Database, auth: Authenticator, *, bootstrap_token: bool) -> None:
+        self._db = db
+        self._auth = auth
+        self._bootstrap = bootstrap_token
+
+    async def sign_in(self, token: str) -> NewSession:
+        """A new session for an admin ``token``; raises Unauthorized or Forbidden."""
+        record = await self._auth.authenticate(f"Bearer {token.strip()}", Scope.INGEST)
+        if record.scope is not Scope.ADMIN:
+            raise Forbidden("an ingest token cannot sign in to the console: use an admin token")
+        return await self._create(record.id, tenant_id=None, portal=False)
+
+    async def _create(self, token_id: str, *, tenant_id: str | None, portal: bool) -> NewSession:
+        session_id = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        expires_at = now + SESSION_LIFETIME
+        async with self._db.write() as conn:
+            await store.prune(conn, now)
+            await store.create(
+                conn,
+                id_hash=_digest(session_id),
+                token_id=token_id,
+                csrf_token=secrets.token_urlsafe(32),
+                tenant_id=tenant_id,
+                portal=portal,
+                now=now,
+                expires_at=expires_at,
+            )
+        return NewSession(session_id, expires_at)
+
+    async def resolve(self, session_id: str | None) -> Session | None:
+        """The live session this cookie names, or None (unknown, expired, token revoked)."""
+        if not session_id or len(session_id) > 128:
+            return None
+        found = await store.find(self._db, _digest(session_id), datetime.now(UTC))
+        if found is None:
+            return None
+        active = found.scope is Scope.ADMIN or (found.token_id == BOOTSTRAP_ID and self._bootstrap)
+        if not active:
+            return None
+        return Session(
+            found.token_id, found.csrf_token, found.tenant_id, found.portal, found.expires_at
+        )
+
+    async def sign_out(self, session_id: str) -> None:
+        async with self._db.write() as conn:
+            await store.remove(conn, _digest(session_id))
+
+
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
