@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from prometheus_client import start_http_server
 
 from app.api.app import build_api
+from app.console.app import build_console
 from app.errors import StoreUnavailable
 from app.gauges import DatabaseGauges
 from app.metrics import Metrics
@@ -140,7 +141,14 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                 await worker_db.dispose()
             await db.dispose()
 
-    return build_api(lifespan=lifespan, metrics=metrics)
+    app = build_api(lifespan=lifespan, metrics=metrics)
+    app.mount("/console", build_console(lambda: _services_of(app)))
+    return app
+
+
+def _services_of(app: FastAPI) -> Services:
+    found: Services = app.state.services
+    return found
 
 
 async def run_worker(

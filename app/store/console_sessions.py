@@ -76,7 +76,9 @@ async def find(db: Database, id_hash: str, now: datetime) -> StoredSession | Non
     if row is None:
         return None
     scope = Scope(row.scope) if row.scope is not None and row.revoked_at is None else None
-    return StoredSession(row.token_id, row.csrf_token, row.tenant_id, row.portal, row.expires_at, scope)
+    return StoredSession(
+        row.token_id, row.csrf_token, row.tenant_id, row.portal, row.expires_at, scope
+    )
 
 
 async def set_tenant(conn: AsyncConnection, id_hash: str, tenant_id: str | None) -> None:

@@ -139,9 +139,7 @@ async def list_events(
         query = query.where(e.c.received_at < until)
     if delivery_status is not None:
         d = schema.deliveries
-        query = query.where(
-            exists().where(d.c.event_id == e.c.id, d.c.status == delivery_status)
-        )
+        query = query.where(exists().where(d.c.event_id == e.c.id, d.c.status == delivery_status))
     if after_seq is not None:
         query = query.where(e.c.seq > after_seq if order == "asc" else e.c.seq < after_seq)
     query = query.order_by(e.c.seq.asc() if order == "asc" else e.c.seq.desc()).limit(limit + 1)

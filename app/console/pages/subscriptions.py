@@ -1,0 +1,232 @@
+"""Subscriptions: health, create, edit, pause, resume, delete, rotate the secret,
+send a test event, replay a time range."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.console.pages.events import parse_time
+from app.console.web import Form, Pages, mutation, redirect, services, session_of
+from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch
+from app.errors import FieldError, ValidationFailed
+from app.services.console import Session
+from app.services.subscriptions import Subscription
+
+PAGE_SIZE = 100
+NUMBERS = ("max_in_flight", "timeout_ms", "rate_limit_per_second")
+NOTICES = {
+    "paused": "The subscription is paused: deliveries wait until it resumes.",
+    "resumed": "The subscription is active again; its circuit is closed.",
+    "saved": "Saved.",
+    "replayed": "Replay made new deliveries.",
+}
+
+
+def form_fields(form: Form) -> dict[str, Any]:
+    """A subscription form as the API's JSON body would carry it."""
+    fields: dict[str, Any] = {
+        "url": form.get("url").strip(),
+        "description": form.optional("description"),
+        "event_types": [p for p in re.split(r"[\s,]+", form.get("event_types")) if p] or ["*"],
+        "headers": header_lines(form.get("headers")),
+        "ordering": form.get("ordering", "key"),
+        "on_dead_letter": form.get("on_dead_letter", "skip"),
+    }
+    for name in NUMBERS:
+        value = form.optional(name)
+        fields[name] = value  # pydantic parses numbers from text and says what is wrong
+    return fields
+
+
+def header_lines(text: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip():
+            name, _, value = line.partition(":")
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def field_errors(exc: ValidationError) -> ValidationFailed:
+    return ValidationFailed(
+        "the subscription is invalid",
+        [FieldError("/" + "/".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()],
+    )
+
+
+def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
+    def form_page(
+        request: Request,
+        session: Session,
+        sub: Subscription | None,
+        values: dict[str, Any],
+        problem: ValidationFailed | None = None,
+    ) -> Response:
+        return pages.render(
+            request,
+            "subscription_form.html",
+            session,
+            status=422 if problem else 200,
+            sub=sub,
+            values=values,
+            problem=problem,
+        )
+
+    async def listing(request: Request) -> Response:
+        session = await session_of(request)
+        svc = services(request)
+        after = request.query_params.get("after") or None
+        page, last = await svc.subscriptions.list_page(after_id=after, limit=PAGE_SIZE)
+        states = await svc.overview.subscription_states()
+        return pages.render(
+            request, "subscriptions.html", session, subs=page, states=states, next_after=last
+        )
+
+    async def new(request: Request) -> Response:
+        session = await session_of(request)
+        return form_page(request, session, None, {})
+
+    async def create(request: Request) -> Response:
+        session, form = await mutation(request)
+        fields = form_fields(form)
+        try:
+            body = SubscriptionCreate.model_validate(
+                {k: v for k, v in fields.items() if v is not None}
+            )
+            sub = await services(request).subscriptions.create(body)
+        except ValidationError as exc:
+            return form_page(request, session, None, fields, field_errors(exc))
+        except ValidationFailed as exc:
+            return form_page(request, session, None, fields, exc)
+        return pages.render(
+            request, "secret.html", session, sub=sub, secret=sub.secret, created=True
+        )
+
+    async def detail(request: Request) -> Response:
+        session = await session_of(request)
+        svc = services(request)
+        sub = await svc.subscriptions.get(request.path_params["sid"])
+        state = (await svc.overview.subscription_states()).get(sub.id)
+        notice = NOTICES.get(request.query_params.get("done", ""))
+        return pages.render(
+            request,
+            "subscription.html",
+            session,
+            sub=sub,
+            state=state,
+            notice=notice,
+            replayed=request.query_params.get("replayed"),
+        )
+
+    async def edit(request: Request) -> Response:
+        session = await session_of(request)
+        sub = await services(request).subscriptions.get(request.path_params["sid"])
+        values = {
+            "url": sub.url,
+            "description": sub.description,
+            "event_types": sub.event_types,
+            "headers": sub.headers,
+            "ordering": sub.ordering,
+            "on_dead_letter": sub.on_dead_letter,
+            "max_in_flight": sub.max_in_flight,
+            "timeout_ms": sub.timeout_ms,
+            "rate_limit_per_second": sub.rate_limit_per_second,
+        }
+        return form_page(request, session, sub, values)
+
+    async def save(request: Request) -> Response:
+        session, form = await mutation(request)
+        svc = services(request)
+        sub = await svc.subscriptions.get(request.path_params["sid"])
+        fields = form_fields(form)
+        try:
+            body = SubscriptionPatch.model_validate(fields)
+            await svc.subscriptions.patch(sub.id, body)
+        except ValidationError as exc:
+            return form_page(request, session, sub, fields, field_errors(exc))
+        except ValidationFailed as exc:
+            return form_page(request, session, sub, fields, exc)
+        return redirect(f"/subscriptions/{sub.id}", done="saved")
+
+    def status_change(status: str, done: str) -> Any:
+        async def change(request: Request) -> Response:
+            await mutation(request)
+            sid = request.path_params["sid"]
+            await services(request).subscriptions.patch(
+                sid, SubscriptionPatch.model_validate({"status": status})
+            )
+            return redirect(f"/subscriptions/{sid}", done=done)
+
+        return change
+
+    async def confirm_delete(request: Request) -> Response:
+        session = await session_of(request)
+        sub = await services(request).subscriptions.get(request.path_params["sid"])
+        return pages.render(request, "subscription_delete.html", session, sub=sub)
+
+    async def delete(request: Request) -> Response:
+        await mutation(request)
+        await services(request).subscriptions.delete(request.path_params["sid"])
+        return redirect("/subscriptions")
+
+    async def rotate(request: Request) -> Response:
+        session, _ = await mutation(request)
+        svc = services(request)
+        sid = request.path_params["sid"]
+        secret = await svc.subscriptions.rotate_secret(sid)
+        sub = await svc.subscriptions.get(sid)
+        return pages.render(request, "secret.html", session, sub=sub, secret=secret, created=False)
+
+    async def test_event(request: Request) -> Response:
+        await mutation(request)
+        event_id = await services(request).subscriptions.send_test_event(request.path_params["sid"])
+        return redirect(f"/events/{event_id}")
+
+    async def replay(request: Request) -> Response:
+        session, form = await mutation(request)
+        svc = services(request)
+        sub = await svc.subscriptions.get(request.path_params["sid"])
+        try:
+            since = parse_time(form.get("since"), "since")
+            if since is None:
+                raise ValidationFailed(
+                    "the replay needs a start", [FieldError("since", "required")]
+                )
+            until = parse_time(form.get("until"), "until")
+            count = await svc.subscriptions.replay(sub.id, since, until)
+        except ValidationFailed as exc:
+            state = (await svc.overview.subscription_states()).get(sub.id)
+            return pages.render(
+                request,
+                "subscription.html",
+                session,
+                status=422,
+                sub=sub,
+                state=state,
+                notice=None,
+                replayed=None,
+                problem=exc,
+            )
+        return redirect(f"/subscriptions/{sub.id}", replayed=count)
+
+    return [
+        Route("/subscriptions", listing, methods=["GET"]),
+        Route("/subscriptions", create, methods=["POST"]),
+        Route("/subscriptions/new", new, methods=["GET"]),
+        Route("/subscriptions/{sid}", detail, methods=["GET"]),
+        Route("/subscriptions/{sid}/edit", edit, methods=["GET"]),
+        Route("/subscriptions/{sid}/edit", save, methods=["POST"]),
+        Route("/subscriptions/{sid}/pause", status_change("paused", "paused"), methods=["POST"]),
+        Route("/subscriptions/{sid}/resume", status_change("active", "resumed"), methods=["POST"]),
+        Route("/subscriptions/{sid}/delete", confirm_delete, methods=["GET"]),
+        Route("/subscriptions/{sid}/delete", delete, methods=["POST"]),
+        Route("/subscriptions/{sid}/rotate-secret", rotate, methods=["POST"]),
+        Route("/subscriptions/{sid}/test", test_event, methods=["POST"]),
+        Route("/subscriptions/{sid}/replay", replay, methods=["POST"]),
+    ]
