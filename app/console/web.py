@@ -22,7 +22,7 @@ from app.services.container import Services
 
 MAX_FORM_BYTES = 1_048_576
 NAVIGATION = (
-    ("Overview", ""),
+    ("Overview", "/"),
     ("Events", "/events"),
     ("Subscriptions", "/subscriptions"),
     ("Dead-letter queue", "/dlq"),
@@ -103,7 +103,7 @@ class Form:
 
 async def read_form(request: Request) -> Form:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/x-www-form-urlencoded":
+    if media not in ("application/x-www-form-urlencoded", ""):
         raise BadRequest("the console takes forms (application/x-www-form-urlencoded)")
     body = b""
     async for chunk in request.stream():

@@ -1,7 +1,7 @@
 // eventrelay console: progressive enhancement only; every page works without it.
 "use strict";
 
-// "Redrive all that match": in chunks, with a progress bar, then reload.
+// "Redrive all that match": in chunks, with a progress bar, then the list again.
 function redriveAll(form) {
   const total = Number(form.dataset.total) || 0;
   const progress = document.getElementById("redrive-progress");
@@ -32,7 +32,11 @@ function redriveAll(form) {
     if (result.redriven > 0 && done < total && result.remaining > 0) {
       await step();
     } else {
-      window.location.reload();
+      const next = new URLSearchParams(window.location.search);
+      next.delete("after");
+      next.delete("done");
+      next.set("redriven", String(done));
+      window.location.assign(window.location.pathname + "?" + next.toString());
     }
   }
   step().catch(function (error) {
