@@ -237,8 +237,9 @@ def test_operator_finds_a_failing_subscription_fixes_the_receiver_and_empties_th
     page.goto(dlq_page)
     # The page's script redrives in chunks and shows its progress, then reloads.
     with page.expect_request(
-        lambda r: r.url.endswith("/console/dlq/redrive")
-        and r.headers.get("accept") == "application/json"
+        lambda r: (
+            r.url.endswith("/console/dlq/redrive") and r.headers.get("accept") == "application/json"
+        )
     ):
         page.click("#redrive-all button")
     page.wait_for_url(re.compile(r".*redriven=3"))
