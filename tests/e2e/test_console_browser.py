@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from urllib.parse import quote
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -221,8 +221,10 @@ def test_operator_finds_a_failing_subscription_fixes_the_receiver_and_empties_th
     text = attempts.first.inner_text()
     assert "HTTP 503" in text
     assert "database migration in progress" in text
-    assert "webhook-signature" in text and "v1," in text
-    assert "X-Team" in text and "fulfilment" in text
+    assert "webhook-signature" in text
+    assert "v1," in text
+    assert "X-Team" in text
+    assert "fulfilment" in text
 
     # The event itself, with its delivery's attempts.
     page.click("a[href^='/console/events/evt_']")
@@ -320,7 +322,8 @@ def test_a_post_from_another_site_is_refused_even_with_the_session_cookie(
     with page.expect_navigation(url=re.compile(r".*/pause$")) as navigation:
         page.goto(attacker)
     response = navigation.value
-    assert response is not None and response.status == 403
+    assert response is not None
+    assert response.status == 403
     assert "another site" in page.inner_text("main") or "Origin" in page.inner_text("main")
     assert api.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "active"
 
