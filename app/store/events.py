@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store import lines, schema
@@ -139,7 +139,9 @@ async def list_events(
         query = query.where(e.c.received_at < until)
     if delivery_status is not None:
         d = schema.deliveries
-        query = query.where(exists().where(d.c.event_id == e.c.id, d.c.status == delivery_status))
+        # Driven from the deliveries' status index: the matching event IDs,
+        # then each event by its unique ID.
+        query = query.where(e.c.id.in_(select(d.c.event_id).where(d.c.status == delivery_status)))
     if after_seq is not None:
         query = query.where(e.c.seq > after_seq if order == "asc" else e.c.seq < after_seq)
     query = query.order_by(e.c.seq.asc() if order == "asc" else e.c.seq.desc()).limit(limit + 1)
