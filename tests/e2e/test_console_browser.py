@@ -423,3 +423,150 @@ def test_pages_fit_the_width_without_horizontal_scrolling(
             assert no_horizontal_scroll(page), (path, viewport)
     finally:
         context.close()
+
+
+# -- managing subscriptions, event types, tokens ---------------------------------------------
+
+
+def test_a_subscription_is_managed_from_its_pages(
+    context: Any,
+    console_server: ServerProcess,
+    api: httpx.Client,
+    receivers: ThreadedReceivers,
+) -> None:
+    receiver = receivers.start(Switchable())
+    page = sign_in(context, console_server)
+    base = console_server.base_url
+
+    # Create: a bad URL is explained on the form, then a good one is taken.
+    page.click("nav >> text=Subscriptions")
+    page.click("text=New subscription")
+    page.fill("#s-url", "ftp://example.com/hook")
+    page.click("button[type=submit] >> text=Create")
+    assert "http or https" in page.inner_text("[role=alert]")
+    page.fill("#s-url", receiver.url("/managed"))
+    page.fill("#s-description", "managed in the console")
+    page.fill("#s-types", "console.managed other.type")
+    page.fill("#s-headers", "X-Env: staging")
+    page.click("button[type=submit] >> text=Create")
+    assert page.inner_text("h1") == "Subscription created"
+    secret = page.inner_text("#secret").strip()
+    sid = page.locator("main a.id").inner_text()
+    made = api.get(f"/v1/subscriptions/{sid}").json()
+    assert made["event_types"] == ["console.managed", "other.type"]
+    assert made["headers"] == {"X-Env": "staging"}
+    assert api.get(f"/v1/subscriptions/{sid}/secret").json()["secret"] == secret
+
+    # Edit.
+    page.goto(f"{base}/console/subscriptions/{sid}/edit")
+    page.fill("#s-description", "edited")
+    page.fill("#s-mif", "4")
+    page.click("button[type=submit] >> text=Save")
+    page.wait_for_url(re.compile(r".*done=saved"))
+    edited = api.get(f"/v1/subscriptions/{sid}").json()
+    assert (edited["description"], edited["max_in_flight"]) == ("edited", 4)
+
+    # Rotate the secret: the new one is shown once and is the stored one.
+    page.click("text=Rotate secret")
+    rotated = page.inner_text("#secret").strip()
+    assert rotated != secret
+    assert api.get(f"/v1/subscriptions/{sid}/secret").json()["secret"] == rotated
+
+    # A test event reaches this subscription (and only it), signed as any other.
+    page.goto(f"{base}/console/subscriptions/{sid}")
+    page.click("text=Send a test event")
+    page.wait_for_url(re.compile(r".*/console/events/evt_"))
+    event_id = page.url.rsplit("/", 1)[1]
+    poll(lambda: receiver.for_event(event_id), "the test event at the receiver")
+    (receipt,) = receiver.for_event(event_id)
+    assert receipt.json["type"] == "eventrelay.test"
+    assert receipt.headers["x-env"] == "staging"
+    poll(
+        lambda: (page.reload(), "succeeded" in page.inner_text(".delivery"))[1],
+        "the event page to show the delivery succeeded",
+    )
+
+    # Replay the last hour: the test event is not of the subscribed types, the
+    # replay makes no delivery of it; an event of a subscribed type is replayed.
+    publish(api, "console.managed", None, {"n": 1})
+    poll(lambda: len(receiver.receipts) >= 2, "the published event")
+    page.goto(f"{base}/console/subscriptions/{sid}")
+    page.fill("#r-since", "2000-01-01T00:00:00Z")
+    page.click("button >> text=Replay")
+    page.wait_for_url(re.compile(r".*replayed=1"))
+    assert "Replay made 1 new deliveries." in page.inner_text("main")
+    page.fill("#r-since", "not a time")
+    page.click("button >> text=Replay")
+    assert "2026-01-31T12:00:00Z" in page.inner_text("[role=alert]")
+
+    # Pause, resume, delete (after a confirmation page).
+    page.goto(f"{base}/console/subscriptions/{sid}")
+    page.click("button >> text=Pause")
+    assert api.get(f"/v1/subscriptions/{sid}").json()["status"] == "paused"
+    page.click("button >> text=Resume")
+    page.wait_for_url(re.compile(r".*done=resumed"))
+    assert api.get(f"/v1/subscriptions/{sid}").json()["status"] == "active"
+    page.click("text=Delete…")
+    page.click("button >> text=Delete the subscription")
+    page.wait_for_url(f"{base}/console/subscriptions")
+    assert api.get(f"/v1/subscriptions/{sid}").status_code == 404
+    page.goto(f"{base}/console/subscriptions/{sid}")
+    assert page.inner_text("h1").startswith("404")
+
+
+def test_event_types_show_the_difference_between_two_versions(
+    context: Any, console_server: ServerProcess, api: httpx.Client
+) -> None:
+    name = f"console.diff.{uuid.uuid4().hex[:8]}"
+    created = api.post("/v1/event-types", json={"name": name, "compatibility": "NONE"})
+    assert created.status_code == 201, created.text
+    v1 = {"type": "object", "properties": {"total": {"type": "number"}}}
+    v2 = {
+        "type": "object",
+        "properties": {"total": {"type": "number"}, "currency": {"type": "string"}},
+    }
+    for schema in (v1, v2):
+        added = api.post(f"/v1/event-types/{name}/schemas", json={"schema": schema})
+        assert added.status_code == 201, added.text
+    page = sign_in(context, console_server)
+    page.click("nav >> text=Event types")
+    page.click(f"text={name}")
+    diff = page.inner_text("#diff")
+    assert "version 1" in diff
+    assert "version 2" in diff
+    added_lines = page.locator("#diff .add").all_inner_texts()
+    assert any('"currency"' in line for line in added_lines)
+    assert not page.locator("#diff .del").all_inner_texts()
+    page.select_option("#v-a", "2")
+    page.select_option("#v-b", "1")
+    page.click("button >> text=Show")
+    page.wait_for_url(re.compile(r".*\?a=2&b=1$"))
+    removed = page.locator("#diff .del").all_inner_texts()
+    assert any('"currency"' in line for line in removed), (page.url, page.inner_text("#diff"))
+
+
+def test_tokens_are_issued_once_and_revoked(context: Any, console_server: ServerProcess) -> None:
+    page = sign_in(context, console_server)
+    page.click("nav >> text=Tokens")
+    page.select_option("#t-scope", "ingest")
+    page.fill("#t-desc", "issued in the console")
+    page.click("button >> text=Issue")
+    token = page.inner_text("#new-token").strip()
+    token_id = page.locator(".notice .id").inner_text()
+    with httpx.Client(base_url=console_server.base_url) as producer:
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex}
+        sent = producer.post("/v1/events", json={"type": "t", "data": {}}, headers=headers)
+        assert sent.status_code == 202, sent.text
+        page.goto(f"{console_server.base_url}/console/tokens")
+        assert token not in page.content()  # listed by ID only
+        row = page.locator("#tokens tr", has_text=token_id)
+        row.locator("button >> text=Revoke").click()
+        page.wait_for_url(re.compile(r".*revoked=1"))
+        assert token_id not in page.inner_text("main")
+
+        def refused() -> bool:
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+            answer = producer.post("/v1/events", json={"type": "t", "data": {}}, headers=headers)
+            return answer.status_code == 401
+
+        poll(refused, "the revoked token to be refused")

@@ -13,10 +13,11 @@ from app.console.web import Pages, pretty_json, services, session_of
 PAGE_SIZE = 100
 
 
-def version_of(value: str | None, latest: int) -> int:
+def version_of(value: str | None, latest: int, default: int) -> int:
+    """A version the query names, if the type has it; else ``default``."""
     if value is not None and value.isdigit() and 1 <= int(value) <= latest:
         return int(value)
-    return latest
+    return default
 
 
 def routes(pages: Pages) -> list[Route]:
@@ -33,8 +34,8 @@ def routes(pages: Pages) -> list[Route]:
         latest = kind.latest_version or 0
         schema_text, diff, old, new = None, [], 0, 0
         if latest:
-            new = version_of(request.query_params.get("b"), latest)
-            old = version_of(request.query_params.get("a"), max(new - 1, 1))
+            new = version_of(request.query_params.get("b"), latest, latest)
+            old = version_of(request.query_params.get("a"), latest, max(new - 1, 1))
             _, new_schema = await svc.schemas.get_schema(kind.name, new)
             _, old_schema = await svc.schemas.get_schema(kind.name, old)
             schema_text = pretty_json(new_schema)
@@ -61,5 +62,5 @@ def routes(pages: Pages) -> list[Route]:
 
     return [
         Route("/event-types", listing, methods=["GET"]),
-        Route("/event-types/{name}", detail, methods=["GET"]),
+        Route("/event-types/{name:path}", detail, methods=["GET"]),
     ]
