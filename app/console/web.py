@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -172,6 +171,3 @@ def redirect(path: str, **query: str | int | None) -> Response:
     params = {k: str(v) for k, v in query.items() if v is not None and v != ""}
     target = COOKIE_PATH + path + (f"?{urlencode(params)}" if params else "")
     return RedirectResponse(target, status_code=303)
-
-
-Handler = Callable[..., Any]

@@ -24,7 +24,6 @@ NOTICES = {
     "paused": "The subscription is paused: deliveries wait until it resumes.",
     "resumed": "The subscription is active again; its circuit is closed.",
     "saved": "Saved.",
-    "replayed": "Replay made new deliveries.",
 }
 
 
@@ -60,15 +59,19 @@ def field_errors(exc: ValidationError) -> ValidationFailed:
     )
 
 
-def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
+class _Handlers:
+    def __init__(self, pages: Pages) -> None:
+        self.pages = pages
+
     def form_page(
+        self,
         request: Request,
         session: Session,
         sub: Subscription | None,
         values: dict[str, Any],
         problem: ValidationFailed | None = None,
     ) -> Response:
-        return pages.render(
+        return self.pages.render(
             request,
             "subscription_form.html",
             session,
@@ -78,21 +81,21 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
             problem=problem,
         )
 
-    async def listing(request: Request) -> Response:
+    async def listing(self, request: Request) -> Response:
         session = await session_of(request)
         svc = services(request)
         after = request.query_params.get("after") or None
         page, last = await svc.subscriptions.list_page(after_id=after, limit=PAGE_SIZE)
         states = await svc.overview.subscription_states()
-        return pages.render(
+        return self.pages.render(
             request, "subscriptions.html", session, subs=page, states=states, next_after=last
         )
 
-    async def new(request: Request) -> Response:
+    async def new(self, request: Request) -> Response:
         session = await session_of(request)
-        return form_page(request, session, None, {})
+        return self.form_page(request, session, None, {})
 
-    async def create(request: Request) -> Response:
+    async def create(self, request: Request) -> Response:
         session, form = await mutation(request)
         fields = form_fields(form)
         try:
@@ -101,20 +104,20 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
             )
             sub = await services(request).subscriptions.create(body)
         except ValidationError as exc:
-            return form_page(request, session, None, fields, field_errors(exc))
+            return self.form_page(request, session, None, fields, field_errors(exc))
         except ValidationFailed as exc:
-            return form_page(request, session, None, fields, exc)
-        return pages.render(
+            return self.form_page(request, session, None, fields, exc)
+        return self.pages.render(
             request, "secret.html", session, sub=sub, secret=sub.secret, created=True
         )
 
-    async def detail(request: Request) -> Response:
+    async def detail(self, request: Request) -> Response:
         session = await session_of(request)
         svc = services(request)
         sub = await svc.subscriptions.get(request.path_params["sid"])
         state = (await svc.overview.subscription_states()).get(sub.id)
         notice = NOTICES.get(request.query_params.get("done", ""))
-        return pages.render(
+        return self.pages.render(
             request,
             "subscription.html",
             session,
@@ -124,7 +127,7 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
             replayed=request.query_params.get("replayed"),
         )
 
-    async def edit(request: Request) -> Response:
+    async def edit(self, request: Request) -> Response:
         session = await session_of(request)
         sub = await services(request).subscriptions.get(request.path_params["sid"])
         values = {
@@ -138,9 +141,9 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
             "timeout_ms": sub.timeout_ms,
             "rate_limit_per_second": sub.rate_limit_per_second,
         }
-        return form_page(request, session, sub, values)
+        return self.form_page(request, session, sub, values)
 
-    async def save(request: Request) -> Response:
+    async def save(self, request: Request) -> Response:
         session, form = await mutation(request)
         svc = services(request)
         sub = await svc.subscriptions.get(request.path_params["sid"])
@@ -149,12 +152,12 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
             body = SubscriptionPatch.model_validate(fields)
             await svc.subscriptions.patch(sub.id, body)
         except ValidationError as exc:
-            return form_page(request, session, sub, fields, field_errors(exc))
+            return self.form_page(request, session, sub, fields, field_errors(exc))
         except ValidationFailed as exc:
-            return form_page(request, session, sub, fields, exc)
+            return self.form_page(request, session, sub, fields, exc)
         return redirect(f"/subscriptions/{sub.id}", done="saved")
 
-    def status_change(status: str, done: str) -> Any:
+    def status_change(self, status: str, done: str) -> Any:
         async def change(request: Request) -> Response:
             await mutation(request)
             sid = request.path_params["sid"]
@@ -165,30 +168,32 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
 
         return change
 
-    async def confirm_delete(request: Request) -> Response:
+    async def confirm_delete(self, request: Request) -> Response:
         session = await session_of(request)
         sub = await services(request).subscriptions.get(request.path_params["sid"])
-        return pages.render(request, "subscription_delete.html", session, sub=sub)
+        return self.pages.render(request, "subscription_delete.html", session, sub=sub)
 
-    async def delete(request: Request) -> Response:
+    async def delete(self, request: Request) -> Response:
         await mutation(request)
         await services(request).subscriptions.delete(request.path_params["sid"])
         return redirect("/subscriptions")
 
-    async def rotate(request: Request) -> Response:
+    async def rotate(self, request: Request) -> Response:
         session, _ = await mutation(request)
         svc = services(request)
         sid = request.path_params["sid"]
         secret = await svc.subscriptions.rotate_secret(sid)
         sub = await svc.subscriptions.get(sid)
-        return pages.render(request, "secret.html", session, sub=sub, secret=secret, created=False)
+        return self.pages.render(
+            request, "secret.html", session, sub=sub, secret=secret, created=False
+        )
 
-    async def test_event(request: Request) -> Response:
+    async def test_event(self, request: Request) -> Response:
         await mutation(request)
         event_id = await services(request).subscriptions.send_test_event(request.path_params["sid"])
         return redirect(f"/events/{event_id}")
 
-    async def replay(request: Request) -> Response:
+    async def replay(self, request: Request) -> Response:
         session, form = await mutation(request)
         svc = services(request)
         sub = await svc.subscriptions.get(request.path_params["sid"])
@@ -202,7 +207,7 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
             count = await svc.subscriptions.replay(sub.id, since, until)
         except ValidationFailed as exc:
             state = (await svc.overview.subscription_states()).get(sub.id)
-            return pages.render(
+            return self.pages.render(
                 request,
                 "subscription.html",
                 session,
@@ -215,18 +220,23 @@ def routes(pages: Pages) -> list[Route]:  # noqa: C901 - one closure per route
             )
         return redirect(f"/subscriptions/{sub.id}", replayed=count)
 
+
+def routes(pages: Pages) -> list[Route]:
+    h = _Handlers(pages)
     return [
-        Route("/subscriptions", listing, methods=["GET"]),
-        Route("/subscriptions", create, methods=["POST"]),
-        Route("/subscriptions/new", new, methods=["GET"]),
-        Route("/subscriptions/{sid}", detail, methods=["GET"]),
-        Route("/subscriptions/{sid}/edit", edit, methods=["GET"]),
-        Route("/subscriptions/{sid}/edit", save, methods=["POST"]),
-        Route("/subscriptions/{sid}/pause", status_change("paused", "paused"), methods=["POST"]),
-        Route("/subscriptions/{sid}/resume", status_change("active", "resumed"), methods=["POST"]),
-        Route("/subscriptions/{sid}/delete", confirm_delete, methods=["GET"]),
-        Route("/subscriptions/{sid}/delete", delete, methods=["POST"]),
-        Route("/subscriptions/{sid}/rotate-secret", rotate, methods=["POST"]),
-        Route("/subscriptions/{sid}/test", test_event, methods=["POST"]),
-        Route("/subscriptions/{sid}/replay", replay, methods=["POST"]),
+        Route("/subscriptions", h.listing, methods=["GET"]),
+        Route("/subscriptions", h.create, methods=["POST"]),
+        Route("/subscriptions/new", h.new, methods=["GET"]),
+        Route("/subscriptions/{sid}", h.detail, methods=["GET"]),
+        Route("/subscriptions/{sid}/edit", h.edit, methods=["GET"]),
+        Route("/subscriptions/{sid}/edit", h.save, methods=["POST"]),
+        Route("/subscriptions/{sid}/pause", h.status_change("paused", "paused"), methods=["POST"]),
+        Route(
+            "/subscriptions/{sid}/resume", h.status_change("active", "resumed"), methods=["POST"]
+        ),
+        Route("/subscriptions/{sid}/delete", h.confirm_delete, methods=["GET"]),
+        Route("/subscriptions/{sid}/delete", h.delete, methods=["POST"]),
+        Route("/subscriptions/{sid}/rotate-secret", h.rotate, methods=["POST"]),
+        Route("/subscriptions/{sid}/test", h.test_event, methods=["POST"]),
+        Route("/subscriptions/{sid}/replay", h.replay, methods=["POST"]),
     ]
