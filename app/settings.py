@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.domain.portal import frame_ancestors
+
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
 
@@ -45,6 +47,17 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=60, gt=0)
     # `eventrelay worker` has no API; set this to serve its /metrics.
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    # The console: the address links are built on (default: the request's own
+    # scheme and host) and who may frame the tenant portal (CSP sources).
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    portal_frame_ancestors: str = ""
+
+    @field_validator("portal_frame_ancestors")
+    @classmethod
+    def _check_frame_ancestors(cls, value: str) -> str:
+        frame_ancestors(value)
+        return " ".join(value.split())
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

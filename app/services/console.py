@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from app.domain import portal
 from app.domain.tokens import Scope
 from app.errors import Forbidden
 from app.services.auth import BOOTSTRAP_ID, Authenticator
@@ -19,6 +20,8 @@ from app.store import console_sessions as store
 from app.store.database import Database
 
 SESSION_LIFETIME = timedelta(hours=12)
+PORTAL_TOKEN_ID = "portal"  # a portal session's token: none, the signed link let it in
+PORTAL_KEY = "portal-links"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class ConsoleSessions:
         self._db = db
         self._auth = auth
         self._bootstrap = bootstrap_token
+        self._key: bytes | None = None
 
     async def sign_in(self, token: str) -> NewSession:
         """A new session for an admin ``token``; raises Unauthorized or Forbidden."""
@@ -49,10 +53,44 @@ class ConsoleSessions:
             raise Forbidden("an ingest token cannot sign in to the console: use an admin token")
         return await self._create(record.id, tenant_id=None, portal=False)
 
-    async def _create(self, token_id: str, *, tenant_id: str | None, portal: bool) -> NewSession:
+    async def portal_link(self, tenant_id: str, expires_in: int) -> tuple[dict[str, str], datetime]:
+        """The query of a signed link into ``tenant_id``'s portal, and its expiry."""
+        expires_at = (datetime.now(UTC) + timedelta(seconds=expires_in)).replace(microsecond=0)
+        return portal.link_params(await self._portal_key(), tenant_id, expires_at), expires_at
+
+    async def open_portal(
+        self, tenant: str | None, expires: str | None, sig: str | None
+    ) -> tuple[NewSession, str]:
+        """A session confined to the link's tenant until the link expires, and
+        that tenant; raises Forbidden for a tampered, forged or expired link."""
+        try:
+            grant = portal.verify(await self._portal_key(), tenant, expires, sig, datetime.now(UTC))
+        except portal.InvalidLink as exc:
+            raise Forbidden(str(exc)) from None
+        new = await self._create(
+            PORTAL_TOKEN_ID, tenant_id=grant.tenant_id, portal=True, until=grant.expires_at
+        )
+        return new, grant.tenant_id
+
+    async def _portal_key(self) -> bytes:
+        if self._key is None:
+            stored = await store.key(
+                self._db, PORTAL_KEY, secrets.token_urlsafe(48), datetime.now(UTC)
+            )
+            self._key = stored.encode()
+        return self._key
+
+    async def _create(
+        self,
+        token_id: str,
+        *,
+        tenant_id: str | None,
+        portal: bool,
+        until: datetime | None = None,
+    ) -> NewSession:
         session_id = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
-        expires_at = now + SESSION_LIFETIME
+        expires_at = until or now + SESSION_LIFETIME
         async with self._db.write() as conn:
             await store.prune(conn, now)
             await store.create(
@@ -74,7 +112,11 @@ class ConsoleSessions:
         found = await store.find(self._db, _digest(session_id), datetime.now(UTC))
         if found is None:
             return None
-        active = found.scope is Scope.ADMIN or (found.token_id == BOOTSTRAP_ID and self._bootstrap)
+        active = (
+            found.scope is Scope.ADMIN
+            or (found.token_id == BOOTSTRAP_ID and self._bootstrap)
+            or (found.portal and found.token_id == PORTAL_TOKEN_ID)
+        )
         if not active:
             return None
         return Session(

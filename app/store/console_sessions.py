@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.tokens import Scope
@@ -79,6 +81,21 @@ async def find(db: Database, id_hash: str, now: datetime) -> StoredSession | Non
     return StoredSession(
         row.token_id, row.csrf_token, row.tenant_id, row.portal, row.expires_at, scope
     )
+
+
+async def key(db: Database, name: str, candidate: str, now: datetime) -> str:
+    """The key called ``name``: the stored one, or ``candidate`` stored now. Two
+    processes racing both insert-if-absent and read back the same winner."""
+    k = schema.console_keys
+    async with db.write() as conn:
+        found = (await conn.execute(select(k.c.secret).where(k.c.name == name))).scalar()
+        if found is None:
+            insert = (
+                sqlite_insert(k) if conn.dialect.name == "sqlite" else postgresql_insert(k)
+            ).values(name=name, secret=candidate, created_at=now)
+            await conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))
+            found = (await conn.execute(select(k.c.secret).where(k.c.name == name))).scalar_one()
+    return str(found)
 
 
 async def set_tenant(conn: AsyncConnection, id_hash: str, tenant_id: str | None) -> None:

@@ -338,3 +338,13 @@ console_sessions = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Index("ix_console_sessions_expires_at", "expires_at"),
 )
+
+# Keys the console signs with (the tenant portal's links), made on first use
+# and shared by every process through the database.
+console_keys = Table(
+    "console_keys",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -104,3 +104,30 @@ async def test_expired_sessions_are_pruned_at_the_next_sign_in(db: Database) -> 
         )
     await console.sign_in(admin.token)
     assert len(await stored_rows(db)) == 1
+
+
+async def test_a_portal_link_opens_a_session_confined_to_its_tenant_until_it_expires(
+    db: Database,
+) -> None:
+    made_here, checked_elsewhere = sessions(db), sessions(db)  # two processes, one key
+    params, expires_at = await made_here.portal_link("acme", 120)
+    assert expires_at - datetime.now(UTC) <= timedelta(seconds=120)
+    new, tenant = await checked_elsewhere.open_portal(
+        params["tenant"], params["expires"], params["sig"]
+    )
+    assert tenant == "acme"
+    found = await made_here.resolve(new.session_id)
+    assert found is not None
+    assert (found.portal, found.tenant_id, found.expires_at) == (True, "acme", expires_at)
+
+    forged = {**params, "tenant": "globex"}
+    for bad in (forged, {**params, "sig": params["sig"][:-2] + "AA"}, {**params, "expires": "1"}):
+        with pytest.raises(Forbidden):
+            await made_here.open_portal(bad["tenant"], bad["expires"], bad["sig"])
+
+    # The session ends with the link.
+    async with db.write() as conn:
+        await conn.execute(
+            update(schema.console_sessions).values(expires_at=datetime.now(UTC) - timedelta(1))
+        )
+    assert await made_here.resolve(new.session_id) is None

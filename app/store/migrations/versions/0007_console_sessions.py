@@ -1,4 +1,4 @@
-"""console sessions; the request headers of each attempt
+"""console sessions and keys; the request headers of each attempt
 
 Revision ID: 0007
 Revises: 0003
@@ -31,6 +31,13 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_console_sessions_expires_at", "console_sessions", ["expires_at"], unique=False
+    )
+    op.create_table(
+        "console_keys",
+        sa.Column("name", sa.String(length=32), nullable=False),
+        sa.Column("secret", sa.String(length=128), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_console_keys")),
     )
     op.add_column("attempts", sa.Column("request_headers", sa.Text(), nullable=True))
 
