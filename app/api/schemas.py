@@ -8,6 +8,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.domain.event_schemas import Compatibility
 from app.domain.jsonbody import unstorable_strings
+from app.domain.portal import EXPIRES_DEFAULT, EXPIRES_MAX, EXPIRES_MIN
 from app.domain.tokens import Scope
 
 
@@ -285,3 +286,14 @@ class SchemaVersionOut(BaseModel):
 
 class SchemaRegistered(BaseModel):
     version: int
+
+
+class PortalLinkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in: int = Field(default=EXPIRES_DEFAULT, ge=EXPIRES_MIN, le=EXPIRES_MAX)
+
+
+class PortalLink(BaseModel):
+    url: str
+    expires_at: str

@@ -14,8 +14,8 @@ from starlette.responses import Response
 
 from app.api import schemas
 from app.api.deps import AdminCaller, ServicesDep
-from app.errors import Forbidden, UnknownTenant
 from app.domain.events import rfc3339
+from app.errors import Forbidden, UnknownTenant
 
 router = APIRouter(prefix="/v1", tags=["tokens"])
 _PROBLEMS: dict[int | str, dict[str, object]] = {

@@ -16,10 +16,11 @@ COOKIE_PATH = "/console"
 
 # No inline script or style anywhere: the pages load console.js and console.css
 # from this origin and nothing else.
-CSP = (
+CSP_BASE = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; form-action 'self'; base-uri 'none'"
 )
+CSP = f"{CSP_BASE}; frame-ancestors 'none'"
 PAGE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -27,6 +28,14 @@ PAGE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+FRAMING = (b"content-security-policy", b"x-frame-options")
+
+
+def portal_csp(frame_ancestors: str) -> str:
+    """A portal page's policy: framable by the configured origins only."""
+    return f"{CSP_BASE}; frame-ancestors {frame_ancestors or chr(39) + 'none' + chr(39)}"
+
+
 NO_STORE = (b"cache-control", b"no-store")
 
 
@@ -47,7 +56,11 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = message.get("headers", [])
+                # A portal page brings its own policy (who may frame it).
+                own = any(name == b"content-security-policy" for name, _ in headers)
+                adding = [h for h in extra if not (own and h[0] in FRAMING)]
+                message["headers"] = [*headers, *adding]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -69,14 +82,18 @@ def cross_site_reason(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def cookie_attributes(*, secure: bool, max_age: int) -> dict[str, object]:
-    """The session cookie: never readable by script, never sent cross-site."""
+def cookie_attributes(*, secure: bool, max_age: int, framed: bool = False) -> dict[str, object]:
+    """The session cookie: never readable by script, never sent cross-site —
+    except a portal's that other sites may frame (over HTTPS only), which is
+    ``SameSite=None; Secure; Partitioned`` (a cookie of that embedding only)."""
+    cross_site = framed and secure
     return {
         "key": COOKIE,
         "path": COOKIE_PATH,
         "httponly": True,
-        "samesite": "strict",
+        "samesite": "none" if cross_site else "strict",
         "secure": secure,
+        "partitioned": cross_site,
         "max_age": max_age,
     }
 

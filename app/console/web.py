@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,20 +15,21 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from app.console.security import COOKIE, COOKIE_PATH, cross_site_reason
-from app.errors import BadRequest, EventRelayError, Forbidden
+from app.console.security import COOKIE, COOKIE_PATH, cross_site_reason, portal_csp
+from app.errors import BadRequest, EventRelayError, Forbidden, NotFound
 from app.services.console import Session
 from app.services.container import Services
 
 MAX_FORM_BYTES = 1_048_576
+# (label, path, who sees it: everyone, "admin" — not a portal —, "global").
 NAVIGATION = (
-    ("Overview", "/"),
-    ("Events", "/events"),
-    ("Subscriptions", "/subscriptions"),
-    ("Dead-letter queue", "/dlq"),
-    ("Event types", "/event-types"),
-    ("Tenants", "/tenants"),
-    ("Tokens", "/tokens"),
+    ("Overview", "/", ""),
+    ("Events", "/events", ""),
+    ("Subscriptions", "/subscriptions", ""),
+    ("Dead-letter queue", "/dlq", ""),
+    ("Event types", "/event-types", "admin"),
+    ("Tenants", "/tenants", "global"),
+    ("Tokens", "/tokens", "admin"),
 )
 
 
@@ -74,11 +76,22 @@ def services(request: Request) -> Services:
     return found
 
 
-async def session_of(request: Request) -> Session:
-    """The signed-in session, or :class:`SignInRequired`."""
-    found = await services(request).console.resolve(request.cookies.get(COOKIE))
+async def session_of(
+    request: Request, *, portal: bool = True, global_only: bool = False
+) -> Session:
+    """The signed-in session acting on a live tenant, or :class:`SignInRequired`.
+    A page a portal may not see (``portal=False``), or one for global admins
+    only, is "not found" to the others, as the API answers another tenant's IDs."""
+    svc = services(request)
+    found = await svc.console.resolve(request.cookies.get(COOKIE))
     if found is None:
         raise SignInRequired
+    if await svc.tenants.active(found.tenant) is None:
+        if not found.is_global:
+            raise SignInRequired  # the tenant was deleted: so is its way in
+        found = replace(found, tenant_id=None)  # back to ``default``
+    if (found.portal and not portal) or (global_only and not found.is_global):
+        raise NotFound("there is no such page")
     return found
 
 
@@ -118,11 +131,13 @@ async def read_form(request: Request) -> Form:
     return Form(parse_qs(text, keep_blank_values=True, max_num_fields=2000))
 
 
-async def mutation(request: Request) -> tuple[Session, Form]:
+async def mutation(
+    request: Request, *, portal: bool = True, global_only: bool = False
+) -> tuple[Session, Form]:
     """A state-changing request: signed in, from our own pages (Fetch Metadata
     and Origin), carrying the session's CSRF token."""
     refuse_cross_site(request)
-    session = await session_of(request)
+    session = await session_of(request, portal=portal, global_only=global_only)
     form = await read_form(request)
     sent = form.get("csrf") or request.headers.get("x-csrf-token", "")
     if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
@@ -152,13 +167,24 @@ class Pages:
     ) -> HTMLResponse:
         html = self.env.get_template(name).render(
             base=COOKIE_PATH,
-            navigation=NAVIGATION,
+            navigation=[
+                (label, path)
+                for label, path, audience in NAVIGATION
+                if session is None
+                or not audience
+                or (audience == "admin" and not session.portal)
+                or (audience == "global" and session.is_global)
+            ],
             current=request.url.path,
             session=session,
             csrf=session.csrf_token if session else "",
             **context,
         )
-        return HTMLResponse(html, status_code=status)
+        response = HTMLResponse(html, status_code=status)
+        if session is not None and session.portal:
+            ancestors = services(request).settings.portal_frame_ancestors
+            response.headers["content-security-policy"] = portal_csp(ancestors)
+        return response
 
     def error(
         self, request: Request, error: EventRelayError, session: Session | None

@@ -103,7 +103,9 @@ class Authenticator:
     ) -> tuple[list[TokenInfo], str | None]:
         """Active tokens by ID (only ``tenant_id``'s when given), and the ID to
         continue after (None on the last page)."""
-        return await store.list_active(self._db, tenant_id=tenant_id, after_id=after_id, limit=limit)
+        return await store.list_active(
+            self._db, tenant_id=tenant_id, after_id=after_id, limit=limit
+        )
 
     async def revoke(self, token_id: str, tenant_id: str | None = None) -> None:
         """Revoke a token; with ``tenant_id``, only one of that tenant's (any

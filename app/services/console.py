@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from app.domain import portal
+from app.domain.tenants import DEFAULT_TENANT
 from app.domain.tokens import Scope
 from app.errors import Forbidden
 from app.services.auth import BOOTSTRAP_ID, Authenticator
@@ -34,9 +35,21 @@ class NewSession:
 class Session:
     token_id: str
     csrf_token: str
-    tenant_id: str | None
+    tenant_id: str | None  # the tenant chosen (a global admin) or granted (a portal)
     portal: bool
     expires_at: datetime
+    token_tenant_id: str | None = None  # a tenant token's own tenant
+
+    @property
+    def is_global(self) -> bool:
+        """A global admin: may switch tenants and manage tenants."""
+        return not self.portal and self.token_tenant_id is None
+
+    @property
+    def tenant(self) -> str:
+        """The tenant the session acts on: a confined token's own, a portal's,
+        else the one a global admin chose (``default`` first)."""
+        return self.token_tenant_id or self.tenant_id or DEFAULT_TENANT
 
 
 class ConsoleSessions:
@@ -120,8 +133,18 @@ class ConsoleSessions:
         if not active:
             return None
         return Session(
-            found.token_id, found.csrf_token, found.tenant_id, found.portal, found.expires_at
+            found.token_id,
+            found.csrf_token,
+            found.tenant_id,
+            found.portal,
+            found.expires_at,
+            found.token_tenant_id,
         )
+
+    async def choose_tenant(self, session_id: str, tenant_id: str) -> None:
+        """A global admin's session now acts on ``tenant_id``."""
+        async with self._db.write() as conn:
+            await store.set_tenant(conn, _digest(session_id), tenant_id)
 
     async def sign_out(self, session_id: str) -> None:
         async with self._db.write() as conn:

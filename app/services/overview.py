@@ -58,11 +58,13 @@ class OverviewService:
         self._db = db
         self._circuit = circuit
 
-    async def overview(self) -> Overview:
+    async def overview(self, tenant_id: str) -> Overview:
+        """The tenant's figures; the delivery lag is the installation's (the
+        worker's), as the gauge reports it."""
         now = datetime.now(UTC)
         snap = await gauges.snapshot(self._db)
-        per_minute = await store.events_per_minute(self._db, now, MINUTES)
-        codes = await store.latest_attempt_codes(self._db, LATEST_ATTEMPTS)
+        per_minute = await store.events_per_minute(self._db, tenant_id, now, MINUTES)
+        codes = await store.latest_attempt_codes(self._db, tenant_id, LATEST_ATTEMPTS)
         lag = max(0.0, (now - snap.oldest_due).total_seconds()) if snap.oldest_due else 0.0
         states = [
             SubscriptionState(
@@ -74,19 +76,20 @@ class OverviewService:
                 snap.per_subscription.get((s.id, "dead"), 0),
             )
             for s in snap.subscriptions
+            if s.tenant_id == tenant_id
         ]
         return Overview(
             events_per_minute=per_minute,
             attempts_counted=len(codes),
             attempts_succeeded=sum(1 for c in codes if c is not None and 200 <= c < 300),
             delivery_lag_seconds=lag,
-            dlq_size=snap.deliveries["dead"],
-            pending=snap.deliveries["pending"],
+            dlq_size=sum(s.dead for s in states),
+            pending=sum(s.pending for s in states),
             subscriptions=sorted(states, key=lambda s: (not s.failing, s.id)),
         )
 
-    async def subscription_states(self) -> dict[str, SubscriptionState]:
-        return {s.id: s for s in (await self.overview()).subscriptions}
+    async def subscription_states(self, tenant_id: str) -> dict[str, SubscriptionState]:
+        return {s.id: s for s in (await self.overview(tenant_id)).subscriptions}
 
     def _circuit_state(self, open_until: datetime | None, failures: int, now: datetime) -> str:
         """As the ``eventrelay_subscription_circuit_state`` gauge says it."""

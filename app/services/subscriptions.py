@@ -179,14 +179,15 @@ class SubscriptionService:
             self._wake()
         return created
 
-    async def send_test_event(self, subscription_id: str) -> str:
-        """Store an ``eventrelay.test`` event delivered to this subscription only
-        (its filters are not consulted); returns the event's ID."""
-        sub = await self.get(subscription_id)
+    async def send_test_event(self, tenant_id: str, subscription_id: str) -> str:
+        """Store an ``eventrelay.test`` event of the tenant, delivered to this
+        subscription only (its filters are not consulted); returns its ID."""
+        sub = await self.get(tenant_id, subscription_id)
         now = datetime.now(UTC)
         event_id = new_id("evt")
         data = {"subscription_id": sub.id, "message": "a test event sent from the console"}
         event: dict[str, object] = {
+            "tenant_id": tenant_id,
             "id": event_id,
             "type": TEST_EVENT_TYPE,
             "key": None,

@@ -26,6 +26,7 @@ class StoredSession:
     portal: bool
     expires_at: datetime
     scope: Scope | None  # the token's scope; None when the token is not in the table
+    token_tenant_id: str | None  # the token's tenant; None for a global token
 
 
 async def create(
@@ -69,6 +70,7 @@ async def find(db: Database, id_hash: str, now: datetime) -> StoredSession | Non
             s.c.expires_at,
             t.c.scope,
             t.c.revoked_at,
+            t.c.tenant_id.label("token_tenant_id"),
         )
         .select_from(s.outerjoin(t, t.c.id == s.c.token_id))
         .where(s.c.id_hash == id_hash, s.c.expires_at > now)
@@ -79,7 +81,13 @@ async def find(db: Database, id_hash: str, now: datetime) -> StoredSession | Non
         return None
     scope = Scope(row.scope) if row.scope is not None and row.revoked_at is None else None
     return StoredSession(
-        row.token_id, row.csrf_token, row.tenant_id, row.portal, row.expires_at, scope
+        row.token_id,
+        row.csrf_token,
+        row.tenant_id,
+        row.portal,
+        row.expires_at,
+        scope,
+        row.token_tenant_id,
     )
 
 

@@ -147,7 +147,9 @@ async def count_dead(
 ) -> int:
     """How many of the tenant's dead letters match (the partial
     ``ix_deliveries_dead*`` indexes)."""
-    query = select(func.count()).select_from(d).where(d.c.status == DEAD, d.c.tenant_id == tenant_id)
+    query = (
+        select(func.count()).select_from(d).where(d.c.status == DEAD, d.c.tenant_id == tenant_id)
+    )
     if subscription_id is not None:
         query = query.where(d.c.subscription_id == subscription_id)
     if event_type is not None:

@@ -12,7 +12,7 @@ from app.store import schema
 from app.store.database import Database
 
 
-async def events_per_minute(db: Database, now: datetime, minutes: int) -> list[int]:
+async def events_per_minute(db: Database, tenant_id: str, now: datetime, minutes: int) -> list[int]:
     """Events received in each of the ``minutes`` one-minute windows ending at ``now``,
     oldest first (one count per minute, each an index range on ``received_at``)."""
     e = schema.events
@@ -23,15 +23,23 @@ async def events_per_minute(db: Database, now: datetime, minutes: int) -> list[i
             query = (
                 select(func.count())
                 .select_from(e)
-                .where(e.c.received_at >= start, e.c.received_at < end)
+                .where(e.c.received_at >= start, e.c.received_at < end, e.c.tenant_id == tenant_id)
             )
             counts.append(int((await conn.execute(query)).scalar_one()))
     return counts
 
 
-async def latest_attempt_codes(db: Database, limit: int) -> list[int | None]:
-    """The status codes of the latest ``limit`` attempts (None: no HTTP answer)."""
-    a = schema.attempts
+async def latest_attempt_codes(db: Database, tenant_id: str, limit: int) -> list[int | None]:
+    """The status codes of the tenant's latest ``limit`` attempts (None: no HTTP
+    answer), newest first by the attempts' key."""
+    a, d = schema.attempts, schema.deliveries
+    query = (
+        select(a.c.status_code)
+        .select_from(a.join(d, d.c.id == a.c.delivery_id))
+        .where(d.c.tenant_id == tenant_id)
+        .order_by(a.c.seq.desc())
+        .limit(limit)
+    )
     async with db.read() as conn:
-        rows = await conn.execute(select(a.c.status_code).order_by(a.c.seq.desc()).limit(limit))
+        rows = await conn.execute(query)
         return [r[0] for r in rows]

@@ -207,6 +207,7 @@ async def test_tokens_are_listed_without_their_values(client: httpx.AsyncClient)
             break
     assert [t["id"] for t in seen] == sorted(t["id"] for t in issued)
     for listed, made in zip(seen, sorted(issued, key=lambda t: t["id"]), strict=True):
-        assert listed.keys() == {"id", "scope", "description", "created_at"}
+        assert listed.keys() == {"id", "scope", "description", "created_at", "tenant_id"}
+        assert listed["tenant_id"] is None
         assert listed["scope"] == made["scope"]
     assert not any(made["token"] in str(seen) for made in issued)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from app.console.security import COOKIE, COOKIE_PATH, cookie_attributes, safe_next
+from app.console.security import COOKIE, COOKIE_PATH, cookie_attributes, portal_csp, safe_next
 from app.console.web import Pages, mutation, read_form, refuse_cross_site, services
 from app.errors import Forbidden, Unauthorized
 from app.services.console import SESSION_LIFETIME
@@ -53,7 +55,35 @@ def routes(pages: Pages) -> list[Route]:
         response.delete_cookie(COOKIE, path=COOKIE_PATH)
         return response
 
+    async def portal(request: Request) -> Response:
+        """Following a portal link, from any site: a session confined to its
+        tenant until the link expires. The page then moves on by itself (a
+        same-site navigation, so the Strict cookie goes along)."""
+        svc = services(request)
+        q = request.query_params
+        new, tenant_id = await svc.console.open_portal(
+            q.get("tenant"), q.get("expires"), q.get("sig")
+        )
+        if await svc.tenants.active(tenant_id) is None:
+            raise Forbidden("the portal link's tenant no longer exists")
+        remaining = (new.expires_at - datetime.now(UTC)).total_seconds()
+        response = pages.render(request, "portal.html", None)
+        response.set_cookie(
+            value=new.session_id,
+            **cookie_attributes(  # type: ignore[arg-type]
+                secure=request.url.scheme == "https",
+                max_age=max(1, int(remaining)),
+                framed=bool(svc.settings.portal_frame_ancestors),
+            ),
+        )
+        response.headers["content-security-policy"] = portal_csp(
+            svc.settings.portal_frame_ancestors
+        )
+        response.headers["referrer-policy"] = "no-referrer"  # the link is a credential
+        return response
+
     return [
+        Route("/portal", portal, methods=["GET"]),
         Route("/sign-in", sign_in_page, methods=["GET"]),
         Route("/sign-in", sign_in, methods=["POST"]),
         Route("/sign-out", sign_out, methods=["POST"]),

@@ -28,11 +28,11 @@ def filters_of(values: Form | dict[str, str]) -> dict[str, str | None]:
     }
 
 
-async def redrive_selected(svc: Services, ids: list[str]) -> int:
+async def redrive_selected(svc: Services, tenant_id: str, ids: list[str]) -> int:
     done = 0
     for delivery_id in ids[:MAX_CHUNK]:
         try:
-            await svc.dlq.redrive(delivery_id)
+            await svc.dlq.redrive(tenant_id, delivery_id)
         except NotFound:
             continue  # redriven or discarded meanwhile
         done += 1
@@ -45,9 +45,12 @@ def routes(pages: Pages) -> list[Route]:
         svc = services(request)
         filters = filters_of(dict(request.query_params))
         page, last = await svc.dlq.list_page(
-            **filters, after_seq=parse_cursor(request.query_params.get("after")), limit=PAGE_SIZE
+            session.tenant,
+            **filters,
+            after_seq=parse_cursor(request.query_params.get("after")),
+            limit=PAGE_SIZE,
         )
-        total = await svc.dlq.count(**filters)
+        total = await svc.dlq.count(session.tenant, **filters)
         return pages.render(
             request,
             "dlq.html",
@@ -62,33 +65,34 @@ def routes(pages: Pages) -> list[Route]:
 
     async def detail(request: Request) -> Response:
         session = await session_of(request)
-        found = await services(request).dlq.show(request.path_params["delivery_id"])
+        found = await services(request).dlq.show(session.tenant, request.path_params["delivery_id"])
         return pages.render(request, "dead_letter.html", session, detail=found)
 
     async def redrive_one(request: Request) -> Response:
-        await mutation(request)
-        await services(request).dlq.redrive(request.path_params["delivery_id"])
+        session, _ = await mutation(request)
+        await services(request).dlq.redrive(session.tenant, request.path_params["delivery_id"])
         return redirect("/dlq", done="redriven")
 
     async def discard_one(request: Request) -> Response:
-        await mutation(request)
-        await services(request).dlq.discard(request.path_params["delivery_id"])
+        session, _ = await mutation(request)
+        await services(request).dlq.discard(session.tenant, request.path_params["delivery_id"])
         return redirect("/dlq", done="discarded")
 
     async def redrive_many(request: Request) -> Response:
         """``ids``: the selected ones; else every match, ``limit`` at most (the
         page's script sends chunks and shows progress; without it, all at once)."""
-        _, form = await mutation(request)
+        session, form = await mutation(request)
         svc = services(request)
         filters = filters_of(form)
         if form.all("ids"):
-            done = await redrive_selected(svc, form.all("ids"))
+            done = await redrive_selected(svc, session.tenant, form.all("ids"))
         else:
             limit = form.get("limit")
             chunk = min(int(limit), MAX_CHUNK) if limit.isdigit() and int(limit) > 0 else None
-            done = await svc.dlq.redrive_matching(**filters, limit=chunk)
+            done = await svc.dlq.redrive_matching(session.tenant, **filters, limit=chunk)
         if "application/json" in request.headers.get("accept", ""):
-            return JSONResponse({"redriven": done, "remaining": await svc.dlq.count(**filters)})
+            remaining = await svc.dlq.count(session.tenant, **filters)
+            return JSONResponse({"redriven": done, "remaining": remaining})
         return redirect(
             "/dlq",
             redriven=done,

@@ -22,13 +22,13 @@ def version_of(value: str | None, latest: int, default: int) -> int:
 
 def routes(pages: Pages) -> list[Route]:
     async def listing(request: Request) -> Response:
-        session = await session_of(request)
+        session = await session_of(request, portal=False)
         after = request.query_params.get("after") or None
         types, last = await services(request).schemas.list_types(after=after, limit=PAGE_SIZE)
         return pages.render(request, "event_types.html", session, types=types, next_after=last)
 
     async def detail(request: Request) -> Response:
-        session = await session_of(request)
+        session = await session_of(request, portal=False)
         svc = services(request)
         kind = await svc.schemas.get_type(request.path_params["name"])
         latest = kind.latest_version or 0

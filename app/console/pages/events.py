@@ -53,6 +53,7 @@ def routes(pages: Pages) -> list[Route]:
                     "the search is invalid", [FieldError("status", "not a delivery status")]
                 )
             page, last = await services(request).events.list_page(
+                session.tenant,
                 event_type=filters["type"] or None,
                 key=filters["key"] or None,
                 order="desc",
@@ -91,8 +92,8 @@ def routes(pages: Pages) -> list[Route]:
         session = await session_of(request)
         svc = services(request)
         event_id = request.path_params["event_id"]
-        detail = await svc.events.get(event_id)
-        attempts = await svc.events.attempts(event_id)
+        detail = await svc.events.get(session.tenant, event_id)
+        attempts = await svc.events.attempts(session.tenant, event_id)
         by_delivery: dict[str, list[object]] = {}
         for attempt in attempts:
             by_delivery.setdefault(attempt.delivery_id, []).append(attempt)

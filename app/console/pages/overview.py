@@ -12,7 +12,7 @@ from app.console.web import Pages, services, session_of
 def routes(pages: Pages) -> list[Route]:
     async def overview(request: Request) -> Response:
         session = await session_of(request)
-        view = await services(request).overview.overview()
+        view = await services(request).overview.overview(session.tenant)
         return pages.render(request, "overview.html", session, view=view)
 
     return [Route("/", overview, methods=["GET"])]

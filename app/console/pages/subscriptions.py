@@ -85,8 +85,10 @@ class _Handlers:
         session = await session_of(request)
         svc = services(request)
         after = request.query_params.get("after") or None
-        page, last = await svc.subscriptions.list_page(after_id=after, limit=PAGE_SIZE)
-        states = await svc.overview.subscription_states()
+        page, last = await svc.subscriptions.list_page(
+            session.tenant, after_id=after, limit=PAGE_SIZE
+        )
+        states = await svc.overview.subscription_states(session.tenant)
         return self.pages.render(
             request, "subscriptions.html", session, subs=page, states=states, next_after=last
         )
@@ -102,7 +104,7 @@ class _Handlers:
             body = SubscriptionCreate.model_validate(
                 {k: v for k, v in fields.items() if v is not None}
             )
-            sub = await services(request).subscriptions.create(body)
+            sub = await services(request).subscriptions.create(session.tenant, body)
         except ValidationError as exc:
             return self.form_page(request, session, None, fields, field_errors(exc))
         except ValidationFailed as exc:
@@ -114,8 +116,8 @@ class _Handlers:
     async def detail(self, request: Request) -> Response:
         session = await session_of(request)
         svc = services(request)
-        sub = await svc.subscriptions.get(request.path_params["sid"])
-        state = (await svc.overview.subscription_states()).get(sub.id)
+        sub = await svc.subscriptions.get(session.tenant, request.path_params["sid"])
+        state = (await svc.overview.subscription_states(session.tenant)).get(sub.id)
         notice = NOTICES.get(request.query_params.get("done", ""))
         return self.pages.render(
             request,
@@ -129,7 +131,7 @@ class _Handlers:
 
     async def edit(self, request: Request) -> Response:
         session = await session_of(request)
-        sub = await services(request).subscriptions.get(request.path_params["sid"])
+        sub = await services(request).subscriptions.get(session.tenant, request.path_params["sid"])
         values = {
             "url": sub.url,
             "description": sub.description,
@@ -146,11 +148,11 @@ class _Handlers:
     async def save(self, request: Request) -> Response:
         session, form = await mutation(request)
         svc = services(request)
-        sub = await svc.subscriptions.get(request.path_params["sid"])
+        sub = await svc.subscriptions.get(session.tenant, request.path_params["sid"])
         fields = form_fields(form)
         try:
             body = SubscriptionPatch.model_validate(fields)
-            await svc.subscriptions.patch(sub.id, body)
+            await svc.subscriptions.patch(session.tenant, sub.id, body)
         except ValidationError as exc:
             return self.form_page(request, session, sub, fields, field_errors(exc))
         except ValidationFailed as exc:
@@ -159,10 +161,10 @@ class _Handlers:
 
     def status_change(self, status: str, done: str) -> Any:
         async def change(request: Request) -> Response:
-            await mutation(request)
+            session, _ = await mutation(request)
             sid = request.path_params["sid"]
             await services(request).subscriptions.patch(
-                sid, SubscriptionPatch.model_validate({"status": status})
+                session.tenant, sid, SubscriptionPatch.model_validate({"status": status})
             )
             return redirect(f"/subscriptions/{sid}", done=done)
 
@@ -170,33 +172,35 @@ class _Handlers:
 
     async def confirm_delete(self, request: Request) -> Response:
         session = await session_of(request)
-        sub = await services(request).subscriptions.get(request.path_params["sid"])
+        sub = await services(request).subscriptions.get(session.tenant, request.path_params["sid"])
         return self.pages.render(request, "subscription_delete.html", session, sub=sub)
 
     async def delete(self, request: Request) -> Response:
-        await mutation(request)
-        await services(request).subscriptions.delete(request.path_params["sid"])
+        session, _ = await mutation(request)
+        await services(request).subscriptions.delete(session.tenant, request.path_params["sid"])
         return redirect("/subscriptions")
 
     async def rotate(self, request: Request) -> Response:
         session, _ = await mutation(request)
         svc = services(request)
         sid = request.path_params["sid"]
-        secret = await svc.subscriptions.rotate_secret(sid)
-        sub = await svc.subscriptions.get(sid)
+        secret = await svc.subscriptions.rotate_secret(session.tenant, sid)
+        sub = await svc.subscriptions.get(session.tenant, sid)
         return self.pages.render(
             request, "secret.html", session, sub=sub, secret=secret, created=False
         )
 
     async def test_event(self, request: Request) -> Response:
-        await mutation(request)
-        event_id = await services(request).subscriptions.send_test_event(request.path_params["sid"])
+        session, _ = await mutation(request)
+        event_id = await services(request).subscriptions.send_test_event(
+            session.tenant, request.path_params["sid"]
+        )
         return redirect(f"/events/{event_id}")
 
     async def replay(self, request: Request) -> Response:
         session, form = await mutation(request)
         svc = services(request)
-        sub = await svc.subscriptions.get(request.path_params["sid"])
+        sub = await svc.subscriptions.get(session.tenant, request.path_params["sid"])
         try:
             since = parse_time(form.get("since"), "since")
             if since is None:
@@ -204,9 +208,9 @@ class _Handlers:
                     "the replay needs a start", [FieldError("since", "required")]
                 )
             until = parse_time(form.get("until"), "until")
-            count = await svc.subscriptions.replay(sub.id, since, until)
+            count = await svc.subscriptions.replay(session.tenant, sub.id, since, until)
         except ValidationFailed as exc:
-            state = (await svc.overview.subscription_states()).get(sub.id)
+            state = (await svc.overview.subscription_states(session.tenant)).get(sub.id)
             return self.pages.render(
                 request,
                 "subscription.html",
