@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -570,3 +571,184 @@ def test_tokens_are_issued_once_and_revoked(context: Any, console_server: Server
             return answer.status_code == 401
 
         poll(refused, "the revoked token to be refused")
+
+
+# -- tenants: the switcher, confined tokens, the portal -------------------------------------
+
+
+def tenant_with_data(api: httpx.Client, receivers: ThreadedReceivers, name: str) -> dict[str, str]:
+    """A tenant with a failing subscription, an event and its dead letter."""
+    tenant = f"{name}-{uuid.uuid4().hex[:6]}"
+    created = api.post("/v1/tenants", json={"id": tenant, "name": name.title()})
+    assert created.status_code == 201, created.text
+    headers = {"Eventrelay-Tenant": tenant}
+    sub = api.post(
+        "/v1/subscriptions",
+        json={
+            "url": receivers.start(Switchable(500, "no")).url(f"/{tenant}"),
+            "event_types": ["tenant.test"],
+            "retry_schedule": [],
+            "description": f"{name}'s subscription",
+        },
+        headers=headers,
+    )
+    assert sub.status_code == 201, sub.text
+    sent = api.post(
+        "/v1/events",
+        json={"type": "tenant.test", "data": {"of": tenant}},
+        headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert sent.status_code == 202, sent.text
+
+    def dead() -> list[dict[str, Any]]:
+        page = api.get("/v1/dlq", params={"subscription_id": sub.json()["id"]}, headers=headers)
+        items: list[dict[str, Any]] = page.json()["items"]
+        return items
+
+    (letter,) = poll(dead, f"{tenant}'s dead letter")
+    return {
+        "tenant": tenant,
+        "subscription": sub.json()["id"],
+        "event": sent.json()["id"],
+        "dead_letter": letter["id"],
+    }
+
+
+def test_a_global_admin_works_in_one_tenant_at_a_time(
+    context: Any,
+    console_server: ServerProcess,
+    api: httpx.Client,
+    receivers: ThreadedReceivers,
+) -> None:
+    acme = tenant_with_data(api, receivers, "acme")
+    page = sign_in(context, console_server)
+    base = console_server.base_url
+    assert page.inner_text("#tenant") == "default"
+    page.click("nav >> text=Tenants")
+    ids = page.locator("#tenants tbody td.id").all_inner_texts()
+    assert ids[0] == "default"
+    assert acme["tenant"] in ids
+    assert acme["subscription"] not in page.content()
+
+    page.click(f"button >> text=Work in {acme['tenant']}")
+    page.wait_for_url(f"{base}/console/")
+    assert page.inner_text("#tenant") == acme["tenant"]
+    assert acme["subscription"] in page.inner_text("#failing")
+    page.goto(f"{base}/console/subscriptions")
+    assert page.locator("#subscriptions tbody tr").count() == 1
+    page.goto(f"{base}/console/dlq/{acme['dead_letter']}")
+    assert page.inner_text("h1") == acme["dead_letter"]
+
+
+def test_a_tenant_token_signs_in_confined_to_its_tenant(
+    context: Any,
+    console_server: ServerProcess,
+    api: httpx.Client,
+    receivers: ThreadedReceivers,
+) -> None:
+    mine, other = (tenant_with_data(api, receivers, n) for n in ("initech", "globex"))
+    issued = api.post("/v1/tokens", json={"scope": "admin", "tenant_id": mine["tenant"]})
+    assert issued.status_code == 201, issued.text
+    page = sign_in(context, console_server, issued.json()["token"])
+    base = console_server.base_url
+    assert page.inner_text("#tenant") == mine["tenant"]
+    nav = page.locator("nav a").all_inner_texts()
+    assert "Tenants" not in nav
+    assert "Tokens" in nav
+    assert page.locator("text=switch").count() == 0
+    for path in (
+        "/console/tenants",
+        f"/console/subscriptions/{other['subscription']}",
+        f"/console/events/{other['event']}",
+        f"/console/dlq/{other['dead_letter']}",
+    ):
+        response = page.goto(base + path)
+        assert response is not None
+        assert response.status == 404, path
+    page.goto(f"{base}/console/subscriptions/{mine['subscription']}")
+    assert page.inner_text("h1") == mine["subscription"]
+
+
+def test_a_portal_link_shows_one_tenant_and_nothing_of_another(
+    browser: Any,
+    console_server: ServerProcess,
+    api: httpx.Client,
+    receivers: ThreadedReceivers,
+) -> None:
+    mine, other = (tenant_with_data(api, receivers, n) for n in ("umbrella", "hooli"))
+    made = api.post(f"/v1/tenants/{mine['tenant']}/portal-links", json={"expires_in": 600})
+    assert made.status_code == 201, made.text
+    link = made.json()["url"]
+    assert link.startswith(f"{console_server.base_url}/console/portal?")
+    base = console_server.base_url
+
+    # Followed from another site, as a customer's dashboard would link to it.
+    context = browser.new_context(viewport=WIDE)
+    try:
+        page = context.new_page()
+        page.goto(receivers.serve_page(f'<!doctype html><a id="go" href="{link}">portal</a>'))
+        page.click("#go")
+        page.wait_for_url(f"{base}/console/")
+        assert page.inner_text("#tenant") == mine["tenant"]
+        assert page.locator("nav a").all_inner_texts() == [
+            "Overview",
+            "Events",
+            "Subscriptions",
+            "Dead-letter queue",
+        ]
+        page.goto(f"{base}/console/subscriptions")
+        listed = page.inner_text("#subscriptions")
+        assert mine["subscription"] in listed
+        assert other["subscription"] not in listed
+        page.goto(f"{base}/console/dlq")
+        assert mine["dead_letter"] in page.inner_text("#dead-letters")
+        for path in (
+            f"/console/subscriptions/{other['subscription']}",
+            f"/console/events/{other['event']}",
+            f"/console/dlq/{other['dead_letter']}",
+            "/console/tenants",
+            "/console/tokens",
+            "/console/event-types",
+        ):
+            response = page.goto(base + path)
+            assert response is not None
+            assert response.status == 404, path
+            assert "Not Found" in page.inner_text("h1")
+        csp = page.goto(f"{base}/console/").headers["content-security-policy"]  # type: ignore[union-attr]
+        assert "frame-ancestors 'none'" in csp
+    finally:
+        context.close()
+
+    # A changed link is refused and signs nobody in.
+    forged = link.replace(f"tenant={mine['tenant']}", f"tenant={other['tenant']}")
+    stretched = re.sub(r"expires=(\d+)", lambda m: f"expires={int(m.group(1)) + 86400}", link)
+    for bad in (forged, stretched):
+        context = browser.new_context(viewport=WIDE)
+        try:
+            page = context.new_page()
+            response = page.goto(bad)
+            assert response is not None
+            assert response.status == 403, bad
+            assert "not one this installation made" in page.inner_text("main")
+            assert context.cookies() == []
+        finally:
+            context.close()
+
+
+def test_portal_links_are_for_global_admins_and_bounded(
+    console_server: ServerProcess, api: httpx.Client
+) -> None:
+    tenant = f"bounded-{uuid.uuid4().hex[:6]}"
+    assert api.post("/v1/tenants", json={"id": tenant, "name": "B"}).status_code == 201
+    default = api.post(f"/v1/tenants/{tenant}/portal-links")
+    assert default.status_code == 201, default.text
+    expires_at = datetime.fromisoformat(default.json()["expires_at"].replace("Z", "+00:00"))
+    assert 3500 < (expires_at - datetime.now(UTC)).total_seconds() <= 3600
+    for expires_in in (59, 86401, "soon"):
+        answer = api.post(f"/v1/tenants/{tenant}/portal-links", json={"expires_in": expires_in})
+        assert answer.status_code == 422, answer.text
+    assert api.post("/v1/tenants/nobody-here/portal-links").status_code == 404
+    confined = api.post("/v1/tokens", json={"scope": "admin", "tenant_id": tenant}).json()
+    with console_server.client(token=confined["token"]) as tenant_admin:
+        refused = tenant_admin.post(f"/v1/tenants/{tenant}/portal-links")
+        assert refused.status_code == 403, refused.text
