@@ -15,7 +15,7 @@ from app.store import overview as store
 from app.store.database import Database
 
 MINUTES = 5
-LATEST_ATTEMPTS = 1000
+LATEST_ATTEMPTS = 5000  # the installation's latest attempts the share is taken over
 
 
 @dataclass(frozen=True, slots=True)
