@@ -21,15 +21,18 @@ from fastapi import FastAPI
 from prometheus_client import start_http_server
 
 from app.api.app import build_api
-from app.api.state import Services
+from app.console.app import build_console
 from app.errors import StoreUnavailable
 from app.gauges import DatabaseGauges
 from app.metrics import Metrics
 from app.services.auth import Authenticator, ensure_admin_token
+from app.services.console import ConsoleSessions
+from app.services.container import Services
 from app.services.dlq import DeadLetterService
 from app.services.events import EventService
 from app.services.health import HealthService
 from app.services.ingest import IngestService
+from app.services.overview import OverviewService
 from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
 from app.services.tenants import TenantService
@@ -76,6 +79,7 @@ def build_services(
         schemas=schemas,
         limits=tenants,
     )
+    auth = Authenticator(db, settings.admin_token)
     return Services(
         settings=settings,
         auth=auth,
@@ -92,6 +96,8 @@ def build_services(
         schemas=schemas,
         health=HealthService(db),
         tenants=tenants,
+        console=ConsoleSessions(db, auth, bootstrap_token=settings.admin_token is not None),
+        overview=OverviewService(db, worker_config(settings).circuit),
     )
 
 
@@ -142,7 +148,14 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                 await worker_db.dispose()
             await db.dispose()
 
-    return build_api(lifespan=lifespan, metrics=metrics)
+    app = build_api(lifespan=lifespan, metrics=metrics)
+    app.mount("/console", build_console(lambda: _services_of(app)))
+    return app
+
+
+def _services_of(app: FastAPI) -> Services:
+    found: Services = app.state.services
+    return found
 
 
 async def run_worker(

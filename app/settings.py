@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretBytes, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.domain.portal import frame_ancestors
 from app.domain.sealing import Keyring, parse_keys
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -61,6 +62,17 @@ class Settings(BaseSettings):
     def keyring(self) -> Keyring:
         """The keys that seal and open stored secrets."""
         return Keyring([k.get_secret_value() for k in self.encryption_keys])
+
+    # The console: the address links are built on (default: the request's own
+    # scheme and host) and who may frame the tenant portal (CSP sources).
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    portal_frame_ancestors: str = ""
+
+    @field_validator("portal_frame_ancestors")
+    @classmethod
+    def _check_frame_ancestors(cls, value: str) -> str:
+        frame_ancestors(value)
+        return " ".join(value.split())
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

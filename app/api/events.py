@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
+from pydantic import AwareDatetime
 from starlette.responses import Response
 
 from app.api import schemas, shapes
@@ -26,6 +27,7 @@ from app.services.events import Stats
 from app.services.tenants import Tenant
 
 router = APIRouter(prefix="/v1", tags=["events"])
+DeliveryStatus = Literal["pending", "in_flight", "succeeded", "dead", "discarded"]
 
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     status: {"model": schemas.Problem, "content": {PROBLEM_JSON: {}}}
@@ -155,6 +157,9 @@ async def list_events(
     order: Literal["asc", "desc"] = "desc",
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    delivery_status: DeliveryStatus | None = None,
 ) -> Response:
     page, last = await svc.events.list_page(
         caller.tenant_id,
@@ -163,6 +168,9 @@ async def list_events(
         order=order,
         after_seq=decode_cursor(cursor),
         limit=limit,
+        since=since,
+        until=until,
+        delivery_status=delivery_status,
     )
     body = {"items": [shapes.event_summary(e) for e in page], "next_cursor": encode_cursor(last)}
     return Response(orjson.dumps(body), media_type="application/json")

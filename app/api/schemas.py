@@ -8,6 +8,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.domain.event_schemas import Compatibility
 from app.domain.jsonbody import unstorable_strings
+from app.domain.portal import EXPIRES_DEFAULT, EXPIRES_MAX, EXPIRES_MIN
 from app.domain.tokens import Scope
 
 
@@ -133,6 +134,19 @@ class TenantPage(BaseModel):
     next_cursor: str | None
 
 
+class TokenOut(BaseModel):
+    id: str
+    scope: Scope
+    description: str | None
+    created_at: str
+    tenant_id: str | None
+
+
+class TokenPage(BaseModel):
+    items: list[TokenOut]
+    next_cursor: str | None
+
+
 class Health(BaseModel):
     status: str
 
@@ -184,6 +198,7 @@ class AttemptOut(BaseModel):
     status_code: int | None
     error: str | None
     response_body: str | None
+    request_headers: dict[str, str] | None
 
 
 class EventAttemptOut(AttemptOut):
@@ -295,3 +310,14 @@ class FilterTest(BaseModel):
 
 class FilterMatch(BaseModel):
     matches: bool
+
+
+class PortalLinkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in: int = Field(default=EXPIRES_DEFAULT, ge=EXPIRES_MIN, le=EXPIRES_MAX)
+
+
+class PortalLink(BaseModel):
+    url: str
+    expires_at: str

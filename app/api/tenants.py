@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api import schemas
@@ -63,3 +64,25 @@ async def patch_tenant(tenant_id: str, body: TenantPatch, svc: ServicesDep) -> d
 async def delete_tenant(tenant_id: str, svc: ServicesDep) -> Response:
     await svc.tenants.delete(tenant_id)
     return Response(status_code=202)
+
+
+@router.post(
+    "/tenants/{tenant_id}/portal-links",
+    status_code=201,
+    response_model=schemas.PortalLink,
+    responses=_PROBLEMS,
+)
+async def create_portal_link(
+    tenant_id: str, request: Request, svc: ServicesDep, body: schemas.PortalLinkCreate | None = None
+) -> schemas.PortalLink:
+    """A signed link that signs a person into the console confined to this
+    tenant until ``expires_at`` (absolute, on ``EVENTRELAY_PUBLIC_URL`` or this
+    request's own scheme and host)."""
+    tenant = await svc.tenants.get(tenant_id)
+    expires_in = (body or schemas.PortalLinkCreate()).expires_in
+    params, expires_at = await svc.console.portal_link(tenant.id, expires_in)
+    base = svc.settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
+    return schemas.PortalLink(
+        url=f"{base.rstrip('/')}/console/portal?{urlencode(params)}",
+        expires_at=rfc3339(expires_at) or "",
+    )

@@ -7,11 +7,14 @@ of any tenant.
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from app.api import schemas
 from app.api.deps import AdminCaller, ServicesDep
+from app.domain.events import rfc3339
 from app.errors import Forbidden, UnknownTenant
 
 router = APIRouter(prefix="/v1", tags=["tokens"])
@@ -43,6 +46,30 @@ async def create_token(
     return schemas.TokenCreated(
         id=issued.id, token=issued.token, scope=issued.scope, tenant_id=issued.tenant_id
     )
+
+
+@router.get("/tokens", response_model=schemas.TokenPage, responses=_PROBLEMS)
+async def list_tokens(
+    svc: ServicesDep,
+    caller: AdminCaller,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, object]:
+    """Active tokens: a tenant admin's own tenant's, a global admin's all."""
+    page, last = await svc.auth.list_page(
+        tenant_id=caller.token.tenant_id, after_id=cursor, limit=limit
+    )
+    items = [
+        {
+            "id": t.id,
+            "scope": t.scope,
+            "description": t.description,
+            "created_at": rfc3339(t.created_at),
+            "tenant_id": t.tenant_id,
+        }
+        for t in page
+    ]
+    return {"items": items, "next_cursor": last}
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses=_PROBLEMS)

@@ -13,9 +13,9 @@ from app.domain.tokens import Scope, generate_token, hash_token, scope_allows
 from app.errors import Forbidden, NotFound, Unauthorized
 from app.store import tokens as store
 from app.store.database import Database
-from app.store.tokens import TokenRecord
+from app.store.tokens import TokenInfo, TokenRecord
 
-__all__ = ["Authenticator", "IssuedToken", "TokenRecord", "ensure_admin_token"]
+__all__ = ["Authenticator", "IssuedToken", "TokenInfo", "TokenRecord", "ensure_admin_token"]
 
 # Token lookups are cached briefly: a revocation is immediate in the process
 # that served it and takes at most this long in the others.
@@ -97,6 +97,15 @@ class Authenticator:
             tenant_id=tenant_id,
         )
         return IssuedToken(token_id, token, scope, tenant_id)
+
+    async def list_page(
+        self, *, tenant_id: str | None, after_id: str | None, limit: int
+    ) -> tuple[list[TokenInfo], str | None]:
+        """Active tokens by ID (only ``tenant_id``'s when given), and the ID to
+        continue after (None on the last page)."""
+        return await store.list_active(
+            self._db, tenant_id=tenant_id, after_id=after_id, limit=limit
+        )
 
     async def revoke(self, token_id: str, tenant_id: str | None = None) -> None:
         """Revoke a token; with ``tenant_id``, only one of that tenant's (any

@@ -49,6 +49,14 @@ class DeadLetterService:
             limit=limit,
         )
 
+    async def count(
+        self, tenant_id: str, *, subscription_id: str | None, event_type: str | None
+    ) -> int:
+        """How many of the tenant's dead letters match the filter."""
+        return await store.count_dead(
+            self._db, tenant_id, subscription_id=subscription_id, event_type=event_type
+        )
+
     async def show(self, tenant_id: str, delivery_id: str) -> DeadLetterDetail:
         dead = await store.get_dead(self._db, tenant_id, delivery_id)
         event = await events_store.get_event(self._db, tenant_id, dead.event_id) if dead else None

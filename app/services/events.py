@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from app.errors import NotFound
@@ -34,6 +35,9 @@ class EventService:
         order: Literal["asc", "desc"],
         after_seq: int | None,
         limit: int,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        delivery_status: str | None = None,
     ) -> tuple[list[StoredEvent], int | None]:
         """A page of events and the ``seq`` to continue after (None on the last page)."""
         return await store.list_events(
@@ -44,6 +48,9 @@ class EventService:
             order=order,
             after_seq=after_seq,
             limit=limit,
+            since=since,
+            until=until,
+            delivery_status=delivery_status,
         )
 
     async def get(self, tenant_id: str, event_id: str) -> EventDetail:

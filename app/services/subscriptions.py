@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from app.domain.ssrf import forbidden_reason
 from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch, frees_blocked_lines
 from app.errors import FieldError, NotFound, ValidationFailed
 from app.services.schemas import SchemaService
+from app.store import events as events_store
 from app.store import replay as replay_store
 from app.store import subscriptions as store
 from app.store import tenants as tenants_store
@@ -46,6 +48,7 @@ NOT_NULLABLE = (
 )
 CIRCUIT_CLOSED = {"consecutive_failures": 0, "failing_since": None, "circuit_open_until": None}
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+TEST_EVENT_TYPE = "eventrelay.test"
 
 
 class SubscriptionService:
@@ -237,6 +240,28 @@ class SubscriptionService:
         await self._check_filter(
             changes.get("filter", current.filter), changes.get("event_types", current.event_types)
         )
+
+    async def send_test_event(self, tenant_id: str, subscription_id: str) -> str:
+        """Store an ``eventrelay.test`` event of the tenant, delivered to this
+        subscription only (its filters are not consulted); returns its ID."""
+        sub = await self.get(tenant_id, subscription_id)
+        now = datetime.now(UTC)
+        event_id = new_id("evt")
+        data = {"subscription_id": sub.id, "message": "a test event sent from the console"}
+        event: dict[str, object] = {
+            "tenant_id": tenant_id,
+            "id": event_id,
+            "type": TEST_EVENT_TYPE,
+            "key": None,
+            "data": json.dumps(data, separators=(",", ":")),
+            "schema_version": None,
+            "occurred_at": now,
+            "received_at": now,
+        }
+        async with self._db.write() as conn:
+            await events_store.add_event_for(conn, event, sub.id, now)
+        self._wake()
+        return event_id
 
     async def _check_target(self, url: str) -> None:
         if self._allow_private:

@@ -285,15 +285,16 @@ def _event(
 # writer (a worker whose lease ran out and was taken over records nothing).
 _SQLITE_OUTCOME = """
     WITH o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
-           dead_lettered_at, started_at, duration_ms, error, response_body) AS (VALUES {rows})
+           dead_lettered_at, started_at, duration_ms, error, response_body,
+           request_headers) AS (VALUES {rows})
 """
 SQLITE_RECORD_ATTEMPTS = (
     _SQLITE_OUTCOME
     + """
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                          response_body)
+                          response_body, request_headers)
     SELECT d.id, d.attempts + 1, o.started_at, o.duration_ms, o.status_code, o.error,
-           o.response_body
+           o.response_body, o.request_headers
     FROM o JOIN deliveries d ON d.seq = o.seq
     WHERE d.status = 'in_flight' AND d.lease_owner = o.owner
     ORDER BY o.seq
@@ -326,9 +327,10 @@ _FINISH_AND_RECORD_PG = text(
             CAST(:next_attempt_at AS TIMESTAMPTZ[]), CAST(:status_code AS INTEGER[]),
             CAST(:summary AS TEXT[]), CAST(:completed_at AS TIMESTAMPTZ[]),
             CAST(:dead_lettered_at AS TIMESTAMPTZ[]), CAST(:started_at AS TIMESTAMPTZ[]),
-            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[])
+            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[]),
+            CAST(:request_headers AS TEXT[])
         ) AS o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
-               dead_lettered_at, started_at, duration_ms, error, response_body)
+               dead_lettered_at, started_at, duration_ms, error, response_body, request_headers)
     ), finished AS (
         UPDATE deliveries d SET
             status = o.status, attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
@@ -342,8 +344,9 @@ _FINISH_AND_RECORD_PG = text(
         RETURNING d.seq, d.id, d.attempts
     )
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                          response_body)
-    SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body
+                          response_body, request_headers)
+    SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body,
+           o.request_headers
     FROM finished f JOIN outcome o ON o.seq = f.seq
     ORDER BY f.seq
     """
@@ -399,6 +402,7 @@ def _outcome_rows(
                 c.duration_ms,
                 c.error,
                 c.response_body,
+                c.request_headers,
             )
         )
     return rows
@@ -422,4 +426,5 @@ _OUTCOME_FIELDS = (
     "duration_ms",
     "error",
     "response_body",
+    "request_headers",
 )

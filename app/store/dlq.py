@@ -6,11 +6,12 @@ databases use the partial ``ix_deliveries_dead*`` indexes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, literal_column, select, update
+from sqlalchemy import ColumnElement, Select, func, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store import schema
@@ -48,6 +49,7 @@ class Attempt:
     status_code: int | None
     error: str | None
     response_body: str | None
+    request_headers: dict[str, str] | None  # None for attempts made before they were kept
 
 
 def _dead_letters(tenant_id: str) -> Select[Any]:
@@ -124,18 +126,36 @@ async def _attempts(db: Database, condition: Any) -> list[Attempt]:
             a.c.status_code,
             a.c.error,
             a.c.response_body,
+            a.c.request_headers,
         )
         .where(condition)
         .order_by(a.c.seq)
     )
     async with db.read() as conn:
-        return [Attempt(*r) for r in await conn.execute(query)]
+        rows = list(await conn.execute(query))
+    return [Attempt(*r[:-1], json.loads(r[-1]) if r[-1] else None) for r in rows]
 
 
 async def redrive(conn: AsyncConnection, tenant_id: str, delivery_id: str, now: datetime) -> bool:
     """Within the caller's transaction: one dead letter is pending again, with a
     fresh retry schedule. False when the tenant has no such dead letter."""
     return bool(await _redrive(conn, (d.c.id == delivery_id, d.c.tenant_id == tenant_id), now))
+
+
+async def count_dead(
+    db: Database, tenant_id: str, *, subscription_id: str | None, event_type: str | None
+) -> int:
+    """How many of the tenant's dead letters match (the partial
+    ``ix_deliveries_dead*`` indexes)."""
+    query = (
+        select(func.count()).select_from(d).where(d.c.status == DEAD, d.c.tenant_id == tenant_id)
+    )
+    if subscription_id is not None:
+        query = query.where(d.c.subscription_id == subscription_id)
+    if event_type is not None:
+        query = query.where(d.c.event_type == event_type)
+    async with db.read() as conn:
+        return int((await conn.execute(query)).scalar_one())
 
 
 async def redrive_batch(

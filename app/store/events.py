@@ -9,7 +9,7 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store import schema
+from app.store import lines, schema
 from app.store.database import Database
 
 DELIVERY_STATUSES = ("pending", "in_flight", "succeeded", "dead", "discarded")
@@ -119,14 +119,29 @@ async def list_events(
     order: Literal["asc", "desc"],
     after_seq: int | None,
     limit: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    delivery_status: str | None = None,
 ) -> tuple[list[StoredEvent], int | None]:
-    """A page of events and the ``seq`` to continue after (None on the last page)."""
+    """A page of events and the ``seq`` to continue after (None on the last page).
+
+    ``since``/``until`` bound ``received_at`` (``[since, until)``);
+    ``delivery_status`` keeps events with at least one delivery in that status."""
     e = schema.events
     query = select(*_EVENT_COLUMNS).where(e.c.tenant_id == tenant_id)
     if event_type is not None:
         query = query.where(e.c.type == event_type)
     if key is not None:
         query = query.where(e.c.key == key)
+    if since is not None:
+        query = query.where(e.c.received_at >= since)
+    if until is not None:
+        query = query.where(e.c.received_at < until)
+    if delivery_status is not None:
+        d = schema.deliveries
+        # Driven from the deliveries' status index: the matching event IDs,
+        # then each event by its unique ID.
+        query = query.where(e.c.id.in_(select(d.c.event_id).where(d.c.status == delivery_status)))
     if after_seq is not None:
         query = query.where(e.c.seq > after_seq if order == "asc" else e.c.seq < after_seq)
     query = query.order_by(e.c.seq.asc() if order == "asc" else e.c.seq.desc()).limit(limit + 1)
@@ -162,3 +177,25 @@ async def _stats(conn: AsyncConnection, tenant_id: str) -> Stats:
         for status, count in await conn.execute(query):
             by_status[status] = count
     return Stats(events, len(subscription_ids), by_status)
+
+
+async def add_event_for(
+    conn: AsyncConnection, event: dict[str, object], subscription_id: str, now: datetime
+) -> None:
+    """Store ``event`` with one delivery, to ``subscription_id`` only, whatever
+    the subscriptions' filters (the console's test event)."""
+    await conn.execute(schema.events.insert().values(**event))
+    await lines.add_deliveries(
+        conn,
+        [
+            lines.delivery_row(
+                str(event["tenant_id"]),
+                str(event["id"]),
+                str(event["type"]),
+                None,
+                subscription_id,
+                False,
+                now,
+            )
+        ],
+    )

@@ -296,6 +296,7 @@ attempts = Table(
     Column("status_code", Integer, nullable=True),
     Column("error", Text, nullable=True),
     Column("response_body", Text, nullable=True),
+    Column("request_headers", Text, nullable=True),  # JSON object; null before 0006
     Index("ix_attempts_delivery_id_attempt", "delivery_id", "attempt"),
 )
 
@@ -321,5 +322,31 @@ event_schemas = Table(
     ),
     Column("version", Integer, primary_key=True),
     Column("schema", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Console sign-ins. The cookie holds a random session ID; only its SHA-256 is
+# stored, so a copy of the database signs nobody in. A session lasts until
+# ``expires_at`` and only while its token is not revoked.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", String(32), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("tenant_id", String(64), nullable=True),
+    Column("portal", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_console_sessions_expires_at", "expires_at"),
+)
+
+# Keys the console signs with (the tenant portal's links), made on first use
+# and shared by every process through the database.
+console_keys = Table(
+    "console_keys",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("secret", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )

@@ -55,6 +55,37 @@ async def find_token(db: Database, token_hash: str) -> TokenRecord | None:
     return TokenRecord(row.id, Scope(row.scope), row.tenant_id) if row else None
 
 
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: str
+    scope: Scope
+    description: str | None
+    created_at: datetime
+    tenant_id: str | None  # None: a global token
+
+
+async def list_active(
+    db: Database, *, tenant_id: str | None, after_id: str | None, limit: int
+) -> tuple[list[TokenInfo], str | None]:
+    """Active tokens by ID (never their digests), and the ID to continue after;
+    with ``tenant_id`` only that tenant's."""
+    t = schema.tokens
+    query = select(t.c.id, t.c.scope, t.c.description, t.c.created_at, t.c.tenant_id).where(
+        t.c.revoked_at.is_(None)
+    )
+    if tenant_id is not None:
+        query = query.where(t.c.tenant_id == tenant_id)
+    if after_id is not None:
+        query = query.where(t.c.id > after_id)
+    async with db.read() as conn:
+        rows = list(await conn.execute(query.order_by(t.c.id).limit(limit + 1)))
+    page = [
+        TokenInfo(r.id, Scope(r.scope), r.description, r.created_at, r.tenant_id)
+        for r in rows[:limit]
+    ]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
 async def revoke_token(
     db: Database, token_id: str, now: datetime, tenant_id: str | None = None
 ) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import orjson
+
 from app import __version__
 from app.domain import webhook
 from app.domain.events import rfc3339
@@ -60,7 +62,7 @@ class AttemptStep:
             # Never sent unsigned or signed with a wrong key: a failed attempt
             # that says why, retried on the schedule like any other.
             log.error("cannot sign: %s", exc.detail, extra=_ids(delivery))
-            return self._conclude(sub, delivery, event, failed(0, exc.detail), started)
+            return self._conclude(sub, delivery, event, failed(0, exc.detail), started, None)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
@@ -73,7 +75,7 @@ class AttemptStep:
         message = Message(payload, headers, timeout_ms / 1000)
         result = await self._sender.connection(sub.url).send(message)
         self._metrics.attempt_duration.observe(result.duration_ms / 1000)
-        return self._conclude(sub, delivery, event, result, started)
+        return self._conclude(sub, delivery, event, result, started, headers)
 
     def count_successes(self) -> None:
         if self.succeeded:
@@ -87,6 +89,7 @@ class AttemptStep:
         event: StoredEvent,
         result: SendResult,
         started: datetime,
+        headers: dict[str, str] | None,
     ) -> Completion:
         now = datetime.now(UTC)
         schedule = sub.retry_schedule if sub.retry_schedule is not None else self._retry_schedule
@@ -118,6 +121,9 @@ class AttemptStep:
             next_attempt_at=next_at,
             finished_at=now,
             summary=_summary(result, decision),
+            # What was sent, for the attempt log (the console shows it); nothing
+            # was sent when the attempt could not be signed.
+            request_headers=orjson.dumps(headers).decode() if headers is not None else None,
         )
 
 

@@ -104,6 +104,7 @@ async def test_a_failing_receiver_fills_the_dlq_and_a_bulk_redrive_delivers_each
         assert item["last_status_code"] == 500
         assert item["subscription_id"] == sub["id"]
         detail = (await relay.http.get(f"/v1/dlq/{item['id']}")).json()
+        signatures = {r.headers["webhook-signature"] for r in receiver.for_event(item["event_id"])}
         assert detail["event"]["id"] == item["event_id"]
         assert [a["attempt"] for a in detail["attempts"]] == list(range(1, ATTEMPTS + 1))
         for attempt in detail["attempts"]:
@@ -111,6 +112,10 @@ async def test_a_failing_receiver_fills_the_dlq_and_a_bulk_redrive_delivers_each
             assert attempt["response_body"], attempt
             assert len(attempt["response_body"].encode()) <= 4096
             assert LONG_BODY.startswith(attempt["response_body"])
+            # The headers the attempt sent, as the receiver got them.
+            sent = attempt["request_headers"]
+            assert sent["webhook-id"] == item["event_id"]
+            assert sent["webhook-signature"] in signatures
         assert (await relay.delivery(item["event_id"]))["status"] == "dead"
         assert len(await relay.attempts(item["event_id"])) == ATTEMPTS
 

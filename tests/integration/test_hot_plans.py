@@ -25,6 +25,7 @@ import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -35,6 +36,7 @@ from app.store.database import open_database
 from app.store.gauges import snapshot
 from app.store.ingest import _PG_SELECT_KEYS
 from app.store.retention import prune, refresh_statistics
+from tests.conftest import ADMIN_TOKEN
 from tests.integration.conftest import DeliveryKit
 from tests.integration.plans import (
     Statement,
@@ -144,6 +146,27 @@ async def _drive_hot_paths(client: httpx.AsyncClient, kit: DeliveryKit) -> None:
     since = (now - timedelta(minutes=1)).isoformat()
     replay = await client.post(f"/v1/subscriptions/{subs[0]}/replay", json={"since": since})
     assert replay.status_code == 202, replay.text
+
+    # What the console reads and writes: its pages are views of the same
+    # services, plus sign-in, the overview's figures and the DLQ's count.
+    window = {"since": (now - timedelta(hours=1)).isoformat(), "until": now.isoformat()}
+    for params in (window, {"delivery_status": "dead"}, {**window, "type": "order.created"}):
+        page = await client.get("/v1/events", params=params)
+        assert page.status_code == 200, page.text
+    assert (await client.get("/v1/tokens")).status_code == 200
+    signed = await client.post("/console/sign-in", data={"token": ADMIN_TOKEN})
+    assert signed.status_code == 303, signed.text
+    for path in (
+        "/console/",
+        "/console/dlq",
+        f"/console/dlq?subscription_id={subs[0]}",
+        "/console/subscriptions",
+        f"/console/events?status=dead&since={quote(window['since'])}",
+        f"/console/events/{event_id}",
+        "/console/tokens",
+    ):
+        page = await client.get(path)
+        assert page.status_code == 200, (path, page.text[:500])
 
     # Retention, with cutoffs that keep what the paths above made.
     day_ago = now - timedelta(days=1, hours=1)

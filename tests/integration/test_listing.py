@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -137,3 +138,76 @@ async def test_default_limit_is_50(client: httpx.AsyncClient) -> None:
     assert len(body["items"]) == 50
     assert body["next_cursor"] is not None
     assert len((await page(client, cursor=body["next_cursor"]))["items"]) == 1
+
+
+async def test_a_time_window_bounds_received_at(client: httpx.AsyncClient) -> None:
+    before = datetime.now(UTC)
+    ids = await seed(client)
+    after = datetime.now(UTC)
+    window = {"since": before.isoformat(), "until": after.isoformat()}
+    assert await walk(client, **window, limit=2) == ids[::-1]
+    assert await walk(client, since=after.isoformat()) == []
+    assert await walk(client, until=before.isoformat()) == []
+    # A window that ends at an event's own received_at leaves it out ([since, until)).
+    newest = await client.get(f"/v1/events/{ids[-1]}")
+    received = newest.json()["received_at"]
+    assert ids[-1] not in await walk(client, until=received)
+    assert ids[-1] in await walk(client, since=received)
+    naive = await client.get("/v1/events", params={"since": "2026-01-01T00:00:00"})
+    assert locs(assert_problem(naive, 422)) == ["query:since"]
+
+
+async def test_delivery_status_keeps_events_with_a_delivery_in_that_status(
+    client: httpx.AsyncClient,
+) -> None:
+    ids = await seed(client)
+    assert await walk(client, delivery_status="pending") == []  # no subscription yet
+    created = await client.post(
+        "/v1/subscriptions",
+        json={"url": "http://127.0.0.1:9/hook", "event_types": ["order.paid"]},
+    )
+    assert created.status_code == 201, created.text
+    paid = [
+        (
+            await client.post(
+                "/v1/events",
+                json={"type": "order.paid", "data": {}},
+                headers={"Idempotency-Key": f"paid-{n}"},
+            )
+        ).json()["id"]
+        for n in range(3)
+    ]
+    assert await walk(client, delivery_status="pending", limit=2) == paid[::-1]
+    assert await walk(client, delivery_status="pending", order="asc") == paid
+    assert await walk(client, delivery_status="succeeded") == []
+    assert not set(ids) & set(await walk(client, delivery_status="pending"))
+    bad = await client.get("/v1/events", params={"delivery_status": "lost"})
+    assert_problem(bad, 422)
+
+
+async def test_tokens_are_listed_without_their_values(client: httpx.AsyncClient) -> None:
+    issued = []
+    for n in range(3):
+        response = await client.post(
+            "/v1/tokens", json={"scope": "ingest" if n else "admin", "description": f"t{n}"}
+        )
+        assert response.status_code == 201, response.text
+        issued.append(response.json())
+    revoked = issued.pop()
+    assert (await client.delete(f"/v1/tokens/{revoked['id']}")).status_code == 204
+
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        body = (await client.get("/v1/tokens", params=params)).json()
+        seen += body["items"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert [t["id"] for t in seen] == sorted(t["id"] for t in issued)
+    for listed, made in zip(seen, sorted(issued, key=lambda t: t["id"]), strict=True):
+        assert listed.keys() == {"id", "scope", "description", "created_at", "tenant_id"}
+        assert listed["tenant_id"] is None
+        assert listed["scope"] == made["scope"]
+    assert not any(made["token"] in str(seen) for made in issued)

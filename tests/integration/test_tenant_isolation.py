@@ -281,6 +281,13 @@ async def create_token(w: World) -> None:
     assert made["tenant_id"] == A
 
 
+async def list_tokens(w: World) -> None:
+    body = await _json(await w.a_admin.get("/v1/tokens", params={"limit": 500}))
+    assert body["items"]
+    assert {t["tenant_id"] for t in body["items"]} == {A}
+    _nothing_of_b(w, body)
+
+
 async def revoke_token(w: World) -> None:
     await _not_found(await w.a_admin.delete(f"/v1/tokens/{w.token_b}"))
 
@@ -335,6 +342,7 @@ CASES: dict[tuple[str, str], Callable[[World], Awaitable[None]]] = {
     ("POST", "/v1/dlq/{delivery_id}/redrive"): dlq_redrive,
     ("DELETE", "/v1/dlq/{delivery_id}"): dlq_discard,
     ("POST", "/v1/tokens"): create_token,
+    ("GET", "/v1/tokens"): list_tokens,
     ("DELETE", "/v1/tokens/{token_id}"): revoke_token,
     ("POST", "/v1/tenants"): _forbidden("POST", "/v1/tenants", {"name": "x"}),
     ("GET", "/v1/tenants"): _forbidden("GET", "/v1/tenants"),
@@ -343,6 +351,9 @@ CASES: dict[tuple[str, str], Callable[[World], Awaitable[None]]] = {
         "PATCH", "/v1/tenants/{tenant_id}", {"max_subscriptions": 0}
     ),
     ("DELETE", "/v1/tenants/{tenant_id}"): _forbidden("DELETE", "/v1/tenants/{tenant_id}"),
+    ("POST", "/v1/tenants/{tenant_id}/portal-links"): _forbidden(
+        "POST", "/v1/tenants/{tenant_id}/portal-links"
+    ),
     ("POST", "/v1/event-types"): _forbidden("POST", "/v1/event-types", {"name": "x.y"}),
     ("GET", "/v1/event-types"): _shared_read("/v1/event-types"),
     ("GET", "/v1/event-types/{name}"): _shared_read("/v1/event-types/{name}"),

@@ -1,0 +1,64 @@
+// eventrelay console: progressive enhancement only; every page works without it.
+"use strict";
+
+// "Redrive all that match": in chunks, with a progress bar, then the list again.
+function redriveAll(form) {
+  const total = Number(form.dataset.total) || 0;
+  const progress = document.getElementById("redrive-progress");
+  const status = document.getElementById("redrive-status");
+  const button = form.querySelector("button");
+  let done = 0;
+  progress.hidden = false;
+  button.disabled = true;
+
+  async function step() {
+    const body = new URLSearchParams(new FormData(form));
+    body.set("limit", "100");
+    const response = await fetch(form.action, {
+      method: "POST",
+      body: body,
+      headers: { "Accept": "application/json" },
+      credentials: "same-origin",
+    });
+    if (!response.ok) {
+      status.textContent = "Redrive stopped: the server answered " + response.status + ".";
+      button.disabled = false;
+      return;
+    }
+    const result = await response.json();
+    done += result.redriven;
+    progress.value = Math.min(done, total);
+    status.textContent = "Redriven " + done + " of " + total + ".";
+    if (result.redriven > 0 && done < total && result.remaining > 0) {
+      await step();
+    } else {
+      const next = new URLSearchParams(window.location.search);
+      next.delete("after");
+      next.delete("done");
+      next.set("redriven", String(done));
+      window.location.assign(window.location.pathname + "?" + next.toString());
+    }
+  }
+  step().catch(function (error) {
+    status.textContent = "Redrive stopped: " + error.message;
+    button.disabled = false;
+  });
+}
+
+document.addEventListener("DOMContentLoaded", function () {
+  const all = document.getElementById("redrive-all");
+  if (all) {
+    all.addEventListener("submit", function (event) {
+      event.preventDefault();
+      redriveAll(all);
+    });
+  }
+  const selectAll = document.getElementById("select-all");
+  if (selectAll) {
+    selectAll.addEventListener("change", function () {
+      document.querySelectorAll('input[name="ids"]').forEach(function (box) {
+        box.checked = selectAll.checked;
+      });
+    });
+  }
+});
