@@ -12,6 +12,7 @@ customers").
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -72,6 +73,8 @@ class TenantService:
         self._db = db
         self._deleted = deleted
         self._cache: dict[str, tuple[float, Tenant | None]] = {}
+        self._lookups: dict[str, asyncio.Future[Tenant | None]] = {}
+        self._generation = 0
         self._buckets: dict[str, TokenBucket] = {}
 
     # -- choosing the tenant ---------------------------------------------------
@@ -97,12 +100,30 @@ class TenantService:
         cached = self._cache.get(tenant_id)
         if cached is not None and cached[0] > now:
             return cached[1]
+        # One lookup per tenant at a time: when the entry expires under load,
+        # the requests in flight share one query instead of stampeding.
+        pending = self._lookups.get(tenant_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(tenant_id))
+            self._lookups[tenant_id] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(tenant_id, None))
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, tenant_id: str) -> Tenant | None:
+        generation = self._generation
         found = await store.get(self._db, tenant_id)
         tenant = found if found is not None and found.status == ACTIVE else None
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[tenant_id] = (now + CACHE_SECONDS, tenant)
+        if generation == self._generation:  # no change was made meanwhile
+            self._cache[tenant_id] = (time.monotonic() + CACHE_SECONDS, tenant)
         return tenant
+
+    def _forget(self, tenant_id: str) -> None:
+        """A change in this process: the next request reads the tenant again."""
+        self._generation += 1
+        self._cache.pop(tenant_id, None)
+        self._lookups.pop(tenant_id, None)
 
     # -- ingest limit ----------------------------------------------------------
 
@@ -146,7 +167,7 @@ class TenantService:
             "updated_at": now,
         }
         tenant = await store.create(self._db, values)
-        self._cache.pop(tenant.id, None)
+        self._forget(tenant.id)
         return tenant
 
     async def get(self, tenant_id: str) -> Tenant:
@@ -168,7 +189,7 @@ class TenantService:
         updated = await store.patch(self._db, tenant_id, changes)
         if updated is None:
             raise NotFound(f"no tenant {tenant_id}")
-        self._cache.pop(tenant_id, None)
+        self._forget(tenant_id)
         return updated
 
     async def delete(self, tenant_id: str) -> None:
@@ -177,7 +198,7 @@ class TenantService:
             raise Conflict("the default tenant cannot be deleted")
         if not await store.mark_deleting(self._db, tenant_id, datetime.now(UTC)):
             raise NotFound(f"no tenant {tenant_id}")
-        self._cache.pop(tenant_id, None)
+        self._forget(tenant_id)
         self._buckets.pop(tenant_id, None)
         self._deleted(tenant_id)
 

@@ -139,3 +139,78 @@ async def test_subscriptions_that_time_out_do_not_delay_another(
             f"the other subscription's event took {loaded:.2f} s with {HANGING} "
             f"subscriptions timing out, {idle:.3f} s idle"
         )
+
+
+TENANT_A_SUBSCRIPTIONS = 8  # tenant A's busy subscriptions; tenant B has one
+
+
+async def _tenant_latency(relay: Relay, receiver: Receiver, tenant: str, event_type: str) -> float:
+    started = time.monotonic()
+    response = await relay.http.post(
+        "/v1/events",
+        json={"type": event_type, "data": {"probe": uuid.uuid4().hex}},
+        headers={"Idempotency-Key": uuid.uuid4().hex, "Eventrelay-Tenant": tenant},
+    )
+    assert response.status_code == 202, response.text
+    event_id = response.json()["id"]
+    (receipt,) = await wait_until(
+        lambda: receiver.for_event(event_id),
+        STALL_SECONDS,
+        interval=0.005,
+        message=f"tenant {tenant}'s event {event_id} to arrive",
+    )
+    return float(receipt.at - started)
+
+
+async def test_a_tenant_with_many_busy_subscriptions_does_not_delay_another_tenant(
+    fair_server: ServerProcess, receivers: ReceiverPool
+) -> None:
+    """API-v2: delivery capacity is shared fairly between tenants. Tenant A's
+    subscriptions each have a backlog on a slow receiver; tenant B's one
+    subscription's new event arrives within its idle latency plus one cycle."""
+    async with Relay(fair_server) as relay:
+        for tenant in ("a", "b"):
+            created = await relay.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
+            assert created.status_code == 201, created.text
+        quiet = await receivers.start()
+        quiet_type = unique_type("quiet")
+        made = await relay.http.post(
+            "/v1/subscriptions",
+            json={"url": quiet.url(), "event_types": [quiet_type]},
+            headers={"Eventrelay-Tenant": "b"},
+        )
+        assert made.status_code == 201, made.text
+        idle = max([await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)])
+
+        busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
+        busy_type = unique_type("busy")
+        for _ in range(TENANT_A_SUBSCRIPTIONS):
+            made = await relay.http.post(
+                "/v1/subscriptions",
+                json={
+                    "url": busy.url(),
+                    "event_types": [busy_type],
+                    "ordering": "none",
+                    "max_in_flight": 1000,
+                },
+                headers={"Eventrelay-Tenant": "a"},
+            )
+            assert made.status_code == 201, made.text
+        saved = relay.http.headers.copy()
+        relay.http.headers["Eventrelay-Tenant"] = "a"
+        try:
+            await _publish_many(relay, busy_type, BUSY_BACKLOG // 2)
+        finally:
+            relay.http.headers = saved
+        await wait_until(
+            lambda: len(busy.in_progress()) >= CONCURRENCY // 2,
+            STALL_SECONDS,
+            message="tenant A to fill the worker's slots",
+        )
+
+        loaded = [await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)]
+
+        assert max(loaded) <= idle + ONE_CYCLE, (
+            f"tenant B's events took {loaded} s with tenant A loaded, {idle:.3f} s idle"
+        )
+        assert len(busy.in_progress()) > 0, "tenant A's backlog was still being sent"
