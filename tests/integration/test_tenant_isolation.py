@@ -292,6 +292,14 @@ async def revoke_token(w: World) -> None:
     await _not_found(await w.a_admin.delete(f"/v1/tokens/{w.token_b}"))
 
 
+async def filter_test(w: World) -> None:
+    # Stateless: the answer depends on the body alone, whichever tenant's IDs it names.
+    body = {"filter": {"key": w.sub_b}, "event": {"type": EVENT["type"], "key": w.sub_b}}
+    answer = await _json(await w.a_admin.post("/v1/filters/test", json=body))
+    assert answer == {"matches": True}
+    assert_problem(await w.a_ingest.post("/v1/filters/test", json=body), 403)
+
+
 def _forbidden(method: str, path: str, body: Any = None) -> Callable[[World], Awaitable[None]]:
     """A tenant's admin token may not call a global operation at all."""
 
@@ -341,6 +349,7 @@ CASES: dict[tuple[str, str], Callable[[World], Awaitable[None]]] = {
     ("GET", "/v1/dlq/{delivery_id}"): dlq_show,
     ("POST", "/v1/dlq/{delivery_id}/redrive"): dlq_redrive,
     ("DELETE", "/v1/dlq/{delivery_id}"): dlq_discard,
+    ("POST", "/v1/filters/test"): filter_test,
     ("POST", "/v1/tokens"): create_token,
     ("GET", "/v1/tokens"): list_tokens,
     ("DELETE", "/v1/tokens/{token_id}"): revoke_token,
