@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Text, bindparam, delete, select, text, upd
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.destinations import Destination, from_columns, masked_url
 from app.store import schema
 from app.store.database import Database
 from app.store.lines import lines_moved_on
@@ -45,6 +46,17 @@ class Subscription:
     created_at: datetime
     updated_at: datetime
     tenant_id: str = DEFAULT_TENANT
+    destination: Destination | None = None  # None: a webhook at ``url``
+    format: str = "eventrelay"
+
+    @property
+    def destination_type(self) -> str:
+        return "webhook" if self.destination is None else self.destination.type
+
+    @property
+    def target(self) -> str:
+        """The URL a sender connects to (a broker URL may hold credentials)."""
+        return self.url if self.destination is None else self.destination.url
 
 
 def _subscription(row: Row[Any]) -> Subscription:
@@ -72,6 +84,8 @@ def _subscription(row: Row[Any]) -> Subscription:
         circuit_open_until=r["circuit_open_until"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
+        destination=from_columns(r["url"], r["destination"], r["destination_url"]),
+        format=r["format"],
     )
 
 
@@ -80,10 +94,25 @@ _JSON_FIELDS = ("event_types", "headers", "retry_schedule")
 
 def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
     row = dict(values)
+    if "destination" in row:
+        row.update(_destination_columns(row.pop("destination")))
     for name in _JSON_FIELDS:
         if name in row and row[name] is not None:
             row[name] = orjson.dumps(row[name]).decode()
     return row
+
+
+def _destination_columns(destination: Destination) -> dict[str, Any]:
+    """The one place a destination is written. A webhook keeps its URL in ``url``
+    (as before destinations); a broker's connection URL, which may hold
+    credentials, goes to ``destination_url`` alone (``url`` shows it masked)."""
+    if destination.type == "webhook":
+        return {"url": destination.url, "destination": None, "destination_url": None}
+    return {
+        "url": masked_url(destination.url),
+        "destination": orjson.dumps({"type": destination.type, **destination.config()}).decode(),
+        "destination_url": destination.url,
+    }
 
 
 async def create(conn: AsyncConnection, values: Mapping[str, Any]) -> Subscription:
