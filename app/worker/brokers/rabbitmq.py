@@ -3,8 +3,8 @@
 Success is the broker's confirm (``basic.ack``). A message the broker returns
 as unroutable (``mandatory``) or refuses (``basic.nack``, e.g. a queue at its
 length limit with ``x-overflow: reject-publish``) fails the attempt with what
-the broker said; so does an exchange that does not exist (the broker closes
-the channel; the next attempt opens another). ``message_id`` is the event ID
+the broker said; so does an exchange that does not exist (checked on a
+channel of its own before the first publish to it on a channel). ``message_id`` is the event ID
 and the ``webhook-*`` headers travel as AMQP headers.
 """
 
@@ -84,7 +84,7 @@ class RabbitMQConnection:
         except DeliveryError as exc:
             return failed_since(started, self._link.hide(_refusal(exc, route.exchange, route.name)))
         except (AMQPChannelError, ChannelInvalidStateError) as exc:
-            self._channel = None  # the broker closed it; the next attempt opens another
+            # A closed channel is replaced at the next attempt (``_exchange``).
             return failed_since(started, self._link.hide(f"the broker closed the channel: {exc}"))
         except TimeoutError:
             return timed_out(started, message, "waiting for the broker's confirm")
@@ -108,6 +108,7 @@ class RabbitMQConnection:
         if exchange is None:
             exchange = channel.default_exchange
             if name:
+                await _check_exchange(connection, name)
                 exchange = await channel.get_exchange(name, ensure=False)
             self._exchanges[name] = exchange
         return exchange
@@ -119,6 +120,18 @@ class RabbitMQConnection:
     async def close(self) -> None:
         self._channel = None
         await self._link.close()
+
+
+async def _check_exchange(connection: AbstractConnection, name: str) -> None:
+    """The exchange exists (else the broker's 404 is raised). Checked on a channel
+    of its own: publishing to a missing exchange would close the shared channel
+    under every other publish in flight."""
+    probe = await connection.channel(publisher_confirms=False)
+    try:
+        await probe.declare_exchange(name, passive=True)
+    finally:
+        if not probe.is_closed:
+            await probe.close()
 
 
 def _refusal(exc: DeliveryError, exchange: str, routing_key: str) -> str:
