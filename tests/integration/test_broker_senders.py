@@ -213,7 +213,8 @@ async def test_nats_stream_full_with_discard_new_fails_with_the_servers_reason(
         route = Route(f"{stream.prefix}.x")
         assert_accepted(await connection.send(message(route, event_id="evt_1")))
         error = assert_failed(await connection.send(message(route, event_id="evt_2")))
-        assert "JetStream refused" in error and "maximum messages" in error.lower(), error
+        assert "JetStream refused" in error
+        assert "maximum messages" in error.lower(), error
 
 
 async def test_nats_gone_and_back_fails_attempts_then_recovers(sender: DestinationSender) -> None:
