@@ -67,7 +67,7 @@ class SubscriptionService:
     async def create(self, tenant_id: str, body: SubscriptionCreate) -> Subscription:
         destination = destination_of(body.url, body.destination)
         assert destination is not None  # the model requires one
-        await self._check_destination(destination)
+        await self._check_destination(destination, short_form=body.url is not None)
         now = datetime.now(UTC)
         values = body.model_dump(exclude={"url"})
         values.update(
@@ -104,9 +104,10 @@ class SubscriptionService:
                 raise ValidationFailed(
                     "the request body is invalid", [FieldError(f"/{required}", "may not be null")]
                 )
-        destination = destination_of(changes.pop("url", None), changes.pop("destination", None))
+        url = changes.pop("url", None)
+        destination = destination_of(url, changes.pop("destination", None))
         if destination is not None:
-            await self._check_destination(destination)
+            await self._check_destination(destination, short_form=url is not None)
             changes["destination"] = destination
         if "status" in changes:
             changes["disabled_reason"] = None if changes["status"] != "disabled" else "manual"
@@ -182,7 +183,7 @@ class SubscriptionService:
             self._wake()
         return created
 
-    async def _check_destination(self, destination: Destination) -> None:
+    async def _check_destination(self, destination: Destination, *, short_form: bool) -> None:
         """This process can deliver there (its client library is installed), and,
         unless private targets are allowed, the host is not a refused address.
         Nothing connects: the worker does, at the first attempt."""
@@ -202,7 +203,7 @@ class SubscriptionService:
             raise ValidationFailed(
                 f"the {'webhook URL' if webhook else 'broker host'} points at an address "
                 "eventrelay may not reach",
-                [FieldError("/url" if webhook else "/destination/url", reason)],
+                [FieldError("/url" if short_form else "/destination/url", reason)],
             )
 
 

@@ -18,11 +18,15 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
 
+import aio_pika
 import nats
 import pytest
+from cloudevents.core.bindings.http import HTTPMessage, from_binary_event, from_structured_event
 from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
+from standardwebhooks.webhooks import Webhook
 
 from tests.brokers import (
     AMQP_URL,
@@ -38,7 +42,7 @@ from tests.brokers import (
 )
 from tests.e2e.conftest import ServerProcess, start_module_server
 from tests.e2e.procs import Relay, unique_type
-from tests.e2e.receivers import wait_until
+from tests.e2e.receivers import ReceiverPool, wait_until
 
 KEYS = 6
 EVENTS_PER_KEY = 40
@@ -78,19 +82,16 @@ async def rabbitmq(proxy: TcpProxy) -> AsyncIterator[tuple[dict[str, Any], Consu
     limits = {"x-max-length": 8, "x-overflow": "reject-publish"}
     async with rabbit_queue(limits) as rabbit:
         consumer = Consumer()
-        queue = await rabbit.channel.get_queue(rabbit.queue, ensure=False)
+        channel = await rabbit.connection.channel()
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.get_queue(rabbit.queue, ensure=False)
 
-        async def consume() -> None:
-            while True:
-                message = await queue.get(fail=False)
-                if message is None:
-                    await asyncio.sleep(0.01)
-                    continue
-                await message.ack()
-                consumer.bodies.append(json.loads(message.body))
-                await asyncio.sleep(CONSUMER_PAUSE)
+        async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            consumer.bodies.append(json.loads(message.body))
+            await asyncio.sleep(CONSUMER_PAUSE)
+            await message.ack()
 
-        consumer.tasks.append(asyncio.create_task(consume()))
+        await queue.consume(take)
         destination = {
             "type": "rabbitmq",
             "url": with_address(AMQP_URL, "127.0.0.1", proxy.port),
@@ -288,3 +289,50 @@ async def _attempt_errors(server: ServerProcess, event_ids: list[str]) -> list[s
         for event_id in event_ids:
             errors += [a["error"] for a in await relay.attempts(event_id) if a["error"]]
     return errors
+
+
+async def test_cloudevents_format_binary_on_webhooks_and_structured_on_brokers(
+    shared_server: ServerProcess, receivers: ReceiverPool
+) -> None:
+    """Read back with the CloudEvents SDK; the signature verifies over the bytes sent."""
+    event_type = unique_type("ce")
+    receiver = await receivers.start()
+    async with Relay(shared_server) as relay, rabbit_queue() as rabbit:
+        hook = await relay.subscribe(receiver.url(), event_types=[event_type], format="cloudevents")
+        response = await relay.http.post(
+            "/v1/subscriptions",
+            json={
+                "destination": {
+                    "type": "rabbitmq",
+                    "url": rabbit.url,
+                    "exchange": rabbit.exchange,
+                    "routing_key": "{type}",
+                },
+                "event_types": [event_type],
+                "format": "cloudevents",
+            },
+        )
+        assert response.status_code == 201, response.text
+        accepted = await relay.publish(event_type, {"total": 42}, key="customer/42")
+        (message,) = await rabbit.drain(1)
+        (receipt,) = await wait_until(lambda: receiver.for_event(accepted["id"]), DELIVERED_SECONDS)
+
+    binary = from_binary_event(HTTPMessage(receipt.headers, receipt.body))
+    structured = from_structured_event(
+        HTTPMessage({"content-type": message.content_type or ""}, message.body)
+    )
+    for event in (binary, structured):
+        assert event.get_id() == accepted["id"]
+        assert event.get_source() == "eventrelay"
+        assert event.get_type() == event_type
+        assert event.get_extension("partitionkey") == "customer/42"
+        assert event.get_data() == {"total": 42}
+        assert event.get_time() == datetime.fromisoformat(accepted["received_at"])
+    assert message.content_type == "application/cloudevents+json"
+    assert message.message_id == accepted["id"]
+    Webhook(hook["secret"]).verify(receipt.body, receipt.headers)
+    signed = {
+        k: v.decode() if isinstance(v, bytes) else str(v)
+        for k, v in (message.headers or {}).items()
+    }
+    Webhook(hook["secret"]).verify(message.body, signed)

@@ -171,6 +171,7 @@ async def test_private_broker_hosts_are_refused_unless_allowed(settings: Setting
         },
         {"type": "nats", "url": "nats://10.0.0.7:4222", "subject": "s"},
         {"type": "redis", "url": "redis://localhost:6379", "stream": "s"},
+        {"type": "webhook", "url": "http://192.168.1.1/hooks"},
     ]
     async with running(settings, allow_private_targets=False) as client:
         for destination in refused:
