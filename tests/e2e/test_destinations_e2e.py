@@ -313,6 +313,7 @@ async def test_cloudevents_format_binary_on_webhooks_and_structured_on_brokers(
             },
         )
         assert response.status_code == 201, response.text
+        broker_secret = response.json()["secret"]
         accepted = await relay.publish(event_type, {"total": 42}, key="customer/42")
         (message,) = await rabbit.drain(1)
         (receipt,) = await wait_until(lambda: receiver.for_event(accepted["id"]), DELIVERED_SECONDS)
@@ -335,4 +336,4 @@ async def test_cloudevents_format_binary_on_webhooks_and_structured_on_brokers(
         k: v.decode() if isinstance(v, bytes) else str(v)
         for k, v in (message.headers or {}).items()
     }
-    Webhook(hook["secret"]).verify(message.body, signed)
+    Webhook(broker_secret).verify(message.body, signed)
