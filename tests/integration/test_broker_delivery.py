@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -16,8 +17,10 @@ import pytest
 from nats.js.api import StreamConfig
 
 from app.domain.circuit import CircuitPolicy
+from app.domain.subscriptions import SubscriptionPatch
 from app.metrics import Metrics
 from app.services.dlq import DeadLetterService
+from app.services.subscriptions import SubscriptionService
 from app.worker.config import WorkerConfig
 from app.worker.worker import DeliveryWorker
 from tests.brokers import AMQP_URL, NATS_URL, REDIS_URL, rabbit_queue, redis_client, require, unique
@@ -192,3 +195,37 @@ async def test_refused_then_dead_lettered_then_redriven_in_order_per_key(
         return value or 0.0
 
     assert (count("retry"), count("dead_letter"), count("success")) == (12, 12, 12)
+
+
+async def test_pause_resume_and_replay_into_a_broker(
+    kit: DeliveryKit, worker: DeliveryWorker
+) -> None:
+    async with redis_client() as (client, keys):
+        stream = unique("stream")
+        keys.append(stream)
+        destination = {"type": "redis", "url": REDIS_URL, "stream": stream}
+        sub = await kit.subscription(url=None, destination=destination, ordering="none")
+        service = SubscriptionService(kit.db, allow_private_targets=True, wake_workers=worker.wake)
+        await service.patch(sub.id, SubscriptionPatch(status="paused"))
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        events = await kit.events(*[("t", None) for _ in range(5)], together=True)
+        await worker.start()
+
+        async def held() -> bool:
+            return (await kit.statuses()) == {"pending": 5}
+
+        await wait_until(held, DEADLINE, message=lambda: "paused deliveries held")
+        assert await client.exists(stream) == 0, "nothing is sent while paused"
+
+        await service.patch(sub.id, SubscriptionPatch(status="active"))
+        worker.subscription_changed(sub.id)
+
+        async def entries(n: int) -> list[Any] | None:
+            found = await client.xrange(stream)
+            return found if len(found) >= n else None
+
+        await wait_until(lambda: entries(5), DEADLINE, message=lambda: "resumed deliveries")
+        assert await service.replay(sub.id, since, None) == 5
+        found = await wait_until(lambda: entries(10), DEADLINE, message=lambda: "replayed")
+    ids = [fields[b"id"].decode() for _, fields in found]
+    assert sorted(ids[:5]) == sorted(ids[5:]) == sorted(e.id for e in events)
