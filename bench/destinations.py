@@ -52,13 +52,13 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.domain.events import NewEvent  # noqa: E402
 from app.domain.ids import new_id  # noqa: E402
 from app.domain.signing import secret_key, signature_header  # noqa: E402
 from app.domain.subscriptions import SubscriptionCreate  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from app.services.subscriptions import SubscriptionService  # noqa: E402
 from app.store.database import Database, open_database  # noqa: E402
-from app.store.events import NewEvent  # noqa: E402
 from app.store.ingest import ingest  # noqa: E402
 from app.store.migrations import upgrade_head  # noqa: E402
 from app.worker.config import WorkerConfig  # noqa: E402
