@@ -203,21 +203,34 @@ BROKERS = {
 }
 
 
-async def publish_line(relay: Relay, event_type: str, key: str) -> list[str]:
+async def publish_line(relay: Relay, event_type: str, key: str, seqs: range) -> list[str]:
     ids = []
-    for seq in range(EVENTS_PER_KEY):
+    for seq in seqs:
         accepted = await relay.publish(event_type, {"key": key, "seq": seq}, key=key)
         assert accepted["deliveries"] == 1, accepted
         ids.append(accepted["id"])
     return ids
 
 
-async def cut_for_a_while(proxy: TcpProxy, consumer: Consumer) -> None:
-    """Once a fifth of the events have arrived, the broker is unreachable for 1.5 s."""
-    await wait_until(lambda: len(consumer.bodies) >= KEYS * EVENTS_PER_KEY // 5, DELIVERED_SECONDS)
-    await proxy.cut()
-    await asyncio.sleep(1.5)  # the outage itself
-    await proxy.restore()
+async def publish_all(relay: Relay, event_type: str, seqs: range) -> list[list[str]]:
+    lines = (publish_line(relay, event_type, f"k{n}", seqs) for n in range(KEYS))
+    return list(await asyncio.gather(*lines))
+
+
+OUTAGE_ERRORS = ("connection lost", "cannot connect", "timed out")
+
+
+async def failed_on_the_outage(relay: Relay, lines: list[list[str]], consumer: Consumer) -> bool:
+    """The head of some line has an attempt that failed because the broker was away."""
+    arrived = consumer.ids()
+    for ids in lines:
+        head = next((i for i in ids if i not in arrived), None)
+        if head is None:
+            continue
+        errors = [a["error"] or "" for a in await relay.attempts(head)]
+        if any(o in e for e in errors for o in OUTAGE_ERRORS):
+            return True
+    return False
 
 
 @pytest.mark.parametrize("kind", sorted(BROKERS))
@@ -246,10 +259,20 @@ async def test_in_order_per_key_through_refusals_an_outage_and_the_dlq(
         )
         assert response.status_code == 201, response.text
         sub = response.json()
-        outage = asyncio.create_task(cut_for_a_while(proxy, consumer))
-        lines = await asyncio.gather(
-            *(publish_line(relay, event_type, f"k{n}") for n in range(KEYS))
+        half = EVENTS_PER_KEY // 2
+        before = await publish_all(relay, event_type, range(half))
+        await wait_until(lambda: len(consumer.bodies) >= KEYS, DELIVERED_SECONDS)
+        # Mid-stream the broker becomes unreachable until an attempt has failed on it.
+        await proxy.cut()
+        after = await publish_all(relay, event_type, range(half, EVENTS_PER_KEY))
+        lines = [b + a for b, a in zip(before, after, strict=True)]
+        await wait_until(
+            lambda: failed_on_the_outage(relay, lines, consumer),
+            DELIVERED_SECONDS,
+            interval=0.2,
+            message="an attempt while the broker is away",
         )
+        await proxy.restore()
         expected = {f"k{n}": ids for n, ids in enumerate(lines)}
         every = {i for ids in lines for i in ids}
         redriven = 0
@@ -271,15 +294,13 @@ async def test_in_order_per_key_through_refusals_an_outage_and_the_dlq(
                 f"(consumer errors: {consumer.errors[-3:]})"
             ),
         )
-        await outage
 
     for key, ids in expected.items():
         seen = [b["id"] for b in consumer.bodies if b["key"] == key]
         assert list(dict.fromkeys(seen)) == ids, f"key {key} out of order"
     errors = await _attempt_errors(shared_server, sorted(every))
     assert any(refusal in e for e in errors), f"the broker refused nothing: {errors[:5]}"
-    outage_errors = ("connection lost", "cannot connect", "timed out")
-    assert any(o in e for e in errors for o in outage_errors), "the outage failed no attempt"
+    assert any(o in e for e in errors for o in OUTAGE_ERRORS), "the outage failed no attempt"
     assert proxy.connections >= 2, "the server connected again after the outage"
 
 
