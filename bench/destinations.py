@@ -339,7 +339,7 @@ async def one(backend: str, kind: str, ordering: str, args: argparse.Namespace) 
             fields["url"] = target.destination["url"]
         else:
             fields["destination"] = target.destination
-        await service.create(SubscriptionCreate(**fields))
+        await service.create("default", SubscriptionCreate(**fields))
         await fill(db, args.deliveries, args.pad, ordering)
         bodies = [body(i, args.pad) for i in range(args.deliveries)]
         base = await target.baseline(bodies, args.concurrency)

@@ -24,7 +24,6 @@ from app.errors import FieldError, ValidationFailed
 TYPES = ("webhook", "rabbitmq", "nats", "redis")
 PLACEHOLDERS = frozenset({"type", "key", "tenant_id"})
 MASK = "***"
-DEFAULT_TENANT = "default"
 SCHEMES: dict[str, tuple[str, ...]] = {
     "webhook": ("http", "https"),
     "rabbitmq": ("amqp", "amqps"),

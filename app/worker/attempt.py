@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from app import __version__
 from app.domain import formats, webhook
-from app.domain.destinations import DEFAULT_TENANT, Destination, render
+from app.domain.destinations import Destination, render
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import secret_key
@@ -75,7 +75,7 @@ class AttemptStep:
             event_id=event.id,
             event_type=event.type,
             key=event.key,
-            route=None if sub.destination is None else route(sub.destination, event),
+            route=None if sub.destination is None else route(sub.destination, event, sub.tenant_id),
         )
         result = await self._sender.connection(sub.target).send(message)
         self._metrics.attempt_duration.observe(result.duration_ms / 1000)
@@ -135,12 +135,11 @@ class AttemptStep:
         )
 
 
-def route(destination: Destination, event: StoredEvent) -> Route | None:
-    """Where on a broker ``event`` goes (None for a webhook)."""
+def route(destination: Destination, event: StoredEvent, tenant_id: str) -> Route | None:
+    """Where on a broker ``event`` of ``tenant_id`` goes (None for a webhook)."""
 
-    # Until tenants exist every event belongs to the default tenant.
     def name(template: str) -> str:
-        return render(template, event_type=event.type, key=event.key, tenant_id=DEFAULT_TENANT)
+        return render(template, event_type=event.type, key=event.key, tenant_id=tenant_id)
 
     if destination.type == "rabbitmq":
         return Route(name(destination.routing_key), exchange=destination.exchange)

@@ -174,7 +174,12 @@ async def test_refused_then_dead_lettered_then_redriven_in_order_per_key(
 
     await target.fix()
     dlq = DeadLetterService(kit.db, wake_workers=worker.wake)
-    assert await dlq.redrive_matching(subscription_id=sub.id, event_type=None, limit=None) == 12
+    assert (
+        await dlq.redrive_matching(
+            sub.tenant_id, subscription_id=sub.id, event_type=None, limit=None
+        )
+        == 12
+    )
 
     async def all_succeeded() -> bool:
         return (await kit.statuses()) == {"succeeded": 12}
@@ -206,7 +211,7 @@ async def test_pause_resume_and_replay_into_a_broker(
         destination = {"type": "redis", "url": REDIS_URL, "stream": stream}
         sub = await kit.subscription(url=None, destination=destination, ordering="none")
         service = SubscriptionService(kit.db, allow_private_targets=True, wake_workers=worker.wake)
-        await service.patch(sub.id, SubscriptionPatch(status="paused"))
+        await service.patch(sub.tenant_id, sub.id, SubscriptionPatch(status="paused"))
         since = datetime.now(UTC) - timedelta(seconds=1)
         events = await kit.events(*[("t", None) for _ in range(5)], together=True)
         await worker.start()
@@ -217,7 +222,7 @@ async def test_pause_resume_and_replay_into_a_broker(
         await wait_until(held, DEADLINE, message=lambda: "paused deliveries held")
         assert await client.exists(stream) == 0, "nothing is sent while paused"
 
-        await service.patch(sub.id, SubscriptionPatch(status="active"))
+        await service.patch(sub.tenant_id, sub.id, SubscriptionPatch(status="active"))
         worker.subscription_changed(sub.id)
 
         async def entries(n: int) -> list[Any] | None:
@@ -225,7 +230,7 @@ async def test_pause_resume_and_replay_into_a_broker(
             return found if len(found) >= n else None
 
         await wait_until(lambda: entries(5), DEADLINE, message=lambda: "resumed deliveries")
-        assert await service.replay(sub.id, since, None) == 5
+        assert await service.replay(sub.tenant_id, sub.id, since, None) == 5
         found = await wait_until(lambda: entries(10), DEADLINE, message=lambda: "replayed")
     ids = [fields[b"id"].decode() for _, fields in found]
     assert sorted(ids[:5]) == sorted(ids[5:]) == sorted(e.id for e in events)
