@@ -39,11 +39,12 @@ RUN groupadd --system --gid 10001 eventrelay \
 WORKDIR /srv/eventrelay
 
 # Dependencies first, from pyproject.toml alone, so a code change does not
-# reinstall them: a stub package is enough for pip to resolve and install
+# reinstall them (with the broker clients of the `brokers` extra): a stub
+# package is enough for pip to resolve and install
 # them; the stub itself is uninstalled at once.
 COPY pyproject.toml README.md ./
 RUN mkdir app && touch app/__init__.py \
-    && pip install . \
+    && pip install ".[brokers]" \
     && pip uninstall --yes eventrelay \
     && rm -rf app pyproject.toml README.md
 

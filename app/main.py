@@ -40,7 +40,7 @@ from app.settings import Settings
 from app.store.database import Database, open_database
 from app.store.migrations import current_revision, head_revision
 from app.store.sealed import RESEAL_BATCH, SEALED_TABLES, ResealReport, keys_missing, reseal
-from app.worker.sender import http_senders
+from app.worker.destinations import destination_senders
 from app.worker.worker import DeliveryWorker, worker_config
 
 log = logging.getLogger("eventrelay")
@@ -117,7 +117,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         )
         config = worker_config(settings)
         embedded = (
-            DeliveryWorker(worker_db, config, metrics, senders=http_senders(config))
+            DeliveryWorker(worker_db, config, metrics, senders=destination_senders(config))
             if worker
             else None
         )
@@ -172,7 +172,7 @@ async def run_worker(
         await _warn_about_missing_keys(db)
         metrics = Metrics()
         config = worker_config(settings)
-        worker = DeliveryWorker(db, config, metrics, senders=http_senders(config))
+        worker = DeliveryWorker(db, config, metrics, senders=destination_senders(config))
         gauges = None
         if settings.worker_metrics_port is not None:
             gauges = DatabaseGauges(db, circuit=config.circuit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+DESTINATION_TYPES = ("webhook", "rabbitmq", "nats", "redis")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600)
@@ -37,6 +38,28 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        # By destination type (webhook, rabbitmq, nats, redis) beside the totals above.
+        self.destination_attempts = Counter(
+            "eventrelay_destination_attempts",
+            "Delivery attempts by destination type and what they led to.",
+            ["destination", "outcome"],
+            registry=self.registry,
+        )
+        self.destination_outcome = {
+            (kind, outcome): self.destination_attempts.labels(kind, outcome)
+            for kind in DESTINATION_TYPES
+            for outcome in outcomes
+        }
+        self.destination_duration_seconds = Histogram(
+            "eventrelay_destination_attempt_duration_seconds",
+            "Duration of one delivery attempt, by destination type.",
+            ["destination"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.destination_duration = {
+            kind: self.destination_duration_seconds.labels(kind) for kind in DESTINATION_TYPES
+        }
         self.latency = Histogram(
             "eventrelay_delivery_latency_seconds",
             "From ingest to successful delivery.",

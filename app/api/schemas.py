@@ -159,7 +159,11 @@ class Readiness(BaseModel):
 
 class SubscriptionOut(BaseModel):
     id: str
-    url: str
+    url: str | None = Field(description="the webhook URL; null for a broker destination")
+    destination: dict[str, Any] = Field(
+        description="where events go; a broker URL's password is shown as ***"
+    )
+    format: Literal["eventrelay", "cloudevents"]
     description: str | None
     event_types: list[str]
     headers: dict[str, str]

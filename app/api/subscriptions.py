@@ -26,9 +26,14 @@ _SECRET_PROBLEMS = _PROBLEMS | {503: {"model": schemas.Problem}}
 
 
 def _out(sub: Subscription, settings: Settings) -> dict[str, object]:
+    destination = sub.destination
     return {
         "id": sub.id,
-        "url": sub.url,
+        "url": sub.url if destination is None else None,
+        "destination": {"type": "webhook", "url": sub.url}
+        if destination is None
+        else destination.shown(),
+        "format": sub.format,
         "description": sub.description,
         "event_types": sub.event_types,
         "headers": sub.headers,

@@ -23,11 +23,13 @@ RETRY_AFTER_CAP_SECONDS = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one attempt got back: a status code, or an error before any status."""
+    """What one attempt got back: a status code, or an error before any status;
+    ``accepted`` when a destination without status codes (a broker) took it."""
 
     status_code: int | None = None
     error: str | None = None
     retry_after: str | None = None
+    accepted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,7 @@ def decide(
 ) -> Decision:
     """The decision after attempt number ``attempt`` (1-based) ended with ``outcome``."""
     status = outcome.status_code
-    if status is not None and 200 <= status < 300:
+    if outcome.accepted or (status is not None and 200 <= status < 300):
         return Succeeded()
     if status == 410:
         return GiveUp("the endpoint answered 410 Gone", gone=True)

@@ -7,10 +7,23 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
+from app.domain import destinations
+from app.domain.destinations import Destination, Format, WebhookDestination
 from app.domain.jsonbody import unstorable_strings
 from app.domain.signing import secret_key
+from app.errors import FieldError, ValidationFailed
 
 PATTERN = re.compile(r"\*|[A-Za-z0-9._:/-]{1,200}(\.\*)?")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
@@ -99,8 +112,37 @@ class _Common(BaseModel):
         return value
 
 
+DestinationDoc = Annotated[
+    dict[str, Any],
+    Field(
+        description=(
+            'Where events go: {"type": "webhook", "url"}, {"type": "rabbitmq", "url", '
+            '"exchange", "routing_key"}, {"type": "nats", "url", "subject"} or '
+            '{"type": "redis", "url", "stream", "maxlen"?}; names are templates over '
+            "{type}, {key} and {tenant_id}. Instead of `url`."
+        ),
+        examples=[{"type": "nats", "url": "nats://nats.internal:4222", "subject": "events.{type}"}],
+    ),
+]
+
+
 class SubscriptionCreate(_Common):
-    url: Url
+    url: Url | None = None
+    destination: DestinationDoc | None = None
+    format: Format = "eventrelay"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _needs_a_target(
+        cls, data: Any, handler: ModelWrapValidatorHandler[SubscriptionCreate]
+    ) -> SubscriptionCreate:
+        # Without a destination, ``url`` is required as API.md has it (same error).
+        created = handler(data)
+        if created.url is None and created.destination is None:
+            missing = InitErrorDetails(type="missing", loc=("url",), input=data)
+            raise ValidationError.from_exception_data(cls.__name__, [missing])
+        return created
+
     event_types: Patterns = Field(default_factory=lambda: ["*"])
     description: Description | None = None
     secret: Secret | None = None
@@ -116,6 +158,8 @@ class SubscriptionCreate(_Common):
 
 class SubscriptionPatch(_Common):
     url: Url | None = None
+    destination: DestinationDoc | None = None
+    format: Format | None = None
     event_types: Patterns | None = None
     description: Description | None = None
     headers: Headers | None = None
@@ -136,3 +180,16 @@ def frees_blocked_lines(changes: Mapping[str, Any]) -> bool:
     dead-letter rule loosens to ``skip`` (a dead letter no longer blocks), or the
     ordering changes (lines are drawn anew)."""
     return changes.get("on_dead_letter") == "skip" or changes.get("ordering") is not None
+
+
+def destination_of(url: str | None, raw: dict[str, Any] | None) -> Destination | None:
+    """The destination a request names: ``url`` (a webhook, the short form) or
+    ``destination``; None when it names neither; 422 when it names both."""
+    if url is not None and raw is not None:
+        raise ValidationFailed(
+            "give url or destination, not both",
+            [FieldError("/destination", "not allowed together with url")],
+        )
+    if raw is not None:
+        return destinations.parse(raw)
+    return None if url is None else WebhookDestination(url=url)

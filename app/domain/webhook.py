@@ -42,12 +42,13 @@ def headers(
     keys: Sequence[bytes],
     user_agent: str,
     custom: Mapping[str, str],
+    content_type: str = "application/json",
 ) -> dict[str, str]:
     # Ours win whatever the spelling of a custom header (HTTP names are case-insensitive).
     result = {k: v for k, v in custom.items() if k.lower() not in _OURS}
     result.update(
         {
-            "content-type": "application/json",
+            "content-type": content_type,
             "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature_header(keys, event_id, timestamp, payload),

@@ -7,6 +7,7 @@ the store functions it is made of.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ipaddress
 import json
 import socket
@@ -18,13 +19,19 @@ from urllib.parse import urlsplit
 import orjson
 
 from app.domain.content_filters import ContentFilter, parse_filter, stored_filter
+from app.domain.destinations import CLIENT_LIBRARIES, Destination
 from app.domain.filter_schemas import impossible_paths
 from app.domain.filters import is_exact
 from app.domain.ids import new_id
 from app.domain.jsonbody import unstorable_strings
 from app.domain.signing import generate_secret
 from app.domain.ssrf import forbidden_reason
-from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch, frees_blocked_lines
+from app.domain.subscriptions import (
+    SubscriptionCreate,
+    SubscriptionPatch,
+    destination_of,
+    frees_blocked_lines,
+)
 from app.errors import FieldError, NotFound, ValidationFailed
 from app.services.schemas import SchemaService
 from app.store import events as events_store
@@ -39,6 +46,8 @@ __all__ = ["Subscription", "SubscriptionService"]
 PREVIOUS_SECRET_GRACE = timedelta(hours=24)
 NOT_NULLABLE = (
     "url",
+    "destination",
+    "format",
     "event_types",
     "headers",
     "ordering",
@@ -68,11 +77,14 @@ class SubscriptionService:
         self._changed = changed
 
     async def create(self, tenant_id: str, body: SubscriptionCreate) -> Subscription:
-        await self._check_target(body.url)
+        destination = destination_of(body.url, body.destination)
+        assert destination is not None  # the model requires one
+        await self._check_destination(destination, short_form=body.url is not None)
         await self._check_filter(body.filter, body.event_types)
         now = datetime.now(UTC)
-        values = body.model_dump()
+        values = body.model_dump(exclude={"url"})
         values.update(
+            destination=destination,
             id=new_id("sub"),
             tenant_id=tenant_id,
             secret=body.secret or generate_secret(),
@@ -100,21 +112,16 @@ class SubscriptionService:
         self, tenant_id: str, subscription_id: str, body: SubscriptionPatch
     ) -> Subscription:
         changes: dict[str, Any] = body.model_dump(exclude_unset=True)
-        for required in (
-            "url",
-            "event_types",
-            "headers",
-            "ordering",
-            "on_dead_letter",
-            "max_in_flight",
-            "status",
-        ):
+        for required in NOT_NULLABLE:
             if required in changes and changes[required] is None:
                 raise ValidationFailed(
                     "the request body is invalid", [FieldError(f"/{required}", "may not be null")]
                 )
-        if "url" in changes:
-            await self._check_target(changes["url"])
+        url = changes.pop("url", None)
+        destination = destination_of(url, changes.pop("destination", None))
+        if destination is not None:
+            await self._check_destination(destination, short_form=url is not None)
+            changes["destination"] = destination
         if "filter" in changes or "event_types" in changes:
             await self._check_patched_filter(tenant_id, subscription_id, changes)
         if "status" in changes:
@@ -263,20 +270,39 @@ class SubscriptionService:
         self._wake()
         return event_id
 
-    async def _check_target(self, url: str) -> None:
+    async def _check_destination(self, destination: Destination, *, short_form: bool) -> None:
+        """This process can deliver there (its client library is installed), and,
+        unless private targets are allowed, the host is not a refused address.
+        Nothing connects: the worker does, at the first attempt."""
+        library = CLIENT_LIBRARIES.get(destination.type)
+        if library is not None and not _installed(library[0]):
+            raise ValidationFailed(
+                f"this installation cannot deliver to {destination.type}: the Python package "
+                f"{library[1]} is not installed (pip install 'eventrelay[brokers]')",
+                [FieldError("/destination/type", f"{destination.type} is not available here")],
+            )
         if self._allow_private:
             return
-        host = urlsplit(url).hostname or ""
+        host = urlsplit(destination.url).hostname or ""
         reason = await _refusal(host)
         if reason is not None:
+            webhook = destination.type == "webhook"
             raise ValidationFailed(
-                "the webhook URL points at an address eventrelay may not reach",
-                [FieldError("/url", reason)],
+                f"the {'webhook URL' if webhook else 'broker host'} points at an address "
+                "eventrelay may not reach",
+                [FieldError("/url" if short_form else "/destination/url", reason)],
             )
 
 
 def _compiled(spec: dict[str, Any] | None) -> ContentFilter | None:
     return None if spec is None else stored_filter(orjson.dumps(spec).decode())
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module whose import was blocked
+        return False
 
 
 async def _refusal(host: str) -> str | None:

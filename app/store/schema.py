@@ -172,6 +172,12 @@ subscriptions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("filter", Text, nullable=True),  # JSON object: a content filter; null = none
+    # A broker destination (NULL: a webhook at ``url``): its settings as JSON,
+    # and apart from them the connection URL, which may hold credentials
+    # (``url`` then holds it with the password masked).
+    Column("destination", Text, nullable=True),
+    Column("destination_url", Text, nullable=True),
+    Column("format", String(16), nullable=False, server_default=text("'eventrelay'")),
     Index("ix_subscriptions_tenant_id_id", "tenant_id", "id"),
 )
 

@@ -77,7 +77,7 @@ class SealedColumns:
         return keyring.open(stored, self.aad(column, row_id), self.what(column, row_id))
 
 
-SUBSCRIPTIONS = SealedColumns("subscriptions", ("secret", "previous_secret"))
+SUBSCRIPTIONS = SealedColumns("subscriptions", ("secret", "previous_secret", "destination_url"))
 
 # Every sealed column of the database: what `rotate-encryption-key` goes through.
 SEALED_TABLES: tuple[SealedColumns, ...] = (SUBSCRIPTIONS,)

@@ -1,7 +1,8 @@
 """Subscriptions: CRUD, secrets, and the circuit and status changes the worker makes.
 
-The signing secrets are stored sealed (:data:`app.store.sealed.SUBSCRIPTIONS`):
-sealed here on every write, handed out as :class:`~app.store.sealed.Sealed`.
+The signing secrets and a broker destination's connection URL are stored sealed
+(:data:`app.store.sealed.SUBSCRIPTIONS`): sealed here on every write; secrets are
+handed out as :class:`~app.store.sealed.Sealed`, the URL opened on read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from sqlalchemy import ColumnElement, Text, bindparam, delete, select, text, upd
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.destinations import Destination, from_columns, masked_url
 from app.domain.sealing import Keyring
+from app.errors import SecretUnavailable
 from app.store import schema
 from app.store.database import Database
 from app.store.lines import lines_moved_on
@@ -52,6 +55,17 @@ class Subscription:
     updated_at: datetime
     tenant_id: str = DEFAULT_TENANT
     filter: dict[str, Any] | None = None
+    destination: Destination | None = None  # None: a webhook at ``url``
+    format: str = "eventrelay"
+
+    @property
+    def destination_type(self) -> str:
+        return "webhook" if self.destination is None else self.destination.type
+
+    @property
+    def target(self) -> str:
+        """The URL a sender connects to (a broker URL may hold credentials)."""
+        return self.url if self.destination is None else self.destination.url
 
 
 def _subscription(row: Row[Any], keyring: Keyring) -> Subscription:
@@ -83,18 +97,50 @@ def _subscription(row: Row[Any], keyring: Keyring) -> Subscription:
         created_at=r["created_at"],
         updated_at=r["updated_at"],
         filter=orjson.loads(r["filter"]) if r["filter"] else None,
+        destination=from_columns(r["url"], r["destination"], _opened_url(keyring, r)),
+        format=r["format"],
     )
+
+
+def _opened_url(keyring: Keyring, r: Any) -> str | None:
+    """A broker destination's connection URL in the clear. Without the key that
+    sealed it, the masked URL stands in: answers show it masked anyway, and the
+    worker's attempts fail on it (and ``serve`` says at start which keys are
+    missing)."""
+    sealed = SUBSCRIPTIONS.read(keyring, r["id"], "destination_url", r["destination_url"])
+    if sealed is None:
+        return None
+    try:
+        return sealed.open()
+    except SecretUnavailable:
+        return None
 
 
 _JSON_FIELDS = ("event_types", "headers", "retry_schedule", "filter")
 
 
 def _to_row(values: Mapping[str, Any], keyring: Keyring, subscription_id: str) -> dict[str, Any]:
-    row = SUBSCRIPTIONS.seal(keyring, subscription_id, values)
+    row = dict(values)
+    if "destination" in row:
+        row.update(_destination_columns(row.pop("destination")))
+    row = SUBSCRIPTIONS.seal(keyring, subscription_id, row)
     for name in _JSON_FIELDS:
         if name in row and row[name] is not None:
             row[name] = orjson.dumps(row[name]).decode()
     return row
+
+
+def _destination_columns(destination: Destination) -> dict[str, Any]:
+    """The one place a destination is written. A webhook keeps its URL in ``url``
+    (as before destinations); a broker's connection URL, which may hold
+    credentials, goes to ``destination_url`` alone (``url`` shows it masked)."""
+    if destination.type == "webhook":
+        return {"url": destination.url, "destination": None, "destination_url": None}
+    return {
+        "url": masked_url(destination.url),
+        "destination": orjson.dumps({"type": destination.type, **destination.config()}).decode(),
+        "destination_url": destination.url,
+    }
 
 
 async def create(

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import orjson
 
 from app import __version__
-from app.domain import webhook
+from app.domain import formats, webhook
+from app.domain.destinations import Destination, render
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import secret_key
@@ -26,7 +27,7 @@ from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed, Completion
 from app.worker.lines import Line
-from app.worker.protocol import Message, Sender, SendResult, failed
+from app.worker.protocol import Message, Route, Sender, SendResult, failed
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class AttemptStep:
         self._retry_schedule = retry_schedule
         self._timeout_ms = timeout_ms
         self.succeeded = 0  # successes not yet counted in the metrics (once per cycle)
+        self._succeeded_by: dict[str, int] = {}  # the same, by destination type
 
     async def run(
         self, line: Line, delivery: Claimed, event: StoredEvent, payload: bytes
@@ -63,6 +65,7 @@ class AttemptStep:
             # that says why, retried on the schedule like any other.
             log.error("cannot sign: %s", exc.detail, extra=_ids(delivery))
             return self._conclude(sub, delivery, event, failed(0, exc.detail), started, None)
+        shape = formats.shape(sub.format, sub.destination_type)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
@@ -70,17 +73,32 @@ class AttemptStep:
             keys=keys,
             user_agent=USER_AGENT,
             custom=sub.headers,
+            content_type=formats.content_type(shape),
         )
+        if shape == "binary":
+            headers.update(_binary_headers(event))
         timeout_ms = sub.timeout_ms or self._timeout_ms
-        message = Message(payload, headers, timeout_ms / 1000)
-        result = await self._sender.connection(sub.url).send(message)
+        message = Message(
+            payload,
+            headers,
+            timeout_ms / 1000,
+            event_id=event.id,
+            event_type=event.type,
+            key=event.key,
+            route=None if sub.destination is None else route(sub.destination, event, sub.tenant_id),
+        )
+        result = await self._sender.connection(sub.target).send(message)
         self._metrics.attempt_duration.observe(result.duration_ms / 1000)
+        self._metrics.destination_duration[sub.destination_type].observe(result.duration_ms / 1000)
         return self._conclude(sub, delivery, event, result, started, headers)
 
     def count_successes(self) -> None:
         if self.succeeded:
             self._metrics.attempt_outcome["success"].inc(self.succeeded)
             self.succeeded = 0
+            for kind, count in self._succeeded_by.items():
+                self._metrics.destination_outcome[kind, "success"].inc(count)
+            self._succeeded_by.clear()
 
     def _conclude(
         self,
@@ -94,20 +112,24 @@ class AttemptStep:
         now = datetime.now(UTC)
         schedule = sub.retry_schedule if sub.retry_schedule is not None else self._retry_schedule
         decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
+        kind = sub.destination_type
         if isinstance(decision, Succeeded):
             status, next_at = "succeeded", None
             self.succeeded += 1
+            self._succeeded_by[kind] = self._succeeded_by.get(kind, 0) + 1
             self._metrics.latency.observe((now - event.received_at).total_seconds())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("delivered", extra=_context(delivery, result))
         elif isinstance(decision, Retry):
             status, next_at = "pending", decision.at
             self._metrics.attempt_outcome["retry"].inc()
+            self._metrics.destination_outcome[kind, "retry"].inc()
             context = _context(delivery, result) | {"error": result.outcome.error}
             log.info("attempt failed; will retry", extra=context)
         else:
             status, next_at = "dead", None
             self._metrics.attempt_outcome["dead_letter"].inc()
+            self._metrics.destination_outcome[kind, "dead_letter"].inc()
             log.warning("dead-lettered: %s", decision.reason, extra=_context(delivery, result))
         return Completion(
             delivery=delivery,
@@ -127,15 +149,37 @@ class AttemptStep:
         )
 
 
-def payload(event: StoredEvent) -> bytes:
-    """The body every subscriber of ``event`` receives."""
-    return webhook.body(
+def route(destination: Destination, event: StoredEvent, tenant_id: str) -> Route | None:
+    """Where on a broker ``event`` of ``tenant_id`` goes (None for a webhook)."""
+
+    def name(template: str) -> str:
+        return render(template, event_type=event.type, key=event.key, tenant_id=tenant_id)
+
+    if destination.type == "rabbitmq":
+        return Route(name(destination.routing_key), exchange=destination.exchange)
+    if destination.type == "nats":
+        return Route(name(destination.subject))
+    if destination.type == "redis":
+        return Route(name(destination.stream), maxlen=destination.maxlen)
+    return None
+
+
+def payload(event: StoredEvent, shape: formats.Shape = "eventrelay") -> bytes:
+    """The body every subscriber of ``event`` in format ``shape`` receives."""
+    return formats.body(
+        shape,
         event.id,
         event.type,
         rfc3339(event.received_at) or "",
         event.key,
         event.schema_version,
         event.data_json,
+    )
+
+
+def _binary_headers(event: StoredEvent) -> dict[str, str]:
+    return formats.binary_headers(
+        event.id, event.type, rfc3339(event.received_at) or "", event.key, event.schema_version
     )
 
 

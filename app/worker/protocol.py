@@ -1,13 +1,14 @@
 """The seam between the attempt step and a destination: the ``Sender`` protocol.
 
-A :class:`Sender` knows one kind of destination (HTTP webhooks today;
-message brokers later) and keeps one :class:`Connection` per destination,
-opened on first use and closed with the sender. The attempt step hands a
+A :class:`Sender` knows one kind of destination (HTTP webhooks, or a message
+broker) and keeps one :class:`Connection` per destination URL, opened on first
+use and closed with the sender. The attempt step hands a
 connection one signed :class:`Message` at a time and gets back a
 :class:`SendResult`, whose outcome is one of four kinds (the helpers below
 build them, so a sender that does not speak HTTP need not know its codes):
 
-- delivered — the destination took the message;
+- delivered — the destination took the message (a 2xx, or a broker's
+  confirm: :func:`accepted`);
 - retry after — it asked to be tried again later (``Retry-After``);
 - failed, with a reason — no answer, or a refusal that may pass;
 - gone — the destination no longer exists: the delivery is dead-lettered and
@@ -30,12 +31,26 @@ TOO_MANY_REQUESTS = 429
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where a broker message goes: the rendered routing key, subject or stream,
+    and what else the destination names (a RabbitMQ exchange, a Redis ``MAXLEN``)."""
+
+    name: str
+    exchange: str = ""
+    maxlen: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One signed event as it goes to a destination."""
+    """One signed event as it goes to a destination (``route`` for brokers only)."""
 
     payload: bytes
     headers: Mapping[str, str]
     timeout_s: float
+    event_id: str = ""
+    event_type: str = ""
+    key: str | None = None
+    route: Route | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +82,11 @@ SenderFactory = Callable[[], Sender]
 
 def delivered(duration_ms: int, status_code: int = 200, body: str | None = None) -> SendResult:
     return SendResult(Outcome(status_code=status_code), duration_ms, body)
+
+
+def accepted(duration_ms: int, note: str | None = None) -> SendResult:
+    """A broker took the message (its confirm or ack); ``note`` says what it answered."""
+    return SendResult(Outcome(accepted=True), duration_ms, note)
 
 
 def retry_after(

@@ -21,6 +21,7 @@ import os
 import time
 from datetime import UTC, datetime
 
+from app.domain import formats
 from app.domain.ids import new_id
 from app.metrics import Metrics
 from app.store import deliveries as store
@@ -31,10 +32,10 @@ from app.store.notify import CHANGED, Listener
 from app.store.work import Claimed, ClaimRequest, Completion, Work
 from app.worker.attempt import AttemptStep, payload
 from app.worker.config import WorkerConfig, worker_config
+from app.worker.destinations import destination_senders
 from app.worker.lines import Line, LinePolicy, Ready
 from app.worker.protocol import Sender, SenderFactory
 from app.worker.retention import RetentionJob
-from app.worker.sender import http_senders
 from app.worker.tenant_removal import TenantRemoval
 
 __all__ = ["DeliveryWorker", "WorkerConfig", "worker_config"]
@@ -56,7 +57,7 @@ class DeliveryWorker:
         self._db = db
         self._config = config
         self._metrics = metrics
-        self._senders = senders or http_senders(config)
+        self._senders = senders or destination_senders(config)
         self.owner = f"{os.getpid()}-{new_id('dlv')[-10:]}"
         self._wakeup = asyncio.Event()
         # Set by outside wake-ups and timeouts: the next claim also looks for
@@ -257,7 +258,7 @@ class DeliveryWorker:
         """Start a task for each claimed delivery a slot allows now, keep the next
         ones of a healthy subscription waiting, give back the rest."""
         await self._refresh_subscriptions({w.delivery.subscription_id for w in work})
-        payloads: dict[str, bytes] = {}
+        payloads: dict[tuple[str, formats.Shape], bytes] = {}
         over_limit: list[int] = []
         policy = self._policy
         for w in work:
@@ -267,9 +268,11 @@ class DeliveryWorker:
             if line is None or not (start or policy.room_ahead(line) > 0):
                 over_limit.append(delivery.seq)
                 continue
-            body = payloads.get(event.id)
+            sub = line.subscription
+            shape = formats.shape(sub.format, sub.destination_type)
+            body = payloads.get((event.id, shape))
             if body is None:
-                body = payloads[event.id] = payload(event)
+                body = payloads[event.id, shape] = payload(event, shape)
             if start:
                 self._launch(line, Ready(delivery, event, body))
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from alembic import command
@@ -11,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.store import schema
 from app.store import subscriptions as subscription_store
 from app.store.database import open_database
 from app.store.migrations import alembic_config, head_revision, upgrade_head
@@ -54,25 +56,61 @@ async def test_widening_the_secret_columns_keeps_subscriptions_and_their_deliver
     the table, which must keep its rows, and the deliveries' foreign key to it."""
     url = empty_database_url
     await asyncio.to_thread(command.upgrade, alembic_config(url), "0004")
-    db = open_database(url)
+    # Rows written in the 0004 schema's own columns (today's store writes more).
+    now = datetime.now(UTC)
+    secret = "whsec_" + "A" * 43 + "="
+    sub = {
+        "id": "sub_01J00000000000000000000000",
+        "url": "http://8.8.8.8/hooks",
+        "event_types": '["*"]',
+        "secret": secret,
+        "headers": "{}",
+        "ordering": "key",
+        "on_dead_letter": "park",
+        "max_in_flight": 8,
+        "status": "active",
+        "created_at": now,
+        "updated_at": now,
+    }
+    event = {
+        "id": "evt_01J00000000000000000000000",
+        "type": "kept",
+        "data": "{}",
+        "received_at": now,
+    }
+    delivery = {
+        "id": "dlv_01J00000000000000000000000",
+        "event_id": event["id"],
+        "subscription_id": sub["id"],
+        "event_type": "kept",
+        "status": "pending",
+        "ready": True,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    engine = create_async_engine(url, poolclass=pool.NullPool)
     try:
-        kit = DeliveryKit(db)
-        sub = await kit.subscription(event_types=["*"])
-        (event,) = await kit.events(("kept", None))
+        async with engine.begin() as conn:
+            for table, row in (
+                (schema.subscriptions, sub),
+                (schema.events, event),
+                (schema.deliveries, delivery),
+            ):
+                await conn.execute(table.insert().values({table.c[k]: v for k, v in row.items()}))
     finally:
-        await db.dispose()
+        await engine.dispose()
 
     await asyncio.to_thread(upgrade_head, url)
     db = open_database(url)
     try:
         kit = DeliveryKit(db)
-        kept = await subscription_store.get(db, sub.tenant_id, sub.id)
+        kept = await subscription_store.get(db, "default", str(sub["id"]))
         assert kept is not None
-        assert kept.secret.open() == sub.secret.open()
-        assert (kept.url, kept.created_at) == (sub.url, sub.created_at)
-        assert len(await kit.deliveries_of(event.id)) == 1
+        assert kept.secret.open() == secret
+        assert (kept.url, kept.created_at) == (sub["url"], now)
+        assert len(await kit.deliveries_of(str(event["id"]))) == 1
         async with db.write() as conn:
-            assert await subscription_store.remove(conn, sub.tenant_id, sub.id)
-        assert await kit.deliveries_of(event.id) == []  # the cascade still holds
+            assert await subscription_store.remove(conn, "default", str(sub["id"]))
+        assert await kit.deliveries_of(str(event["id"])) == []  # the cascade still holds
     finally:
         await db.dispose()

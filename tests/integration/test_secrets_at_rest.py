@@ -321,3 +321,33 @@ async def test_rotate_secret_while_the_keys_rotate_loses_nothing(
     for row in await stored_rows(database_url):
         assert sealed_with(row["secret"], new_key_)
         assert row["previous_secret"] is None or sealed_with(row["previous_secret"], new_key_)
+
+
+async def test_a_broker_password_is_stored_sealed_and_still_delivers_the_answer_masked(
+    settings: Settings, database_url: str
+) -> None:
+    key = new_key()
+    password = "s3cr3t-broker-pass"
+    broker = f"amqp://relay:{password}@8.8.8.8:5672/"
+    destination = {"type": "rabbitmq", "url": broker, "exchange": "", "routing_key": "{type}"}
+    async with api(settings, key) as client:
+        response = await client.post(
+            "/v1/subscriptions", json={"destination": destination, "event_types": ["*"]}
+        )
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert password not in response.text
+        assert created["destination"]["url"] == "amqp://relay:***@8.8.8.8:5672/"
+
+    (row,) = await stored_rows(database_url)
+    assert password not in repr(row)
+    assert sealed_with(row["destination_url"], key), row["destination_url"]
+
+    # The worker's view of the subscription opens it: the connection URL in the clear.
+    db = open_database(database_url, keyring=with_keys(settings, key).keyring())
+    try:
+        opened = await subscription_store.get(db, "default", created["id"])
+    finally:
+        await db.dispose()
+    assert opened is not None
+    assert opened.target == broker

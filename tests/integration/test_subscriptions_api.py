@@ -19,6 +19,8 @@ PUBLIC_URL = "http://8.8.8.8/hooks"
 FIELDS = {
     "id",
     "url",
+    "destination",
+    "format",
     "description",
     "event_types",
     "headers",

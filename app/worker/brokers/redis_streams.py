@@ -1,0 +1,101 @@
+"""Redis Streams over redis-py (asyncio): ``XADD``, optionally ``MAXLEN ~``.
+
+Success is the entry ID ``XADD`` returns. A key of another type (``WRONGTYPE``)
+or any other refusal fails the attempt with Redis's reply. The entry's fields
+are ``id``, ``type``, ``key`` (absent when the event has none), ``body`` and
+the ``webhook-*`` headers (and ``traceparent`` when the message has one).
+The client does not retry on its own: a failed command is a failed attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from app.worker.brokers.common import PerUrl, elapsed_ms, failed_since, timed_out
+from app.worker.brokers.link import Link, Unavailable, describe
+from app.worker.protocol import Message, SendResult, accepted
+
+FIELD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "traceparent")
+
+
+async def _connect(url: str) -> Redis:
+    client = Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=10)
+    try:
+        await client.ping()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
+
+
+def fields(message: Message) -> dict[Any, Any]:
+    entry: dict[Any, Any] = {"id": message.event_id, "type": message.event_type}
+    if message.key is not None:
+        entry["key"] = message.key
+    entry["body"] = message.payload
+    for name in FIELD_HEADERS:
+        value = message.headers.get(name)
+        if value is not None:
+            entry[name] = value
+    return entry
+
+
+class RedisSender:
+    def __init__(self, *, allow_private: bool) -> None:
+        self._connections = PerUrl(lambda url: RedisConnection(url, allow_private=allow_private))
+
+    def connection(self, destination: str) -> RedisConnection:
+        return self._connections.get(destination)
+
+    async def close(self) -> None:
+        for connection in self._connections.by_url.values():
+            await connection.close()
+
+
+class RedisConnection:
+    def __init__(self, url: str, *, allow_private: bool) -> None:
+        self._link: Link[Redis] = Link(
+            url,
+            allow_private=allow_private,
+            open_client=lambda: _connect(url),
+            close_client=lambda client: client.aclose(),
+            usable=lambda _: True,
+        )
+
+    async def send(self, message: Message) -> SendResult:
+        started = time.perf_counter()
+        route = message.route
+        assert route is not None
+        client: Redis | None = None
+        try:
+            async with asyncio.timeout(message.timeout_s):
+                client = await self._link.client(message.timeout_s)
+                entry = await client.xadd(
+                    route.name, fields(message), maxlen=route.maxlen, approximate=True
+                )
+        except Unavailable as exc:
+            return failed_since(started, str(exc))
+        except ResponseError as exc:
+            return failed_since(started, f"Redis refused XADD to {route.name!r}: {exc}")
+        except (TimeoutError, RedisTimeout):
+            return timed_out(started, message, "waiting for XADD")
+        except (RedisConnectionError, OSError) as exc:
+            if client is not None:
+                await self._link.lost(client)
+            return failed_since(started, self._link.hide(f"connection lost: {describe(exc)}"))
+        except RedisError as exc:
+            return failed_since(started, self._link.hide(describe(exc)))
+        entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
+        return accepted(elapsed_ms(started), f"entry {entry_id}")
+
+    async def close(self) -> None:
+        await self._link.close()

@@ -1,0 +1,306 @@
+"""The broker senders against the real brokers: what success is, what fails an
+attempt and with which reason, and that a broker going away never breaks the
+sender (API-v2 "Destinations")."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.domain.formats import STRUCTURED
+from app.worker.config import WorkerConfig
+from app.worker.destinations import DestinationSender, destination_senders
+from app.worker.protocol import Message, Route, SendResult
+from tests.brokers import (
+    AMQP_URL,
+    DISCARD_NEW,
+    NATS_URL,
+    REDIS_URL,
+    TcpProxy,
+    nats_stream,
+    proxy_to,
+    rabbit_queue,
+    redis_client,
+    unique,
+    with_address,
+)
+
+HEADERS = {
+    "content-type": "application/json",
+    "webhook-id": "evt_1",
+    "webhook-timestamp": "1700000000",
+    "webhook-signature": "v1,c2lnbmF0dXJl",
+    "user-agent": "eventrelay/test",
+    "X-Team": "billing",
+}
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[DestinationSender]:
+    config = WorkerConfig(retry_schedule=(1.0,), timeout_ms=5000, allow_private_targets=True)
+    built = destination_senders(config)()
+    assert isinstance(built, DestinationSender)
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+def message(
+    route: Route,
+    *,
+    event_id: str = "evt_1",
+    key: str | None = "k1",
+    payload: bytes = b'{"id":"evt_1"}',
+    timeout_s: float = 5.0,
+    content_type: str = "application/json",
+) -> Message:
+    headers = HEADERS | {"webhook-id": event_id, "content-type": content_type}
+    return Message(payload, headers, timeout_s, event_id, "order.created", key, route)
+
+
+def assert_accepted(result: SendResult) -> None:
+    assert result.outcome.accepted, result.outcome.error
+    assert result.outcome.error is None
+
+
+def assert_failed(result: SendResult, *fragments: str) -> str:
+    assert not result.outcome.accepted
+    error = result.outcome.error or ""
+    for fragment in fragments:
+        assert fragment in error, error
+    return error
+
+
+async def until_accepted(send: object, deadline: float = 15.0) -> SendResult:
+    """Send again (as retries would) until the broker takes it."""
+    assert callable(send)
+    end = time.monotonic() + deadline
+    while True:
+        result: SendResult = await send()
+        if result.outcome.accepted or time.monotonic() > end:
+            return result
+        await asyncio.sleep(0.1)
+
+
+# -- RabbitMQ -------------------------------------------------------------------
+
+
+async def test_rabbitmq_confirmed_persistent_with_id_and_headers(sender: DestinationSender) -> None:
+    async with rabbit_queue() as rabbit:
+        route = Route("orders.created", exchange=rabbit.exchange)
+        result = await sender.connection(rabbit.url).send(message(route, event_id="evt_a"))
+        assert_accepted(result)
+        (got,) = await rabbit.drain(1)
+    assert got.body == b'{"id":"evt_1"}'
+    assert got.message_id == "evt_a"
+    assert got.delivery_mode.value == 2  # persistent
+    assert got.content_type == "application/json"
+    assert got.routing_key == "orders.created"
+    assert got.headers["webhook-id"] == "evt_a"
+    assert got.headers["webhook-signature"] == "v1,c2lnbmF0dXJl"
+    assert got.headers["X-Team"] == "billing"
+    assert "user-agent" not in got.headers
+
+
+async def test_rabbitmq_unroutable_message_fails_the_attempt(sender: DestinationSender) -> None:
+    async with rabbit_queue() as rabbit:
+        connection = sender.connection(rabbit.url)
+        result = await connection.send(message(Route(unique("nowhere"), exchange="")))
+        assert_failed(result, "unroutable", "NO_ROUTE")
+        # The channel is still good for the next message.
+        assert_accepted(await connection.send(message(Route("a.b", exchange=rabbit.exchange))))
+
+
+async def test_rabbitmq_missing_exchange_fails_with_the_brokers_reason(
+    sender: DestinationSender,
+) -> None:
+    async with rabbit_queue() as rabbit:
+        connection = sender.connection(rabbit.url)
+        missing = unique("missing")
+        result = await connection.send(message(Route("k", exchange=missing)))
+        assert_failed(result, "NOT_FOUND", missing)
+        assert_accepted(await connection.send(message(Route("k", exchange=rabbit.exchange))))
+
+
+async def test_rabbitmq_nack_at_a_full_queue_fails_the_attempt(sender: DestinationSender) -> None:
+    limits = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    async with rabbit_queue(limits) as rabbit:
+        connection = sender.connection(rabbit.url)
+        route = Route("k", exchange=rabbit.exchange)
+        assert_accepted(await connection.send(message(route)))
+        assert_failed(await connection.send(message(route)), "basic.nack")
+        await rabbit.drain(1)
+        assert_accepted(await connection.send(message(route)))
+
+
+async def test_rabbitmq_bad_credentials_fail_without_showing_the_password(
+    sender: DestinationSender,
+) -> None:
+    async with rabbit_queue() as rabbit:
+        url = with_address(rabbit.url.replace("guest:guest", "guest:s3cr3t-pw"), "127.0.0.1", 5672)
+        result = await sender.connection(url).send(message(Route("k", exchange=rabbit.exchange)))
+    error = assert_failed(result, "cannot connect")
+    assert "s3cr3t-pw" not in error
+
+
+async def test_rabbitmq_gone_and_back_fails_attempts_then_recovers(
+    sender: DestinationSender,
+) -> None:
+    async with rabbit_queue() as rabbit, proxy_to(AMQP_URL) as proxy:
+        await _gone_and_back(
+            sender,
+            proxy,
+            with_address(AMQP_URL, "127.0.0.1", proxy.port),
+            Route("k", exchange=rabbit.exchange),
+        )
+        assert len(await rabbit.drain(2)) == 2
+
+
+async def _gone_and_back(
+    sender: DestinationSender, proxy: TcpProxy, url: str, route: Route
+) -> None:
+    connection = sender.connection(url)
+    assert_accepted(await connection.send(message(route, event_id="evt_before")))
+    await proxy.cut()
+    failed = await connection.send(message(route, timeout_s=2.0))
+    assert not failed.outcome.accepted, "a broker that went away fails the attempt"
+    # While it is away, attempts keep failing quickly (no hang, no crash).
+    again = await connection.send(message(route, timeout_s=2.0))
+    assert not again.outcome.accepted
+    await proxy.restore()
+    back = await until_accepted(lambda: connection.send(message(route, event_id="evt_after")))
+    assert_accepted(back)
+    assert proxy.connections >= 2, "the sender connected again"
+
+
+# -- NATS JetStream -------------------------------------------------------------
+
+
+async def test_nats_ack_with_msg_id_and_duplicate_is_success(sender: DestinationSender) -> None:
+    async with nats_stream() as stream:
+        connection = sender.connection(stream.url)
+        route = Route(f"{stream.prefix}.order.created")
+        first = await connection.send(message(route, event_id="evt_n1", content_type=STRUCTURED))
+        assert_accepted(first)
+        again = await connection.send(message(route, event_id="evt_n1"))
+        assert_accepted(again)
+        assert again.response_body is not None
+        assert "duplicate" in again.response_body
+        (got,) = await stream.messages()
+    assert got.data == b'{"id":"evt_1"}'
+    assert got.headers["Nats-Msg-Id"] == "evt_n1"
+    assert got.headers["webhook-id"] == "evt_n1"
+    assert got.headers["webhook-signature"] == "v1,c2lnbmF0dXJl"
+    assert got.headers["Content-Type"] == STRUCTURED
+
+
+async def test_nats_subject_without_a_stream_fails(sender: DestinationSender) -> None:
+    async with nats_stream() as stream:
+        subject = f"{unique('nostream')}.x"
+        result = await sender.connection(stream.url).send(message(Route(subject)))
+    assert_failed(result, "no JetStream stream", subject)
+
+
+async def test_nats_stream_full_with_discard_new_fails_with_the_servers_reason(
+    sender: DestinationSender,
+) -> None:
+    async with nats_stream(max_msgs=1, discard=DISCARD_NEW) as stream:
+        connection = sender.connection(stream.url)
+        route = Route(f"{stream.prefix}.x")
+        assert_accepted(await connection.send(message(route, event_id="evt_1")))
+        error = assert_failed(await connection.send(message(route, event_id="evt_2")))
+        assert "JetStream refused" in error
+        assert "maximum messages" in error.lower(), error
+
+
+async def test_nats_gone_and_back_fails_attempts_then_recovers(sender: DestinationSender) -> None:
+    async with nats_stream() as stream, proxy_to(NATS_URL) as proxy:
+        url = with_address(NATS_URL, "127.0.0.1", proxy.port)
+        await _gone_and_back(sender, proxy, url, Route(f"{stream.prefix}.x"))
+        assert len(await stream.messages()) == 2
+
+
+# -- Redis Streams --------------------------------------------------------------
+
+
+async def test_redis_xadd_fields_and_maxlen(sender: DestinationSender) -> None:
+    async with redis_client() as (client, keys):
+        stream = unique("stream")
+        keys.append(stream)
+        connection = sender.connection(REDIS_URL)
+        for n in range(300):
+            msg = message(Route(stream, maxlen=5), event_id=f"evt_{n}", key="k" if n else None)
+            assert_accepted(await connection.send(msg))
+        entries = await client.xrange(stream)
+    assert len(entries) < 300, "MAXLEN ~ trimmed the stream (whole macro nodes)"
+    _, last = entries[-1]
+    assert last == {
+        b"id": b"evt_299",
+        b"type": b"order.created",
+        b"key": b"k",
+        b"body": b'{"id":"evt_1"}',
+        b"webhook-id": b"evt_299",
+        b"webhook-timestamp": b"1700000000",
+        b"webhook-signature": b"v1,c2lnbmF0dXJl",
+    }
+
+
+async def test_redis_entry_without_a_key_has_no_key_field(sender: DestinationSender) -> None:
+    async with redis_client() as (client, keys):
+        stream = unique("stream")
+        keys.append(stream)
+        result = await sender.connection(REDIS_URL).send(message(Route(stream), key=None))
+        assert_accepted(result)
+        assert result.response_body is not None
+        assert result.response_body.startswith("entry ")
+        ((_, entry),) = await client.xrange(stream)
+    assert b"key" not in entry
+
+
+async def test_redis_key_of_another_type_fails_with_wrongtype(sender: DestinationSender) -> None:
+    async with redis_client() as (client, keys):
+        name = unique("string")
+        keys.append(name)
+        await client.set(name, "not a stream")
+        result = await sender.connection(REDIS_URL).send(message(Route(name)))
+    assert_failed(result, "WRONGTYPE", name)
+
+
+async def test_redis_gone_and_back_fails_attempts_then_recovers(
+    sender: DestinationSender,
+) -> None:
+    async with redis_client() as (client, keys), proxy_to(REDIS_URL) as proxy:
+        stream = unique("stream")
+        keys.append(stream)
+        url = with_address(REDIS_URL, "127.0.0.1", proxy.port)
+        await _gone_and_back(sender, proxy, url, Route(stream))
+        assert await client.xlen(stream) == 2
+
+
+async def test_one_connection_per_url(sender: DestinationSender) -> None:
+    async with redis_client() as (_, keys), proxy_to(REDIS_URL) as proxy:
+        stream = unique("stream")
+        keys.append(stream)
+        url = with_address(REDIS_URL, "127.0.0.1", proxy.port)
+        sends = [sender.connection(url).send(message(Route(stream))) for _ in range(20)]
+        for result in await asyncio.gather(*sends):
+            assert_accepted(result)
+    assert sender.connection(url) is sender.connection(url)
+
+
+async def test_a_refused_broker_host_fails_without_connecting() -> None:
+    config = WorkerConfig(retry_schedule=(1.0,), timeout_ms=5000, allow_private_targets=False)
+    strict = destination_senders(config)()
+    try:
+        async with redis_client() as (_, keys), proxy_to(REDIS_URL) as proxy:
+            keys.append("never")
+            url = with_address(REDIS_URL, "127.0.0.1", proxy.port)
+            result = await strict.connection(url).send(message(Route("never")))
+    finally:
+        await strict.close()
+    assert_failed(result, "refused address", "loopback")
+    assert proxy.connections == 0
