@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from app.domain import operator_events
 from app.domain.content_filters import ContentFilter, parse_filter, stored_filter
 from app.domain.filter_schemas import impossible_paths
 from app.domain.filters import is_exact
@@ -28,6 +29,7 @@ from app.domain.subscriptions import SubscriptionCreate, SubscriptionPatch, free
 from app.errors import FieldError, NotFound, ValidationFailed
 from app.services.schemas import SchemaService
 from app.store import events as events_store
+from app.store import operator_events as operator_store
 from app.store import replay as replay_store
 from app.store import subscriptions as store
 from app.store import tenants as tenants_store
@@ -126,8 +128,11 @@ class SubscriptionService:
                     "failing_since": None,
                     "circuit_open_until": None,
                 }
-        changes["updated_at"] = datetime.now(UTC)
+        now = changes["updated_at"] = datetime.now(UTC)
+        disabling = [subscription_id] if changes.get("status") == "disabled" else []
         async with self._db.write() as conn:
+            listeners = await operator_store.listeners(conn) if disabling else []
+            before = await operator_store.statuses(conn, disabling) if listeners else {}
             updated = await store.patch(
                 conn, tenant_id, subscription_id, changes, keyring=self._db.keyring
             )
@@ -136,7 +141,16 @@ class SubscriptionService:
             if frees_blocked_lines(changes):
                 await store.promote_all_lines(conn, subscription_id)
             await store.announce_change(conn, subscription_id)
+            # Disabled now and not before: reported in the same transaction.
+            reported = [
+                operator_events.disabled(tenant_id, sid, "manual", now)
+                for sid in disabling
+                if operator_store.disabled_now(sid, before)
+            ]
+            delivered = await operator_store.store_events(conn, reported, listeners)
         self._changed(subscription_id)
+        if delivered:
+            self._wake()
         return updated
 
     async def delete(self, tenant_id: str, subscription_id: str) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, Text, bindparam, delete, select, text, upd
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.circuit import CircuitChange
 from app.domain.sealing import Keyring
 from app.store import schema
 from app.store.database import Database
@@ -233,6 +234,7 @@ class CircuitUpdate:
     failing_since: datetime | None
     circuit_open_until: datetime | None
     disable_reason: str | None  # set: the subscription becomes disabled
+    change: CircuitChange | None = None  # the circuit opened or closed (an operator event)
 
 
 # One statement for both dialects: a circuit update that disables the
