@@ -59,12 +59,14 @@ async def _child(url: str, deliveries: int, listener: bool, outcome: str) -> dic
     setup = open_database(url)
     service = SubscriptionService(setup, allow_private_targets=True)
     await service.create(
-        SubscriptionCreate(url="http://127.0.0.1:9/hook", ordering="none", retry_schedule=[])
+        "default",
+        SubscriptionCreate(url="http://127.0.0.1:9/hook", ordering="none", retry_schedule=[]),
     )
     exclude = []
     if listener:
         ops = await service.create(
-            SubscriptionCreate(url="http://127.0.0.1:9/ops", event_types=["eventrelay.*"])
+            "default",
+            SubscriptionCreate(url="http://127.0.0.1:9/ops", event_types=["eventrelay.*"]),
         )
         exclude.append(ops.id)
     now = datetime.now(UTC)
