@@ -7,6 +7,10 @@ trip, up to ``max_cooldown``. When it ends, one probe at a time goes out; a
 success closes the circuit, a failure opens it again. A subscription that has
 not had a single success for ``disable_after`` is disabled
 (``disabled_reason: "failing"``).
+
+The circuit *opens* when the failures reach the threshold and *closes* at the
+first success after that (:func:`change`); a failed probe keeps it open. These
+two moments are reported as operator events.
 """
 
 from __future__ import annotations
@@ -56,3 +60,28 @@ def after_failures(
 def is_half_open(consecutive_failures: int, policy: CircuitPolicy) -> bool:
     """Past the threshold and not open: only one probe may be in flight."""
     return consecutive_failures >= policy.failure_threshold
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitChange:
+    """The circuit opened (``consecutive_failures``: the count that opened it) or
+    closed (the count the closing success ended)."""
+
+    opened: bool
+    consecutive_failures: int
+
+
+def change(
+    before: CircuitState, after: CircuitState, policy: CircuitPolicy
+) -> CircuitChange | None:
+    """Whether the circuit opened or closed between two states. A state that
+    disables the subscription reports that instead (None here)."""
+    if after.disable:
+        return None
+    was_open = is_half_open(before.consecutive_failures, policy)
+    now_open = is_half_open(after.consecutive_failures, policy)
+    if now_open and not was_open:
+        return CircuitChange(True, after.consecutive_failures)
+    if was_open and not now_open:
+        return CircuitChange(False, before.consecutive_failures)
+    return None

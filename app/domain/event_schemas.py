@@ -19,7 +19,7 @@ import jsonschema_rs
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.domain.events import TYPE_PATTERN, pointer
+from app.domain.events import TYPE_PATTERN, client_type, pointer
 from app.errors import FieldError
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -56,7 +56,10 @@ class EventTypeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[
-        str, Field(min_length=1, max_length=200, pattern=TYPE_PATTERN), AfterValidator(_addressable)
+        str,
+        Field(min_length=1, max_length=200, pattern=TYPE_PATTERN),
+        AfterValidator(client_type),
+        AfterValidator(_addressable),
     ]
     description: str | None = Field(default=None, max_length=1000)
     compatibility: Compatibility = Compatibility.BACKWARD

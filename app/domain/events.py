@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from app.domain.tenants import DEFAULT_TENANT
 from app.errors import FieldError, ValidationFailed
 
 TYPE_PATTERN = r"^[A-Za-z0-9._:/-]{1,200}$"
+# Operator events' types (app.domain.operator_events); no client may use them.
+RESERVED_PREFIX = "eventrelay."
+
+
+def is_reserved(event_type: str) -> bool:
+    return event_type.startswith(RESERVED_PREFIX)
+
+
+def client_type(event_type: str) -> str:
+    """A validator: a client's event type may not be reserved."""
+    if is_reserved(event_type):
+        raise ValueError(f"types starting with {RESERVED_PREFIX!r} are reserved (operator events)")
+    return event_type
+
+
+ClientType = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=TYPE_PATTERN), AfterValidator(client_type)
+]
 
 
 class EventInput(BaseModel):
@@ -20,7 +38,7 @@ class EventInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    type: str = Field(min_length=1, max_length=200, pattern=TYPE_PATTERN)
+    type: ClientType
     key: str | None = Field(default=None, min_length=1, max_length=200)
     data: Any = None
     schema_version: int | None = Field(default=None, ge=1, le=2_147_483_647)

@@ -1,13 +1,20 @@
-"""Event-type filters of subscriptions: ``*``, a trailing ``.*``, or an exact name."""
+"""Event-type filters of subscriptions: ``*``, a trailing ``.*``, or an exact name.
+
+Reserved types (operator events, ``eventrelay.…``) match only a pattern that
+names them: ``eventrelay.*``, a narrower ``eventrelay.….*``, or the exact
+type; ``*`` does not match them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from app.domain.events import RESERVED_PREFIX
+
 
 def type_matches(pattern: str, event_type: str) -> bool:
     if pattern == "*":
-        return True
+        return not event_type.startswith(RESERVED_PREFIX)
     if pattern.endswith(".*"):
         return event_type.startswith(pattern[:-1])
     return pattern == event_type

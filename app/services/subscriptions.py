@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from app.domain import operator_events
 from app.domain.content_filters import ContentFilter, parse_filter, stored_filter
 from app.domain.destinations import CLIENT_LIBRARIES, Destination
 from app.domain.filter_schemas import impossible_paths
@@ -35,6 +36,7 @@ from app.domain.subscriptions import (
 from app.errors import FieldError, NotFound, ValidationFailed
 from app.services.schemas import SchemaService
 from app.store import events as events_store
+from app.store import operator_events as operator_store
 from app.store import replay as replay_store
 from app.store import subscriptions as store
 from app.store import tenants as tenants_store
@@ -133,8 +135,11 @@ class SubscriptionService:
                     "failing_since": None,
                     "circuit_open_until": None,
                 }
-        changes["updated_at"] = datetime.now(UTC)
+        now = changes["updated_at"] = datetime.now(UTC)
+        disabling = [subscription_id] if changes.get("status") == "disabled" else []
         async with self._db.write() as conn:
+            listeners = await operator_store.listeners(conn) if disabling else []
+            before = await operator_store.statuses(conn, disabling) if listeners else {}
             updated = await store.patch(
                 conn, tenant_id, subscription_id, changes, keyring=self._db.keyring
             )
@@ -143,7 +148,16 @@ class SubscriptionService:
             if frees_blocked_lines(changes):
                 await store.promote_all_lines(conn, subscription_id)
             await store.announce_change(conn, subscription_id)
+            # Disabled now and not before: reported in the same transaction.
+            reported = [
+                operator_events.disabled(tenant_id, sid, "manual", now)
+                for sid in disabling
+                if operator_store.disabled_now(sid, before)
+            ]
+            delivered = await operator_store.store_events(conn, reported, listeners)
         self._changed(subscription_id)
+        if delivered:
+            self._wake()
         return updated
 
     async def delete(self, tenant_id: str, subscription_id: str) -> None:

@@ -24,9 +24,11 @@ import orjson
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store import driver
+from app.domain.operator_events import DeadLetter
+from app.store import driver, operator_events
 from app.store.database import Database
 from app.store.events import StoredEvent
+from app.store.ingest import LISTENING
 from app.store.lines import SQLITE_PROMOTE_ALL, busy, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.subscriptions import CIRCUIT_SQL, CircuitUpdate, apply_circuit, circuit_params
@@ -175,9 +177,7 @@ async def complete_and_claim(
         return await _cycle_sqlite(db, completions, circuit, request, now)
     async with db.write() as conn:
         if completions:
-            await _complete_postgresql(conn, completions)
-            if circuit:
-                await apply_circuit(conn, circuit, now or completions[-1].finished_at)
+            await _outcomes_postgresql(conn, completions, circuit, now)
         if request is None or request.limit <= 0:
             return []
         return await _claim_postgresql(conn, request)
@@ -221,14 +221,24 @@ async def _cycle_sqlite(
         _sqlite_times(circuit_params(u, changed_at)) for u in circuit if changed_at is not None
     ]
     claim = _sqlite_claim(request) if request is not None and request.limit > 0 else None
+    dying, changing = operator_events.dying(completions), operator_events.changing(circuit)
+    about = operator_events.reporting(completions, circuit)
 
     def cycle(c: sqlite3.Connection) -> tuple[str, dict[str, str]]:
+        # What the outcomes will report, read before they are written, when
+        # some subscription listens.
+        listeners = operator_events.listeners_sqlite(c) if about else []
+        dead = operator_events.dead_letters_sqlite(c, dying) if listeners else []
+        before = operator_events.statuses_sqlite(c, changing) if listeners else {}
         # The attempts first: they read each delivery's count before the finish.
         driver.sqlite_run_rows(c, SQLITE_RECORD_ATTEMPTS, outcomes)
         driver.sqlite_run_rows(c, SQLITE_FINISH_ALL, outcomes)
         driver.sqlite_run_rows(c, SQLITE_PROMOTE_ALL, lines)
         for update in circuits:
             c.execute(CIRCUIT_SQL, update)
+        if listeners and changed_at is not None:
+            reported = operator_events.cycle_events(dead, circuit, before, changed_at)
+            operator_events.store_events_sqlite(c, reported, listeners)
         if claim is None:
             return "[]", {}
         sql, params = claim
@@ -318,9 +328,12 @@ SQLITE_FINISH_ALL = (
 
 # PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
 # returns each delivery still leased to the outcome's writer with its new
-# attempt count, and only those get an attempt row.
+# attempt count, and only those get an attempt row. The statement answers with
+# the deliveries it dead-lettered when some subscription listens to operator
+# events (none in most cycles), for their reports: exactly the rows it changed,
+# so a worker whose lease was taken over reports nothing.
 _FINISH_AND_RECORD_PG = text(
-    """
+    f"""
     WITH outcome AS (
         SELECT * FROM unnest(
             CAST(:seq AS BIGINT[]), CAST(:owner AS TEXT[]), CAST(:status AS TEXT[]),
@@ -341,19 +354,54 @@ _FINISH_AND_RECORD_PG = text(
         FROM outcome o
         WHERE d.seq = ANY(CAST(:seq AS BIGINT[])) AND d.seq = o.seq
           AND d.status = 'in_flight' AND d.lease_owner = o.owner
-        RETURNING d.seq, d.id, d.attempts
+        RETURNING d.seq, d.id, d.attempts, d.status, d.event_id, d.subscription_id, d.event_type,
+                  d.last_status_code, d.last_error, d.tenant_id
+    ), recorded AS (
+        INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                              response_body, request_headers)
+        SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error,
+               o.response_body, o.request_headers
+        FROM finished f JOIN outcome o ON o.seq = f.seq
+        ORDER BY f.seq
     )
-    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                          response_body, request_headers)
-    SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body,
-           o.request_headers
-    FROM finished f JOIN outcome o ON o.seq = f.seq
+    SELECT f.seq, f.id, f.event_id, f.subscription_id, f.event_type, f.attempts,
+           f.last_status_code, f.last_error, f.tenant_id
+    FROM finished f
+    WHERE f.status = 'dead' AND EXISTS ({LISTENING})
     ORDER BY f.seq
     """
 )
 
 
-async def _complete_postgresql(conn: AsyncConnection, completions: Sequence[Completion]) -> None:
+async def _outcomes_postgresql(
+    conn: AsyncConnection,
+    completions: Sequence[Completion],
+    circuit: Sequence[CircuitUpdate],
+    now: datetime | None,
+) -> None:
+    """Write the outcomes, the circuits and what they report. With no
+    subscription listening this is what it always was: the outcome write
+    returns no dead letters, and only a cycle that moves a circuit reads the
+    listeners."""
+    dead = await _complete_postgresql(conn, completions)
+    moved = operator_events.changing(circuit)
+    listeners = await operator_events.listeners(conn) if dead or moved else []
+    before: operator_events.Statuses = {}
+    if listeners and moved:
+        before = await operator_events.statuses(conn, moved)
+    if circuit:
+        await apply_circuit(conn, circuit, now or completions[-1].finished_at)
+    if listeners:
+        changed_at = now or completions[-1].finished_at
+        reported = operator_events.cycle_events(dead, circuit, before, changed_at)
+        await operator_events.store_events(conn, reported, listeners)
+
+
+async def _complete_postgresql(
+    conn: AsyncConnection, completions: Sequence[Completion]
+) -> list[DeadLetter]:
+    """Write the outcomes; return the dead letters they made, to report (none
+    when no subscription listens)."""
     finished_lines = [
         (c.delivery.subscription_id, c.delivery.ordering_key)
         for c in completions
@@ -361,10 +409,16 @@ async def _complete_postgresql(conn: AsyncConnection, completions: Sequence[Comp
     ]
     # The lines move on as in lines.lines_moved_on, with the lock taken before
     # the outcomes (the order every cycle has always locked in) and no NOTIFY:
-    # this transaction's own claim takes the heads it frees.
+    # this transaction's own claim takes the heads it frees. The reports' lines
+    # are locked later, when they are added (lines.add_deliveries): two cycles
+    # that each report on the other's line wait for each other only if their
+    # subscriptions listen to each other and both circuits move at once;
+    # PostgreSQL then fails one, whose worker writes nothing and puts its
+    # circuits back (worker.py), and its deliveries are attempted again.
     await lock_lines(conn, finished_lines)
-    await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
+    dead = await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
     await promote_heads(conn, finished_lines)
+    return operator_events.reported_dead_letters(dead)
 
 
 def _sqlite_times(params: dict[str, object]) -> dict[str, object]:

@@ -31,6 +31,7 @@ from app.domain.content_filters import ContentFilter, document, stored_filter
 from app.domain.events import NewEvent, accepted_body
 from app.domain.filters import any_matches
 from app.domain.idempotency import Decision, ScopedKey, StoredKey, UnitResult
+from app.domain.operator_events import reports_on
 from app.store import driver, schema
 from app.store.database import Database
 from app.store.lines import (
@@ -371,3 +372,116 @@ async def _insert_keys_postgres(
     stored = await driver.fetch_all(conn, _PG_INSERT_KEYS, driver.columns(rows, 7))
     if len(stored) != len(keyed):
         raise KeyRace()
+
+
+# -- Events another write transaction makes (operator events) ------------------
+#
+# The same fan-out and the same inserts as a flush, inside the caller's
+# transaction, without idempotency keys, to the subscriptions the caller read
+# with ``listeners``: those that are not disabled and have a pattern naming
+# reserved types (only a pattern starting with ``eventrelay.`` can match one,
+# app.domain.filters; as JSON text, an element starting ``"eventrelay.``). An
+# operator event is not delivered to the subscription it reports on
+# (app.domain.operator_events).
+
+Subscriber = _Subscription
+_NAMES_RESERVED = "s.event_types LIKE '%\"eventrelay.%'"
+# The subscriptions as the flush reads them (the same columns), narrowed.
+_SELECT_LISTENERS = "SELECT * FROM ({subscriptions}) AS s WHERE {names} ORDER BY s.id".format(
+    subscriptions=_SELECT_SUBSCRIPTIONS.format(tenants="(SELECT id FROM tenants)"),
+    names=_NAMES_RESERVED,
+)
+# SQL: some subscription listens (for an EXISTS).
+LISTENING = f"SELECT 1 FROM subscriptions s WHERE s.status <> 'disabled' AND {_NAMES_RESERVED}"
+
+
+def listeners_sqlite(conn: sqlite3.Connection) -> list[Subscriber]:
+    """:func:`listeners` on SQLite's writer thread."""
+    return [_subscription(row) for row in conn.execute(_SELECT_LISTENERS)]
+
+
+async def listeners(conn: AsyncConnection) -> list[Subscriber]:
+    """The subscriptions that may receive operator events (a superset: the
+    fan-out matches each pattern)."""
+    return [_subscription(row) for row in await driver.fetch_all(conn, _SELECT_LISTENERS)]
+
+
+def _fan_out_own(
+    events: Sequence[NewEvent], subscriptions: list[_Subscription]
+) -> tuple[list[NewEvent], list[dict[str, object]]]:
+    """The events to store (those of a tenant with a listener) and their
+    deliveries (not to the subscription each reports on)."""
+    tenants = {s.tenant_id for s in subscriptions}
+    kept = [e for e in events if e.tenant_id in tenants]
+    about = {e.id: reports_on(e) for e in kept}
+    rows = [
+        row
+        for row in _fan_out(kept, subscriptions)
+        if row["subscription_id"] != about[str(row["event_id"])]
+    ]
+    return kept, rows
+
+
+def store_events_sqlite(
+    conn: sqlite3.Connection, events: Sequence[NewEvent], subscribers: list[Subscriber]
+) -> int:
+    """Within a transaction on SQLite's writer thread: insert ``events`` and their
+    deliveries to ``subscribers``; returns how many deliveries were made."""
+    events, fanout = _fan_out_own(events, subscribers)
+    if not events:
+        return 0
+    stamp = schema.sqlite_timestamp
+    received = {e.id: stamp(e.received_at) for e in events}
+    driver.sqlite_run_rows(
+        conn,
+        _SQLITE_INSERT_EVENTS,
+        [
+            (
+                e.id,
+                e.type,
+                e.key,
+                e.data_json,
+                e.schema_version,
+                stamp(e.occurred_at) if e.occurred_at else None,
+                received[e.id],
+                e.tenant_id,
+            )
+            for e in events
+        ],
+    )
+    if fanout:
+        busy: set[tuple[object, object]] = set(busy_lines_sqlite(conn, lines_of(fanout)))
+        settle_heads(fanout, busy)
+        _insert_deliveries_sqlite(conn, fanout, received)
+    return len(fanout)
+
+
+async def store_events(
+    conn: AsyncConnection, events: Sequence[NewEvent], subscribers: list[Subscriber]
+) -> int:
+    """Within the caller's transaction (either database): insert ``events`` and
+    their deliveries to ``subscribers``; returns how many deliveries were made."""
+    events, fanout = _fan_out_own(events, subscribers)
+    if not events:
+        return 0
+    values = [
+        (
+            e.id,
+            e.type,
+            e.key,
+            e.data_json,
+            e.schema_version,
+            e.occurred_at,
+            e.received_at,
+            e.tenant_id,
+        )
+        for e in events
+    ]
+    if conn.dialect.name == "postgresql":
+        await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(values, 8))
+    else:
+        names = _EVENT_COLUMNS.split(", ")
+        rows_in = [dict(zip(names, v, strict=True)) for v in values]
+        await conn.execute(schema.events.insert(), rows_in)
+    await add_deliveries(conn, fanout)
+    return len(fanout)

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Text, bindparam, delete, select, text, upd
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.circuit import CircuitChange
 from app.domain.destinations import Destination, from_columns, masked_url
 from app.domain.sealing import Keyring
 from app.errors import SecretUnavailable
@@ -279,6 +280,7 @@ class CircuitUpdate:
     failing_since: datetime | None
     circuit_open_until: datetime | None
     disable_reason: str | None  # set: the subscription becomes disabled
+    change: CircuitChange | None = None  # the circuit opened or closed (an operator event)
 
 
 # One statement for both dialects: a circuit update that disables the

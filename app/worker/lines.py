@@ -41,6 +41,7 @@ from app.domain.circuit import (
     CircuitState,
     after_failures,
     after_success,
+    change,
     is_half_open,
 )
 from app.store.events import StoredEvent
@@ -107,6 +108,7 @@ class LinePolicy:
         self._queued: dict[str, Line] = {}
         self.tenant_in_flight: dict[str, int] = {}  # attempts running, by tenant
         self._released: list[int] = []  # claims to give back in the next cycle
+        self._recorded: dict[str, CircuitState] = {}  # circuits before the last record()
 
     # -- limits ---------------------------------------------------------------
 
@@ -355,26 +357,43 @@ class LinePolicy:
     # -- circuits -------------------------------------------------------------
 
     def record(self, completions: Sequence[Completion], now: datetime) -> list[CircuitUpdate]:
-        """Carry finished attempts into the circuits; the changes to write."""
+        """Carry finished attempts into the circuits; the changes to write. One
+        update per subscription: its state after the last outcome, disabled if any
+        outcome disabled it, and whether its circuit opened or closed across the
+        cycle (the state written is the last one, so that is what is reported)."""
         changed: dict[str, CircuitUpdate] = {}
+        start: dict[str, CircuitState] = {}
         for c in completions:
             sid = c.delivery.subscription_id
             line = self.lines.get(sid)
             if line is None:
                 continue
             before = line.circuit
+            start.setdefault(sid, before)
             gone = c.status == "dead" and c.status_code == 410
             if c.status == "succeeded":
                 line.circuit = after_success()
             else:
                 line.circuit = after_failures(before, 1, now, self.circuit_policy)
-            if (line.circuit is not before and line.circuit != before) or gone:
+            earlier = changed.get(sid)
+            if (line.circuit is not before and line.circuit != before) or gone or earlier:
                 reason = "gone" if gone else ("failing" if line.circuit.disable else None)
                 changed[sid] = CircuitUpdate(
                     sid,
                     line.circuit.consecutive_failures,
                     line.circuit.failing_since,
                     line.circuit.open_until,
-                    reason,
+                    (earlier.disable_reason if earlier else None) or reason,
+                    change(start[sid], line.circuit, self.circuit_policy),
                 )
+        self._recorded = start
         return list(changed.values())
+
+    def rewind(self) -> None:
+        """The write of the last :meth:`record`'s changes failed: its circuits are
+        as the store still has them, so the next write reports what it moves."""
+        for sid, state in self._recorded.items():
+            line = self.lines.get(sid)
+            if line is not None:
+                line.circuit = state
+        self._recorded = {}

@@ -29,6 +29,7 @@ from app.store import leases
 from app.store import subscriptions as subscription_store
 from app.store.database import Database
 from app.store.notify import CHANGED, Listener
+from app.store.subscriptions import CircuitUpdate
 from app.store.work import Claimed, ClaimRequest, Completion, Work
 from app.worker.attempt import AttemptStep, payload
 from app.worker.config import WorkerConfig, worker_config
@@ -224,7 +225,17 @@ class DeliveryWorker:
         if request is None and not finished:
             return 0, 0
         started = time.perf_counter()
-        work = await store.complete_and_claim(self._db, finished, updates, request, now)
+        try:
+            work = await store.complete_and_claim(self._db, finished, updates, request, now)
+        except Exception:
+            # Nothing was written: the outcomes are dropped (their claims expire
+            # and the deliveries are attempted again) and the circuits go back.
+            self._policy.rewind()
+            raise
+        if _may_report(finished, updates):
+            # Its operator events' deliveries may be for subscriptions this
+            # worker has not met: the next claim probes for them.
+            self.wake()
         if request is None:
             return 0, 0
         self._metrics.claim_duration.observe(time.perf_counter() - started)
@@ -372,3 +383,10 @@ class DeliveryWorker:
                     self.wake()
             except Exception:
                 log.exception("keeping leases failed")
+
+
+def _may_report(finished: list[Completion], updates: list[CircuitUpdate]) -> bool:
+    """Whether a cycle's outcomes may have made operator events."""
+    return any(u.change is not None or u.disable_reason for u in updates) or any(
+        c.status == "dead" for c in finished
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -136,3 +137,63 @@ async def test_stopping_closes_the_sender(
     await worker.start()
     await worker.stop()
     assert sender.closed
+
+
+def by_type(
+    ops: Callable[[], SendResult], others: Callable[[], SendResult]
+) -> Callable[[Message], SendResult]:
+    """Operator events answered by ``ops``, everything else by ``others``."""
+    return lambda m: ops() if b'"type":"eventrelay.' in m.payload else others()
+
+
+async def test_gone_is_reported_to_an_operator_subscription_through_the_worker(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    sender.answer = by_type(lambda: delivered(1), lambda: gone(2))
+    sub = await kit.subscription(url="http://8.8.8.8/gone")
+    ops = await kit.subscription(url="http://8.8.8.8/ops", event_types=["eventrelay.*"])
+    (event,) = await kit.events(("order.created", "k"))
+    await worker.start()
+
+    await _settle(kit, {"dead": 1, "succeeded": 2})
+    reported = [orjson.loads(s.message.payload) for s in sender.sent if s.destination == ops.url]
+    assert [(r["type"], r["key"]) for r in reported] == [
+        ("eventrelay.delivery.dead_lettered", sub.id),
+        ("eventrelay.subscription.disabled", sub.id),
+    ]
+    assert reported[0]["data"]["event_id"] == event.id
+    assert reported[0]["data"]["last_status_code"] == 410
+    assert reported[1]["data"] == {"subscription_id": sub.id, "reason": "gone"}
+
+
+async def test_the_circuit_opening_and_closing_are_reported_through_the_worker(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    healthy = asyncio.Event()
+    sender.answer = by_type(
+        lambda: delivered(1), lambda: delivered(1) if healthy.is_set() else failed(2, "boom")
+    )
+    sub = await kit.subscription(url="http://8.8.8.8/flaky", ordering="none", max_in_flight=1)
+    ops = await kit.subscription(url="http://8.8.8.8/ops", event_types=["eventrelay.*"])
+    await kit.events(*[("t", None) for _ in range(3)], together=True)
+    await worker.start()
+
+    def reported() -> list[tuple[str, dict[str, object]]]:
+        bodies = [orjson.loads(s.message.payload) for s in sender.sent if s.destination == ops.url]
+        return [(b["type"], b["data"]) for b in bodies]
+
+    await wait_until(lambda: reported(), DEADLINE, message="the circuit_opened event sent")
+    assert reported() == [
+        (
+            "eventrelay.subscription.circuit_opened",
+            {"subscription_id": sub.id, "consecutive_failures": 2},
+        )
+    ]
+    healthy.set()
+    await kit.set_subscription(sub.id, circuit_open_until=None)
+    worker.subscription_changed(sub.id)
+    await wait_until(lambda: len(reported()) == 2, DEADLINE, message="circuit_closed sent")
+    assert reported()[1] == (
+        "eventrelay.subscription.circuit_closed",
+        {"subscription_id": sub.id, "consecutive_failures": 2},
+    )

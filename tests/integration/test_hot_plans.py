@@ -98,6 +98,17 @@ async def _drive_hot_paths(client: httpx.AsyncClient, kit: DeliveryKit) -> None:
         )
         assert created.status_code == 201, created.text
         subs.append(created.json()["id"])
+    # Operator events: a listener, so that the dead letters below are reported
+    # and delivered, and a subscription disabled by PATCH.
+    for event_types in (["eventrelay.*"], ["spare.*"]):
+        created = await client.post(
+            "/v1/subscriptions",
+            json={"url": "http://127.0.0.1:9/ops", "event_types": event_types},
+        )
+        assert created.status_code == 201, created.text
+    spare = created.json()["id"]
+    disabled = await client.patch(f"/v1/subscriptions/{spare}", json={"status": "disabled"})
+    assert disabled.status_code == 200, disabled.text
     event = {"type": "order.created", "key": "k1", "data": {"n": 1}}
     first = None
     for n in range(3):

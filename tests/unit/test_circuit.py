@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.domain.circuit import (
+    CircuitChange,
     CircuitPolicy,
     CircuitState,
     after_failures,
     after_success,
+    change,
     is_half_open,
 )
 
@@ -131,3 +133,17 @@ def test_default_policy() -> None:
     assert policy.base_cooldown == timedelta(seconds=30)
     assert policy.max_cooldown == timedelta(minutes=10)
     assert policy.disable_after == timedelta(days=5)
+
+
+def test_change_reports_opening_and_closing_only() -> None:
+    policy = CircuitPolicy(failure_threshold=3)
+    now = datetime.now(UTC)
+    two = CircuitState(2, now, None)
+    three = CircuitState(3, now, now + timedelta(seconds=30))
+    four = CircuitState(4, now, now + timedelta(seconds=60))
+    assert change(CLOSED, two, policy) is None
+    assert change(two, three, policy) == CircuitChange(True, 3)
+    assert change(three, four, policy) is None
+    assert change(four, CLOSED, policy) == CircuitChange(False, 4)
+    assert change(two, CLOSED, policy) is None, "never opened: nothing closes"
+    assert change(two, CircuitState(3, now, None, disable=True), policy) is None

@@ -49,7 +49,17 @@ def test_full_event() -> None:
 
 @pytest.mark.parametrize(
     "event_type",
-    [TYPE_CHARS, "a", "t" * 200, "com.example/orders:created-v2", "urn:x/y_z"],
+    [
+        TYPE_CHARS,
+        "a",
+        "t" * 200,
+        "com.example/orders:created-v2",
+        "urn:x/y_z",
+        "eventrelay",
+        "eventrelayed.x",
+        "Eventrelay.x",
+        "x.eventrelay.y",
+    ],
 )
 def test_type_accepts(event_type: str) -> None:
     assert parse_event({"type": event_type}).type == event_type
@@ -69,6 +79,8 @@ def test_type_accepts(event_type: str) -> None:
         pytest.param(42, id="number"),
         pytest.param(None, id="null"),
         pytest.param(["a"], id="array"),
+        pytest.param("eventrelay.delivery.dead_lettered", id="reserved"),
+        pytest.param("eventrelay.mine", id="reserved-prefix"),
     ],
 )
 def test_type_rejects(event_type: Any) -> None:
@@ -200,3 +212,10 @@ def test_rfc3339_is_utc_with_z(moment: datetime, text: str) -> None:
 
 def test_rfc3339_of_nothing_is_nothing() -> None:
     assert rfc3339(None) is None
+
+
+def test_a_reserved_type_is_refused_in_a_batch_at_its_pointer() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        parse_batch({"events": [{"type": "ok"}, {"type": "eventrelay.x"}]})
+    assert [e.loc for e in caught.value.errors] == ["/events/1/type"]
+    assert "reserved" in caught.value.errors[0].msg

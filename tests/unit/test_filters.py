@@ -25,6 +25,14 @@ CASES = [
     ("order.created", "order", False),
     ("order.created", "Order.Created", False),
     ("order", "order.created", False),
+    # Reserved types (operator events) match only patterns that name them.
+    ("*", "eventrelay.delivery.dead_lettered", False),
+    ("eventrelay.*", "eventrelay.delivery.dead_lettered", True),
+    ("eventrelay.delivery.*", "eventrelay.delivery.dead_lettered", True),
+    ("eventrelay.subscription.*", "eventrelay.delivery.dead_lettered", False),
+    ("eventrelay.delivery.dead_lettered", "eventrelay.delivery.dead_lettered", True),
+    ("*", "eventrelayx.y", True),
+    ("*", "Eventrelay.x", True),
 ]
 
 
@@ -40,6 +48,8 @@ def test_type_matches(pattern: str, event_type: str, expected: bool) -> None:
         (["order.*", "invoice.paid"], "order.created", True),
         (["order.*", "invoice.paid"], "invoice.voided", False),
         (["order.*"], "order", False),
+        (["*"], "eventrelay.subscription.disabled", False),
+        (["*", "eventrelay.*"], "eventrelay.subscription.disabled", True),
         ([], "order.created", False),
     ],
 )

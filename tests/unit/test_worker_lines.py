@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.domain.circuit import CircuitPolicy
+from app.domain.circuit import CircuitChange, CircuitPolicy
 from app.store.work import Completion
 from app.worker.lines import Line, LinePolicy
 from tests.unit.worker_fakes import ready, subscription
@@ -221,3 +221,54 @@ def test_free_slots_go_to_the_tenant_holding_fewest_first() -> None:
     started = p.start_waiting()
     assert [ln.subscription.id for ln, _ in started] == ["b", "a1", "a2"]
     assert p.tenant_in_flight == {"A": 3, "B": 1}
+
+
+# -- circuit changes (operator events) ------------------------------------------------
+
+
+def test_the_cycle_that_reaches_the_threshold_reports_the_circuit_opened() -> None:
+    p = policy()
+    line(p, "a")
+    now = datetime.now(UTC)
+    (first,) = p.record([completion("a", "pending", 500) for _ in range(2)], now)
+    assert first.change is None
+    (opened,) = p.record([completion("a", "pending", 500)], now)
+    assert opened.change == CircuitChange(opened=True, consecutive_failures=3)
+    (probe_failed,) = p.record([completion("a", "pending", 500)], now)
+    assert probe_failed.change is None, "a failed probe keeps it open: nothing new"
+    (closed,) = p.record([completion("a", "succeeded", 200)], now)
+    assert closed.change == CircuitChange(opened=False, consecutive_failures=4)
+    assert closed.consecutive_failures == 0
+
+
+def test_a_cycle_reports_the_net_change_of_its_outcomes() -> None:
+    p = policy()
+    line(p, "a")
+    now = datetime.now(UTC)
+    failures = [completion("a", "pending", 500) for _ in range(3)]
+    (update,) = p.record([*failures, completion("a", "succeeded", 200)], now)
+    assert update.change is None, "opened and closed within one write: never open in the store"
+    (update,) = p.record([*failures, completion("a", "pending", 500)], now)
+    assert update.change == CircuitChange(opened=True, consecutive_failures=4)
+
+
+def test_gone_is_kept_when_a_later_outcome_of_the_cycle_is_an_ordinary_failure() -> None:
+    p = policy()
+    line(p, "a")
+    (update,) = p.record(
+        [completion("a", "dead", 410), completion("a", "pending", 500)], datetime.now(UTC)
+    )
+    assert update.disable_reason == "gone"
+
+
+def test_rewind_puts_the_circuits_back_when_their_write_failed() -> None:
+    p = policy()
+    line(p, "a")
+    now = datetime.now(UTC)
+    p.record([completion("a", "pending", 500) for _ in range(2)], now)
+    (opened,) = p.record([completion("a", "pending", 500)], now)
+    assert opened.change is not None
+    p.rewind()  # that write failed: the store never had the circuit open
+    assert p.lines["a"].circuit.consecutive_failures == 2
+    (again,) = p.record([completion("a", "pending", 500)], now)
+    assert again.change == CircuitChange(opened=True, consecutive_failures=3)
