@@ -36,6 +36,8 @@ from app.services.tenants import TenantService
 from app.settings import Settings
 from app.store.database import Database, open_database
 from app.store.migrations import current_revision, head_revision
+from app.tracing import Tracer
+from app.tracing import build as build_tracer
 from app.worker.sender import http_senders
 from app.worker.worker import DeliveryWorker, worker_config
 
@@ -51,6 +53,7 @@ def build_services(
     wake: Callable[[], None],
     changed: Callable[[str], None],
     removal: Callable[[], None] = lambda: None,
+    tracer: Tracer | None = None,
 ) -> Services:
     """The services the API calls; ``wake``, ``changed`` and ``removal`` tell a
     worker in this process that deliveries are due, a subscription changed, or a
@@ -74,6 +77,7 @@ def build_services(
         on_deliveries=wake,
         schemas=schemas,
         limits=tenants,
+        tracer=tracer,
     )
     return Services(
         settings=settings,
@@ -90,12 +94,16 @@ def build_services(
         schemas=schemas,
         health=HealthService(db),
         tenants=tenants,
+        tracer=tracer,
     )
 
 
 def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
-    """The API; with ``worker=True`` a delivery worker runs in the same process."""
+    """The API; with ``worker=True`` a delivery worker runs in the same process.
+    Spans are exported when the OTEL_* variables ask (:func:`app.tracing.build`,
+    which raises :class:`app.tracing.TracingUnavailable` if they cannot be)."""
     metrics = Metrics()
+    tracer = build_tracer()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +112,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         worker_db = db if db.is_sqlite or not worker else open_database(db.url, worker=True)
         config = worker_config(settings)
         embedded = (
-            DeliveryWorker(worker_db, config, metrics, senders=http_senders(config))
+            DeliveryWorker(worker_db, config, metrics, senders=http_senders(config), tracer=tracer)
             if worker
             else None
         )
@@ -115,6 +123,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             embedded.wake if embedded else _nothing,
             embedded.subscription_changed if embedded else _ignore,
             embedded.remove_tenants if embedded else _nothing,
+            tracer,
         )
         gauges = DatabaseGauges(db, circuit=config.circuit)
         metrics.registry.register(gauges)
@@ -134,6 +143,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             if worker_db is not db:
                 await worker_db.dispose()
             await db.dispose()
+            if tracer is not None:
+                await asyncio.to_thread(tracer.shutdown)  # exports what is buffered
 
     return build_api(lifespan=lifespan, metrics=metrics)
 
@@ -144,12 +155,13 @@ async def run_worker(
     """``eventrelay worker``: deliver until SIGTERM or SIGINT, then finish in-flight
     deliveries. ``before_start`` runs once everything is built."""
     # A worker acknowledges no event: a lost outcome only means a redelivery.
+    tracer = build_tracer()
     db = open_database(settings.database_url, durable_commits=False, worker=True)
     try:
         await _wait_for_migrations(db)
         metrics = Metrics()
         config = worker_config(settings)
-        worker = DeliveryWorker(db, config, metrics, senders=http_senders(config))
+        worker = DeliveryWorker(db, config, metrics, senders=http_senders(config), tracer=tracer)
         gauges = None
         if settings.worker_metrics_port is not None:
             gauges = DatabaseGauges(db, circuit=config.circuit)
@@ -169,6 +181,8 @@ async def run_worker(
             await gauges.stop()
     finally:
         await db.dispose()
+        if tracer is not None:
+            await asyncio.to_thread(tracer.shutdown)
 
 
 async def bootstrap_admin_token(settings: Settings) -> str | None:

@@ -28,6 +28,7 @@ def attempt(a: Attempt) -> dict[str, object]:
         "status_code": a.status_code,
         "error": a.error,
         "response_body": a.response_body,
+        "request_headers": a.request_headers,
     }
 
 

@@ -15,6 +15,7 @@ from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
 from app.services.tenants import TenantService
 from app.settings import Settings
+from app.tracing import Tracer
 
 
 @dataclass(slots=True)
@@ -28,6 +29,7 @@ class Services:
     schemas: SchemaService
     health: HealthService
     tenants: TenantService
+    tracer: Tracer | None = None  # OpenTelemetry spans, when the OTEL_* variables ask
 
 
 async def services(request: Request) -> Services:

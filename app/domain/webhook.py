@@ -9,7 +9,15 @@ import orjson
 from app.domain.signing import signature_header
 
 _OURS = frozenset(
-    {"content-type", "webhook-id", "webhook-timestamp", "webhook-signature", "user-agent"}
+    {
+        "content-type",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+    }
 )
 
 
@@ -42,7 +50,9 @@ def headers(
     keys: Sequence[bytes],
     user_agent: str,
     custom: Mapping[str, str],
+    trace: Mapping[str, str] = {},  # noqa: B006 (never changed)
 ) -> dict[str, str]:
+    """The request's headers; ``trace`` is the attempt's (app.domain.tracecontext.headers)."""
     # Ours win whatever the spelling of a custom header (HTTP names are case-insensitive).
     result = {k: v for k, v in custom.items() if k.lower() not in _OURS}
     result.update(
@@ -54,4 +64,5 @@ def headers(
             "user-agent": user_agent,
         }
     )
+    result.update(trace)
     return result

@@ -103,7 +103,8 @@ _CLAIMED_COLUMNS = (
 _EVENT_COLUMNS = (
     "e.seq AS event_seq, e.type AS event_type, e.key AS event_key, e.data AS event_data, "
     "e.schema_version AS event_schema_version, e.occurred_at AS event_occurred_at, "
-    "e.received_at AS event_received_at"
+    "e.received_at AS event_received_at, e.traceparent AS event_traceparent, "
+    "e.tracestate AS event_tracestate"
 )
 
 
@@ -140,7 +141,7 @@ SQLITE_CLAIMED = f"""
         d.seq, d.id, d.event_id, d.subscription_id, d.ordering_key, d.attempts, d.round_attempts,
         e.id, e.seq, e.type, e.key,
         CASE WHEN length(e.data) <= {SQLITE_INLINE_DATA} THEN e.data END,
-        e.schema_version, e.occurred_at, e.received_at))
+        e.schema_version, e.occurred_at, e.received_at, e.traceparent, e.tracestate))
     FROM deliveries d JOIN events e ON e.id = d.event_id
     WHERE d.seq IN (SELECT value FROM json_each(:seqs))
 """
@@ -269,11 +270,22 @@ def _event(
     schema_version: int | None,
     occurred_at: object,
     received_at: object,
+    traceparent: str | None,
+    tracestate: str | None,
 ) -> StoredEvent:
     received = stored_utc(received_at)
     assert received is not None
     return StoredEvent(
-        seq, event_id, event_type, key, data, schema_version, stored_utc(occurred_at), received
+        seq,
+        event_id,
+        event_type,
+        key,
+        data,
+        schema_version,
+        stored_utc(occurred_at),
+        received,
+        traceparent,
+        tracestate,
     )
 
 
@@ -285,15 +297,16 @@ def _event(
 # writer (a worker whose lease ran out and was taken over records nothing).
 _SQLITE_OUTCOME = """
     WITH o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
-           dead_lettered_at, started_at, duration_ms, error, response_body) AS (VALUES {rows})
+           dead_lettered_at, started_at, duration_ms, error, response_body,
+           request_headers) AS (VALUES {rows})
 """
 SQLITE_RECORD_ATTEMPTS = (
     _SQLITE_OUTCOME
     + """
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                          response_body)
+                          response_body, request_headers)
     SELECT d.id, d.attempts + 1, o.started_at, o.duration_ms, o.status_code, o.error,
-           o.response_body
+           o.response_body, o.request_headers
     FROM o JOIN deliveries d ON d.seq = o.seq
     WHERE d.status = 'in_flight' AND d.lease_owner = o.owner
     ORDER BY o.seq
@@ -326,9 +339,10 @@ _FINISH_AND_RECORD_PG = text(
             CAST(:next_attempt_at AS TIMESTAMPTZ[]), CAST(:status_code AS INTEGER[]),
             CAST(:summary AS TEXT[]), CAST(:completed_at AS TIMESTAMPTZ[]),
             CAST(:dead_lettered_at AS TIMESTAMPTZ[]), CAST(:started_at AS TIMESTAMPTZ[]),
-            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[])
+            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[]),
+            CAST(:request_headers AS TEXT[])
         ) AS o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
-               dead_lettered_at, started_at, duration_ms, error, response_body)
+               dead_lettered_at, started_at, duration_ms, error, response_body, request_headers)
     ), finished AS (
         UPDATE deliveries d SET
             status = o.status, attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
@@ -342,8 +356,9 @@ _FINISH_AND_RECORD_PG = text(
         RETURNING d.seq, d.id, d.attempts
     )
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                          response_body)
-    SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body
+                          response_body, request_headers)
+    SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body,
+           o.request_headers
     FROM finished f JOIN outcome o ON o.seq = f.seq
     ORDER BY f.seq
     """
@@ -399,6 +414,7 @@ def _outcome_rows(
                 c.duration_ms,
                 c.error,
                 c.response_body,
+                c.request_headers,
             )
         )
     return rows
@@ -422,4 +438,5 @@ _OUTCOME_FIELDS = (
     "duration_ms",
     "error",
     "response_body",
+    "request_headers",
 )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, Select, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -48,6 +49,7 @@ class Attempt:
     status_code: int | None
     error: str | None
     response_body: str | None
+    request_headers: dict[str, str] | None = None  # None for attempts stored before them
 
 
 def _dead_letters(tenant_id: str) -> Select[Any]:
@@ -124,12 +126,16 @@ async def _attempts(db: Database, condition: Any) -> list[Attempt]:
             a.c.status_code,
             a.c.error,
             a.c.response_body,
+            a.c.request_headers,
         )
         .where(condition)
         .order_by(a.c.seq)
     )
     async with db.read() as conn:
-        return [Attempt(*r) for r in await conn.execute(query)]
+        return [
+            Attempt(*r[:7], orjson.loads(r[7]) if r[7] is not None else None)
+            for r in await conn.execute(query)
+        ]
 
 
 async def redrive(conn: AsyncConnection, tenant_id: str, delivery_id: str, now: datetime) -> bool:

@@ -36,6 +36,7 @@ class Completion:
     next_attempt_at: datetime | None
     finished_at: datetime
     summary: str | None = None  # the delivery's ``last_error``
+    request_headers: str | None = None  # JSON object: the headers this attempt sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 One attempt of one claimed delivery: the body built once per event, signed
 with the subscription's current keys (and the previous secret while it still
-signs), sent through the worker's :class:`~app.worker.protocol.Sender`, the
+signs), with a ``traceparent`` of its own in the event's trace (the attempt's
+span with a tracer), sent through the worker's :class:`~app.worker.protocol.Sender`, the
 outcome decided by :func:`app.domain.retry.decide`, counted in the metrics,
 logged, and returned as the :class:`~app.store.deliveries.Completion` the
 next cycle writes. No database here.
@@ -13,8 +14,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import orjson
+
 from app import __version__
-from app.domain import webhook
+from app.domain import tracecontext, webhook
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import secret_key
@@ -22,6 +25,7 @@ from app.metrics import Metrics
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed, Completion
+from app.tracing import AttemptSpan, Tracer
 from app.worker.lines import Line
 from app.worker.protocol import Message, Sender, SendResult
 
@@ -39,8 +43,10 @@ class AttemptStep:
         owner: str,
         retry_schedule: tuple[float, ...],
         timeout_ms: int,
+        tracer: Tracer | None = None,
     ) -> None:
         self._sender = sender
+        self._tracer = tracer
         self._metrics = metrics
         self._owner = owner
         self._retry_schedule = retry_schedule
@@ -53,6 +59,8 @@ class AttemptStep:
         """Send ``delivery`` once and say what happened."""
         sub = line.subscription
         started = datetime.now(UTC)
+        span = self._span(delivery, event)
+        trace = span.context if span is not None else _attempt_trace(event)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
@@ -60,12 +68,29 @@ class AttemptStep:
             keys=signing_keys(line, started),
             user_agent=USER_AGENT,
             custom=sub.headers,
+            trace=tracecontext.headers(trace),
         )
         timeout_ms = sub.timeout_ms or self._timeout_ms
         message = Message(payload, headers, timeout_ms / 1000)
         result = await self._sender.connection(sub.url).send(message)
         self._metrics.attempt_duration.observe(result.duration_ms / 1000)
-        return self._conclude(sub, delivery, event, result, started)
+        completion = self._conclude(sub, delivery, event, result, started, headers)
+        if span is not None:
+            span.end(result.outcome.status_code, result.outcome.error, completion.status)
+        return completion
+
+    def _span(self, delivery: Claimed, event: StoredEvent) -> AttemptSpan | None:
+        if self._tracer is None:
+            return None
+        return self._tracer.attempt(
+            _event_trace(event),
+            destination_type="webhook",
+            subscription_id=delivery.subscription_id,
+            delivery_id=delivery.id,
+            event_id=event.id,
+            event_type=event.type,
+            attempt=delivery.attempts + 1,
+        )
 
     def count_successes(self) -> None:
         if self.succeeded:
@@ -79,6 +104,7 @@ class AttemptStep:
         event: StoredEvent,
         result: SendResult,
         started: datetime,
+        headers: dict[str, str],
     ) -> Completion:
         now = datetime.now(UTC)
         schedule = sub.retry_schedule if sub.retry_schedule is not None else self._retry_schedule
@@ -110,6 +136,7 @@ class AttemptStep:
             next_attempt_at=next_at,
             finished_at=now,
             summary=_summary(result, decision),
+            request_headers=orjson.dumps(headers).decode(),
         )
 
 
@@ -123,6 +150,18 @@ def payload(event: StoredEvent) -> bytes:
         event.schema_version,
         event.data_json,
     )
+
+
+def _event_trace(event: StoredEvent) -> tracecontext.TraceContext:
+    """The trace context the event was stored with; a new trace for an event
+    stored before events had one."""
+    stored = tracecontext.parse(event.traceparent, event.tracestate)
+    return stored if stored is not None else tracecontext.new_trace()
+
+
+def _attempt_trace(event: StoredEvent) -> tracecontext.TraceContext:
+    """Without a tracer: a span ID of the attempt's own in the event's trace."""
+    return _event_trace(event).child(tracecontext.new_span_id())
 
 
 def signing_keys(line: Line, now: datetime) -> list[bytes]:

@@ -165,6 +165,7 @@ async def test_outcome_write_does_not_scan_the_deliveries(kit: DeliveryKit, plan
             "duration_ms": [1] * n,
             "error": [None] * n,
             "response_body": ["ok"] * n,
+            "request_headers": ["{}"] * n,
         },
         plan_mode,
     )

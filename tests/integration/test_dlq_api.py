@@ -32,7 +32,15 @@ DEAD_LETTER_FIELDS = {
     "last_error",
     "dead_lettered_at",
 }
-ATTEMPT_FIELDS = {"attempt", "started_at", "duration_ms", "status_code", "error", "response_body"}
+ATTEMPT_FIELDS = {
+    "attempt",
+    "started_at",
+    "duration_ms",
+    "status_code",
+    "error",
+    "response_body",
+    "request_headers",
+}
 
 
 async def kill_all(kit: DeliveryKit, *, failures_first: int = 0) -> list[Claimed]:
