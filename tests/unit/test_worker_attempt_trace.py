@@ -44,7 +44,8 @@ async def test_each_attempt_is_a_new_span_in_the_events_trace(flags: str) -> Non
     children = [tracecontext.parse(h["traceparent"]) for h in sent]
     assert all(c is not None and c.trace_id == TRACE for c in children)
     span_ids = {c.span_id for c in children if c is not None}
-    assert len(span_ids) == 2 and PARENT not in span_ids
+    assert len(span_ids) == 2
+    assert PARENT not in span_ids
     assert all(h["traceparent"].endswith(f"-{flags}") for h in sent)
     assert [h["tracestate"] for h in sent] == ["rojo=1,congo=2"] * 2
     # The attempt log records exactly what was sent.
@@ -65,5 +66,6 @@ async def test_a_subscriptions_custom_headers_cannot_replace_the_trace_headers()
     )
     for headers in sent:
         names = [n.lower() for n in headers]
-        assert names.count("traceparent") == 1 and "tracestate" not in names
+        assert names.count("traceparent") == 1
+        assert "tracestate" not in names
         assert headers["traceparent"].startswith(f"00-{TRACE}-")
