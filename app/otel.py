@@ -138,7 +138,7 @@ class _AttemptSpan:
         if status_code is not None:
             self._span.set_attribute("http.response.status_code", status_code)
         self._span.set_attribute("eventrelay.attempt.outcome", outcome)
-        if outcome != "succeeded":
+        if outcome != "success":
             self._span.set_status(Status(StatusCode.ERROR, error or f"HTTP {status_code}"))
         self._span.end()
 

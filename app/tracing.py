@@ -37,7 +37,8 @@ class AttemptSpan(Protocol):
     @property
     def context(self) -> TraceContext: ...
 
-    def end(self, status_code: int | None, error: str | None, outcome: str) -> None: ...
+    def end(self, status_code: int | None, error: str | None, outcome: str) -> None:
+        """``outcome``: ``success``, ``retry`` or ``dead_letter`` (as in the metrics)."""
 
 
 class Tracer(Protocol):

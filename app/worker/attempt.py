@@ -32,6 +32,8 @@ from app.worker.protocol import Message, Sender, SendResult
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"eventrelay/{__version__}"
+# An attempt's outcome by the delivery's new status, as the attempts metric names it.
+_OUTCOMES = {"succeeded": "success", "pending": "retry", "dead": "dead_letter"}
 
 
 class AttemptStep:
@@ -76,7 +78,8 @@ class AttemptStep:
         self._metrics.attempt_duration.observe(result.duration_ms / 1000)
         completion = self._conclude(sub, delivery, event, result, started, headers)
         if span is not None:
-            span.end(result.outcome.status_code, result.outcome.error, completion.status)
+            outcome = _OUTCOMES[completion.status]
+            span.end(result.outcome.status_code, result.outcome.error, outcome)
         return completion
 
     def _span(self, delivery: Claimed, event: StoredEvent) -> AttemptSpan | None:

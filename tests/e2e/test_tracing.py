@@ -120,6 +120,9 @@ async def test_the_span_tree_of_one_event_from_the_producer_to_the_receiver(
         assert span.attributes["eventrelay.destination.type"] == "webhook"
         assert span.attributes["http.response.status_code"] == status
         assert span.error == (status != 200)
+        assert span.attributes["eventrelay.attempt.outcome"] == (
+            "success" if number == 2 else "retry"
+        )
 
     # What the receiver got is the attempt span's own context, tracestate kept;
     # and the attempt log shows the same request headers.
