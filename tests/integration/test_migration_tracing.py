@@ -1,0 +1,55 @@
+"""0005 (trace context) on a database that already holds events: nothing is
+lost, the new columns start empty, and it goes down again. Both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from alembic import command
+from sqlalchemy import Connection, inspect, pool, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.store.migrations import alembic_config, upgrade_head
+
+INSERT_OLD_EVENT = (
+    "INSERT INTO events (id, type, key, data, schema_version, occurred_at, received_at) "
+    "VALUES ('evt_old', 'order.created', 'k', '{\"a\": 1}', NULL, NULL, CURRENT_TIMESTAMP)"
+)
+
+
+async def _run(url: str, statement: str) -> list[tuple[Any, ...]]:
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement))
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def _columns(url: str, table: str) -> set[str]:
+    def names(conn: Connection) -> set[str]:
+        return {column["name"] for column in inspect(conn).get_columns(table)}
+
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(names)
+    finally:
+        await engine.dispose()
+
+
+async def test_trace_columns_arrive_empty_and_keep_every_event(database_url: str) -> None:
+    # Alembic runs its own event loop, so it runs on a thread of its own.
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0002")
+    assert "traceparent" not in await _columns(database_url, "events")
+    assert "request_headers" not in await _columns(database_url, "attempts")
+    await _run(database_url, INSERT_OLD_EVENT)
+
+    await asyncio.to_thread(upgrade_head, database_url)
+    rows = await _run(
+        database_url, "SELECT id, type, key, data, traceparent, tracestate FROM events"
+    )
+    assert rows == [("evt_old", "order.created", "k", '{"a": 1}', None, None)]
+    assert "request_headers" in await _columns(database_url, "attempts")
