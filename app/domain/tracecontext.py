@@ -92,24 +92,25 @@ def parse_tracestate(tracestate: str | None) -> str | None:
     return value if len(value) <= MAX_TRACESTATE_LENGTH else None
 
 
-# IDs need to be unique, not secret: the generator OpenTelemetry's SDK uses too.
-RandomBits = Callable[[int], int]
+# IDs need to be unique, not secret: OpenTelemetry's SDK uses the same generator.
+RandomBytes = Callable[[int], bytes]
 
 
-def new_span_id(random_bits: RandomBits = random.getrandbits) -> str:
+def new_span_id(random_bytes: RandomBytes = random.randbytes) -> str:
     while True:
-        bits = random_bits(64)
-        if bits:
-            return f"{bits:016x}"
+        span_id = random_bytes(8).hex()
+        if span_id != _ZERO_SPAN:
+            return span_id
 
 
-def new_trace(random_bits: RandomBits = random.getrandbits) -> TraceContext:
+def new_trace(random_bytes: RandomBytes = random.randbytes) -> TraceContext:
     """A new trace for an event that came without one. Sampled, so that receivers
     that sample by their parent record it."""
     while True:
-        bits = random_bits(128)
-        if bits:
-            return TraceContext(f"{bits:032x}", new_span_id(random_bits), SAMPLED)
+        ids = random_bytes(24).hex()
+        trace_id, span_id = ids[:32], ids[32:]
+        if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
+            return TraceContext(trace_id, span_id, SAMPLED)
 
 
 def headers(context: TraceContext) -> dict[str, str]:
@@ -118,3 +119,15 @@ def headers(context: TraceContext) -> dict[str, str]:
     if context.tracestate:
         return {"traceparent": context.traceparent, "tracestate": context.tracestate}
     return {"traceparent": context.traceparent}
+
+
+def child_headers(stored: str, tracestate: str | None, span_id: str) -> dict[str, str]:
+    """:func:`headers` for a span ``span_id`` under a stored event's context.
+
+    ``stored`` is a ``traceparent`` as this module writes it (version 00, only
+    the sampled flag), so the new one is spliced from it rather than parsed
+    again: this runs for every delivery attempt."""
+    traceparent = f"00-{stored[3:35]}-{span_id}-{stored[53:55]}"
+    if tracestate:
+        return {"traceparent": traceparent, "tracestate": tracestate}
+    return {"traceparent": traceparent}

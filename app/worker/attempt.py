@@ -62,7 +62,7 @@ class AttemptStep:
         sub = line.subscription
         started = datetime.now(UTC)
         span = self._span(delivery, event)
-        trace = span.context if span is not None else _attempt_trace(event)
+        trace = tracecontext.headers(span.context) if span is not None else _attempt_trace(event)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
@@ -70,7 +70,7 @@ class AttemptStep:
             keys=signing_keys(line, started),
             user_agent=USER_AGENT,
             custom=sub.headers,
-            trace=tracecontext.headers(trace),
+            trace=trace,
         )
         timeout_ms = sub.timeout_ms or self._timeout_ms
         message = Message(payload, headers, timeout_ms / 1000)
@@ -162,9 +162,13 @@ def _event_trace(event: StoredEvent) -> tracecontext.TraceContext:
     return stored if stored is not None else tracecontext.new_trace()
 
 
-def _attempt_trace(event: StoredEvent) -> tracecontext.TraceContext:
-    """Without a tracer: a span ID of the attempt's own in the event's trace."""
-    return _event_trace(event).child(tracecontext.new_span_id())
+def _attempt_trace(event: StoredEvent) -> dict[str, str]:
+    """Without a tracer: the trace headers of a span ID of the attempt's own in
+    the event's trace (the stored context was validated at ingest)."""
+    span_id = tracecontext.new_span_id()
+    if event.traceparent is None:
+        return tracecontext.headers(tracecontext.new_trace().child(span_id))
+    return tracecontext.child_headers(event.traceparent, event.tracestate, span_id)
 
 
 def signing_keys(line: Line, now: datetime) -> list[bytes]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from app.domain import tracecontext
@@ -106,9 +104,20 @@ def test_a_new_trace_is_sampled_and_valid_and_never_all_zeros() -> None:
     assert tracecontext.parse(fresh.traceparent) == fresh
     assert fresh.sampled
     assert tracecontext.new_trace() != fresh
-    # A generator that returns zero first must not produce an invalid ID.
-    bits = itertools.chain([0, 0], itertools.count(1))
-    made = tracecontext.new_trace(lambda _: next(bits))
-    assert made.trace_id == f"{1:032x}"
-    assert made.span_id == f"{2:016x}"
+    # A generator whose first IDs are all zeros must not produce an invalid one.
+    draws = iter([bytes(24), bytes(16) + b"\x01" * 8, b"\x02" * 24])
+    made = tracecontext.new_trace(lambda n: next(draws)[:n])
+    assert (made.trace_id, made.span_id) == ("02" * 16, "02" * 8)
     assert tracecontext.parse(made.traceparent) == made
+    spans = iter([bytes(8), b"\x03" * 8])
+    assert tracecontext.new_span_id(lambda n: next(spans)) == "03" * 8
+
+
+def test_child_headers_splice_a_stored_traceparent_like_headers_of_its_child() -> None:
+    stored = tracecontext.parse(f"00-{TRACE}-{SPAN}-00", "rojo=1")
+    assert stored is not None
+    spliced = tracecontext.child_headers(stored.traceparent, "rojo=1", "b7ad6b7169203331")
+    assert spliced == tracecontext.headers(stored.child("b7ad6b7169203331"))
+    assert tracecontext.child_headers(VALID, None, "b7ad6b7169203331") == {
+        "traceparent": f"00-{TRACE}-b7ad6b7169203331-01"
+    }
