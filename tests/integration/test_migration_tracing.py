@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.store.migrations import alembic_config, upgrade_head
 
+BEFORE = "0003"  # the revision 0005 follows
+
 INSERT_OLD_EVENT = (
     "INSERT INTO events (id, type, key, data, schema_version, occurred_at, received_at) "
     "VALUES ('evt_old', 'order.created', 'k', '{\"a\": 1}', NULL, NULL, CURRENT_TIMESTAMP)"
@@ -42,7 +44,7 @@ async def _columns(url: str, table: str) -> set[str]:
 
 async def test_trace_columns_arrive_empty_and_keep_every_event(database_url: str) -> None:
     # Alembic runs its own event loop, so it runs on a thread of its own.
-    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0002")
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), BEFORE)
     assert "traceparent" not in await _columns(database_url, "events")
     assert "request_headers" not in await _columns(database_url, "attempts")
     await _run(database_url, INSERT_OLD_EVENT)
