@@ -44,7 +44,7 @@ WORKDIR /srv/eventrelay
 # them; the stub itself is uninstalled at once.
 COPY pyproject.toml README.md ./
 RUN mkdir app && touch app/__init__.py \
-    && pip install ".[brokers]" \
+    && pip install ".[brokers,tracing]" \
     && pip uninstall --yes eventrelay \
     && rm -rf app pyproject.toml README.md
 

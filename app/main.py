@@ -40,6 +40,8 @@ from app.settings import Settings
 from app.store.database import Database, open_database
 from app.store.migrations import current_revision, head_revision
 from app.store.sealed import RESEAL_BATCH, SEALED_TABLES, ResealReport, keys_missing, reseal
+from app.tracing import Tracer
+from app.tracing import build as build_tracer
 from app.worker.destinations import destination_senders
 from app.worker.worker import DeliveryWorker, worker_config
 
@@ -55,6 +57,7 @@ def build_services(
     wake: Callable[[], None],
     changed: Callable[[str], None],
     removal: Callable[[], None] = lambda: None,
+    tracer: Tracer | None = None,
 ) -> Services:
     """The services the API calls; ``wake``, ``changed`` and ``removal`` tell a
     worker in this process that deliveries are due, a subscription changed, or a
@@ -78,6 +81,7 @@ def build_services(
         on_deliveries=wake,
         schemas=schemas,
         limits=tenants,
+        tracer=tracer,
     )
     auth = Authenticator(db, settings.admin_token)
     return Services(
@@ -98,12 +102,16 @@ def build_services(
         tenants=tenants,
         console=ConsoleSessions(db, auth, bootstrap_token=settings.admin_token is not None),
         overview=OverviewService(db, worker_config(settings).circuit),
+        tracer=tracer,
     )
 
 
 def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
-    """The API; with ``worker=True`` a delivery worker runs in the same process."""
+    """The API; with ``worker=True`` a delivery worker runs in the same process.
+    Spans are exported when the OTEL_* variables ask (:func:`app.tracing.build`,
+    which raises :class:`app.tracing.TracingUnavailable` if they cannot be)."""
     metrics = Metrics()
+    tracer = build_tracer()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -117,7 +125,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
         )
         config = worker_config(settings)
         embedded = (
-            DeliveryWorker(worker_db, config, metrics, senders=destination_senders(config))
+            DeliveryWorker(
+                worker_db, config, metrics, senders=destination_senders(config), tracer=tracer
+            )
             if worker
             else None
         )
@@ -128,6 +138,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             embedded.wake if embedded else _nothing,
             embedded.subscription_changed if embedded else _ignore,
             embedded.remove_tenants if embedded else _nothing,
+            tracer,
         )
         gauges = DatabaseGauges(db, circuit=config.circuit)
         metrics.registry.register(gauges)
@@ -147,6 +158,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             if worker_db is not db:
                 await worker_db.dispose()
             await db.dispose()
+            if tracer is not None:
+                await asyncio.to_thread(tracer.shutdown)  # exports what is buffered
 
     app = build_api(lifespan=lifespan, metrics=metrics)
     app.mount("/console", build_console(lambda: _services_of(app)))
@@ -164,6 +177,7 @@ async def run_worker(
     """``eventrelay worker``: deliver until SIGTERM or SIGINT, then finish in-flight
     deliveries. ``before_start`` runs once everything is built."""
     # A worker acknowledges no event: a lost outcome only means a redelivery.
+    tracer = build_tracer()
     db = open_database(
         settings.database_url, durable_commits=False, worker=True, keyring=settings.keyring()
     )
@@ -172,7 +186,9 @@ async def run_worker(
         await _warn_about_missing_keys(db)
         metrics = Metrics()
         config = worker_config(settings)
-        worker = DeliveryWorker(db, config, metrics, senders=destination_senders(config))
+        worker = DeliveryWorker(
+            db, config, metrics, senders=destination_senders(config), tracer=tracer
+        )
         gauges = None
         if settings.worker_metrics_port is not None:
             gauges = DatabaseGauges(db, circuit=config.circuit)
@@ -192,6 +208,8 @@ async def run_worker(
             await gauges.stop()
     finally:
         await db.dispose()
+        if tracer is not None:
+            await asyncio.to_thread(tracer.shutdown)
 
 
 async def bootstrap_admin_token(settings: Settings) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 import orjson
@@ -17,14 +18,15 @@ from app.api.openapi import json_body
 from app.api.pagination import decode_cursor, encode_cursor
 from app.api.problems import PROBLEM_JSON
 from app.api.state import Services
-from app.domain import cloudevents, jsonbody
+from app.domain import cloudevents, jsonbody, tracecontext
 from app.domain.events import BatchInput, EventInput, rfc3339
 from app.domain.idempotency import Accepted, parse_key
 from app.domain.tenants import TENANT_HEADER
 from app.domain.tokens import Scope
-from app.errors import BadRequest
+from app.errors import BadRequest, EventRelayError
 from app.services.events import Stats
 from app.services.tenants import Tenant
+from app.tracing import RequestTrace
 
 router = APIRouter(prefix="/v1", tags=["events"])
 DeliveryStatus = Literal["pending", "in_flight", "succeeded", "dead", "discarded"]
@@ -56,20 +58,59 @@ def _cloudevents_body() -> dict[str, object]:
 
 
 async def _cloudevent_answer(
-    request: Request, svc: Services, key: str | None, tenant: Tenant
+    request: Request, svc: Services, key: str | None, tenant: Tenant, trace: RequestTrace
 ) -> Response:
     """Ingest CloudEvents in the mode the request is in (see app.domain.cloudevents)."""
     limit = svc.settings.max_payload_bytes
     media = media_type(request)
     if media == cloudevents.STRUCTURED:
         event = cloudevents.parse_structured(_json(await read_limited(request, limit)))
-        return _accepted(await svc.ingest.ingest_cloudevent(event, key, tenant))
+        return _accepted(await svc.ingest.ingest_cloudevent(event, key, tenant, trace))
     if media == cloudevents.BATCH:
         events = cloudevents.parse_batch(_json(await read_limited(request, limit)))
-        return _batch_accepted(await svc.ingest.ingest_cloudevent_batch(events, tenant))
+        return _batch_accepted(await svc.ingest.ingest_cloudevent_batch(events, tenant, trace))
     headers = {name.lower(): value for name, value in request.headers.items()}
     event = cloudevents.parse_binary(headers, await read_limited(request, limit))
-    return _accepted(await svc.ingest.ingest_cloudevent(event, key, tenant))
+    return _accepted(await svc.ingest.ingest_cloudevent(event, key, tenant, trace))
+
+
+def _incoming_trace(request: Request) -> tracecontext.TraceContext | None:
+    """The request's W3C trace context: one valid ``traceparent`` (a repeated one is
+    none) with its ``tracestate`` headers combined, as W3C Trace Context says."""
+    traceparent = headers(request).get("traceparent")
+    if traceparent is None:
+        return None
+    raw = request.scope["headers"]
+    if sum(1 for name, _ in raw if name == b"traceparent") > 1:
+        return None
+    states = [value.decode("latin-1") for name, value in raw if name == b"tracestate"]
+    return tracecontext.parse(traceparent, ",".join(states) if states else None)
+
+
+Ingest = Callable[[Request, Services, Tenant, RequestTrace], Awaitable[Response]]
+
+
+async def _traced(
+    request: Request, svc: Services, tenant: Tenant, route: str, ingest: Ingest
+) -> Response:
+    """Run ``ingest`` in the request's trace context; with a tracer, in a span of
+    its own, the child of that context (a new trace without one)."""
+    incoming = _incoming_trace(request)
+    tracer = svc.tracer
+    if tracer is None:
+        trace = RequestTrace(incoming or tracecontext.new_trace())
+        return await ingest(request, svc, tenant, trace)
+    span = tracer.ingest(route, incoming)
+    try:
+        response = await ingest(request, svc, tenant, RequestTrace(span.context, span))
+    except EventRelayError as exc:
+        span.end(exc.status, exc)
+        raise
+    except BaseException as exc:
+        span.end(500, exc)
+        raise
+    span.end(response.status_code)
+    return response
 
 
 def _json(body: bytes) -> object:
@@ -102,6 +143,24 @@ _TENANT_PARAMETER = {
 }
 
 
+_TRACE_PARAMETERS = [
+    {
+        "in": "header",
+        "name": "traceparent",
+        "required": False,
+        "description": "W3C Trace Context; stored with the event (an invalid one is ignored)",
+        "schema": {"type": "string"},
+    },
+    {
+        "in": "header",
+        "name": "tracestate",
+        "required": False,
+        "description": "W3C Trace Context; passed on with every delivery attempt",
+        "schema": {"type": "string"},
+    },
+]
+
+
 async def _ingest_services(request: Request) -> tuple[Services, Tenant]:
     svc: Services = request.app.state.services
     sent = headers(request)
@@ -116,17 +175,23 @@ async def _ingest_services(request: Request) -> tuple[Services, Tenant]:
     responses=_PROBLEMS
     | {200: {"model": schemas.BatchAccepted, "description": "A CloudEvents batch was accepted"}},
     openapi_extra=_cloudevents_body()
-    | {"parameters": [_IDEMPOTENCY_KEY_PARAMETER, _TENANT_PARAMETER]},
+    | {"parameters": [_IDEMPOTENCY_KEY_PARAMETER, _TENANT_PARAMETER, *_TRACE_PARAMETERS]},
     summary="Ingest one event, or CloudEvents (structured, binary, batch)",
 )
 async def post_event(request: Request) -> Response:
     svc, tenant = await _ingest_services(request)
+    return await _traced(request, svc, tenant, "/v1/events", _ingest_event)
+
+
+async def _ingest_event(
+    request: Request, svc: Services, tenant: Tenant, trace: RequestTrace
+) -> Response:
     idempotency_key = headers(request).get("idempotency-key")
     key = parse_key(idempotency_key) if idempotency_key is not None else None
     if _is_cloudevent(request):
-        return await _cloudevent_answer(request, svc, key, tenant)
+        return await _cloudevent_answer(request, svc, key, tenant, trace)
     document = await read_json(request, svc.settings.max_payload_bytes)
-    return _accepted(await svc.ingest.ingest_one(document, key, tenant))
+    return _accepted(await svc.ingest.ingest_one(document, key, tenant, trace))
 
 
 @router.post(
@@ -134,13 +199,19 @@ async def post_event(request: Request) -> Response:
     status_code=200,
     response_model=schemas.BatchAccepted,
     responses=_PROBLEMS,
-    openapi_extra=json_body(BatchInput) | {"parameters": [_TENANT_PARAMETER]},
+    openapi_extra=json_body(BatchInput) | {"parameters": [_TENANT_PARAMETER, *_TRACE_PARAMETERS]},
     summary="Ingest up to 500 events atomically",
 )
 async def post_batch(request: Request) -> Response:
     svc, tenant = await _ingest_services(request)
+    return await _traced(request, svc, tenant, "/v1/events/batch", _ingest_batch)
+
+
+async def _ingest_batch(
+    request: Request, svc: Services, tenant: Tenant, trace: RequestTrace
+) -> Response:
     document = await read_json(request, svc.settings.max_payload_bytes)
-    return _batch_accepted(await svc.ingest.ingest_batch(document, tenant))
+    return _batch_accepted(await svc.ingest.ingest_batch(document, tenant, trace))
 
 
 @router.get(

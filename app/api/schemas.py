@@ -202,7 +202,9 @@ class AttemptOut(BaseModel):
     status_code: int | None
     error: str | None
     response_body: str | None
-    request_headers: dict[str, str] | None
+    request_headers: dict[str, str] | None = Field(
+        description="The headers the attempt sent (null for attempts recorded before they were)"
+    )
 
 
 class EventAttemptOut(AttemptOut):

@@ -15,6 +15,7 @@ from app.cli.config import load_settings
 from app.main import bootstrap_admin_token, check_stored_secrets, create_app, run_worker
 from app.settings import Settings
 from app.store.migrations import upgrade_head
+from app.tracing import TracingUnavailable
 
 log = logging.getLogger("eventrelay")
 
@@ -58,7 +59,11 @@ def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
     asyncio.run(check_stored_secrets(settings))
     if token is not None:
         log.warning("admin token: %s", token, extra={"admin_token": token})
-    app = create_app(settings, worker=worker)
+    try:
+        app = create_app(settings, worker=worker)
+    except TracingUnavailable as exc:
+        log.error("%s", exc)
+        return 2
     config = uvicorn.Config(
         app,
         host=host,
@@ -93,5 +98,9 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 def _worker(settings: Settings) -> int:
     import uvloop
 
-    uvloop.run(run_worker(settings, before_start=_freeze_startup_objects))
+    try:
+        uvloop.run(run_worker(settings, before_start=_freeze_startup_objects))
+    except TracingUnavailable as exc:
+        log.error("%s", exc)
+        return 2
     return 0

@@ -71,6 +71,8 @@ class NewEvent:
     idempotency_key: str | None
     fingerprint: str | None
     tenant_id: str = DEFAULT_TENANT
+    traceparent: str | None = None  # W3C trace context (app.domain.tracecontext)
+    tracestate: str | None = None
 
     @property
     def scoped_key(self) -> tuple[str, str] | None:

@@ -9,7 +9,15 @@ import orjson
 from app.domain.signing import signature_header
 
 _OURS = frozenset(
-    {"content-type", "webhook-id", "webhook-timestamp", "webhook-signature", "user-agent"}
+    {
+        "content-type",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "user-agent",
+        "traceparent",
+        "tracestate",
+    }
 )
 
 
@@ -43,7 +51,9 @@ def headers(
     user_agent: str,
     custom: Mapping[str, str],
     content_type: str = "application/json",
+    trace: Mapping[str, str] = {},  # noqa: B006 (never changed)
 ) -> dict[str, str]:
+    """The request's headers; ``trace`` is the attempt's (app.domain.tracecontext.headers)."""
     # Ours win whatever the spelling of a custom header (HTTP names are case-insensitive).
     result = {k: v for k, v in custom.items() if k.lower() not in _OURS}
     result.update(
@@ -55,4 +65,5 @@ def headers(
             "user-agent": user_agent,
         }
     )
+    result.update(trace)
     return result

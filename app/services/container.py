@@ -16,6 +16,7 @@ from app.services.schemas import SchemaService
 from app.services.subscriptions import SubscriptionService
 from app.services.tenants import TenantService
 from app.settings import Settings
+from app.tracing import Tracer
 
 
 @dataclass(slots=True)
@@ -31,3 +32,4 @@ class Services:
     tenants: TenantService
     console: ConsoleSessions
     overview: OverviewService
+    tracer: Tracer | None = None  # OpenTelemetry spans, when the OTEL_* variables ask

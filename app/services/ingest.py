@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app.domain import jsonbody
+from app.domain import jsonbody, tracecontext
 from app.domain.cloudevents import MappedEvent
 from app.domain.events import (
     BatchItemInput,
@@ -29,6 +29,7 @@ from app.services.schemas import SchemaService
 from app.services.tenants import Tenant, TenantService
 from app.store import ingest as store
 from app.store.database import Database
+from app.tracing import IngestSpan, RequestTrace, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class IngestService:
         on_deliveries: Callable[[], None] | None = None,
         schemas: SchemaService | None = None,
         limits: TenantService | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._db = db
         self._limits = limits
@@ -58,7 +60,7 @@ class IngestService:
         self._on_accepted = on_accepted
         self._on_deliveries = on_deliveries
         self._committer: GroupCommitter[list[NewEvent], UnitResult] = GroupCommitter(
-            self._flush, writers=writers, on_flush=on_flush
+            self._flush, writers=writers, on_flush=on_flush, tracer=tracer
         )
 
     def start(self) -> None:
@@ -68,21 +70,34 @@ class IngestService:
         await self._committer.stop()
 
     async def ingest_one(
-        self, document: Any, idempotency_key: str | None, tenant: Tenant = DEFAULT
+        self,
+        document: Any,
+        idempotency_key: str | None,
+        tenant: Tenant = DEFAULT,
+        trace: RequestTrace | None = None,
     ) -> Accepted:
-        """Store one event (``POST /v1/events``) in ``tenant``; raises on invalid input."""
+        """Store one event (``POST /v1/events``) in ``tenant``; raises on invalid input.
+        ``trace`` is the request's trace context (a new trace without one)."""
         if idempotency_key is None and self._require_key:
             raise BadRequest("the Idempotency-Key header is required")
         event = parse_event(document)
+        trace = trace or _new_trace()
         (version,) = await self._schema_versions([(event, "/data", "/schema_version")])
         (accepted,) = await self._submit(
-            tenant, [_new_event(event, idempotency_key, version, tenant.id)], _header_key_reused
+            tenant,
+            [_new_event(event, idempotency_key, version, tenant.id, trace.context)],
+            _header_key_reused,
+            trace.span,
         )
         return accepted
 
-    async def ingest_batch(self, document: Any, tenant: Tenant = DEFAULT) -> list[Accepted]:
-        """Store every event of a batch in one transaction, or none of them."""
+    async def ingest_batch(
+        self, document: Any, tenant: Tenant = DEFAULT, trace: RequestTrace | None = None
+    ) -> list[Accepted]:
+        """Store every event of a batch in one transaction, or none of them; each
+        event carries the request's trace context."""
         batch = parse_batch(document)
+        trace = trace or _new_trace()
         keys = self._batch_keys(batch.events)
         versions = await self._schema_versions(
             [
@@ -93,35 +108,49 @@ class IngestService:
         return await self._submit(
             tenant,
             [
-                _new_event(item, key, version, tenant.id)
+                _new_event(item, key, version, tenant.id, trace.context)
                 for item, key, version in zip(batch.events, keys, versions, strict=True)
             ],
             _batch_keys_reused,
+            trace.span,
         )
 
     async def ingest_cloudevent(
-        self, event: MappedEvent, idempotency_key: str | None, tenant: Tenant = DEFAULT
+        self,
+        event: MappedEvent,
+        idempotency_key: str | None,
+        tenant: Tenant = DEFAULT,
+        trace: RequestTrace | None = None,
     ) -> Accepted:
-        """Store one CloudEvent, keyed by the header's key or else its (source, id)."""
+        """Store one CloudEvent, keyed by the header's key or else its (source, id);
+        its own ``traceparent`` extension, when valid, is its trace context."""
+        trace = trace or _new_trace()
         (version,) = await self._schema_versions([(event.event, event.data_loc, event.version_loc)])
         key = idempotency_key or event.pair_key
-        new = _new_event(event.event, key, version, tenant.id, event.attributes)
+        context = _cloudevent_trace(event, trace)
+        new = _new_event(event.event, key, version, tenant.id, context, event.attributes)
         reused = _header_key_reused if idempotency_key else _pairs_reused([event])
-        (accepted,) = await self._submit(tenant, [new], reused)
+        (accepted,) = await self._submit(tenant, [new], reused, trace.span)
         return accepted
 
     async def ingest_cloudevent_batch(
-        self, events: list[MappedEvent], tenant: Tenant = DEFAULT
+        self,
+        events: list[MappedEvent],
+        tenant: Tenant = DEFAULT,
+        trace: RequestTrace | None = None,
     ) -> list[Accepted]:
         """Store a CloudEvents batch atomically, each event keyed by its (source, id)."""
+        trace = trace or _new_trace()
         versions = await self._schema_versions(
             [(m.event, m.data_loc, m.version_loc) for m in events]
         )
         new = [
-            _new_event(m.event, m.pair_key, version, tenant.id, m.attributes)
+            _new_event(
+                m.event, m.pair_key, version, tenant.id, _cloudevent_trace(m, trace), m.attributes
+            )
             for m, version in zip(events, versions, strict=True)
         ]
-        return await self._submit(tenant, new, _pairs_reused(events))
+        return await self._submit(tenant, new, _pairs_reused(events), trace.span)
 
     async def _schema_versions(self, items: list[tuple[EventInput, str, str]]) -> list[int | None]:
         """Each event's schema version, its data validated; 422 naming every failure.
@@ -169,6 +198,7 @@ class IngestService:
         tenant: Tenant,
         events: list[NewEvent],
         refusal: Callable[[KeyReused], ValidationFailed],
+        span: IngestSpan | None = None,
     ) -> list[Accepted]:
         """Store one request's events; ``refusal`` names the parts of the request
         whose key was already used with a different body. The tenant's ingest
@@ -177,7 +207,7 @@ class IngestService:
         if limits is not None:
             limits.admit(tenant, len(events))
         try:
-            result = await self._committer.submit(events)
+            result = await self._committer.submit(events, span)
         except BaseException:
             if limits is not None:
                 limits.give_back(tenant, len(events))
@@ -250,11 +280,25 @@ def _pairs_reused(events: list[MappedEvent]) -> Callable[[KeyReused], Validation
     return refusal
 
 
+def _new_trace() -> RequestTrace:
+    return RequestTrace(tracecontext.new_trace())
+
+
+def _cloudevent_trace(event: MappedEvent, trace: RequestTrace) -> tracecontext.TraceContext:
+    """A CloudEvent's own trace context (the Distributed Tracing extension's
+    ``traceparent`` and ``tracestate``) when valid, else the request's."""
+    own = event.attributes.get("traceparent")
+    if own is None:
+        return trace.context
+    return tracecontext.parse(own, event.attributes.get("tracestate")) or trace.context
+
+
 def _new_event(
     event: EventInput,
     idempotency_key: str | None,
     schema_version: int | None,
     tenant_id: str,
+    trace: tracecontext.TraceContext,
     cloudevent: dict[str, str] | None = None,
 ) -> NewEvent:
     """The event to store; ``schema_version`` is the resolved one, the request's counts
@@ -281,6 +325,8 @@ def _new_event(
         idempotency_key=idempotency_key,
         fingerprint=fingerprint(meaning) if idempotency_key is not None else None,
         tenant_id=tenant_id,
+        traceparent=trace.traceparent,
+        tracestate=trace.tracestate,
     )
 
 

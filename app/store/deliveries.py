@@ -105,7 +105,8 @@ _CLAIMED_COLUMNS = (
 _EVENT_COLUMNS = (
     "e.seq AS event_seq, e.type AS event_type, e.key AS event_key, e.data AS event_data, "
     "e.schema_version AS event_schema_version, e.occurred_at AS event_occurred_at, "
-    "e.received_at AS event_received_at"
+    "e.received_at AS event_received_at, e.traceparent AS event_traceparent, "
+    "e.tracestate AS event_tracestate"
 )
 
 
@@ -142,7 +143,7 @@ SQLITE_CLAIMED = f"""
         d.seq, d.id, d.event_id, d.subscription_id, d.ordering_key, d.attempts, d.round_attempts,
         e.id, e.seq, e.type, e.key,
         CASE WHEN length(e.data) <= {SQLITE_INLINE_DATA} THEN e.data END,
-        e.schema_version, e.occurred_at, e.received_at))
+        e.schema_version, e.occurred_at, e.received_at, e.traceparent, e.tracestate))
     FROM deliveries d JOIN events e ON e.id = d.event_id
     WHERE d.seq IN (SELECT value FROM json_each(:seqs))
 """
@@ -279,11 +280,22 @@ def _event(
     schema_version: int | None,
     occurred_at: object,
     received_at: object,
+    traceparent: str | None,
+    tracestate: str | None,
 ) -> StoredEvent:
     received = stored_utc(received_at)
     assert received is not None
     return StoredEvent(
-        seq, event_id, event_type, key, data, schema_version, stored_utc(occurred_at), received
+        seq,
+        event_id,
+        event_type,
+        key,
+        data,
+        schema_version,
+        stored_utc(occurred_at),
+        received,
+        traceparent,
+        tracestate,
     )
 
 

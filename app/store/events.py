@@ -25,6 +25,8 @@ class StoredEvent:
     schema_version: int | None
     occurred_at: datetime | None
     received_at: datetime
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ _EVENT_COLUMNS = (
     schema.events.c.schema_version,
     schema.events.c.occurred_at,
     schema.events.c.received_at,
+    schema.events.c.traceparent,
+    schema.events.c.tracestate,
 )
 
 
@@ -67,6 +71,8 @@ def _event(row: object) -> StoredEvent:
         r["schema_version"],
         r["occurred_at"],
         r["received_at"],
+        r["traceparent"],
+        r["tracestate"],
     )
 
 

@@ -167,7 +167,10 @@ _SELECT_SUBSCRIPTIONS = (
     "SELECT id, event_types, ordering, tenant_id, filter FROM subscriptions "
     "WHERE status <> 'disabled' AND tenant_id IN {tenants} ORDER BY id"
 )
-_EVENT_COLUMNS = "id, type, key, data, schema_version, occurred_at, received_at, tenant_id"
+_EVENT_COLUMNS = (
+    "id, type, key, data, schema_version, occurred_at, received_at, tenant_id, "
+    "traceparent, tracestate"
+)
 _KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at, tenant_id"
 
 
@@ -249,6 +252,8 @@ def _ingest_sqlite(
                 stamp(e.occurred_at) if e.occurred_at else None,
                 received[e.id],
                 e.tenant_id,
+                e.traceparent,
+                e.tracestate,
             )
             for e in new_events
         ],
@@ -304,7 +309,8 @@ def _insert_deliveries_sqlite(
 _PG_INSERT_EVENTS = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM unnest("
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], "
-    f"$7::timestamptz[], $8::text[]) WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n"
+    "$7::timestamptz[], $8::text[], $9::text[], $10::text[]) "
+    f"WITH ORDINALITY AS t({_EVENT_COLUMNS}, n) ORDER BY n"
 )
 _PG_INSERT_KEYS = (
     f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) SELECT * FROM unnest("
@@ -340,10 +346,12 @@ async def _ingest_postgres(
             e.occurred_at,
             e.received_at,
             e.tenant_id,
+            e.traceparent,
+            e.tracestate,
         )
         for e in new_events
     ]
-    await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, 8))
+    await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, 10))
     await add_deliveries(conn, fanout)
     bodies = _bodies(new_events, fanout)
     await _insert_keys_postgres(conn, new_events, bodies, decision.reclaim, cutoff)

@@ -123,6 +123,9 @@ events = Table(
     Column("schema_version", Integer, nullable=True),
     Column("occurred_at", UTCDateTime, nullable=True),
     Column("received_at", UTCDateTime, nullable=False),
+    # W3C trace context: what the event arrived in, or the trace begun at ingest.
+    Column("traceparent", String(55), nullable=True),
+    Column("tracestate", String(512), nullable=True),
     Index("ix_events_tenant_id_seq", "tenant_id", "seq"),
     Index("ix_events_tenant_id_type_seq", "tenant_id", "type", "seq"),
     Index("ix_events_tenant_id_key_seq", "tenant_id", "key", "seq"),

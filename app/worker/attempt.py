@@ -2,7 +2,8 @@
 
 One attempt of one claimed delivery: the body built once per event, signed
 with the subscription's current keys (and the previous secret while it still
-signs), sent through the worker's :class:`~app.worker.protocol.Sender`, the
+signs), with a ``traceparent`` of its own in the event's trace (the attempt's
+span with a tracer), sent through the worker's :class:`~app.worker.protocol.Sender`, the
 outcome decided by :func:`app.domain.retry.decide`, counted in the metrics,
 logged, and returned as the :class:`~app.store.deliveries.Completion` the
 next cycle writes. No database here.
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 import orjson
 
 from app import __version__
-from app.domain import formats, webhook
+from app.domain import formats, tracecontext, webhook
 from app.domain.destinations import Destination, render
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
@@ -26,12 +27,15 @@ from app.metrics import Metrics
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed, Completion
+from app.tracing import AttemptSpan, Tracer
 from app.worker.lines import Line
 from app.worker.protocol import Message, Route, Sender, SendResult, failed
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"eventrelay/{__version__}"
+# An attempt's outcome by the delivery's new status, as the attempts metric names it.
+_OUTCOMES = {"succeeded": "success", "pending": "retry", "dead": "dead_letter"}
 
 
 class AttemptStep:
@@ -43,8 +47,10 @@ class AttemptStep:
         owner: str,
         retry_schedule: tuple[float, ...],
         timeout_ms: int,
+        tracer: Tracer | None = None,
     ) -> None:
         self._sender = sender
+        self._tracer = tracer
         self._metrics = metrics
         self._owner = owner
         self._retry_schedule = retry_schedule
@@ -66,6 +72,8 @@ class AttemptStep:
             log.error("cannot sign: %s", exc.detail, extra=_ids(delivery))
             return self._conclude(sub, delivery, event, failed(0, exc.detail), started, None)
         shape = formats.shape(sub.format, sub.destination_type)
+        span = self._span(delivery, event, sub.destination_type)
+        trace = tracecontext.headers(span.context) if span is not None else _attempt_trace(event)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
@@ -74,6 +82,7 @@ class AttemptStep:
             user_agent=USER_AGENT,
             custom=sub.headers,
             content_type=formats.content_type(shape),
+            trace=trace,
         )
         if shape == "binary":
             headers.update(_binary_headers(event))
@@ -90,7 +99,26 @@ class AttemptStep:
         result = await self._sender.connection(sub.target).send(message)
         self._metrics.attempt_duration.observe(result.duration_ms / 1000)
         self._metrics.destination_duration[sub.destination_type].observe(result.duration_ms / 1000)
-        return self._conclude(sub, delivery, event, result, started, headers)
+        completion = self._conclude(sub, delivery, event, result, started, headers)
+        if span is not None:
+            outcome = _OUTCOMES[completion.status]
+            span.end(result.outcome.status_code, result.outcome.error, outcome)
+        return completion
+
+    def _span(
+        self, delivery: Claimed, event: StoredEvent, destination_type: str
+    ) -> AttemptSpan | None:
+        if self._tracer is None:
+            return None
+        return self._tracer.attempt(
+            _event_trace(event),
+            destination_type=destination_type,
+            subscription_id=delivery.subscription_id,
+            delivery_id=delivery.id,
+            event_id=event.id,
+            event_type=event.type,
+            attempt=delivery.attempts + 1,
+        )
 
     def count_successes(self) -> None:
         if self.succeeded:
@@ -181,6 +209,22 @@ def _binary_headers(event: StoredEvent) -> dict[str, str]:
     return formats.binary_headers(
         event.id, event.type, rfc3339(event.received_at) or "", event.key, event.schema_version
     )
+
+
+def _event_trace(event: StoredEvent) -> tracecontext.TraceContext:
+    """The trace context the event was stored with; a new trace for an event
+    stored before events had one."""
+    stored = tracecontext.parse(event.traceparent, event.tracestate)
+    return stored if stored is not None else tracecontext.new_trace()
+
+
+def _attempt_trace(event: StoredEvent) -> dict[str, str]:
+    """Without a tracer: the trace headers of a span ID of the attempt's own in
+    the event's trace (the stored context was validated at ingest)."""
+    span_id = tracecontext.new_span_id()
+    if event.traceparent is None:
+        return tracecontext.headers(tracecontext.new_trace().child(span_id))
+    return tracecontext.child_headers(event.traceparent, event.tracestate, span_id)
 
 
 def signing_keys(line: Line, now: datetime) -> list[bytes]:

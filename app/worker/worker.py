@@ -31,6 +31,7 @@ from app.store.database import Database
 from app.store.notify import CHANGED, Listener
 from app.store.subscriptions import CircuitUpdate
 from app.store.work import Claimed, ClaimRequest, Completion, Work
+from app.tracing import Tracer
 from app.worker.attempt import AttemptStep, payload
 from app.worker.config import WorkerConfig, worker_config
 from app.worker.destinations import destination_senders
@@ -54,8 +55,10 @@ class DeliveryWorker:
         config: WorkerConfig,
         metrics: Metrics,
         senders: SenderFactory | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._db = db
+        self._tracer = tracer
         self._config = config
         self._metrics = metrics
         self._senders = senders or destination_senders(config)
@@ -113,6 +116,7 @@ class DeliveryWorker:
             owner=self.owner,
             retry_schedule=self._config.retry_schedule,
             timeout_ms=self._config.timeout_ms,
+            tracer=self._tracer,
         )
         if not self._db.is_sqlite:
             self._listener = Listener(self._db.url, self._notified)
