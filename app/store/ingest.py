@@ -171,6 +171,19 @@ _EVENT_COLUMNS = (
     "id, type, key, data, schema_version, occurred_at, received_at, tenant_id, "
     "traceparent, tracestate"
 )
+_EVENT_WIDTH = len(_EVENT_COLUMNS.split(", "))
+
+
+def _event_values(event: NewEvent, occurred_at: object, received_at: object) -> tuple[object, ...]:
+    """An event's row in ``_EVENT_COLUMNS`` order; the times in the form the
+    statement takes (datetimes, or SQLite's stored text)."""
+    e = event
+    return (
+        e.id, e.type, e.key, e.data_json, e.schema_version, occurred_at, received_at,
+        e.tenant_id, e.traceparent, e.tracestate,
+    )  # fmt: skip
+
+
 _KEY_COLUMNS = "key, fingerprint, event_id, response_status, response_body, created_at, tenant_id"
 
 
@@ -243,18 +256,7 @@ def _ingest_sqlite(
         conn,
         _SQLITE_INSERT_EVENTS,
         [
-            (
-                e.id,
-                e.type,
-                e.key,
-                e.data_json,
-                e.schema_version,
-                stamp(e.occurred_at) if e.occurred_at else None,
-                received[e.id],
-                e.tenant_id,
-                e.traceparent,
-                e.tracestate,
-            )
+            _event_values(e, stamp(e.occurred_at) if e.occurred_at else None, received[e.id])
             for e in new_events
         ],
     )
@@ -336,22 +338,8 @@ async def _ingest_postgres(
         _subscription(r) for r in await driver.fetch_all(conn, _PG_SELECT_SUBSCRIPTIONS, tenants)
     ]
     fanout = _fan_out(new_events, subscriptions)
-    events = [
-        (
-            e.id,
-            e.type,
-            e.key,
-            e.data_json,
-            e.schema_version,
-            e.occurred_at,
-            e.received_at,
-            e.tenant_id,
-            e.traceparent,
-            e.tracestate,
-        )
-        for e in new_events
-    ]
-    await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, 10))
+    events = [_event_values(e, e.occurred_at, e.received_at) for e in new_events]
+    await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(events, _EVENT_WIDTH))
     await add_deliveries(conn, fanout)
     bodies = _bodies(new_events, fanout)
     await _insert_keys_postgres(conn, new_events, bodies, decision.reclaim, cutoff)
@@ -444,16 +432,7 @@ def store_events_sqlite(
         conn,
         _SQLITE_INSERT_EVENTS,
         [
-            (
-                e.id,
-                e.type,
-                e.key,
-                e.data_json,
-                e.schema_version,
-                stamp(e.occurred_at) if e.occurred_at else None,
-                received[e.id],
-                e.tenant_id,
-            )
+            _event_values(e, stamp(e.occurred_at) if e.occurred_at else None, received[e.id])
             for e in events
         ],
     )
@@ -472,21 +451,9 @@ async def store_events(
     events, fanout = _fan_out_own(events, subscribers)
     if not events:
         return 0
-    values = [
-        (
-            e.id,
-            e.type,
-            e.key,
-            e.data_json,
-            e.schema_version,
-            e.occurred_at,
-            e.received_at,
-            e.tenant_id,
-        )
-        for e in events
-    ]
+    values = [_event_values(e, e.occurred_at, e.received_at) for e in events]
     if conn.dialect.name == "postgresql":
-        await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(values, 8))
+        await driver.fetch_all(conn, _PG_INSERT_EVENTS, driver.columns(values, _EVENT_WIDTH))
     else:
         names = _EVENT_COLUMNS.split(", ")
         rows_in = [dict(zip(names, v, strict=True)) for v in values]
