@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -183,42 +183,27 @@ async def _remove_events(conn: AsyncConnection, tenant_id: str, batch: int) -> i
     return len(ids)
 
 
-async def _remove_keys(conn: AsyncConnection, tenant_id: str, batch: int) -> int:
-    k = schema.idempotency_keys
-    keys = [
-        r[0]
-        for r in await conn.execute(
-            select(k.c.key).where(k.c.tenant_id == tenant_id).order_by(k.c.key).limit(batch)
-        )
-    ]
+async def _remove_rows(
+    conn: AsyncConnection, table: Table, key: str, tenant_id: str, batch: int
+) -> int:
+    """Up to ``batch`` of the tenant's rows of ``table``, found and deleted by ``key``."""
+    column = table.c[key]
+    found = select(column).where(table.c.tenant_id == tenant_id).order_by(column).limit(batch)
+    keys = [r[0] for r in await conn.execute(found)]
     if keys:
-        await conn.execute(delete(k).where(k.c.tenant_id == tenant_id, k.c.key.in_(keys)))
+        await conn.execute(delete(table).where(table.c.tenant_id == tenant_id, column.in_(keys)))
     return len(keys)
 
 
+async def _remove_keys(conn: AsyncConnection, tenant_id: str, batch: int) -> int:
+    return await _remove_rows(conn, schema.idempotency_keys, "key", tenant_id, batch)
+
+
 async def _remove_subscriptions(conn: AsyncConnection, tenant_id: str, batch: int) -> int:
-    s = schema.subscriptions
-    ids = [
-        r[0]
-        for r in await conn.execute(
-            select(s.c.id).where(s.c.tenant_id == tenant_id).order_by(s.c.id).limit(batch)
-        )
-    ]
-    if ids:
-        # Their deliveries went with the tenant's events: a subscription
-        # receives only its own tenant's events.
-        await conn.execute(delete(s).where(s.c.id.in_(ids)))
-    return len(ids)
+    # Their deliveries went with the tenant's events: a subscription receives
+    # only its own tenant's events.
+    return await _remove_rows(conn, schema.subscriptions, "id", tenant_id, batch)
 
 
 async def _remove_tokens(conn: AsyncConnection, tenant_id: str, batch: int) -> int:
-    tok = schema.tokens
-    ids = [
-        r[0]
-        for r in await conn.execute(
-            select(tok.c.id).where(tok.c.tenant_id == tenant_id).order_by(tok.c.id).limit(batch)
-        )
-    ]
-    if ids:
-        await conn.execute(delete(tok).where(tok.c.id.in_(ids)))
-    return len(ids)
+    return await _remove_rows(conn, schema.tokens, "id", tenant_id, batch)

@@ -21,11 +21,11 @@ from app.worker.config import WorkerConfig
 from app.worker.protocol import Connection, Message, Sender, SenderFactory, SendResult, failed
 from app.worker.sender import HttpSender
 
-# type -> (module, class) of its sender
+# type -> (module, factory) of its sender
 _BROKER_SENDERS = {
-    "rabbitmq": ("app.worker.brokers.rabbitmq", "RabbitMQSender"),
-    "nats": ("app.worker.brokers.nats_jetstream", "NatsSender"),
-    "redis": ("app.worker.brokers.redis_streams", "RedisSender"),
+    "rabbitmq": ("app.worker.brokers.rabbitmq", "rabbitmq_sender"),
+    "nats": ("app.worker.brokers.nats_jetstream", "nats_sender"),
+    "redis": ("app.worker.brokers.redis_streams", "redis_sender"),
 }
 
 
@@ -52,7 +52,7 @@ class DestinationSender:
             await sender.close()
 
     def _load(self, kind: str) -> Sender | Unservable:
-        module_name, class_name = _BROKER_SENDERS[kind]
+        module_name, factory = _BROKER_SENDERS[kind]
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -61,7 +61,7 @@ class DestinationSender:
                 f"this worker cannot deliver to {kind}: the Python package {package} is not "
                 "installed (pip install 'eventrelay[brokers]')"
             )
-        make: Callable[..., Sender] = getattr(module, class_name)
+        make: Callable[..., Sender] = getattr(module, factory)
         return make(allow_private=self._allow_private)
 
 

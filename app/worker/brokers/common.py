@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from app.worker.protocol import Message, SendResult, failed
 
 # HTTP-only headers that mean nothing on a broker message.
 _HTTP_ONLY = frozenset({"content-type", "user-agent"})
 
-C = TypeVar("C")
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
 
 
 class PerUrl(Generic[C]):
-    """A broker sender's connections, one per destination URL."""
+    """A broker sender (a :class:`~app.worker.protocol.Sender`): its connections,
+    one per destination URL, made on first use."""
 
     def __init__(self, make: Callable[[str], C]) -> None:
         self._make = make
         self.by_url: dict[str, C] = {}
 
-    def get(self, url: str) -> C:
-        connection = self.by_url.get(url)
+    def connection(self, destination: str) -> C:
+        connection = self.by_url.get(destination)
         if connection is None:
-            connection = self.by_url[url] = self._make(url)
+            connection = self.by_url[destination] = self._make(destination)
         return connection
+
+    async def close(self) -> None:
+        for connection in self.by_url.values():
+            await connection.close()
 
 
 def message_headers(message: Message) -> dict[str, str]:

@@ -48,16 +48,8 @@ async def _connect(url: str) -> Client:
     )
 
 
-class NatsSender:
-    def __init__(self, *, allow_private: bool) -> None:
-        self._connections = PerUrl(lambda url: NatsConnection(url, allow_private=allow_private))
-
-    def connection(self, destination: str) -> NatsConnection:
-        return self._connections.get(destination)
-
-    async def close(self) -> None:
-        for connection in self._connections.by_url.values():
-            await connection.close()
+def nats_sender(*, allow_private: bool) -> PerUrl[NatsConnection]:
+    return PerUrl(lambda url: NatsConnection(url, allow_private=allow_private))
 
 
 class NatsConnection:

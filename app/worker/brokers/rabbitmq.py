@@ -34,16 +34,8 @@ from app.worker.brokers.link import Link, Unavailable, describe
 from app.worker.protocol import Message, SendResult, accepted
 
 
-class RabbitMQSender:
-    def __init__(self, *, allow_private: bool) -> None:
-        self._connections = PerUrl(lambda url: RabbitMQConnection(url, allow_private=allow_private))
-
-    def connection(self, destination: str) -> RabbitMQConnection:
-        return self._connections.get(destination)
-
-    async def close(self) -> None:
-        for connection in self._connections.by_url.values():
-            await connection.close()
+def rabbitmq_sender(*, allow_private: bool) -> PerUrl[RabbitMQConnection]:
+    return PerUrl(lambda url: RabbitMQConnection(url, allow_private=allow_private))
 
 
 class RabbitMQConnection:

@@ -49,16 +49,8 @@ def fields(message: Message) -> dict[Any, Any]:
     return entry
 
 
-class RedisSender:
-    def __init__(self, *, allow_private: bool) -> None:
-        self._connections = PerUrl(lambda url: RedisConnection(url, allow_private=allow_private))
-
-    def connection(self, destination: str) -> RedisConnection:
-        return self._connections.get(destination)
-
-    async def close(self) -> None:
-        for connection in self._connections.by_url.values():
-            await connection.close()
+def redis_sender(*, allow_private: bool) -> PerUrl[RedisConnection]:
+    return PerUrl(lambda url: RedisConnection(url, allow_private=allow_private))
 
 
 class RedisConnection:
