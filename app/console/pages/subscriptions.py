@@ -110,7 +110,7 @@ class _Handlers:
         except ValidationFailed as exc:
             return self.form_page(request, session, None, fields, exc)
         return self.pages.render(
-            request, "secret.html", session, sub=sub, secret=sub.secret, created=True
+            request, "secret.html", session, sub=sub, secret=sub.secret.open(), created=True
         )
 
     async def detail(self, request: Request) -> Response:
