@@ -444,7 +444,7 @@ def _sqlite_times(params: dict[str, object]) -> dict[str, object]:
 def _outcome_rows(
     completions: Sequence[Completion], stamp: Callable[[datetime], object]
 ) -> list[tuple[object, ...]]:
-    """One row per outcome, columns in ``_OUTCOME_FIELDS`` order (the order of
+    """One row per outcome, columns in ``OUTCOME_FIELDS`` order (the order of
     ``_SQLITE_OUTCOME`` and of ``_FINISH_AND_RECORD_PG``'s arrays); ``stamp``
     gives each time the form the statement takes."""
     rows: list[tuple[object, ...]] = []
@@ -476,10 +476,10 @@ def _outcome_rows(
 
 def _outcome_arrays(completions: Sequence[Completion]) -> dict[str, list[object]]:
     rows = _outcome_rows(completions, lambda moment: moment)
-    return dict(zip(_OUTCOME_FIELDS, driver.columns(rows, len(_OUTCOME_FIELDS)), strict=True))
+    return dict(zip(OUTCOME_FIELDS, driver.columns(rows, len(OUTCOME_FIELDS)), strict=True))
 
 
-_OUTCOME_FIELDS = (
+OUTCOME_FIELDS = (
     "seq",
     "owner",
     "status",

@@ -15,6 +15,7 @@ import pytest
 from app.store.deliveries import (
     CLAIM,
     CLAIM_NEWEST,
+    OUTCOME_FIELDS,
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_FINISH_ALL,
@@ -49,7 +50,8 @@ def _scans_a_table(step: str) -> bool:
     )
 
 
-OUTCOMES = ", ".join(["(" + ", ".join("?" * 12) + ")"] * 2)  # two rows of a cycle
+WIDTH = len(OUTCOME_FIELDS)
+OUTCOMES = ", ".join(["(" + ", ".join("?" * WIDTH) + ")"] * 2)  # two rows of a cycle
 STATEMENTS = {
     "claim": (
         CLAIM["sqlite"],
@@ -62,8 +64,8 @@ STATEMENTS = {
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
     "claimed large data": (SQLITE_CLAIMED_LARGE_DATA, {"seqs": "[1, 2]"}),
-    "finish": (SQLITE_FINISH_ALL.format(rows=OUTCOMES), [None] * 24),
-    "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 24),
+    "finish": (SQLITE_FINISH_ALL.format(rows=OUTCOMES), [None] * 2 * WIDTH),
+    "record attempts": (SQLITE_RECORD_ATTEMPTS.format(rows=OUTCOMES), [None] * 2 * WIDTH),
     "promote heads": (SQLITE_PROMOTE_ALL.format(rows="(?, ?), (?, ?)"), ["a", "k", "b", "k"]),
     # The ingest flush's reads (keys and subscriptions) and busy-lines query.
     "flush reads": (
