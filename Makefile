@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest openapi bench clean
+.PHONY: run test chromium lint typecheck pytest openapi bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/eventrelay serve
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) chromium lint typecheck pytest
+
+# The console's browser tests drive Debian's Chromium: install it when it is
+# missing and apt-get can (as root); otherwise say so (under CI=true those
+# tests then fail rather than skip).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+		|| echo "Chromium is not installed: apt-get install chromium (the browser tests need it)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
