@@ -363,7 +363,9 @@ def test_the_console_works_by_keyboard(context: Any, console_server: ServerProce
     page = context.new_page()
     base = console_server.base_url
     page.goto(f"{base}/console/sign-in")
-    page.keyboard.type(ADMIN_TOKEN)  # the token field has focus first
+    # The token field has focus first (autofocus, which lands once the page has loaded).
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'token'")
+    page.keyboard.type(ADMIN_TOKEN)
     page.keyboard.press("Enter")
     page.wait_for_url(f"{base}/console/")
 
