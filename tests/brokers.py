@@ -178,13 +178,17 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        # Stop listening and abort the open connections first: wait_closed()
+        # waits for the server's connections, so awaiting it before they are
+        # aborted could wait for ever.
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        if server is not None:
+            await asyncio.wait_for(server.wait_closed(), timeout=10)
 
     async def restore(self) -> None:
         await self.start()
@@ -195,6 +199,10 @@ class TcpProxy:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            return
+        if self._server is None:  # cut while this connection was being opened
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
 
