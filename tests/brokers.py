@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import nats
-import pytest
 from nats.js.api import DiscardPolicy, StreamConfig
 from redis.asyncio import Redis
+
+from tests.conftest import unavailable
 
 AMQP_URL = os.environ.get("EVENTRELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 NATS_URL = os.environ.get("EVENTRELAY_TEST_NATS_URL", "nats://127.0.0.1:4222")
@@ -40,10 +41,7 @@ def require(url: str, what: str) -> None:
         with socket.create_connection((parts.hostname or "", parts.port or 0), timeout=2):
             return
     except OSError as exc:
-        message = f"{what} at {parts.hostname}:{parts.port} is unreachable ({exc})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; CI requires it", pytrace=False)
-    pytest.skip(message)
+        unavailable(f"{what} at {parts.hostname}:{parts.port} is unreachable ({exc})")
 
 
 def with_address(url: str, host: str, port: int) -> str:

@@ -13,6 +13,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import httpx
@@ -56,14 +57,18 @@ def _postgres_reachable() -> str | None:
     return None
 
 
+def unavailable(message: str) -> NoReturn:
+    """A service or program a test needs is missing: skip locally, fail under CI=true."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + "; CI requires it", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     problem = _postgres_reachable()
     if problem is not None:
-        message = f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable ({problem})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; CI requires it", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable ({problem})")
     name = f"er_tmpl_{uuid.uuid4().hex[:12]}"
     pg_admin(f'CREATE DATABASE "{name}"')
     try:

@@ -16,9 +16,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
+from tests.conftest import unavailable
 from tests.e2e.receivers import Receipt, Receiver
 
 CHROMIUM = Path(os.environ.get("EVENTRELAY_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -27,12 +27,9 @@ POLL_TIMEOUT = 20.0
 
 
 def require_chromium() -> Path:
-    if CHROMIUM.exists():
-        return CHROMIUM
-    message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; CI requires it", pytrace=False)
-    pytest.skip(message)
+    if not CHROMIUM.exists():
+        unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
 
 
 def launch_browser() -> Iterator[Any]:
