@@ -1,5 +1,5 @@
 """CPU cost of fan-out with content filters, in the process, no database:
-``app.store.ingest._fan_out`` over a flush of bench/ingest.lua-like events
+``app.store.fanout.fan_out`` over a flush of bench/ingest.lua-like events
 and 10 subscriptions matching every event, with and without the three-condition
 filters of ``bench/ingest.py --filters``.
 
@@ -25,7 +25,7 @@ from ingest import bench_filter  # noqa: E402  (bench/ingest.py, beside this scr
 
 from app.domain.events import NewEvent  # noqa: E402
 from app.domain.ids import new_id  # noqa: E402
-from app.store import ingest  # noqa: E402
+from app.store import fanout  # noqa: E402
 
 
 def events(count: int) -> list[NewEvent]:
@@ -54,7 +54,7 @@ def events(count: int) -> list[NewEvent]:
     ]
 
 
-def subscriptions(filtered: bool) -> list[object]:
+def subscriptions(filtered: bool) -> list[fanout.Subscriber]:
     rows = [
         (
             new_id("sub"),
@@ -65,13 +65,13 @@ def subscriptions(filtered: bool) -> list[object]:
         )
         for n in range(10)
     ]
-    return [ingest._subscription(row) for row in rows]
+    return [fanout.subscriber(row) for row in rows]
 
 
-def per_event_us(batch: list[NewEvent], subs: list[object], repeat: int) -> float:
+def per_event_us(batch: list[NewEvent], subs: list[fanout.Subscriber], repeat: int) -> float:
     start = time.perf_counter()
     for _ in range(repeat):
-        rows = ingest._fan_out(batch, subs)  # type: ignore[arg-type]
+        rows = fanout.fan_out(batch, subs)
     elapsed = time.perf_counter() - start
     assert len(rows) == 10 * len(batch)
     return elapsed / repeat / len(batch) * 1e6

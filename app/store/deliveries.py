@@ -28,7 +28,7 @@ from app.domain.operator_events import DeadLetter
 from app.store import driver, operator_events
 from app.store.database import Database
 from app.store.events import StoredEvent
-from app.store.ingest import LISTENING
+from app.store.fanout import LISTENING
 from app.store.lines import SQLITE_PROMOTE_ALL, busy, lock_lines, promote_heads
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.subscriptions import CIRCUIT_SQL, CircuitUpdate, apply_circuit, circuit_params

@@ -13,7 +13,7 @@ still leased to their writer (a worker whose lease was taken over records
 nothing, so reports nothing; on PostgreSQL the outcome write returns them),
 and the status of the subscriptions it changes (disabling one twice is one
 event; one deleted meanwhile is not reported on). The events are stored and
-fanned out like ingested ones (:func:`app.store.ingest.store_events`).
+fanned out like ingested ones (:func:`app.store.fanout.store_events`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.domain import operator_events as ops
 from app.domain.events import NewEvent
 from app.store import driver
-from app.store.ingest import (
+from app.store.fanout import (
     Subscriber,
     listeners,
     listeners_sqlite,

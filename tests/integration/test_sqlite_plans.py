@@ -22,7 +22,8 @@ from app.store.deliveries import (
     SQLITE_LEASE,
     SQLITE_RECORD_ATTEMPTS,
 )
-from app.store.ingest import _SELECT_SUBSCRIPTIONS, _SQLITE_READS
+from app.store.fanout import SELECT_SUBSCRIBERS
+from app.store.ingest import _SQLITE_READS
 from app.store.lines import _BUSY_SQL, SQLITE_PROMOTE_ALL
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -70,7 +71,7 @@ STATEMENTS = {
     # The ingest flush's reads (keys and subscriptions) and busy-lines query.
     "flush reads": (
         _SQLITE_READS.format(
-            tenants="(?)", marks="(?, ?)", subscriptions=_SELECT_SUBSCRIPTIONS.format(tenants="(?)")
+            tenants="(?)", marks="(?, ?)", subscriptions=SELECT_SUBSCRIBERS.format(tenants="(?)")
         ),
         ["default", "k1", "k2", "default"],
     ),
