@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import TextClause, text
 
+from app.store.claims import _PG_CLAIM, _PG_CLAIM_NEWEST
 from app.store.database import Database
-from app.store.deliveries import _FINISH_AND_RECORD_PG, _PG_CLAIM, _PG_CLAIM_NEWEST
+from app.store.outcomes import _FINISH_AND_RECORD_PG
 from tests.integration.conftest import DeliveryKit
 from tests.integration.plans import describe, postgres_plan
 
