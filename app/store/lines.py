@@ -38,10 +38,10 @@ Line = tuple[str, str]
 
 def busy(d: str = "d", s: str = "s") -> str:
     """SQL: delivery ``d`` (of subscription ``s``) keeps its line busy. The
-    status list spells the partial index predicate of ``ix_deliveries_line``
-    literally, so both planners use that index."""
+    first two terms spell the partial index predicate of ``ix_deliveries_line``
+    (``schema.LINED``) literally, so both planners use that index."""
     return (
-        f"{d}.status IN ('pending', 'in_flight', 'dead') "
+        f"{d}.status IN ('pending', 'in_flight', 'dead') AND {d}.ordering_key IS NOT NULL "
         f"AND ({d}.status <> 'dead' OR {s}.on_dead_letter = 'block')"
     )
 
