@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.domain.operator_events import DeadLetter
 from app.store import driver, operator_events
 from app.store.ingest import LISTENING
-from app.store.lines import lock_lines, promote_heads
+from app.store.lines import busy, lock_lines, promote_sql
 from app.store.schema import sqlite_timestamp
 from app.store.subscriptions import CircuitUpdate, apply_circuit
 from app.store.work import Completion
@@ -63,10 +63,18 @@ SQLITE_FINISH_ALL = (
 
 # PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
 # returns each delivery still leased to the outcome's writer with its new
-# attempt count, and only those get an attempt row. The statement answers with
-# the deliveries it dead-lettered when some subscription listens to operator
-# events (none in most cycles), for their reports: exactly the rows it changed,
-# so a worker whose lease was taken over reports nothing.
+# attempt count, and only those get an attempt row; the lines those deliveries
+# left ready their next heads (lines.promote_sql, told which deliveries left,
+# since the statement's snapshot still shows them in flight). The statement
+# answers with the deliveries it dead-lettered when some subscription listens
+# to operator events (none in most cycles), for their reports: exactly the rows
+# it changed, so a worker whose lease was taken over reports nothing.
+_LEFT_THEIR_LINES = f"""d.seq = ANY(ARRAY(
+    SELECT f.seq FROM finished f JOIN subscriptions fs ON fs.id = f.subscription_id
+    WHERE NOT ({busy("f", "fs")})))"""
+_FREED_LINES = """(
+    SELECT DISTINCT f.subscription_id, f.ordering_key FROM finished f
+    WHERE f.ordering_key IS NOT NULL AND f.status <> 'pending') AS line(sub, key)"""
 _FINISH_AND_RECORD_PG = text(
     f"""
     WITH outcome AS (
@@ -90,7 +98,8 @@ _FINISH_AND_RECORD_PG = text(
         WHERE d.seq = ANY(CAST(:seq AS BIGINT[])) AND d.seq = o.seq
           AND d.status = 'in_flight' AND d.lease_owner = o.owner
         RETURNING d.seq, d.id, d.attempts, d.status, d.event_id, d.subscription_id, d.event_type,
-                  d.last_status_code, d.last_error, d.tenant_id
+                  d.last_status_code, d.last_error, d.tenant_id, d.ordering_key
+    ), promoted AS ({promote_sql(_FREED_LINES, _LEFT_THEIR_LINES)}
     ), recorded AS (
         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                               response_body, request_headers)
@@ -144,7 +153,10 @@ async def _complete_postgresql(
     ]
     # The lines move on as in lines.lines_moved_on, with the lock taken before
     # the outcomes (the order every cycle has always locked in) and no NOTIFY:
-    # this transaction's own claim takes the heads it frees. The reports' lines
+    # this transaction's own claim takes the heads it frees. The lock is a
+    # statement of its own: the outcome write, which promotes the heads, must
+    # start after it, so that its snapshot holds every delivery added to those
+    # lines before it. The reports' lines
     # are locked later, when they are added (lines.add_deliveries): two cycles
     # that each report on the other's line wait for each other only if their
     # subscriptions listen to each other and both circuits move at once;
@@ -152,7 +164,6 @@ async def _complete_postgresql(
     # circuits back (worker.py), and its deliveries are attempted again.
     await lock_lines(conn, finished_lines)
     dead = await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
-    await promote_heads(conn, finished_lines)
     return operator_events.reported_dead_letters(dead)
 
 

@@ -161,9 +161,19 @@ async def test_claim_walks_the_backlog_once_the_worker_refreshed_statistics(
     await _assert_claim_uses_the_claim_index(kit, plan_mode, without_sort=True)
 
 
-async def test_outcome_write_does_not_scan_the_deliveries(kit: DeliveryKit, plan_mode: str) -> None:
-    await kit.subscription(ordering="none")
-    await _fill(kit, _BACKLOG)
+@pytest.mark.parametrize("shape", ["backlog", "lines"])
+async def test_outcome_write_does_not_scan_the_deliveries(
+    kit: DeliveryKit, plan_mode: str, shape: str
+) -> None:
+    """The outcome write, with the promotion of the heads its deliveries free:
+    over one backlog without ordering, and over a history of keyed lines."""
+    if shape == "backlog":
+        await kit.subscription(ordering="none")
+        await _fill(kit, _BACKLOG)
+    else:
+        for _ in range(SUBSCRIPTIONS):
+            await kit.subscription()
+        await _fill(kit, _FILL)
     now = datetime.now(UTC)
     n = 32
     nodes = await _plan(
