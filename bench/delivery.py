@@ -84,7 +84,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1266,6 +1266,22 @@ def drain_table(run: Run) -> str:
     return "\n".join(lines)
 
 
+def paired_drains(
+    run: Run, keep: Callable[[Drain], bool], second: Callable[[Drain], bool]
+) -> Iterator[tuple[str, str, list[Drain], list[Drain]]]:
+    """The measured drains ``keep`` accepts, per backend and scenario, split in two
+    by ``second`` (a group without both sides is left out)."""
+    groups: dict[tuple[str, str], list[Drain]] = {}
+    for d in run.drains:
+        if not d.profiled and keep(d):
+            groups.setdefault((d.backend, d.scenario), []).append(d)
+    for (backend, scenario), drains in groups.items():
+        first = [d for d in drains if not second(d)]
+        other = [d for d in drains if second(d)]
+        if first and other:
+            yield backend, scenario, first, other
+
+
 def encryption_table(run: Run) -> str:
     """Drains with EVENTRELAY_ENCRYPTION_KEYS set against the same drains without."""
     lines = [
@@ -1273,15 +1289,8 @@ def encryption_table(run: Run) -> str:
         "| set / unset | worker CPU µs/delivery unset → set |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    groups: dict[tuple[str, str], list[Drain]] = {}
-    for d in run.drains:
-        if not d.profiled:
-            groups.setdefault((d.backend, d.scenario), []).append(d)
-    for (backend, scenario), drains in groups.items():
-        plain = [d for d in drains if not d.encrypted]
-        sealed = [d for d in drains if d.encrypted]
-        if not plain or not sealed:
-            continue
+    pairs = paired_drains(run, lambda d: True, lambda d: d.encrypted)
+    for backend, scenario, plain, sealed in pairs:
         rate_plain = statistics.mean(d.rate for d in plain)
         rate_sealed = statistics.mean(d.rate for d in sealed)
         cpu_plain = statistics.mean(1e6 * d.worker_cpu_s / d.deliveries for d in plain)
@@ -1300,21 +1309,14 @@ def code_table(run: Run) -> str:
         "| mean ratio before → this tree | worker CPU µs/delivery | DB CPU µs/delivery |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
-    groups: dict[tuple[str, str], list[Drain]] = {}
-    for d in run.drains:
-        if not d.profiled and not d.encrypted:
-            groups.setdefault((d.backend, d.scenario), []).append(d)
 
     def per_delivery(drains: list[Drain], seconds: Callable[[Drain], float | None]) -> str:
         values = [seconds(d) for d in drains]
         known = [1e6 * v / d.deliveries for v, d in zip(values, drains, strict=True) if v]
         return f"{statistics.mean(known):,.0f}" if known else "-"
 
-    for (backend, scenario), drains in groups.items():
-        before = [d for d in drains if d.code == "before"]
-        after = [d for d in drains if d.code != "before"]
-        if not before or not after:
-            continue
+    pairs = paired_drains(run, lambda d: not d.encrypted, lambda d: d.code != "before")
+    for backend, scenario, before, after in pairs:
         rounds = ", ".join(
             f"{b.ratio:.2f} → {a.ratio:.2f}" for b, a in zip(before, after, strict=False)
         )
