@@ -156,12 +156,12 @@ async def _complete_postgresql(
     # this transaction's own claim takes the heads it frees. The lock is a
     # statement of its own: the outcome write, which promotes the heads, must
     # start after it, so that its snapshot holds every delivery added to those
-    # lines before it. The reports' lines
-    # are locked later, when they are added (lines.add_deliveries): two cycles
-    # that each report on the other's line wait for each other only if their
-    # subscriptions listen to each other and both circuits move at once;
-    # PostgreSQL then fails one, whose worker writes nothing and puts its
-    # circuits back (worker.py), and its deliveries are attempted again.
+    # lines before it. The reports' lines are locked later, when they are
+    # added (lines.add_deliveries): two cycles that each report on the other's
+    # line wait for each other only if their subscriptions listen to each
+    # other and both circuits move at once; PostgreSQL then fails one, whose
+    # worker writes nothing and puts its circuits back (worker.py), and its
+    # deliveries are attempted again.
     await lock_lines(conn, finished_lines)
     dead = await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
     return operator_events.reported_dead_letters(dead)
