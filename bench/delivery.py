@@ -3,7 +3,7 @@
     .venv/bin/python bench/delivery.py [--deliveries 20000] [--backend sqlite|postgres|both]
                                        [--scenario none|key|latency|all] [--rounds 1]
                                        [--concurrency 64] [--profile] [--encryption]
-                                       [--json PATH] [--check]
+                                       [--baseline-tree DIR] [--json PATH] [--check]
 
 Everything runs on this machine: ``bench/receiver.py`` (a raw asyncio/httptools
 receiver in its own process that answers 200 and records each ``webhook-id``
@@ -40,6 +40,12 @@ httpx-aiohttp``); those two stop after ``--baseline-seconds``.
 ``EVENTRELAY_ENCRYPTION_KEYS`` unset and set (in alternating order): the keyed
 drain first runs ``eventrelay rotate-encryption-key`` on its restored copy, so
 the worker opens an encrypted secret, and the report compares the two.
+
+``--baseline-tree DIR`` drains every scenario twice a round, with ``DIR``'s
+code (``PYTHONPATH=DIR``, e.g. ``git archive main | tar -x -C DIR``) and with
+this tree's, in alternating order; each code prepares its own snapshot (its
+own migrations, so index changes are compared too), and the report compares
+the two.
 
 ``latency``: ``eventrelay serve`` with its embedded worker on a fresh database,
 a default subscription (``ordering: key``), then single ``POST /v1/events``
@@ -78,7 +84,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,6 +151,7 @@ class Drain:
     baseline_rps: float = 0.0
     profiled: bool = False
     encrypted: bool = False  # EVENTRELAY_ENCRYPTION_KEYS set, the secret stored encrypted
+    code: str = ""  # "before": --baseline-tree's code; "": this tree's
     error: str = ""
 
     @property
@@ -536,10 +543,10 @@ class Eventrelay:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
-def migrate(db_url: str, admin: str, workdir: Path) -> None:
+def migrate(db_url: str, admin: str, workdir: Path, extra: dict[str, str] | None = None) -> None:
     done = subprocess.run(
         [str(VENV_BIN / "eventrelay"), "migrate"],
-        env=eventrelay_env(db_url, admin),
+        env=eventrelay_env(db_url, admin, extra),
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -586,11 +593,18 @@ def spawn(
 
 
 async def start_serve(
-    db_url: str, admin: str, workdir: Path, *, worker: bool, name: str
+    db_url: str,
+    admin: str,
+    workdir: Path,
+    *,
+    worker: bool,
+    name: str,
+    extra_env: dict[str, str] | None = None,
 ) -> Eventrelay:
     port = free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    server = spawn(args if worker else [*args, "--no-worker"], db_url, admin, workdir, name)
+    command = args if worker else [*args, "--no-worker"]
+    server = spawn(command, db_url, admin, workdir, name, extra_env)
     server.url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     async with aiohttp.ClientSession() as session:
@@ -798,15 +812,25 @@ class Prepared:
     scenario: str
     snapshot: str
     order: list[tuple[str, str | None]]  # (event id, ordering key) in delivery order
+    code: str = ""  # "before": --baseline-tree's code, prepared with its migrations
+    env: dict[str, str] = field(default_factory=dict)  # PYTHONPATH for that code
 
 
 async def prepare(
-    backend: Backend, scenario: str, receiver: ReceiverProcess, args: argparse.Namespace
+    backend: Backend,
+    scenario: str,
+    receiver: ReceiverProcess,
+    args: argparse.Namespace,
+    code: str = "",
 ) -> Prepared:
     admin = secrets.token_urlsafe(24)
-    url = await backend.fresh(f"prep_{scenario}")
-    migrate(url, admin, args.workdir)
-    server = await start_serve(url, admin, args.workdir, worker=False, name=f"prep-{scenario}")
+    env = {"PYTHONPATH": str(args.baseline_tree)} if code == "before" else {}
+    label = f"prep_{scenario}{'_before' if code else ''}"
+    url = await backend.fresh(label)
+    migrate(url, admin, args.workdir, env)
+    server = await start_serve(
+        url, admin, args.workdir, worker=False, name=label.replace("_", "-"), extra_env=env
+    )
     started = time.perf_counter()
     try:
         async with api(server, admin) as session:
@@ -819,7 +843,7 @@ async def prepare(
                     "retry_schedule": [0.5, 1, 2],
                 },
             )
-            await ingest_all(session, args.deliveries, args.pad, f"{args.run_id}-{scenario}")
+            await ingest_all(session, args.deliveries, args.pad, f"{args.run_id}-{scenario}{code}")
     finally:
         stop_process(server.proc)
     seconds = time.perf_counter() - started
@@ -828,13 +852,14 @@ async def prepare(
         raise RuntimeError(f"expected {args.deliveries} pending deliveries, found {counts}")
     order = await backend.delivery_order(url)
     print(
-        f"prepared {backend.name}/{scenario}: {args.deliveries} deliveries in {seconds:.1f} s "
+        f"prepared {backend.name}/{scenario}{' ' + code if code else ''}: "
+        f"{args.deliveries} deliveries in {seconds:.1f} s "
         f"({args.deliveries / seconds:,.0f} events/s)",
         file=sys.stderr,
         flush=True,
     )
-    snapshot = await backend.snapshot(url, f"prep_{scenario}")
-    return Prepared(backend, scenario, snapshot, order)
+    snapshot = await backend.snapshot(url, label)
+    return Prepared(backend, scenario, snapshot, order, code, env)
 
 
 def order_violations(order: list[tuple[str, str | None]], ids: list[str]) -> int:
@@ -940,24 +965,29 @@ async def drain(
     encrypted: bool = False,
 ) -> Drain:
     backend, n = prepared.backend, args.deliveries
-    label = f"run_{prepared.scenario}_{number}{'p' if profile else ''}{'e' if encrypted else ''}"
+    label = (
+        f"run_{prepared.scenario}_{number}{'p' if profile else ''}{'e' if encrypted else ''}"
+        f"{'b' if prepared.code else ''}"
+    )
     url = await backend.restore(prepared.snapshot, label)
     # The checkout may have gained a migration since the snapshot (others work here too);
     # a worker waits for `migrate` rather than running it.
-    migrate(url, "unused", args.workdir)
+    migrate(url, "unused", args.workdir, prepared.env)
     keys = {"EVENTRELAY_ENCRYPTION_KEYS": args.encryption_key} if encrypted else None
     if keys is not None:
         encrypt_secrets(url, args.workdir, keys)
+    env = {**prepared.env, **(keys or {})}
     await receiver.reset(n)
     receiver_cpu = receiver.cpu()
     spawned = time.time()
-    worker = spawn(["worker"], url, "unused", args.workdir, f"worker-{backend.name}-{label}", keys)
+    worker = spawn(["worker"], url, "unused", args.workdir, f"worker-{backend.name}-{label}", env)
     profiler: Profiler | None = None
     result = Drain(
         backend.name, prepared.scenario, number, n, 0, 0, 0, 0, 0, None, 0, 0, None, 0, {}
     )
     result.profiled = profile
     result.encrypted = encrypted
+    result.code = prepared.code
     try:
         if profile:
             while (await receiver.stats())["count"] == 0 and worker.proc.poll() is None:
@@ -993,7 +1023,8 @@ async def drain(
         result.order_violations = order_violations(prepared.order, ids)
     print(
         f"drain {backend.name:8} {prepared.scenario:4} round {number}"
-        f"{' (py-spy)' if profile else ''}{' encrypted' if encrypted else ''}: "
+        f"{' (py-spy)' if profile else ''}{' encrypted' if encrypted else ''}"
+        f"{' ' + prepared.code if prepared.code else ''}: "
         f"{result.rate:8,.0f} deliveries/s "
         f"({result.seconds:.2f} s; receiver {result.receiver_rate:,.0f}/s; "
         f"worker CPU {1e6 * result.worker_cpu_s / n:,.0f} µs/delivery)",
@@ -1221,6 +1252,7 @@ def drain_table(run: Run) -> str:
         order = "-" if d.order_violations is None else str(d.order_violations)
         label = f"{d.round} (py-spy, unmeasured)" if d.profiled else str(d.round)
         label += ", encrypted" if d.encrypted else ""
+        label += f", {d.code}" if d.code else ""
         ratio = f"**{d.ratio:.2f}**" if not d.profiled else f"({d.ratio:.2f})"
         verdict = drain_verdict(d) if not d.profiled else "-"
         lines.append(
@@ -1234,6 +1266,22 @@ def drain_table(run: Run) -> str:
     return "\n".join(lines)
 
 
+def paired_drains(
+    run: Run, keep: Callable[[Drain], bool], second: Callable[[Drain], bool]
+) -> Iterator[tuple[str, str, list[Drain], list[Drain]]]:
+    """The measured drains ``keep`` accepts, per backend and scenario, split in two
+    by ``second`` (a group without both sides is left out)."""
+    groups: dict[tuple[str, str], list[Drain]] = {}
+    for d in run.drains:
+        if not d.profiled and keep(d):
+            groups.setdefault((d.backend, d.scenario), []).append(d)
+    for (backend, scenario), drains in groups.items():
+        first = [d for d in drains if not second(d)]
+        other = [d for d in drains if second(d)]
+        if first and other:
+            yield backend, scenario, first, other
+
+
 def encryption_table(run: Run) -> str:
     """Drains with EVENTRELAY_ENCRYPTION_KEYS set against the same drains without."""
     lines = [
@@ -1241,15 +1289,8 @@ def encryption_table(run: Run) -> str:
         "| set / unset | worker CPU µs/delivery unset → set |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    groups: dict[tuple[str, str], list[Drain]] = {}
-    for d in run.drains:
-        if not d.profiled:
-            groups.setdefault((d.backend, d.scenario), []).append(d)
-    for (backend, scenario), drains in groups.items():
-        plain = [d for d in drains if not d.encrypted]
-        sealed = [d for d in drains if d.encrypted]
-        if not plain or not sealed:
-            continue
+    pairs = paired_drains(run, lambda d: True, lambda d: d.encrypted)
+    for backend, scenario, plain, sealed in pairs:
         rate_plain = statistics.mean(d.rate for d in plain)
         rate_sealed = statistics.mean(d.rate for d in sealed)
         cpu_plain = statistics.mean(1e6 * d.worker_cpu_s / d.deliveries for d in plain)
@@ -1257,6 +1298,37 @@ def encryption_table(run: Run) -> str:
         lines.append(
             f"| {backend} | {scenario} | {len(plain)} | {rate_plain:,.0f} | {rate_sealed:,.0f} "
             f"| **{rate_sealed / rate_plain:.2f}** | {cpu_plain:,.0f} → {cpu_sealed:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def code_table(run: Run) -> str:
+    """Drains of this tree's code against the same drains of --baseline-tree's."""
+    lines = [
+        "| backend | ordering | drains each | ratio per round, before → this tree "
+        "| mean ratio before → this tree | worker CPU µs/delivery | DB CPU µs/delivery |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+
+    def per_delivery(drains: list[Drain], seconds: Callable[[Drain], float | None]) -> str:
+        values = [seconds(d) for d in drains]
+        known = [1e6 * v / d.deliveries for v, d in zip(values, drains, strict=True) if v]
+        return f"{statistics.mean(known):,.0f}" if known else "-"
+
+    pairs = paired_drains(run, lambda d: not d.encrypted, lambda d: d.code != "before")
+    for backend, scenario, before, after in pairs:
+        rounds = ", ".join(
+            f"{b.ratio:.2f} → {a.ratio:.2f}" for b, a in zip(before, after, strict=False)
+        )
+        mean_before = statistics.mean(d.ratio for d in before)
+        mean_after = statistics.mean(d.ratio for d in after)
+        lines.append(
+            f"| {backend} | {scenario} | {len(after)} | {rounds} "
+            f"| {mean_before:.2f} → **{mean_after:.2f}** "
+            f"| {per_delivery(before, lambda d: d.worker_cpu_s)} → "
+            f"{per_delivery(after, lambda d: d.worker_cpu_s)} "
+            f"| {per_delivery(before, lambda d: d.db_cpu_s)} → "
+            f"{per_delivery(after, lambda d: d.db_cpu_s)} |"
         )
     return "\n".join(lines)
 
@@ -1308,6 +1380,9 @@ def report(run: Run, args: argparse.Namespace) -> bool:
         if any(d.encrypted for d in run.drains):
             print("\n### Secrets encrypted at rest against stored as they are\n")
             print(encryption_table(run))
+        if any(d.code for d in run.drains):
+            print("\n### This tree's code against --baseline-tree's\n")
+            print(code_table(run))
     if run.baselines:
         print("\n### Client baselines (same receiver, bodies, headers and concurrency)\n")
         print(baseline_table(run))
@@ -1364,6 +1439,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="drain each scenario with EVENTRELAY_ENCRYPTION_KEYS unset and set, in turn",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also drain with this directory's code (PYTHONPATH), alternating with this tree's",
+    )
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
@@ -1381,18 +1461,28 @@ async def run_backend(
 ) -> None:
     run: Run = args.run
     scenarios = ("none", "key") if args.scenario == "all" else (args.scenario,)
+    codes = ("before", "") if args.baseline_tree else ("",)
     prepared = [
-        await prepare(backend, s, receiver, args) for s in scenarios if s in ("none", "key")
+        await prepare(backend, s, receiver, args, code)
+        for s in scenarios
+        if s in ("none", "key")
+        for code in codes
     ]
     drains: list[Drain] = []
     for number in range(1, args.rounds + 1):
-        # With --encryption each scenario drains with the keys unset and set, the
-        # order alternating by round so that drift on a shared machine cancels out.
+        # With --encryption each scenario drains with the keys unset and set, and with
+        # --baseline-tree with the code before and this tree's, the order alternating
+        # by round so that drift on a shared machine cancels out.
         modes = (False, True) if args.encryption else (False,)
+        order = prepared
         if number % 2 == 0:
             modes = modes[::-1]
-        for p, encrypted in ((p, e) for p in prepared for e in modes):
-            what = f"{backend.name}/{p.scenario}{' encrypted' if encrypted else ''} {number}"
+            order = [p for s in scenarios for p in reversed(prepared) if p.scenario == s]
+        for p, encrypted in ((p, e) for p in order for e in modes):
+            what = (
+                f"{backend.name}/{p.scenario}{' encrypted' if encrypted else ''}"
+                f"{' ' + p.code if p.code else ''} {number}"
+            )
             before = await measure_baseline(receiver, "aiohttp", f"before {what}", payloads, args)
             run.baselines.append(before)
             result = await drain(p, receiver, args, number, encrypted=encrypted)
@@ -1407,7 +1497,7 @@ async def run_backend(
         for d, (b1, b2) in zip(drains, zip(pairs, pairs[1:], strict=False), strict=True):
             d.baseline_rps = (b1.rps + b2.rps) / 2
     if args.profile:
-        for p in prepared:
+        for p in (p for p in prepared if not p.code):
             profiled = await drain(p, receiver, args, 0, profile=True)
             profiled.baseline_rps = drains[-1].baseline_rps if drains else 0.0
             run.drains.append(profiled)

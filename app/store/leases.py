@@ -1,6 +1,6 @@
 """Leases: what a worker holds, renewed while it works, given back or reaped.
 
-A claim (:mod:`app.store.deliveries`) leases each delivery to its worker until
+A claim (:mod:`app.store.claims`) leases each delivery to its worker until
 ``lease_expires_at``. The worker renews the leases of the attempts still
 running, gives back what it will not start, and every worker returns the
 deliveries of a worker that vanished (an expired lease) to ``pending``.
@@ -13,8 +13,8 @@ from datetime import datetime
 
 from sqlalchemy import text
 
+from app.store.claims import SQLITE_CLAIM_HINT, timed_sql
 from app.store.database import Database
-from app.store.deliveries import SQLITE_CLAIM_HINT, timed_sql
 from app.store.schema import UTCDateTime
 
 

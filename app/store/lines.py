@@ -38,10 +38,10 @@ Line = tuple[str, str]
 
 def busy(d: str = "d", s: str = "s") -> str:
     """SQL: delivery ``d`` (of subscription ``s``) keeps its line busy. The
-    status list spells the partial index predicate of ``ix_deliveries_line``
-    literally, so both planners use that index."""
+    first two terms spell the partial index predicate of ``ix_deliveries_line``
+    (``schema.LINED``) literally, so both planners use that index."""
     return (
-        f"{d}.status IN ('pending', 'in_flight', 'dead') "
+        f"{d}.status IN ('pending', 'in_flight', 'dead') AND {d}.ordering_key IS NOT NULL "
         f"AND ({d}.status <> 'dead' OR {s}.on_dead_letter = 'block')"
     )
 
@@ -74,23 +74,33 @@ SQLITE_PROMOTE_ALL = f"""
     WHERE deliveries.seq = head.seq AND deliveries.status = 'pending' AND NOT deliveries.ready
 """
 
-# PostgreSQL: every line in one statement, the lines as two parallel arrays.
-# Each head is the first unfinished delivery in ``seq`` order (the line index
-# walked for one row), joined back by primary key.
-_PROMOTE_ALL = text(
-    f"""
+
+def promote_sql(lines: str, left: str = "FALSE") -> str:
+    """PostgreSQL: ready the head of each line, if it is a pending delivery.
+    ``lines`` is a FROM item naming the lines ``line(sub, key)``; each head is
+    the first busy delivery in ``seq`` order (the line index walked for one
+    row), joined back by primary key. ``left`` is SQL true of a delivery ``d``
+    that left its line earlier in the same statement, whose snapshot still
+    shows it busy (the worker's outcome write, app.store.outcomes)."""
+    return f"""
     UPDATE deliveries SET ready = TRUE
-    FROM unnest(CAST(:subs AS TEXT[]), CAST(:keys AS TEXT[])) AS line(sub, key)
+    FROM {lines}
     JOIN subscriptions s ON s.id = line.sub
     CROSS JOIN LATERAL (
         SELECT d.seq FROM deliveries d
         WHERE {busy()}
           AND d.subscription_id = line.sub AND d.ordering_key = line.key
+          AND NOT ({left})
         ORDER BY d.seq
         LIMIT 1
     ) AS head
     WHERE deliveries.seq = head.seq AND deliveries.status = 'pending' AND NOT deliveries.ready
     """
+
+
+# Every line in one statement, the lines as two parallel arrays.
+_PROMOTE_ALL = text(
+    promote_sql("unnest(CAST(:subs AS TEXT[]), CAST(:keys AS TEXT[])) AS line(sub, key)")
 )
 
 _LOCK = text(

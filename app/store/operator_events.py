@@ -49,7 +49,7 @@ __all__ = [
 # SQLite's one writer reads, before the outcomes are written, the dead
 # completions whose delivery is still leased to their writer: exactly the rows
 # the write will change. PostgreSQL's outcome write answers with them itself
-# (app.store.deliveries).
+# (app.store.outcomes).
 _LEASED = (
     "SELECT seq, id, event_id, subscription_id, event_type, attempts, lease_owner, tenant_id "
     "FROM deliveries WHERE status = 'in_flight' AND seq IN {marks} ORDER BY seq"

@@ -127,6 +127,11 @@ async def _try_lock(conn: AsyncConnection) -> bool:
 
 
 _CHURNING_TABLES = "deliveries, attempts, events, idempotency_keys"
+# Small and rarely written, so autovacuum (when on) may never analyze them, but
+# hot statements join them: without statistics PostgreSQL guesses their size,
+# and a claim planned on that guess of the subscriptions sorted the whole
+# backlog (13-19 ms a claim at 20,000 pending) instead of walking the claim index.
+_JOINED_TABLES = "subscriptions, tenants"
 
 
 async def refresh_statistics(db: Database) -> None:
@@ -134,7 +139,8 @@ async def refresh_statistics(db: Database) -> None:
 
     PostgreSQL: analyze the tables that churn and make the deleted rows' space
     reusable at once (autovacuum would get there, if it is on, but under steady
-    churn the tables would grow in the meantime).
+    churn the tables would grow in the meantime), and analyze the small tables
+    the hot statements join.
 
     SQLite plans from ``sqlite_stat1`` alone, never from a table's real size,
     so statistics gathered while a table was small would keep choosing scans
@@ -150,7 +156,7 @@ async def refresh_statistics(db: Database) -> None:
     with translate_errors():
         async with db.writer.connect() as conn:
             autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await autocommit.execute(text(f"VACUUM (ANALYZE) {_CHURNING_TABLES}"))
+            await autocommit.execute(text(f"VACUUM (ANALYZE) {_CHURNING_TABLES}, {_JOINED_TABLES}"))
 
 
 _SQLITE_STATISTICS = (

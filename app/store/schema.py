@@ -191,6 +191,7 @@ subscriptions = Table(
 # pending delivery of that line the claim query looks at. It keeps the claim
 # query's scan short; the ordering rule itself is re-checked in the query.
 UNFINISHED = "status IN ('pending', 'in_flight', 'dead')"
+LINED = f"{UNFINISHED} AND ordering_key IS NOT NULL"  # a delivery in a line, unfinished
 CLAIMABLE = "status = 'pending' AND ready"
 DEAD = "status = 'dead'"
 deliveries = Table(
@@ -229,8 +230,18 @@ deliveries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("completed_at", UTCDateTime, nullable=True),
     Column("dead_lettered_at", UTCDateTime, nullable=True),
+    # Every status change writes an entry in each index whose key or predicate
+    # the new row version satisfies, so the status-driven indexes cover only
+    # the rows that need them (migration 0009).
     Index("ix_deliveries_event_id", "event_id"),
-    Index("ix_deliveries_status_subscription_id", "status", "subscription_id"),
+    # On PostgreSQL the unfinished rows only; SQLite keeps every row here, as it
+    # cannot match a query's ``status = 'pending'`` to the IN-list predicate.
+    Index(
+        "ix_deliveries_status_subscription_id",
+        "status",
+        "subscription_id",
+        postgresql_where=text(UNFINISHED),
+    ),
     Index(
         "ix_deliveries_claim",
         "next_attempt_at",
@@ -243,8 +254,8 @@ deliveries = Table(
         "subscription_id",
         "ordering_key",
         "seq",
-        postgresql_where=text(UNFINISHED),
-        sqlite_where=text(UNFINISHED),
+        postgresql_where=text(LINED),
+        sqlite_where=text(LINED),
     ),
     Index(
         "ix_deliveries_dead",
@@ -281,11 +292,13 @@ deliveries = Table(
         postgresql_where=text("status = 'succeeded'"),
         sqlite_where=text("status = 'succeeded'"),
     ),
+    # The events list's ``delivery_status=discarded`` on PostgreSQL, whose
+    # status index leaves finished rows out.
     Index(
-        "ix_deliveries_lease",
-        "lease_expires_at",
-        postgresql_where=text("status = 'in_flight'"),
-        sqlite_where=text("status = 'in_flight'"),
+        "ix_deliveries_discarded",
+        "event_id",
+        postgresql_where=text("status = 'discarded'"),
+        sqlite_where=text("status = 'discarded'"),
     ),
 )
 

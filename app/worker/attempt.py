@@ -5,7 +5,7 @@ with the subscription's current keys (and the previous secret while it still
 signs), with a ``traceparent`` of its own in the event's trace (the attempt's
 span with a tracer), sent through the worker's :class:`~app.worker.protocol.Sender`, the
 outcome decided by :func:`app.domain.retry.decide`, counted in the metrics,
-logged, and returned as the :class:`~app.store.deliveries.Completion` the
+logged, and returned as the :class:`~app.store.work.Completion` the
 next cycle writes. No database here.
 """
 

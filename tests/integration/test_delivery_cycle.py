@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.errors import StoreUnavailable
+from app.store import claims, leases
 from app.store import deliveries as delivery_store
-from app.store import leases
 from app.store.work import Claimed, ClaimRequest, Completion, Work
 from tests.integration.conftest import LEASE, DeliveryKit
 
@@ -140,7 +140,7 @@ async def test_a_claim_carries_large_event_data_exactly(kit: DeliveryKit) -> Non
     array; either way the worker gets the stored text unchanged."""
     await kit.subscription(ordering="none")
     large = '{"blob": "' + 'a"\\u00e9\u00e9 ' * 20_000 + '"}'
-    assert len(large) > delivery_store.SQLITE_INLINE_DATA
+    assert len(large) > claims.SQLITE_INLINE_DATA
     small = await kit.events(("t", None))
     big = await kit.events(("t", None), ("t", None), data_json=large)
     claimed = await cycle(kit, [], limit=10)

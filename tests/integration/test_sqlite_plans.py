@@ -12,19 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from app.store.deliveries import (
+from app.store.claims import (
     CLAIM,
     CLAIM_NEWEST,
-    OUTCOME_FIELDS,
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
-    SQLITE_FINISH_ALL,
     SQLITE_LEASE,
-    SQLITE_RECORD_ATTEMPTS,
 )
 from app.store.fanout import SELECT_SUBSCRIBERS
 from app.store.ingest import _SQLITE_READS
 from app.store.lines import _BUSY_SQL, SQLITE_PROMOTE_ALL
+from app.store.outcomes import OUTCOME_FIELDS, SQLITE_FINISH_ALL, SQLITE_RECORD_ATTEMPTS
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 

@@ -1,0 +1,204 @@
+"""The claim: which due deliveries a worker takes, leased to it, with their events.
+
+The claim query is the heart of delivery. Both dialects are side by side
+below; they differ only in PostgreSQL's ``FOR UPDATE … SKIP LOCKED`` (SQLite
+has one writer, whose ``BEGIN IMMEDIATE`` transaction is lock enough).
+
+The per-key ordering rule lives in the query: a delivery with an ordering key
+is claimed only while no earlier delivery of its line is unfinished (pending,
+in flight, or dead with ``on_dead_letter = 'block'``). The ``ready`` mark only
+keeps the scan short; the ``NOT EXISTS`` is what guarantees the order.
+
+The worker's cycle (:func:`app.store.deliveries.complete_and_claim`) claims
+after writing its outcomes, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import orjson
+from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.store.events import StoredEvent
+from app.store.lines import busy
+from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
+from app.store.work import Claimed, ClaimRequest, Work
+
+
+def timed_sql(
+    statement: str, times: tuple[str, ...] = (), expanding: tuple[str, ...] = ()
+) -> TextClause:
+    """Raw SQL whose time parameters go through :class:`UTCDateTime` like the ORM's."""
+    params = [bindparam(name, type_=UTCDateTime()) for name in times]
+    params += [bindparam(name, expanding=True) for name in expanding]
+    return text(statement).bindparams(*params)
+
+
+_CANDIDATES = """
+    SELECT d.seq
+    FROM deliveries d {index_hint}
+    JOIN subscriptions s ON s.id = d.subscription_id
+    WHERE d.status = 'pending' AND ready
+      AND d.next_attempt_at <= :now
+      AND s.status = 'active'
+      AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= :now)
+      AND {exclude}
+      AND (d.ordering_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM deliveries p
+            WHERE p.subscription_id = d.subscription_id
+              AND p.ordering_key = d.ordering_key
+              AND p.seq < d.seq
+              AND {busy_line}))
+    ORDER BY {order}
+    LIMIT :limit
+"""
+OLDEST_FIRST = "d.next_attempt_at, d.seq"
+# A probe claim that leaves busy subscriptions out walks the claim index from
+# its newest end: another subscription's (another tenant's) new delivery is
+# found at once, not behind the whole backlog it would otherwise scan past.
+NEWEST_FIRST = "d.next_attempt_at DESC, d.seq DESC"
+
+# SQLite's planner prefers the (status, subscription_id) index and then sorts
+# the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
+SQLITE_CLAIM_HINT = "INDEXED BY ix_deliveries_claim"
+
+
+# PostgreSQL runs the claim as a prepared statement and soon with a generic
+# plan, which must not sort the backlog either. Two spellings keep it on the
+# claim index: the excluded subscriptions as one array on the subscriptions
+# side (``d.subscription_id NOT IN ($n)`` with one subscription in the
+# statistics estimated one row, and a sort looked cheap), and the claimed rows
+# joined back by ``seq = ANY(ARRAY(…))`` (a LIMIT of unknown size estimated
+# hundreds of rows and hashed the whole table).
+def _pg_candidates(order: str) -> str:
+    return _CANDIDATES.format(
+        index_hint="",
+        exclude="s.id <> ALL(CAST(:exclude AS TEXT[]))",
+        busy_line=busy("p", "s"),
+        order=order,
+    )
+
+
+def _sqlite_candidates(order: str) -> str:
+    return _CANDIDATES.format(
+        index_hint=SQLITE_CLAIM_HINT,
+        exclude="s.id NOT IN (SELECT value FROM json_each(:exclude))",
+        busy_line=busy("p", "s"),
+        order=order,
+    )
+
+
+_CLAIMED_COLUMNS = (
+    "deliveries.seq, deliveries.id, deliveries.event_id, deliveries.subscription_id, "
+    "deliveries.ordering_key, deliveries.attempts, deliveries.round_attempts"
+)
+_EVENT_COLUMNS = (
+    "e.seq AS event_seq, e.type AS event_type, e.key AS event_key, e.data AS event_data, "
+    "e.schema_version AS event_schema_version, e.occurred_at AS event_occurred_at, "
+    "e.received_at AS event_received_at, e.traceparent AS event_traceparent, "
+    "e.tracestate AS event_tracestate"
+)
+
+
+# Each claimed delivery comes back with its event. PostgreSQL's UPDATE … FROM
+# joins it. SQLite's RETURNING cannot join, and sqlite3 gives up the GIL for
+# every row it steps through (and waits to get it back from the busy event
+# loop), so SQLite claims in three statements of one row each: the candidates'
+# seqs as a JSON array, the lease on those seqs, and the claimed deliveries with
+# their events as one JSON array (an event's data is its stored text). Data
+# longer than SQLITE_INLINE_DATA characters is read by a fourth statement, row
+# by row, so that no claim comes near SQLite's limit on one string's size.
+def _claim(order: str) -> dict[str, str]:
+    return {
+        "postgresql": f"""
+        WITH claimed AS ({_pg_candidates(order)} FOR UPDATE OF d SKIP LOCKED)
+        UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
+        FROM events e
+        WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM claimed)) AND e.id = deliveries.event_id
+        RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
+    """,
+        "sqlite": f"SELECT json_group_array(seq) FROM ({_sqlite_candidates(order)})",
+    }
+
+
+CLAIM = _claim(OLDEST_FIRST)
+CLAIM_NEWEST = _claim(NEWEST_FIRST)
+SQLITE_LEASE = """
+    UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
+    WHERE seq IN (SELECT value FROM json_each(:seqs))
+"""
+SQLITE_INLINE_DATA = 65536
+SQLITE_CLAIMED = f"""
+    SELECT json_group_array(json_array(
+        d.seq, d.id, d.event_id, d.subscription_id, d.ordering_key, d.attempts, d.round_attempts,
+        e.id, e.seq, e.type, e.key,
+        CASE WHEN length(e.data) <= {SQLITE_INLINE_DATA} THEN e.data END,
+        e.schema_version, e.occurred_at, e.received_at, e.traceparent, e.tracestate))
+    FROM deliveries d JOIN events e ON e.id = d.event_id
+    WHERE d.seq IN (SELECT value FROM json_each(:seqs))
+"""
+SQLITE_CLAIMED_LARGE_DATA = f"""
+    SELECT DISTINCT e.id, e.data
+    FROM deliveries d JOIN events e ON e.id = d.event_id
+    WHERE d.seq IN (SELECT value FROM json_each(:seqs)) AND length(e.data) > {SQLITE_INLINE_DATA}
+"""
+
+
+_PG_CLAIM = timed_sql(CLAIM["postgresql"], ("now", "lease"))
+_PG_CLAIM_NEWEST = timed_sql(CLAIM_NEWEST["postgresql"], ("now", "lease"))
+
+
+async def claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> list[Work]:
+    result = await conn.execute(
+        _PG_CLAIM_NEWEST if request.newest_first else _PG_CLAIM,
+        {
+            "owner": request.owner,
+            "now": request.now,
+            "lease": request.lease_until,
+            "limit": request.limit,
+            "exclude": list(request.exclude) or ["-"],
+        },
+    )
+    rows = sorted(result, key=lambda r: int(r[0]))
+    return [Work(Claimed(*r[:7]), stored_event(r[2], *r[7:])) for r in rows]
+
+
+def sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
+    """The claim statement with its parameters: times in their stored form, the
+    excluded subscriptions as one JSON array."""
+    params: dict[str, object] = {
+        "owner": request.owner,
+        "now": sqlite_timestamp(request.now),
+        "lease": sqlite_timestamp(request.lease_until),
+        "limit": request.limit,
+        "exclude": orjson.dumps(list(request.exclude)).decode(),
+    }
+    return (CLAIM_NEWEST if request.newest_first else CLAIM)["sqlite"], params
+
+
+def stored_event(
+    event_id: str,
+    seq: int,
+    event_type: str,
+    key: str | None,
+    data: str,
+    schema_version: int | None,
+    occurred_at: object,
+    received_at: object,
+    traceparent: str | None,
+    tracestate: str | None,
+) -> StoredEvent:
+    received = stored_utc(received_at)
+    assert received is not None
+    return StoredEvent(
+        seq,
+        event_id,
+        event_type,
+        key,
+        data,
+        schema_version,
+        stored_utc(occurred_at),
+        received,
+        traceparent,
+        tracestate,
+    )

@@ -1,0 +1,230 @@
+"""An attempt's outcome written back: the attempt row, the delivery's new
+status, the line's next head freed, and what the outcomes report.
+
+Both dialects side by side: SQLite's statements run inside the worker's one
+hand-off to the writer's thread (:func:`app.store.deliveries.complete_and_claim`),
+PostgreSQL's on the cycle's connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.domain.operator_events import DeadLetter
+from app.store import driver, operator_events
+from app.store.fanout import LISTENING
+from app.store.lines import busy, lock_lines, promote_sql
+from app.store.schema import sqlite_timestamp
+from app.store.subscriptions import CircuitUpdate, apply_circuit
+from app.store.work import Completion
+
+# SQLite writes a cycle's outcomes in two statements over the same rows (a
+# VALUES list, ``{rows}``), one step each: sqlite3 gives up the GIL for every
+# step and waits to get it back from the busy event loop, so a statement per
+# row made the cycle mostly waiting. The attempts go first, numbered from each
+# delivery's count, and only for deliveries still leased to the outcome's
+# writer (a worker whose lease ran out and was taken over records nothing).
+_SQLITE_OUTCOME = """
+    WITH o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
+           dead_lettered_at, started_at, duration_ms, error, response_body,
+           request_headers) AS (VALUES {rows})
+"""
+SQLITE_RECORD_ATTEMPTS = (
+    _SQLITE_OUTCOME
+    + """
+    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                          response_body, request_headers)
+    SELECT d.id, d.attempts + 1, o.started_at, o.duration_ms, o.status_code, o.error,
+           o.response_body, o.request_headers
+    FROM o JOIN deliveries d ON d.seq = o.seq
+    WHERE d.status = 'in_flight' AND d.lease_owner = o.owner
+    ORDER BY o.seq
+"""
+)
+SQLITE_FINISH_ALL = (
+    _SQLITE_OUTCOME
+    + """
+    UPDATE deliveries SET
+        status = o.status, attempts = attempts + 1, round_attempts = round_attempts + 1,
+        next_attempt_at = o.next_attempt_at,
+        last_status_code = o.status_code, last_error = o.summary,
+        completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM o
+    WHERE deliveries.seq = o.seq AND deliveries.status = 'in_flight'
+      AND deliveries.lease_owner = o.owner
+"""
+)
+
+
+# PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
+# returns each delivery still leased to the outcome's writer with its new
+# attempt count, and only those get an attempt row; the lines those deliveries
+# left ready their next heads (lines.promote_sql, told which deliveries left,
+# since the statement's snapshot still shows them in flight). The statement
+# answers with the deliveries it dead-lettered when some subscription listens
+# to operator events (none in most cycles), for their reports: exactly the rows
+# it changed, so a worker whose lease was taken over reports nothing.
+_LEFT_THEIR_LINES = f"""d.seq = ANY(ARRAY(
+    SELECT f.seq FROM finished f JOIN subscriptions fs ON fs.id = f.subscription_id
+    WHERE NOT ({busy("f", "fs")})))"""
+_FREED_LINES = """(
+    SELECT DISTINCT f.subscription_id, f.ordering_key FROM finished f
+    WHERE f.ordering_key IS NOT NULL AND f.status <> 'pending') AS line(sub, key)"""
+_FINISH_AND_RECORD_PG = text(
+    f"""
+    WITH outcome AS (
+        SELECT * FROM unnest(
+            CAST(:seq AS BIGINT[]), CAST(:owner AS TEXT[]), CAST(:status AS TEXT[]),
+            CAST(:next_attempt_at AS TIMESTAMPTZ[]), CAST(:status_code AS INTEGER[]),
+            CAST(:summary AS TEXT[]), CAST(:completed_at AS TIMESTAMPTZ[]),
+            CAST(:dead_lettered_at AS TIMESTAMPTZ[]), CAST(:started_at AS TIMESTAMPTZ[]),
+            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[]),
+            CAST(:request_headers AS TEXT[])
+        ) AS o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
+               dead_lettered_at, started_at, duration_ms, error, response_body, request_headers)
+    ), finished AS (
+        UPDATE deliveries d SET
+            status = o.status, attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
+            next_attempt_at = o.next_attempt_at,
+            last_status_code = o.status_code, last_error = o.summary,
+            completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
+            lease_owner = NULL, lease_expires_at = NULL
+        FROM outcome o
+        WHERE d.seq = ANY(CAST(:seq AS BIGINT[])) AND d.seq = o.seq
+          AND d.status = 'in_flight' AND d.lease_owner = o.owner
+        RETURNING d.seq, d.id, d.attempts, d.status, d.event_id, d.subscription_id, d.event_type,
+                  d.last_status_code, d.last_error, d.tenant_id, d.ordering_key
+    ), promoted AS ({promote_sql(_FREED_LINES, _LEFT_THEIR_LINES)}
+    ), recorded AS (
+        INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                              response_body, request_headers)
+        SELECT f.id, f.attempts, o.started_at, o.duration_ms, o.status_code, o.error,
+               o.response_body, o.request_headers
+        FROM finished f JOIN outcome o ON o.seq = f.seq
+        ORDER BY f.seq
+    )
+    SELECT f.seq, f.id, f.event_id, f.subscription_id, f.event_type, f.attempts,
+           f.last_status_code, f.last_error, f.tenant_id
+    FROM finished f
+    WHERE f.status = 'dead' AND EXISTS ({LISTENING})
+    ORDER BY f.seq
+    """
+)
+
+
+async def outcomes_postgresql(
+    conn: AsyncConnection,
+    completions: Sequence[Completion],
+    circuit: Sequence[CircuitUpdate],
+    now: datetime | None,
+) -> None:
+    """Write the outcomes, the circuits and what they report. With no
+    subscription listening this is what it always was: the outcome write
+    returns no dead letters, and only a cycle that moves a circuit reads the
+    listeners."""
+    dead = await _complete_postgresql(conn, completions)
+    moved = operator_events.changing(circuit)
+    listeners = await operator_events.listeners(conn) if dead or moved else []
+    before: operator_events.Statuses = {}
+    if listeners and moved:
+        before = await operator_events.statuses(conn, moved)
+    if circuit:
+        await apply_circuit(conn, circuit, now or completions[-1].finished_at)
+    if listeners:
+        changed_at = now or completions[-1].finished_at
+        reported = operator_events.cycle_events(dead, circuit, before, changed_at)
+        await operator_events.store_events(conn, reported, listeners)
+
+
+async def _complete_postgresql(
+    conn: AsyncConnection, completions: Sequence[Completion]
+) -> list[DeadLetter]:
+    """Write the outcomes; return the dead letters they made, to report (none
+    when no subscription listens)."""
+    finished_lines = [
+        (c.delivery.subscription_id, c.delivery.ordering_key)
+        for c in completions
+        if c.status != "pending"
+    ]
+    # The lines move on as in lines.lines_moved_on, with the lock taken before
+    # the outcomes (the order every cycle has always locked in) and no NOTIFY:
+    # this transaction's own claim takes the heads it frees. The lock is a
+    # statement of its own: the outcome write, which promotes the heads, must
+    # start after it, so that its snapshot holds every delivery added to those
+    # lines before it. The reports' lines are locked later, when they are
+    # added (lines.add_deliveries): two cycles that each report on the other's
+    # line wait for each other only if their subscriptions listen to each
+    # other and both circuits move at once; PostgreSQL then fails one, whose
+    # worker writes nothing and puts its circuits back (worker.py), and its
+    # deliveries are attempted again.
+    await lock_lines(conn, finished_lines)
+    dead = await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
+    return operator_events.reported_dead_letters(dead)
+
+
+def sqlite_times(params: dict[str, object]) -> dict[str, object]:
+    """Parameters for a statement run on SQLite's driver: times as stored."""
+    return {
+        name: sqlite_timestamp(value) if isinstance(value, datetime) else value
+        for name, value in params.items()
+    }
+
+
+def outcome_rows(
+    completions: Sequence[Completion], stamp: Callable[[datetime], object]
+) -> list[tuple[object, ...]]:
+    """One row per outcome, columns in ``OUTCOME_FIELDS`` order (the order of
+    ``_SQLITE_OUTCOME`` and of ``_FINISH_AND_RECORD_PG``'s arrays); ``stamp``
+    gives each time the form the statement takes."""
+    rows: list[tuple[object, ...]] = []
+    for c in completions:
+        status, done, retry_at = c.status, stamp(c.finished_at), c.next_attempt_at
+        if status == "pending":
+            next_at = stamp(retry_at) if retry_at is not None else None
+        else:
+            next_at = done
+        rows.append(
+            (
+                c.delivery.seq,
+                c.owner,
+                status,
+                next_at,
+                c.status_code,
+                c.summary,
+                done if status == "succeeded" else None,
+                done if status == "dead" else None,
+                stamp(c.started_at),
+                c.duration_ms,
+                c.error,
+                c.response_body,
+                c.request_headers,
+            )
+        )
+    return rows
+
+
+def _outcome_arrays(completions: Sequence[Completion]) -> dict[str, list[object]]:
+    rows = outcome_rows(completions, lambda moment: moment)
+    return dict(zip(OUTCOME_FIELDS, driver.columns(rows, len(OUTCOME_FIELDS)), strict=True))
+
+
+OUTCOME_FIELDS = (
+    "seq",
+    "owner",
+    "status",
+    "next_attempt_at",
+    "status_code",
+    "summary",
+    "completed_at",
+    "dead_lettered_at",
+    "started_at",
+    "duration_ms",
+    "error",
+    "response_body",
+    "request_headers",
+)
