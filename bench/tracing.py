@@ -130,6 +130,8 @@ def delivery_round(target: str, args: argparse.Namespace, sink: str) -> dict[str
         "rate": rate,
         "ratio": rate / drain["baseline_rps"],
         "worker_cpu_us": 1e6 * drain["worker_cpu_s"] / drain["deliveries"],
+        # the event loop's thread alone (the rest is SQLite's writer and aiohttp's resolver)
+        "worker_loop_cpu_us": 1e6 * drain["worker_loop_cpu_s"] / drain["deliveries"],
         "received": drain["received"],
     }
 
@@ -193,6 +195,9 @@ def main() -> int:
         print(table(delivery, "ratio", statistics.median, "drain/bare"))
         print("\nDelivery worker CPU µs per delivery, median:\n")
         print(table(delivery, "worker_cpu_us", statistics.median, "worker CPU µs"))
+        if all("worker_loop_cpu_us" in r for rounds in delivery.values() for r in rounds):
+            print("\nOf which the event loop's thread, median:\n")
+            print(table(delivery, "worker_loop_cpu_us", statistics.median, "loop CPU µs"))
     print(
         f"\nspans exported, traced rounds: ingest {[r['spans'] for r in ingest['traced']]}", end=""
     )
