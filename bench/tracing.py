@@ -3,6 +3,7 @@ unset, and with spans exported to a local OTLP receiver, interleaved.
 
     .venv/bin/python bench/tracing.py --baseline-tree DIR [--rounds 3]
         [--requests 20000] [--deliveries 20000] [--skip-delivery]
+        [--results PATH]
 
 ``DIR`` holds the code to compare with (for example
 ``git archive <commit> | tar -x -C DIR`` of the commit before tracing). Three
@@ -20,6 +21,10 @@ neighbours on a shared machine). Delivery: ``bench/delivery.py --scenario none
 --backend sqlite`` (a standalone worker drains ``--deliveries`` to a local
 receiver): deliveries/s over a bare aiohttp loop measured in the same run, and
 the worker's CPU µs per delivery; medians over rounds.
+
+``--results PATH`` keeps the rounds in a JSON file and reports over all the
+rounds it holds, so that a long run can be made as several short invocations
+(each continues the rotation of the order where the file left it).
 """
 
 from __future__ import annotations
@@ -125,6 +130,8 @@ def delivery_round(target: str, args: argparse.Namespace, sink: str) -> dict[str
         "rate": rate,
         "ratio": rate / drain["baseline_rps"],
         "worker_cpu_us": 1e6 * drain["worker_cpu_s"] / drain["deliveries"],
+        # the event loop's thread alone (the rest is SQLite's writer and aiohttp's resolver)
+        "worker_loop_cpu_us": 1e6 * drain["worker_loop_cpu_s"] / drain["deliveries"],
         "received": drain["received"],
     }
 
@@ -149,11 +156,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--deliveries", type=int, default=20000)
     parser.add_argument("--skip-delivery", action="store_true")
+    parser.add_argument("--results", type=Path, help="JSON file of rounds to add to and report")
     args = parser.parse_args()
     ingest: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
     delivery: dict[str, list[dict[str, Any]]] = {t: [] for t in TARGETS}
+    if args.results is not None and args.results.exists():
+        kept = json.loads(args.results.read_text())
+        ingest, delivery = kept["ingest"], kept["delivery"]
+    first = len(ingest["before"]) + 1
     with otlp_sink() as sink:
-        for number in range(1, args.rounds + 1):
+        for number in range(first, first + args.rounds):
             # Rotate the order: what ran just before a target moves its figures.
             order = TARGETS[number % 3 :] + TARGETS[: number % 3]
             for target in order:
@@ -169,22 +181,27 @@ def main() -> int:
                 found["spans"] = spans_received(sink) - before
                 delivery[target].append(found)
                 print(f"round {number} delivery {target:7} {found}", file=sys.stderr, flush=True)
+            if args.results is not None:
+                args.results.write_text(json.dumps({"ingest": ingest, "delivery": delivery}))
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
     print(f"Ingest (SQLite, in-process, {args.requests} requests a round), CPU µs/request, min:\n")
     print(table(ingest, "cpu_us", min, "CPU µs/req"))
     print("\nIngest throughput (req/s), median:\n")
     print(table(ingest, "rps", statistics.median, "req/s"))
-    if not args.skip_delivery:
+    if delivery["before"]:
         print(
             f"\nDelivery (SQLite, {args.deliveries} deliveries a round), drain/baseline, median:\n"
         )
         print(table(delivery, "ratio", statistics.median, "drain/bare"))
         print("\nDelivery worker CPU µs per delivery, median:\n")
         print(table(delivery, "worker_cpu_us", statistics.median, "worker CPU µs"))
+        if all("worker_loop_cpu_us" in r for rounds in delivery.values() for r in rounds):
+            print("\nOf which the event loop's thread, median:\n")
+            print(table(delivery, "worker_loop_cpu_us", statistics.median, "loop CPU µs"))
     print(
         f"\nspans exported, traced rounds: ingest {[r['spans'] for r in ingest['traced']]}", end=""
     )
-    if not args.skip_delivery:
+    if delivery["before"]:
         print(f", delivery {[r['spans'] for r in delivery['traced']]}")
     return 0
 

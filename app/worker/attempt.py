@@ -72,8 +72,11 @@ class AttemptStep:
             log.error("cannot sign: %s", exc.detail, extra=_ids(delivery))
             return self._conclude(sub, delivery, event, failed(0, exc.detail), started, None)
         shape = formats.shape(sub.format, sub.destination_type)
-        span = self._span(delivery, event, sub.destination_type)
-        trace = tracecontext.headers(span.context) if span is not None else _attempt_trace(event)
+        if self._tracer is None:
+            span, trace = None, _attempt_trace(event)
+        else:
+            span = self._span(self._tracer, delivery, event, sub.destination_type)
+            trace = tracecontext.headers(span.context)
         headers = webhook.headers(
             event_id=event.id,
             timestamp=int(started.timestamp()),
@@ -105,12 +108,11 @@ class AttemptStep:
             span.end(result.outcome.status_code, result.outcome.error, outcome)
         return completion
 
+    @staticmethod
     def _span(
-        self, delivery: Claimed, event: StoredEvent, destination_type: str
-    ) -> AttemptSpan | None:
-        if self._tracer is None:
-            return None
-        return self._tracer.attempt(
+        tracer: Tracer, delivery: Claimed, event: StoredEvent, destination_type: str
+    ) -> AttemptSpan:
+        return tracer.attempt(
             _event_trace(event),
             destination_type=destination_type,
             subscription_id=delivery.subscription_id,
