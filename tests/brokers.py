@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -155,6 +155,43 @@ async def redis_client() -> AsyncIterator[tuple[Redis, list[str]]]:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+# -- consumers ------------------------------------------------------------------
+
+
+class Loops:
+    """Tasks that each repeat a step (read a stream, fetch a batch) until :meth:`stop`.
+
+    Stopping sets a flag the loops check as well as cancelling them: redis-py
+    writes each command under ``asyncio.wait_for``, which on Python 3.11 returns
+    the write's result instead of raising when a cancellation arrives as the
+    write completes (CPython gh-86296), and a loop that waited for its
+    cancellation alone would go on for ever.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def repeat(self, step: Callable[[], Awaitable[object]]) -> None:
+        async def loop() -> None:
+            while not self._stopping:
+                await step()
+
+        self.tasks.append(asyncio.create_task(loop()))
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        for task in self.tasks:
+            task.cancel()
+        if not self.tasks:
+            return
+        done, late = await asyncio.wait(self.tasks, timeout=timeout)
+        assert not late, f"{len(late)} of {len(self.tasks)} loops still run {timeout} s after stop"
+        for task in done:  # a step that failed as it stopped: nothing more to learn
+            if not task.cancelled():
+                task.exception()
 
 
 # -- cutting the network --------------------------------------------------------
