@@ -200,13 +200,25 @@ class Loops:
 @dataclass
 class TcpProxy:
     """A TCP forwarder on loopback to ``target``; ``cut()`` closes every connection
-    and stops listening (the broker is gone), ``restore()`` listens again."""
+    and stops listening (the broker is gone), ``restore()`` listens again;
+    ``stall()`` keeps the connections open but forwards nothing (the broker has
+    gone silent), ``resume()`` forwards what was held and goes on."""
 
     target: tuple[str, int]
     port: int = 0
     _server: asyncio.AbstractServer | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _flowing: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -244,6 +256,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):
