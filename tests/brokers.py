@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -157,19 +157,68 @@ async def redis_client() -> AsyncIterator[tuple[Redis, list[str]]]:
         await client.aclose()
 
 
+# -- consumers ------------------------------------------------------------------
+
+
+class Loops:
+    """Tasks that each repeat a step (read a stream, fetch a batch) until :meth:`stop`.
+
+    Stopping sets a flag the loops check as well as cancelling them: redis-py
+    writes each command under ``asyncio.wait_for``, which on Python 3.11 returns
+    the write's result instead of raising when a cancellation arrives as the
+    write completes (CPython gh-86296), and a loop that waited for its
+    cancellation alone would go on for ever.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def repeat(self, step: Callable[[], Awaitable[object]]) -> None:
+        async def loop() -> None:
+            while not self._stopping:
+                await step()
+
+        self.tasks.append(asyncio.create_task(loop()))
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        for task in self.tasks:
+            task.cancel()
+        if not self.tasks:
+            return
+        done, late = await asyncio.wait(self.tasks, timeout=timeout)
+        assert not late, f"{len(late)} of {len(self.tasks)} loops still run {timeout} s after stop"
+        for task in done:  # a step that failed as it stopped: nothing more to learn
+            if not task.cancelled():
+                task.exception()
+
+
 # -- cutting the network --------------------------------------------------------
 
 
 @dataclass
 class TcpProxy:
     """A TCP forwarder on loopback to ``target``; ``cut()`` closes every connection
-    and stops listening (the broker is gone), ``restore()`` listens again."""
+    and stops listening (the broker is gone), ``restore()`` listens again;
+    ``stall()`` keeps the connections open but forwards nothing (the broker has
+    gone silent), ``resume()`` forwards what was held and goes on."""
 
     target: tuple[str, int]
     port: int = 0
     _server: asyncio.AbstractServer | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _flowing: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._flowing.set()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -207,6 +256,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):

@@ -32,6 +32,7 @@ from tests.brokers import (
     AMQP_URL,
     NATS_URL,
     REDIS_URL,
+    Loops,
     TcpProxy,
     proxy_to,
     rabbit_queue,
@@ -65,16 +66,14 @@ class Consumer:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
-        self.tasks: list[asyncio.Task[None]] = []
+        self.loops = Loops()
         self.errors: list[str] = []
 
     def ids(self) -> set[str]:
         return {b["id"] for b in self.bodies}
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.loops.stop()
 
 
 @contextlib.asynccontextmanager
@@ -123,20 +122,19 @@ async def jetstream(proxy: TcpProxy) -> AsyncIterator[tuple[dict[str, Any], Cons
     pull = await js.pull_subscribe(f"{name}.>", durable="reader", stream=name)
 
     async def consume() -> None:
-        while True:
-            try:
-                messages = await pull.fetch(4, timeout=0.5)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception as exc:
-                consumer.errors.append(repr(exc))
-                continue
-            for message in messages:
-                consumer.bodies.append(json.loads(message.data))
-                await message.ack()
-                await asyncio.sleep(CONSUMER_PAUSE)
+        try:
+            messages = await pull.fetch(4, timeout=0.5)
+        except nats.errors.TimeoutError:
+            return
+        except Exception as exc:
+            consumer.errors.append(repr(exc))
+            return
+        for message in messages:
+            consumer.bodies.append(json.loads(message.data))
+            await message.ack()
+            await asyncio.sleep(CONSUMER_PAUSE)
 
-    consumer.tasks.append(asyncio.create_task(consume()))
+    consumer.loops.repeat(consume)
     destination = {
         "type": "nats",
         "url": with_address(NATS_URL, "127.0.0.1", proxy.port),
@@ -157,33 +155,33 @@ async def redis_streams(proxy: TcpProxy) -> AsyncIterator[tuple[dict[str, Any], 
         stream, aside = unique("stream"), unique("aside")
         keys += [stream, aside]
         consumer = Consumer()
+        last = "0-0"
 
         async def consume() -> None:
-            last = "0-0"
-            while True:
-                try:
-                    found = await client.xread({stream: last}, count=16, block=100)
-                except Exception:  # WRONGTYPE while the key is swapped out
-                    await asyncio.sleep(0.01)
-                    continue
-                for _, entries in found:
-                    for entry_id, fields in entries:
-                        last = entry_id.decode()
-                        consumer.bodies.append(json.loads(fields[b"body"]))
+            nonlocal last
+            try:
+                found = await client.xread({stream: last}, count=16, block=100)
+            except Exception:  # WRONGTYPE while the key is swapped out
+                await asyncio.sleep(0.01)
+                return
+            for _, entries in found:
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    consumer.bodies.append(json.loads(fields[b"body"]))
 
         async def swap() -> None:
             # Atomically put a string where the stream was, and back a moment later.
-            while True:
-                await asyncio.sleep(0.15)
-                if not await client.exists(stream):
-                    continue
-                async with client.pipeline(transaction=True) as pipe:
-                    await pipe.rename(stream, aside).set(stream, "not a stream").execute()
-                await asyncio.sleep(0.06)
-                async with client.pipeline(transaction=True) as pipe:
-                    await pipe.delete(stream).rename(aside, stream).execute()
+            await asyncio.sleep(0.15)
+            if not await client.exists(stream):
+                return
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.rename(stream, aside).set(stream, "not a stream").execute()
+            await asyncio.sleep(0.06)
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.delete(stream).rename(aside, stream).execute()
 
-        consumer.tasks += [asyncio.create_task(consume()), asyncio.create_task(swap())]
+        consumer.loops.repeat(consume)
+        consumer.loops.repeat(swap)
         destination = {
             "type": "redis",
             "url": with_address(REDIS_URL, "127.0.0.1", proxy.port),
@@ -233,14 +231,7 @@ async def failed_on_the_outage(relay: Relay, lines: list[list[str]], consumer: C
     return False
 
 
-# Redis is left out here: under CI load this run intermittently hung past the
-# suite's 300 s timeout (an open defect, not yet located between the worker's
-# Redis link and this test's consumer). Redis outages stay covered by
-# tests/integration/test_broker_senders.py (the proxy cut and restored).
-OUTAGE_KINDS = sorted(k for k in BROKERS if k != "redis")
-
-
-@pytest.mark.parametrize("kind", OUTAGE_KINDS)
+@pytest.mark.parametrize("kind", sorted(BROKERS))
 async def test_in_order_per_key_through_refusals_an_outage_and_the_dlq(
     shared_server: ServerProcess, kind: str
 ) -> None:

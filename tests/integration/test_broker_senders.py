@@ -177,6 +177,30 @@ async def _gone_and_back(
     assert proxy.connections >= 2, "the sender connected again"
 
 
+async def _silent_then_back(
+    sender: DestinationSender, proxy: TcpProxy, url: str, route: Route
+) -> None:
+    """A broker that goes silent (nothing answers, nothing closes) fails the
+    attempt at its deadline; once it speaks again, attempts succeed."""
+    connection = sender.connection(url)
+    assert_accepted(await connection.send(message(route, event_id="evt_before")))
+    proxy.stall()
+    started = time.monotonic()
+    silent = await asyncio.wait_for(connection.send(message(route, timeout_s=0.5)), 10)
+    assert_failed(silent, "timed out after 500 ms")
+    assert time.monotonic() - started < 1.5, "the attempt outlived its deadline"
+    proxy.resume()
+    assert_accepted(await until_accepted(lambda: connection.send(message(route))))
+
+
+async def test_rabbitmq_silent_fails_the_attempt_by_its_deadline(
+    sender: DestinationSender,
+) -> None:
+    async with rabbit_queue() as rabbit, proxy_to(AMQP_URL) as proxy:
+        url = with_address(AMQP_URL, "127.0.0.1", proxy.port)
+        await _silent_then_back(sender, proxy, url, Route("k", exchange=rabbit.exchange))
+
+
 # -- NATS JetStream -------------------------------------------------------------
 
 
@@ -279,6 +303,14 @@ async def test_redis_gone_and_back_fails_attempts_then_recovers(
         url = with_address(REDIS_URL, "127.0.0.1", proxy.port)
         await _gone_and_back(sender, proxy, url, Route(stream))
         assert await client.xlen(stream) == 2
+
+
+async def test_redis_silent_fails_the_attempt_by_its_deadline(sender: DestinationSender) -> None:
+    async with redis_client() as (_, keys), proxy_to(REDIS_URL) as proxy:
+        stream = unique("stream")
+        keys.append(stream)
+        url = with_address(REDIS_URL, "127.0.0.1", proxy.port)
+        await _silent_then_back(sender, proxy, url, Route(stream))
 
 
 async def test_one_connection_per_url(sender: DestinationSender) -> None:

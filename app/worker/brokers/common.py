@@ -1,10 +1,12 @@
-"""What every broker sender shares: a connection per URL, timing, headers."""
+"""What every broker sender shares: a connection per URL, the attempt's deadline,
+timing, headers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, Protocol, TypeVar
 
 from app.worker.protocol import Message, SendResult, failed
 
@@ -36,6 +38,48 @@ class PerUrl(Generic[C]):
     async def close(self) -> None:
         for connection in self.by_url.values():
             await connection.close()
+
+
+class Deadlines:
+    """Attempts that end by their deadline, whatever the client library does.
+
+    An attempt runs as a task of its own; at ``message.timeout_s`` it is
+    cancelled and reported as timed out without waiting for it to unwind. A
+    cancellation alone is not enough: the clients wait under
+    ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that
+    arrives as what it waits for completes, and a client that goes on to wait
+    on a broker that has gone silent would hold the worker's slot and the
+    key's line for as long as the broker stays silent.
+    """
+
+    def __init__(self) -> None:
+        self._late: set[asyncio.Task[SendResult]] = set()
+
+    async def run(
+        self,
+        attempt: Coroutine[Any, Any, SendResult],
+        started: float,
+        message: Message,
+        waiting_for: str,
+    ) -> SendResult:
+        task = asyncio.ensure_future(attempt)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=message.timeout_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if done:
+            return task.result()
+        task.cancel()
+        self._late.add(task)
+        task.add_done_callback(self._forget)
+        return timed_out(started, message, waiting_for)
+
+    def _forget(self, task: asyncio.Task[SendResult]) -> None:
+        """A late attempt's own outcome is not wanted: it was reported at the deadline."""
+        self._late.discard(task)
+        if not task.cancelled():
+            task.exception()
 
 
 def message_headers(message: Message) -> dict[str, str]:

@@ -10,7 +10,6 @@ and the next one connects anew, with backoff (:mod:`app.worker.brokers.link`).
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import nats
@@ -21,6 +20,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import APIError, NoStreamResponseError
 
 from app.worker.brokers.common import (
+    Deadlines,
     PerUrl,
     content_type,
     elapsed_ms,
@@ -61,9 +61,14 @@ class NatsConnection:
             close_client=lambda client: client.close(),
             usable=lambda client: client.is_connected,
         )
+        self._deadlines = Deadlines()
 
     async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
+        attempt = self._publish(message, started)
+        return await self._deadlines.run(attempt, started, message, "waiting for the JetStream ack")
+
+    async def _publish(self, message: Message, started: float) -> SendResult:
         route = message.route
         assert route is not None
         headers = message_headers(message)
@@ -71,12 +76,11 @@ class NatsConnection:
         headers["Nats-Msg-Id"] = message.event_id
         client: Client | None = None
         try:
-            async with asyncio.timeout(message.timeout_s):
-                client = await self._link.client(message.timeout_s)
-                remaining = max(0.001, message.timeout_s - (time.perf_counter() - started))
-                ack = await client.jetstream().publish(
-                    route.name, message.payload, timeout=remaining, headers=headers
-                )
+            client = await self._link.client(message.timeout_s)
+            remaining = max(0.001, message.timeout_s - (time.perf_counter() - started))
+            ack = await client.jetstream().publish(
+                route.name, message.payload, timeout=remaining, headers=headers
+            )
         except Unavailable as exc:
             return failed_since(started, str(exc))
         except NoStreamResponseError:

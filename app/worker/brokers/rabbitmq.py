@@ -23,6 +23,7 @@ from aio_pika.exceptions import (
 )
 
 from app.worker.brokers.common import (
+    Deadlines,
     PerUrl,
     content_type,
     elapsed_ms,
@@ -50,27 +51,33 @@ class RabbitMQConnection:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._channel_lock = asyncio.Lock()
+        self._deadlines = Deadlines()
 
     async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
+        attempt = self._publish(message, started)
+        return await self._deadlines.run(
+            attempt, started, message, "waiting for the broker's confirm"
+        )
+
+    async def _publish(self, message: Message, started: float) -> SendResult:
         route = message.route
         assert route is not None
         connection: AbstractConnection | None = None
         try:
-            async with asyncio.timeout(message.timeout_s):
-                connection = await self._link.client(message.timeout_s)
-                exchange = await self._exchange(connection, route.exchange)
-                await exchange.publish(
-                    aio_pika.Message(
-                        message.payload,
-                        headers=dict(message_headers(message)),
-                        content_type=content_type(message),
-                        message_id=message.event_id,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
-                    routing_key=route.name,
-                    mandatory=True,
-                )
+            connection = await self._link.client(message.timeout_s)
+            exchange = await self._exchange(connection, route.exchange)
+            await exchange.publish(
+                aio_pika.Message(
+                    message.payload,
+                    headers=dict(message_headers(message)),
+                    content_type=content_type(message),
+                    message_id=message.event_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=route.name,
+                mandatory=True,
+            )
         except Unavailable as exc:
             return failed_since(started, str(exc))
         except DeliveryError as exc:

@@ -9,7 +9,6 @@ The client does not retry on its own: a failed command is a failed attempt.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from app.worker.brokers.common import PerUrl, elapsed_ms, failed_since, timed_out
+from app.worker.brokers.common import Deadlines, PerUrl, elapsed_ms, failed_since, timed_out
 from app.worker.brokers.link import Link, Unavailable, describe
 from app.worker.protocol import Message, SendResult, accepted
 
@@ -28,7 +27,12 @@ FIELD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "tracep
 
 
 async def _connect(url: str) -> Redis:
-    client = Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=10)
+    # No socket timeout: the attempt's deadline bounds each command, and with one
+    # redis-py writes every command under asyncio.wait_for, which on Python 3.11
+    # can swallow that deadline's cancellation.
+    client = Redis.from_url(
+        url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=10, socket_timeout=None
+    )
     try:
         await client.ping()
     except BaseException:
@@ -62,18 +66,22 @@ class RedisConnection:
             close_client=lambda client: client.aclose(),
             usable=lambda _: True,
         )
+        self._deadlines = Deadlines()
 
     async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
+        attempt = self._xadd(message, started)
+        return await self._deadlines.run(attempt, started, message, "waiting for XADD")
+
+    async def _xadd(self, message: Message, started: float) -> SendResult:
         route = message.route
         assert route is not None
         client: Redis | None = None
         try:
-            async with asyncio.timeout(message.timeout_s):
-                client = await self._link.client(message.timeout_s)
-                entry = await client.xadd(
-                    route.name, fields(message), maxlen=route.maxlen, approximate=True
-                )
+            client = await self._link.client(message.timeout_s)
+            entry = await client.xadd(
+                route.name, fields(message), maxlen=route.maxlen, approximate=True
+            )
         except Unavailable as exc:
             return failed_since(started, str(exc))
         except ResponseError as exc:
