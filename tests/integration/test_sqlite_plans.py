@@ -21,7 +21,7 @@ from app.store.claims import (
 )
 from app.store.fanout import SELECT_SUBSCRIBERS
 from app.store.ingest import _SQLITE_READS
-from app.store.lines import _BUSY_SQL, SQLITE_PROMOTE_ALL
+from app.store.lines import SQLITE_PROMOTE_ALL, sqlite_busy_sql
 from app.store.outcomes import OUTCOME_FIELDS, SQLITE_FINISH_ALL, SQLITE_RECORD_ATTEMPTS
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -73,7 +73,10 @@ STATEMENTS = {
         ),
         ["default", "k1", "k2", "default"],
     ),
-    "busy lines": (_BUSY_SQL.format(subs="(?, ?)", keys="(?, ?)"), ["sub_a", "sub_b", "k1", "k2"]),
+    "busy lines": (
+        sqlite_busy_sql(2, 2),
+        ["sub_a", "sub_b", "k1", "k2"],
+    ),
 }
 
 
@@ -86,3 +89,15 @@ def test_no_statement_scans_a_table(database_url: str, name: str) -> None:
     assert plan, name
     scans = [step for step in plan if _scans_a_table(step)]
     assert not scans, f"{name}: {plan}"
+
+
+def test_busy_lines_find_each_line_on_the_line_index(database_url: str) -> None:
+    """The ingest flush's busy-line check costs a lookup per line, not a walk
+    of every unfinished delivery of the flush's subscriptions."""
+    path = Path(database_url.split(":///", 1)[1])
+    sql, params = STATEMENTS["busy lines"]
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    searches = [step for step in plan if step.startswith("SEARCH d ")]
+    assert searches, plan
+    assert all("ix_deliveries_line" in step for step in searches), plan
