@@ -216,7 +216,9 @@ async def prepare(url: str, args: argparse.Namespace) -> None:
 
 
 def measure(url: str, workdir: Path, args: argparse.Namespace) -> None:
-    proc, base = start_server(url, workdir, TOKEN, {"EVENTRELAY_LOG_FORMAT": "json"})
+    # Retention off in effect: a kept database's oldest events stay.
+    settings = {"EVENTRELAY_LOG_FORMAT": "json", "EVENTRELAY_RETENTION_DAYS": "3650"}
+    proc, base = start_server(url, workdir, TOKEN, settings)
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
             signed = client.post("/console/sign-in", data={"token": TOKEN})
