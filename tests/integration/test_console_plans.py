@@ -88,7 +88,10 @@ async def test_no_console_statement_scans_a_grown_table_postgres(
     for sql, params in await _console_pages(client, kit):
         nodes = await postgres_plan(kit.db, sql, params, plan_mode)
         scans = postgres_scans(nodes)
-        uncapped = "count(*)" in sql.lower() and not any(n["Node Type"] == "Limit" for n in nodes)
+        # Per-group counts are the gauges' (the process refreshes them in the
+        # background, so they may be captured too); the console's stop at a cap.
+        counts = "count(*)" in sql.lower() and "group by" not in sql.lower()
+        uncapped = counts and not any(n["Node Type"] == "Limit" for n in nodes)
         if scans or uncapped:
             failures.append(f"scans {scans} or counts with no cap:\n{sql}\n{describe(nodes)}")
     assert not failures, "\n\n".join(failures)
