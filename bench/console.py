@@ -1,25 +1,38 @@
 """Console page latency with a big history: 1,000,000 events and 100,000 dead letters.
 
-    flock /tmp/eventrelay-bench.lock .venv/bin/python bench/console.py \
+    flock -x /tmp/er-quiet.lock .venv/bin/python bench/console.py \
         [--backend sqlite|postgres] [--events 1000000] [--dead 100000] [--requests 40]
+        [--keep URL [--fill-only]]
 
-Fills a fresh, migrated database by SQL: one subscription, ``--events`` events
+Fills a migrated database by SQL: one subscription, ``--events`` events
 received over the last 7 days (the newest in the last minutes, for the
 overview), one delivery each — every ``events / dead``-th dead, the others
 succeeded — and one attempt per delivery. Then starts ``eventrelay serve`` on
 it, signs in to the console, and requests each page ``--requests`` times in a
 row after one warm-up, reporting p50, p95 and the slowest, in milliseconds.
 The baseline measured in the same run is ``/healthz`` (the server's floor).
+
+Without ``--keep`` the database is a fresh one, dropped at the end. With
+``--keep URL`` (``sqlite+aiosqlite:///path`` or ``postgresql+asyncpg://…/name``)
+it is that database, created and filled only if it holds no events yet, and
+kept: fill once with ``--fill-only``, then measure in separate runs (each
+moves the newest events into the last five minutes, for the overview). On
+PostgreSQL the fill ends with ``VACUUM (ANALYZE)``, as the retention job's pass
+leaves the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 from common import ROOT, run_on_fresh_database, start_server
 
@@ -66,7 +79,6 @@ _POSTGRES = [
            CASE WHEN g % :every = 0 THEN 500 ELSE 200 END, 'ok', '{"webhook-id": "x"}'
     FROM generate_series(1, :events) AS g
     """,
-    "ANALYZE",
 ]
 _SQLITE_SERIES = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < :events)"
 _SQLITE = [
@@ -112,9 +124,45 @@ async def fill(url: str, events: int, dead: int) -> None:
         async with engine.begin() as conn:
             await conn.execute(text(_SUBSCRIPTION.replace("{now}", now)))
             for statement in _SQLITE if sqlite else _POSTGRES:
-                if statement == "ANALYZE":
-                    continue
                 await conn.execute(text(statement), params)
+        if not sqlite:
+            async with engine.connect() as conn:
+                autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await autocommit.execute(text("VACUUM (ANALYZE)"))
+    finally:
+        await engine.dispose()
+
+
+# A kept database ages between runs: its newest 500 events are moved back into
+# the last five minutes, so that the overview's minutes have events to count.
+_RECENT = {
+    "sqlite": """
+    UPDATE events SET received_at =
+        datetime('now', printf('-%f seconds', ((SELECT max(seq) FROM events) - seq) * 0.6))
+    WHERE seq > (SELECT max(seq) FROM events) - 500
+    """,
+    "postgresql": """
+    UPDATE events SET received_at =
+        now() - ((SELECT max(seq) FROM events) - seq) * interval '0.6 seconds'
+    WHERE seq > (SELECT max(seq) FROM events) - 500
+    """,
+}
+
+
+async def refresh_recent(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(_RECENT[conn.dialect.name]))
+    finally:
+        await engine.dispose()
+
+
+async def filled(url: str) -> bool:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(text("SELECT 1 FROM events LIMIT 1"))).first() is not None
     finally:
         await engine.dispose()
 
@@ -152,17 +200,25 @@ def pages(events: int) -> list[str]:
     ]
 
 
-async def run(url: str, _: Path | None, workdir: Path, args: argparse.Namespace) -> int:
-    import asyncio
-
+async def prepare(url: str, args: argparse.Namespace) -> None:
+    """Migrate ``url`` and fill it, unless a kept database is filled already."""
     await asyncio.to_thread(upgrade_head, url)
+    if await filled(url):
+        print("the database is filled already; its newest events moved to the last minutes")
+        await refresh_recent(url)
+        return
     started = time.perf_counter()
     await fill(url, args.events, args.dead)
     print(
         f"filled {args.events:,} events, {args.dead:,} dead letters "
         f"in {time.perf_counter() - started:.0f} s"
     )
-    proc, base = start_server(url, workdir, TOKEN, {"EVENTRELAY_LOG_FORMAT": "json"})
+
+
+def measure(url: str, workdir: Path, args: argparse.Namespace) -> None:
+    # Retention off in effect: a kept database's oldest events stay.
+    settings = {"EVENTRELAY_LOG_FORMAT": "json", "EVENTRELAY_RETENTION_DAYS": "3650"}
+    proc, base = start_server(url, workdir, TOKEN, settings)
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
             signed = client.post("/console/sign-in", data={"token": TOKEN})
@@ -175,6 +231,36 @@ async def run(url: str, _: Path | None, workdir: Path, args: argparse.Namespace)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def run(url: str, _: Path | None, workdir: Path, args: argparse.Namespace) -> int:
+    await prepare(url, args)
+    await asyncio.to_thread(measure, url, workdir, args)
+    return 0
+
+
+async def create_kept(url: str) -> None:
+    """A kept PostgreSQL database is created when it does not exist yet."""
+    if url.startswith("sqlite"):
+        return
+    server, name = url.replace("postgresql+asyncpg://", "postgresql://").rsplit("/", 1)
+    conn = await asyncpg.connect(f"{server}/postgres")
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def run_kept(args: argparse.Namespace) -> int:
+    asyncio.run(create_kept(args.keep))
+    asyncio.run(prepare(args.keep, args))
+    if not args.fill_only:
+        workdir = Path(tempfile.mkdtemp(prefix="eventrelay-console-"))
+        try:
+            measure(args.keep, workdir, args)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
@@ -184,7 +270,13 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--dead", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--keep", metavar="URL", help="fill (once) and keep this database")
+    parser.add_argument("--fill-only", action="store_true", help="with --keep: do not measure")
     args = parser.parse_args()
+    if args.keep:
+        return run_kept(args)
+    if args.fill_only:
+        parser.error("--fill-only needs --keep")
     return run_on_fresh_database(
         args.backend, PG_DSN, "console", lambda u, p, w: run(u, p, w, args)
     )

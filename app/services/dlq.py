@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from app.domain.counts import Count
 from app.errors import NotFound
 from app.store import dlq as store
 from app.store import events as events_store
@@ -16,6 +17,7 @@ from app.store.events import StoredEvent
 __all__ = ["Attempt", "DeadLetter", "DeadLetterDetail", "DeadLetterService", "StoredEvent"]
 
 REDRIVE_BATCH = 500  # dead letters per transaction
+COUNT_CAP = 10_000  # a count reads this many index entries at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +53,16 @@ class DeadLetterService:
 
     async def count(
         self, tenant_id: str, *, subscription_id: str | None, event_type: str | None
-    ) -> int:
-        """How many of the tenant's dead letters match the filter."""
-        return await store.count_dead(
-            self._db, tenant_id, subscription_id=subscription_id, event_type=event_type
+    ) -> Count:
+        """How many of the tenant's dead letters match the filter, up to ``COUNT_CAP``."""
+        found = await store.count_dead(
+            self._db,
+            tenant_id,
+            subscription_id=subscription_id,
+            event_type=event_type,
+            cap=COUNT_CAP,
         )
+        return Count(found, COUNT_CAP)
 
     async def show(self, tenant_id: str, delivery_id: str) -> DeadLetterDetail:
         dead = await store.get_dead(self._db, tenant_id, delivery_id)

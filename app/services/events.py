@@ -38,8 +38,10 @@ class EventService:
         since: datetime | None = None,
         until: datetime | None = None,
         delivery_status: str | None = None,
+        examine: int | None = None,
     ) -> tuple[list[StoredEvent], int | None]:
-        """A page of events and the ``seq`` to continue after (None on the last page)."""
+        """A page of events and the ``seq`` to continue after (None on the last
+        page); ``examine`` bounds a filtered search (``store.list_events``)."""
         return await store.list_events(
             self._db,
             tenant_id,
@@ -51,6 +53,7 @@ class EventService:
             since=since,
             until=until,
             delivery_status=delivery_status,
+            examine=examine,
         )
 
     async def get(self, tenant_id: str, event_id: str) -> EventDetail:

@@ -1,21 +1,30 @@
-"""The console's overview: how the installation is doing right now.
+"""The console's overview: how the tenant is doing right now, and the health
+of its subscriptions.
 
-The delivery lag and the per-subscription counts are the ones the gauges
-export (``app/store/gauges.py``), so the page and ``/metrics`` agree.
+Every figure is read within a bound, whatever the history holds: counts stop
+at a cap (shown as "10,000+"), the success share is taken over a fixed window
+of the latest attempts, and only the subscriptions shown are counted. The
+delivery lag is measured as ``eventrelay_delivery_lag_seconds`` is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from app.domain.circuit import CircuitPolicy, is_half_open
+from app.domain.counts import Count
 from app.store import gauges
 from app.store import overview as store
 from app.store.database import Database
+from app.store.gauges import SubscriptionHealth
+from app.store.subscriptions import Subscription
 
 MINUTES = 5
-LATEST_ATTEMPTS = 5000  # the installation's latest attempts the share is taken over
+LATEST_ATTEMPTS = 1000  # the installation's latest attempts the share is taken over
+COUNT_CAP = 10_000  # the tenant's pending deliveries, dead letters, events a minute
+SUBSCRIPTION_CAP = 1_000  # each subscription's pending deliveries and dead letters
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +33,8 @@ class SubscriptionState:
     status: str
     consecutive_failures: int
     circuit: str  # closed / open / half-open
-    pending: int
-    dead: int
+    pending: Count
+    dead: Count
 
     @property
     def failing(self) -> bool:
@@ -34,23 +43,20 @@ class SubscriptionState:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    events_per_minute: list[int]  # oldest minute first
-    attempts_counted: int
+    events_per_minute: list[Count]  # oldest minute first
+    attempts_window: int  # the installation's latest attempts looked at
+    attempts_counted: int  # the tenant's among them
     attempts_succeeded: int
     delivery_lag_seconds: float
-    dlq_size: int
-    pending: int
-    subscriptions: list[SubscriptionState]
+    dlq_size: Count
+    pending: Count
+    failing: list[SubscriptionState]
 
     @property
     def success_share(self) -> float | None:
         if not self.attempts_counted:
             return None
         return self.attempts_succeeded / self.attempts_counted
-
-    @property
-    def failing(self) -> list[SubscriptionState]:
-        return [s for s in self.subscriptions if s.failing]
 
 
 class OverviewService:
@@ -62,34 +68,51 @@ class OverviewService:
         """The tenant's figures; the delivery lag is the installation's (the
         worker's), as the gauge reports it."""
         now = datetime.now(UTC)
-        snap = await gauges.snapshot(self._db)
-        per_minute = await store.events_per_minute(self._db, tenant_id, now, MINUTES)
-        codes = await store.latest_attempt_codes(self._db, tenant_id, LATEST_ATTEMPTS)
-        lag = max(0.0, (now - snap.oldest_due).total_seconds()) if snap.oldest_due else 0.0
-        states = [
-            SubscriptionState(
-                s.id,
-                s.status,
-                s.consecutive_failures,
-                self._circuit_state(s.circuit_open_until, s.consecutive_failures, now),
-                snap.per_subscription.get((s.id, "pending"), 0),
-                snap.per_subscription.get((s.id, "dead"), 0),
-            )
-            for s in snap.subscriptions
-            if s.tenant_id == tenant_id
-        ]
+        failing = await store.failing_subscriptions(self._db, tenant_id, now)
+        per_minute = await store.events_per_minute(self._db, tenant_id, now, MINUTES, COUNT_CAP)
+        counted, succeeded = await store.attempt_outcomes(self._db, tenant_id, LATEST_ATTEMPTS)
+        pending, dead = await store.tenant_backlog(self._db, tenant_id, COUNT_CAP)
+        due = await gauges.oldest_due(self._db)
         return Overview(
-            events_per_minute=per_minute,
-            attempts_counted=len(codes),
-            attempts_succeeded=sum(1 for c in codes if c is not None and 200 <= c < 300),
-            delivery_lag_seconds=lag,
-            dlq_size=sum(s.dead for s in states),
-            pending=sum(s.pending for s in states),
-            subscriptions=sorted(states, key=lambda s: (not s.failing, s.id)),
+            events_per_minute=[Count(n, COUNT_CAP) for n in per_minute],
+            attempts_window=LATEST_ATTEMPTS,
+            attempts_counted=counted,
+            attempts_succeeded=succeeded,
+            delivery_lag_seconds=max(0.0, (now - due).total_seconds()) if due else 0.0,
+            dlq_size=Count(dead, COUNT_CAP),
+            pending=Count(pending, COUNT_CAP),
+            failing=sorted((await self._states(failing, now)).values(), key=lambda state: state.id),
         )
 
-    async def subscription_states(self, tenant_id: str) -> dict[str, SubscriptionState]:
-        return {s.id: s for s in (await self.overview(tenant_id)).subscriptions}
+    async def subscription_states(
+        self, subscriptions: Sequence[Subscription]
+    ) -> dict[str, SubscriptionState]:
+        """The health of these subscriptions (a page of them), by ID."""
+        health = [
+            SubscriptionHealth(
+                sub.id, sub.tenant_id, sub.status, sub.consecutive_failures, sub.circuit_open_until
+            )
+            for sub in subscriptions
+        ]
+        return await self._states(health, datetime.now(UTC))
+
+    async def _states(
+        self, health: Sequence[SubscriptionHealth], now: datetime
+    ) -> dict[str, SubscriptionState]:
+        backlogs = await store.subscription_backlogs(
+            self._db, [h.id for h in health], SUBSCRIPTION_CAP
+        )
+        return {
+            h.id: SubscriptionState(
+                h.id,
+                h.status,
+                h.consecutive_failures,
+                self._circuit_state(h.circuit_open_until, h.consecutive_failures, now),
+                Count(backlogs[h.id][0], SUBSCRIPTION_CAP),
+                Count(backlogs[h.id][1], SUBSCRIPTION_CAP),
+            )
+            for h in health
+        }
 
     def _circuit_state(self, open_until: datetime | None, failures: int, now: datetime) -> str:
         """As the ``eventrelay_subscription_circuit_state`` gauge says it."""

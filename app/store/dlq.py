@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal_column, select, update
+from sqlalchemy import ColumnElement, Select, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store import schema
+from app.store.counts import capped_count
 from app.store.database import Database
 from app.store.lines import lines_moved_on
 
@@ -143,19 +144,23 @@ async def redrive(conn: AsyncConnection, tenant_id: str, delivery_id: str, now: 
 
 
 async def count_dead(
-    db: Database, tenant_id: str, *, subscription_id: str | None, event_type: str | None
+    db: Database,
+    tenant_id: str,
+    *,
+    subscription_id: str | None,
+    event_type: str | None,
+    cap: int,
 ) -> int:
-    """How many of the tenant's dead letters match (the partial
-    ``ix_deliveries_dead*`` indexes)."""
-    query = (
-        select(func.count()).select_from(d).where(d.c.status == DEAD, d.c.tenant_id == tenant_id)
-    )
+    """How many of the tenant's dead letters match, counted no further than
+    ``cap`` (a range of a partial ``ix_deliveries_dead*`` index, ``cap`` entries
+    at most)."""
+    query = select(d.c.seq).where(d.c.status == DEAD, d.c.tenant_id == tenant_id)
     if subscription_id is not None:
         query = query.where(d.c.subscription_id == subscription_id)
     if event_type is not None:
         query = query.where(d.c.event_type == event_type)
     async with db.read() as conn:
-        return int((await conn.execute(query)).scalar_one())
+        return int((await conn.execute(capped_count(query, cap))).scalar_one())
 
 
 async def redrive_batch(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, any_, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store import lines, schema
+from app.store.counts import capped_count
 from app.store.database import Database
 
 DELIVERY_STATUSES = ("pending", "in_flight", "succeeded", "dead", "discarded")
@@ -128,34 +129,107 @@ async def list_events(
     since: datetime | None = None,
     until: datetime | None = None,
     delivery_status: str | None = None,
+    examine: int | None = None,
 ) -> tuple[list[StoredEvent], int | None]:
     """A page of events and the ``seq`` to continue after (None on the last page).
 
     ``since``/``until`` bound ``received_at`` (``[since, until)``);
-    ``delivery_status`` keeps events with at least one delivery in that status."""
+    ``delivery_status`` keeps events with at least one delivery in that status.
+    When the tenant has at most ``STATUS_CANDIDATES`` such deliveries, the page
+    is made from their events; else the events are walked in order, each
+    checked for such a delivery. ``examine`` bounds a walk that filters rows
+    (by delivery status or time) to that many events: the page may then come
+    back short, with the ``seq`` the search goes on from."""
     e = schema.events
-    query = select(*_EVENT_COLUMNS).where(e.c.tenant_id == tenant_id)
+    seq = e.c.seq.asc() if order == "asc" else e.c.seq.desc()
+    indexed: list[ColumnElement[bool]] = []  # what the walk's index serves
     if event_type is not None:
-        query = query.where(e.c.type == event_type)
+        indexed.append(e.c.type == event_type)
     if key is not None:
-        query = query.where(e.c.key == key)
-    if since is not None:
-        query = query.where(e.c.received_at >= since)
-    if until is not None:
-        query = query.where(e.c.received_at < until)
-    if delivery_status is not None:
-        d = schema.deliveries
-        # Driven from the deliveries' status index: the matching event IDs,
-        # then each event by its unique ID.
-        query = query.where(e.c.id.in_(select(d.c.event_id).where(d.c.status == delivery_status)))
+        indexed.append(e.c.key == key)
     if after_seq is not None:
-        query = query.where(e.c.seq > after_seq if order == "asc" else e.c.seq < after_seq)
-    query = query.order_by(e.c.seq.asc() if order == "asc" else e.c.seq.desc()).limit(limit + 1)
+        indexed.append(e.c.seq > after_seq if order == "asc" else e.c.seq < after_seq)
+    rows: list[ColumnElement[bool]] = []  # what it checks event by event
+    if since is not None:
+        rows.append(e.c.received_at >= since)
+    if until is not None:
+        rows.append(e.c.received_at < until)
+    edge = None
     async with db.read() as conn:
+        few = None
+        if delivery_status is not None:
+            few = await _few_events_in_status(conn, tenant_id, delivery_status)
+        if few is not None:
+            # Their events are the tenant's: without a tenant condition, no
+            # planner prefers walking the tenant's index to probing the IDs.
+            where = [few, *indexed, *rows]
+        else:
+            indexed.insert(0, e.c.tenant_id == tenant_id)
+            if delivery_status is not None:
+                rows.append(_has_delivery_in(delivery_status))
+            where = [*indexed, *rows]
+            if examine is not None and rows:
+                edge = await _examined_edge(conn, indexed, seq, examine)
+                if edge is not None:
+                    where.append(e.c.seq <= edge if order == "asc" else e.c.seq >= edge)
+        query = select(*_EVENT_COLUMNS).where(*where).order_by(seq).limit(limit + 1)
         page = [_event(r) for r in await conn.execute(query)]
     if len(page) > limit:
         return page[:limit], page[limit - 1].seq
-    return page, None
+    return page, edge
+
+
+STATUS_CANDIDATES = 2_000
+
+
+def _in_status(status: str) -> ColumnElement[bool]:
+    """``status = '…'`` as a literal, which the partial ``ix_deliveries_dead*``
+    indexes answer."""
+    if status not in DELIVERY_STATUSES:
+        raise ValueError(f"not a delivery status: {status!r}")
+    return schema.deliveries.c.status == literal_column(f"'{status}'")
+
+
+def _events_in_status(tenant_id: str, status: str) -> Select[tuple[str]]:
+    """The events of the tenant's deliveries in ``status``: a range of a status index."""
+    d, s = schema.deliveries, schema.subscriptions
+    query = select(d.c.event_id).where(_in_status(status))
+    if status == "dead":
+        return query.where(d.c.tenant_id == tenant_id)
+    return query.where(d.c.subscription_id.in_(select(s.c.id).where(s.c.tenant_id == tenant_id)))
+
+
+async def _few_events_in_status(
+    conn: AsyncConnection, tenant_id: str, status: str
+) -> ColumnElement[bool] | None:
+    """The condition "the event is one of those" when the tenant has at most
+    ``STATUS_CANDIDATES`` deliveries in ``status``, else None. PostgreSQL:
+    ``id = ANY(ARRAY(…))``, probes by ID whatever its statistics say (a list
+    of known length on a table it takes as small is scanned)."""
+    candidates = _events_in_status(tenant_id, status)
+    found = (await conn.execute(capped_count(candidates, STATUS_CANDIDATES + 1))).scalar_one()
+    if found > STATUS_CANDIDATES:
+        return None
+    ids = schema.events.c.id
+    if conn.dialect.name == "postgresql":
+        return ids == any_(func.array(candidates.scalar_subquery()))
+    return ids.in_(candidates)
+
+
+def _has_delivery_in(status: str) -> ColumnElement[bool]:
+    """Probed event by event on ``ix_deliveries_event_id``."""
+    d = schema.deliveries
+    return select(d.c.id).where(d.c.event_id == schema.events.c.id, _in_status(status)).exists()
+
+
+async def _examined_edge(
+    conn: AsyncConnection, indexed: list[ColumnElement[bool]], seq: Any, examine: int
+) -> int | None:
+    """The ``seq`` of the ``examine``-th event the walk reaches (None: it
+    reaches fewer), read from the walk's index alone."""
+    query = select(schema.events.c.seq).where(*indexed).order_by(seq).offset(examine - 1).limit(1)
+    found: int | None = (await conn.execute(query)).scalar()
+    return found
 
 
 async def stats(db: Database, tenant_id: str) -> Stats:

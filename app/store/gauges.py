@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import bindparam, text
 
 from app.store.database import Database
-from app.store.schema import UTCDateTime
+from app.store.schema import UTCDateTime, stored_utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,14 @@ _OLDEST_DUE = (
 _SUBSCRIPTIONS = text(
     "SELECT id, tenant_id, status, consecutive_failures, circuit_open_until FROM subscriptions"
 ).columns(circuit_open_until=UTCDateTime())
+
+
+async def oldest_due(db: Database) -> datetime | None:
+    """When the longest-waiting delivery a worker could claim now became due
+    (what ``eventrelay_delivery_lag_seconds`` is measured from)."""
+    async with db.read() as conn:
+        due = (await conn.execute(_OLDEST_DUE, {"now": datetime.now(UTC)})).scalar()
+    return stored_utc(due)
 
 
 async def snapshot(db: Database) -> Snapshot:

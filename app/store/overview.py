@@ -1,68 +1,136 @@
-"""What the console's overview reads besides the gauges' snapshot: recent
-ingest per minute and the outcome of the latest attempts. Both are bounded:
-an index range over five minutes of ``received_at``, the last N attempts by key."""
+"""What the console's overview and subscription pages read: recent ingest per
+minute, the outcome of the latest attempts, the failing subscriptions and
+backlogs. Every read is bounded, whatever the history holds: index ranges
+counted up to a cap, a fixed window of attempts, one probe per boundary."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import ColumnElement, Select, literal, literal_column, or_, select, text, union_all
 
 from app.store import schema
+from app.store.counts import capped_count
 from app.store.database import Database
+from app.store.gauges import SubscriptionHealth
 
-ID_CHUNK = 500  # delivery IDs per statement
+e, d, s = schema.events, schema.deliveries, schema.subscriptions
 
 
-async def events_per_minute(db: Database, tenant_id: str, now: datetime, minutes: int) -> list[int]:
-    """Events received in each of the ``minutes`` one-minute windows ending at ``now``,
-    oldest first (one count per minute, each an index range on ``received_at``)."""
-    e = schema.events
-    counts = []
+def _first_seq_from(moment: datetime) -> Select[int]:
+    # One probe of ``ix_events_received_at``.
+    return select(e.c.seq).where(e.c.received_at >= moment).order_by(e.c.received_at).limit(1)
+
+
+async def events_per_minute(
+    db: Database, tenant_id: str, now: datetime, minutes: int, cap: int
+) -> list[int]:
+    """Events the tenant received in each of the ``minutes`` one-minute windows
+    ending at ``now``, oldest first, each counted up to ``cap``.
+
+    A window is a ``seq`` range: from the first event received at or after its
+    start to the first received at or after its end (an index probe each), then
+    counted on the tenant's ``(tenant_id, seq)`` index. The tenant's events are
+    never filtered out of everyone's by time; an event whose ``seq`` and
+    receipt order disagree across a minute's edge (concurrent ingest, within
+    a second) counts in the neighbouring minute."""
+    starts = [now - timedelta(minutes=back) for back in range(minutes, -1, -1)]
+    probes = select(*(_first_seq_from(start).scalar_subquery() for start in starts))
     async with db.read() as conn:
-        for back in range(minutes, 0, -1):
-            start, end = now - timedelta(minutes=back), now - timedelta(minutes=back - 1)
-            query = (
-                select(func.count())
-                .select_from(e)
-                .where(e.c.received_at >= start, e.c.received_at < end, e.c.tenant_id == tenant_id)
-            )
-            counts.append(int((await conn.execute(query)).scalar_one()))
-    return counts
+        edges = list((await conn.execute(probes)).one())
+        windows: list[ColumnElement[int]] = []
+        for low, high in zip(edges, edges[1:], strict=False):
+            if low is None:
+                windows.append(literal(0))
+                continue
+            rows = select(e.c.seq).where(e.c.tenant_id == tenant_id, e.c.seq >= low)
+            if high is not None:
+                rows = rows.where(e.c.seq < high)
+            windows.append(capped_count(rows, cap).scalar_subquery())
+        return [int(n) for n in (await conn.execute(select(*windows))).one()]
 
 
-# The tenant's deliveries among the latest attempts'. PostgreSQL: joined by
-# ``id = ANY(ARRAY(…))``, a handful of index probes whatever its statistics
-# say (an IN list or a join of a LIMIT of unknown size hashed the table).
-_THEIRS_PG = text(
+# The tenant's among the installation's latest attempts: a walk down the
+# attempts' key, then each one's delivery by ID. PostgreSQL: a LATERAL with a
+# LIMIT (which PostgreSQL does not flatten into a join) keeps it a probe per
+# attempt whatever the statistics say (as a join, it was hashed against the
+# whole deliveries table).
+_OUTCOMES_PG = text(
     """
-    SELECT d.id FROM deliveries d
-    WHERE d.id = ANY(ARRAY(SELECT a.delivery_id FROM attempts a ORDER BY a.seq DESC LIMIT :window))
-      AND d.tenant_id = :tenant
+    SELECT count(*), count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299)
+    FROM (SELECT delivery_id, status_code FROM attempts ORDER BY seq DESC LIMIT :window) a
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id AND d.tenant_id = :tenant LIMIT 1
+    ) theirs
+    """
+)
+# SQLite: the latest attempts as a range of their key.
+_OUTCOMES_SQLITE = text(
+    """
+    SELECT count(*), coalesce(sum(a.status_code BETWEEN 200 AND 299), 0)
+    FROM attempts a
+    JOIN deliveries d ON d.id = a.delivery_id
+    WHERE a.seq > (SELECT max(seq) FROM attempts) - :window AND d.tenant_id = :tenant
     """
 )
 
 
-async def latest_attempt_codes(db: Database, tenant_id: str, window: int) -> list[int | None]:
-    """The status codes (None: no HTTP answer) of the tenant's attempts among
-    the installation's latest ``window``: a walk down the attempts' key, then
-    their deliveries by ID."""
-    a, d = schema.attempts, schema.deliveries
+async def attempt_outcomes(db: Database, tenant_id: str, window: int) -> tuple[int, int]:
+    """How many of the installation's latest ``window`` attempts are the
+    tenant's, and how many of those got a 2xx answer."""
+    statement = _OUTCOMES_SQLITE if db.is_sqlite else _OUTCOMES_PG
     async with db.read() as conn:
-        latest = list(
-            await conn.execute(
-                select(a.c.delivery_id, a.c.status_code).order_by(a.c.seq.desc()).limit(window)
-            )
+        counted, succeeded = (
+            await conn.execute(statement, {"window": window, "tenant": tenant_id})
+        ).one()
+    return int(counted), int(succeeded)
+
+
+async def failing_subscriptions(
+    db: Database, tenant_id: str, now: datetime
+) -> list[SubscriptionHealth]:
+    """The tenant's subscriptions with failures in a row or an open circuit."""
+    query = select(
+        s.c.id, s.c.tenant_id, s.c.status, s.c.consecutive_failures, s.c.circuit_open_until
+    ).where(
+        s.c.tenant_id == tenant_id,
+        or_(s.c.consecutive_failures > 0, s.c.circuit_open_until > now),
+    )
+    async with db.read() as conn:
+        return [SubscriptionHealth(*r) for r in await conn.execute(query)]
+
+
+def _backlog(status: str, *where: ColumnElement[bool]) -> Select[int]:
+    # ``status = 'dead'`` as a literal: the partial ``ix_deliveries_dead*`` indexes.
+    return select(d.c.seq).where(d.c.status == literal_column(f"'{status}'"), *where)
+
+
+async def tenant_backlog(db: Database, tenant_id: str, cap: int) -> tuple[int, int]:
+    """The tenant's pending deliveries and dead letters, each counted up to ``cap``."""
+    theirs = d.c.subscription_id.in_(select(s.c.id).where(s.c.tenant_id == tenant_id))
+    pending = capped_count(_backlog("pending", theirs), cap).scalar_subquery()
+    dead = capped_count(_backlog("dead", d.c.tenant_id == tenant_id), cap).scalar_subquery()
+    async with db.read() as conn:
+        found = (await conn.execute(select(pending, dead))).one()
+    return int(found[0]), int(found[1])
+
+
+async def subscription_backlogs(
+    db: Database, subscription_ids: Sequence[str], cap: int
+) -> dict[str, tuple[int, int]]:
+    """Pending deliveries and dead letters of each subscription, each counted
+    up to ``cap``: a range of ``(status, subscription_id)`` per figure."""
+    if not subscription_ids:
+        return {}
+    rows = [
+        select(
+            literal(sid),
+            capped_count(_backlog("pending", d.c.subscription_id == sid), cap).scalar_subquery(),
+            capped_count(_backlog("dead", d.c.subscription_id == sid), cap).scalar_subquery(),
         )
-        if conn.dialect.name == "postgresql":
-            rows = await conn.execute(_THEIRS_PG, {"window": window, "tenant": tenant_id})
-            theirs = {r[0] for r in rows}
-        else:
-            ids = sorted({r[0] for r in latest})
-            theirs = set()
-            for start in range(0, len(ids), ID_CHUNK):
-                query = select(d.c.id).where(
-                    d.c.id.in_(ids[start : start + ID_CHUNK]), d.c.tenant_id == tenant_id
-                )
-                theirs.update(r[0] for r in await conn.execute(query))
-    return [code for delivery_id, code in latest if delivery_id in theirs]
+        for sid in subscription_ids
+    ]
+    query = rows[0] if len(rows) == 1 else union_all(*rows)
+    async with db.read() as conn:
+        return {r[0]: (int(r[1]), int(r[2])) for r in await conn.execute(query)}

@@ -7,18 +7,26 @@ its own subscriptions and looks only at them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from app.domain import portal
+from app.services.console import PORTAL_KEY
+from app.store.database import open_database
+from app.store.schema import console_keys
 from tests.conftest import ADMIN_TOKEN
 from tests.e2e.browser import (
+    POLL_TIMEOUT,
     SCREENSHOTS,
     Switchable,
     ThreadedReceivers,
@@ -28,6 +36,7 @@ from tests.e2e.browser import (
 from tests.e2e.conftest import ServerProcess, start_module_server
 
 WIDE = {"width": 1280, "height": 800}
+SHORT_LIFETIME = 6  # seconds: a portal link's, long enough to open under load
 NARROW = {"width": 390, "height": 844}
 XSS = '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 1; alert(1)">'
 NAVIGATION = [
@@ -735,6 +744,72 @@ def test_a_portal_link_shows_one_tenant_and_nothing_of_another(
             assert context.cookies() == []
         finally:
             context.close()
+
+
+def portal_key(server: ServerProcess) -> bytes:
+    """The installation's portal signing key, as the server stored it (it makes
+    it with its first link). Read on a thread of its own: Playwright's event
+    loop runs on the test's."""
+
+    async def read() -> str:
+        db = open_database(server.database_url)
+        try:
+            async with db.read() as conn:
+                query = select(console_keys.c.secret).where(console_keys.c.name == PORTAL_KEY)
+                return str((await conn.execute(query)).scalar_one())
+        finally:
+            await db.dispose()
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, read()).result(timeout=30).encode()
+
+
+def test_a_portal_link_past_its_lifetime_is_refused_and_its_session_ends_with_it(
+    browser: Any, console_server: ServerProcess, api: httpx.Client
+) -> None:
+    tenant = f"fleeting-{uuid.uuid4().hex[:6]}"
+    assert api.post("/v1/tenants", json={"id": tenant, "name": "Fleeting"}).status_code == 201
+    assert api.post(f"/v1/tenants/{tenant}/portal-links").status_code == 201
+    # The API's shortest lifetime is a minute: a link made with the same key
+    # and code for a few seconds is the same link, sooner past its end.
+    expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=SHORT_LIFETIME)
+    params = portal.link_params(portal_key(console_server), tenant, expires_at)
+    base = console_server.base_url
+    link = f"{base}/console/portal?{urlencode(params)}"
+
+    context = browser.new_context(viewport=WIDE)
+    try:
+        page = context.new_page()
+        page.goto(link)
+        page.wait_for_url(f"{base}/console/")
+        assert page.inner_text("#tenant") == tenant
+        (cookie,) = context.cookies()
+
+        # Past its end, the session is over on the server, whatever the browser keeps,
+        poll(
+            lambda: (
+                httpx.get(
+                    f"{base}/console/",
+                    cookies={cookie["name"]: cookie["value"]},
+                    follow_redirects=False,
+                ).status_code
+                == 303
+            ),
+            "the portal session to end with its link",
+            timeout=SHORT_LIFETIME + POLL_TIMEOUT,
+        )
+        assert datetime.now(UTC) >= expires_at
+        page.goto(f"{base}/console/")
+        assert page.url.startswith(f"{base}/console/sign-in")
+
+        # and the link is refused with a page that says why, signing nobody in.
+        response = page.goto(link)
+        assert response is not None
+        assert response.status == 403
+        assert "the portal link has expired" in page.inner_text("main")
+        assert context.cookies() == []
+    finally:
+        context.close()
 
 
 def test_portal_links_are_for_global_admins_and_bounded(

@@ -80,7 +80,9 @@ def routes(pages: Pages) -> list[Route]:
 
     async def redrive_many(request: Request) -> Response:
         """``ids``: the selected ones; else every match, ``limit`` at most (the
-        page's script sends chunks and shows progress; without it, all at once)."""
+        page's script sends chunks and shows progress; without it, all at once).
+        The script learns how many remain, counted up to the cap (``more``: at
+        least that many)."""
         session, form = await mutation(request)
         svc = services(request)
         filters = filters_of(form)
@@ -92,7 +94,9 @@ def routes(pages: Pages) -> list[Route]:
             done = await svc.dlq.redrive_matching(session.tenant, **filters, limit=chunk)
         if "application/json" in request.headers.get("accept", ""):
             remaining = await svc.dlq.count(session.tenant, **filters)
-            return JSONResponse({"redriven": done, "remaining": remaining})
+            return JSONResponse(
+                {"redriven": done, "remaining": remaining.value, "more": remaining.more}
+            )
         return redirect(
             "/dlq",
             redriven=done,

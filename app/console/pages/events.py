@@ -13,6 +13,9 @@ from app.console.web import Pages, services, session_of
 from app.errors import FieldError, ValidationFailed
 
 PAGE_SIZE = 50
+# A search that checks events one by one (delivery status, time) looks at this
+# many at most per page, then offers to search on.
+EXAMINE = 10_000
 DELIVERY_STATUSES = ("pending", "in_flight", "succeeded", "dead", "discarded")
 
 
@@ -62,6 +65,7 @@ def routes(pages: Pages) -> list[Route]:
                 since=since,
                 until=until,
                 delivery_status=status or None,
+                examine=EXAMINE,
             )
         except ValidationFailed as exc:
             return pages.render(
@@ -74,6 +78,8 @@ def routes(pages: Pages) -> list[Route]:
                 statuses=DELIVERY_STATUSES,
                 events=[],
                 next_after=None,
+                page_size=PAGE_SIZE,
+                examine=EXAMINE,
                 problem=exc,
             )
         return pages.render(
@@ -85,6 +91,8 @@ def routes(pages: Pages) -> list[Route]:
             statuses=DELIVERY_STATUSES,
             events=page,
             next_after=last,
+            page_size=PAGE_SIZE,
+            examine=EXAMINE,
             problem=None,
         )
 

@@ -88,7 +88,7 @@ class _Handlers:
         page, last = await svc.subscriptions.list_page(
             session.tenant, after_id=after, limit=PAGE_SIZE
         )
-        states = await svc.overview.subscription_states(session.tenant)
+        states = await svc.overview.subscription_states(page)
         return self.pages.render(
             request, "subscriptions.html", session, subs=page, states=states, next_after=last
         )
@@ -117,7 +117,7 @@ class _Handlers:
         session = await session_of(request)
         svc = services(request)
         sub = await svc.subscriptions.get(session.tenant, request.path_params["sid"])
-        state = (await svc.overview.subscription_states(session.tenant)).get(sub.id)
+        state = (await svc.overview.subscription_states([sub])).get(sub.id)
         notice = NOTICES.get(request.query_params.get("done", ""))
         return self.pages.render(
             request,
@@ -210,7 +210,7 @@ class _Handlers:
             until = parse_time(form.get("until"), "until")
             count = await svc.subscriptions.replay(session.tenant, sub.id, since, until)
         except ValidationFailed as exc:
-            state = (await svc.overview.subscription_states(session.tenant)).get(sub.id)
+            state = (await svc.overview.subscription_states([sub])).get(sub.id)
             return self.pages.render(
                 request,
                 "subscription.html",

@@ -2,12 +2,17 @@
 "use strict";
 
 // "Redrive all that match": in chunks, with a progress bar, then the list again.
+// The counts are capped on the server ("10,000+"): the bar's end moves with
+// what the server says is left.
 function redriveAll(form) {
-  const total = Number(form.dataset.total) || 0;
   const progress = document.getElementById("redrive-progress");
   const status = document.getElementById("redrive-status");
   const button = form.querySelector("button");
+  // What the page counted bounds the run (letters that die again while it
+  // runs are not chased), unless that count was capped.
+  const bound = form.dataset.more === "true" ? Infinity : Number(form.dataset.total) || 0;
   let done = 0;
+  progress.max = Number(form.dataset.total) || 1;
   progress.hidden = false;
   button.disabled = true;
 
@@ -27,9 +32,12 @@ function redriveAll(form) {
     }
     const result = await response.json();
     done += result.redriven;
-    progress.value = Math.min(done, total);
-    status.textContent = "Redriven " + done + " of " + total + ".";
-    if (result.redriven > 0 && done < total && result.remaining > 0) {
+    const total = done + result.remaining;
+    progress.max = Math.max(total, 1);
+    progress.value = done;
+    status.textContent =
+      "Redriven " + done + " of " + total + (result.more ? "+" : "") + ".";
+    if (result.redriven > 0 && result.remaining > 0 && done < bound) {
       await step();
     } else {
       const next = new URLSearchParams(window.location.search);
