@@ -224,6 +224,8 @@ class DeliveryWorker:
         # The circuits first: an outcome that opens one keeps this claim off it.
         updates = self._policy.record(finished, now)
         await self._settle_waiting()
+        if self._policy.take_ran_out():
+            self._probe = True
         probing = self._probe or time.monotonic() - self._probed_at >= self._config.poll_seconds
         request = None if self._stopping else self._claim_request(now, probing)
         if request is None and not finished:
@@ -243,8 +245,7 @@ class DeliveryWorker:
         if request is None:
             return 0, 0
         self._metrics.claim_duration.observe(time.perf_counter() - started)
-        if probing and len(work) < request.limit:
-            # The claim saw every due delivery outside the busy subscriptions.
+        if probing and _probe_saw_everything(request, work):
             self._probe, self._probed_at = False, time.monotonic()
         if not work:
             return 0, request.limit
@@ -252,7 +253,7 @@ class DeliveryWorker:
         return await self._start(work), request.limit
 
     def _claim_request(self, now: datetime, probing: bool) -> ClaimRequest | None:
-        plan = self._policy.claim_plan(probing)
+        plan = self._policy.claim_plan()
         if plan.capacity <= 0:
             return None
         # Subscriptions this worker has not met yet compete in the same claim;
@@ -262,11 +263,19 @@ class DeliveryWorker:
         if room <= 0:
             return None
         limit = min(plan.capacity, self._config.claim_batch, room)
-        # A probe past busy subscriptions looks at the newest due deliveries
-        # first: others' new events are there, not behind the busy backlogs.
-        newest = probing and bool(plan.exclude)
+        # While a tenant crowds the worker, a probe also takes the newest due
+        # deliveries of the others: theirs are not behind its backlog.
+        fresh = 0
+        if probing and plan.crowding:
+            fresh = min(limit, plan.fresh_room + UNKNOWN_SUBSCRIPTION_PROBE)
         return ClaimRequest(
-            self.owner, now, now + self._config.lease, limit, plan.exclude, newest_first=newest
+            self.owner,
+            now,
+            now + self._config.lease,
+            limit,
+            plan.exclude,
+            fresh=fresh,
+            crowding=plan.crowding,
         )
 
     async def _start(self, work: list[Work]) -> int:
@@ -387,6 +396,16 @@ class DeliveryWorker:
                     self.wake()
             except Exception:
                 log.exception("keeping leases failed")
+
+
+def _probe_saw_everything(request: ClaimRequest, work: list[Work]) -> bool:
+    """Whether a probe claim saw every due delivery it looks for: with a fresh
+    walk, it took fewer than it might outside the crowding tenant (the oldest
+    walk may have found some of those too); without, fewer than the limit."""
+    if not request.fresh:
+        return len(work) < request.limit
+    crowding = set(request.crowding)
+    return sum(w.delivery.subscription_id not in crowding for w in work) < request.fresh
 
 
 def _may_report(finished: list[Completion], updates: list[CircuitUpdate]) -> bool:

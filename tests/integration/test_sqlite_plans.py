@@ -14,7 +14,6 @@ import pytest
 
 from app.store.deliveries import (
     CLAIM,
-    CLAIM_NEWEST,
     OUTCOME_FIELDS,
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
@@ -36,6 +35,9 @@ ROW_LISTS = {
     "SCAN o",
     "SCAN line",
     "SCAN head",
+    # The claim's fresh walk: its window of the claim index, and what it took.
+    "SCAN recent",
+    "SCAN fresh",
     # The flush reads every subscription that is not disabled: a small table, read whole.
     "SCAN subscriptions USING INDEX sqlite_autoindex_subscriptions_1",
 }
@@ -53,13 +55,18 @@ def _scans_a_table(step: str) -> bool:
 WIDTH = len(OUTCOME_FIELDS)
 OUTCOMES = ", ".join(["(" + ", ".join("?" * WIDTH) + ")"] * 2)  # two rows of a cycle
 STATEMENTS = {
+    # Both walks: the fresh one (newest first, past the crowding tenant) and the oldest.
     "claim": (
         CLAIM["sqlite"],
-        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
-    ),
-    "claim, newest first": (
-        CLAIM_NEWEST["sqlite"],
-        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
+        {
+            "owner": "w",
+            "now": "2026",
+            "lease": "2026",
+            "limit": 10,
+            "fresh": 4,
+            "exclude": '["a", "b"]',
+            "crowding": '["c"]',
+        },
     ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
