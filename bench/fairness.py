@@ -258,6 +258,17 @@ async def tenant_latencies(
     return stream, [receiver.arrivals[i] - started for i in ids]
 
 
+async def cycle_totals(client: httpx.AsyncClient) -> tuple[float, float]:
+    """The worker's cycles so far: (seconds in them, how many), from /metrics."""
+    text = (await client.get("/metrics")).text
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        for suffix in totals:
+            if line.startswith(f"eventrelay_claim_duration_seconds{suffix}"):
+                totals[suffix] = float(line.rsplit(" ", 1)[1])
+    return totals["_sum"], totals["_count"]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 0.5), 4), "p99": round(percentile(values, 0.99), 4)}
 
@@ -300,9 +311,11 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
                 lambda: slow.in_progress >= args.concurrency // 2, STALL_SECONDS, "A's load"
             )
             pending_at_start = args.deliveries - len(slow.arrivals)
+            cycles_before = await cycle_totals(root)
             loaded = await tenant_latencies(b, fast, args.probes, args.burst)
             loaded_accepted = ACCEPTED[:]
             pending_at_end = args.deliveries - len(slow.arrivals)
+            cycles_after = await cycle_totals(root)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -323,6 +336,12 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
         "b_burst_loaded_s": summary(loaded[1]),
         "b_202_idle_s": summary(idle_accepted),
         "b_202_loaded_s": summary(loaded_accepted),
+        # One worker cycle (its write transaction: outcomes and claim) while B
+        # was measured with A loaded: the mean, and how many ran.
+        "cycle_loaded_s": round(
+            (cycles_after[0] - cycles_before[0]) / max(1.0, cycles_after[1] - cycles_before[1]), 5
+        ),
+        "cycles_loaded": int(cycles_after[1] - cycles_before[1]),
     }
 
 

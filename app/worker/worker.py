@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # Room a probe claim adds for subscriptions this worker has not met yet.
 UNKNOWN_SUBSCRIPTION_PROBE = 8
+# The most outcomes one cycle writes (the rest go in the next, at once): a
+# cycle's transaction holds SQLite's one writer, and ingest waits for it.
+OUTCOMES_PER_CYCLE = 256
 
 
 class DeliveryWorker:
@@ -217,7 +220,8 @@ class DeliveryWorker:
     async def _cycle(self) -> tuple[int, int]:
         """Write the finished outcomes and claim for the free slots, in one transaction.
         Returns how many deliveries started and how many were asked for."""
-        finished, self._finished = self._finished, []
+        finished = self._finished[:OUTCOMES_PER_CYCLE]
+        del self._finished[:OUTCOMES_PER_CYCLE]
         if self._step is not None:
             self._step.count_successes()
         now = datetime.now(UTC)
