@@ -202,13 +202,14 @@ class LinePolicy:
         for sid, line in self.lines.items():
             start = min(self.allowance(line), self.available(line))
             line_room = max(0, start) + max(0, self.room_ahead(line))
+            crowds = self.crowds(line.subscription.tenant_id)
+            if crowds:
+                crowding.append(sid)
             if line_room <= 0:
                 exclude.append(sid)
                 continue
             room += line_room
-            if self.crowds(line.subscription.tenant_id):
-                crowding.append(sid)
-            else:
+            if not crowds:
                 fresh_room += line_room
         return ClaimPlan(capacity, room, exclude, crowding, fresh_room)
 

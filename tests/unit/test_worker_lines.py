@@ -145,6 +145,11 @@ def test_a_tenant_holding_over_half_the_slots_crowds_and_others_are_probed_for()
     assert plan.crowding == ["busy"]
     assert plan.fresh_room == p.available(other) + p.room_ahead(other)
     assert "busy" not in plan.exclude, "it still takes its share oldest first"
+    fill(p, busy, 8)
+    while p.room_ahead(busy) > 0:
+        p.queue(busy, ready("busy"))
+    plan = p.claim_plan()
+    assert plan.exclude == plan.crowding == ["busy"], "at its limit, and still crowding"
 
 
 def test_a_line_of_another_tenant_running_out_asks_for_a_probe() -> None:
