@@ -65,7 +65,9 @@ _CLAIMABLE = """
 # another tenant's new delivery is found at once, however long the backlog the
 # worker is serving. The *oldest* walk takes the rest of the limit oldest first,
 # as the deliveries fell due, for every subscription with room. The window
-# bounds the fresh walk's cost when it finds nothing.
+# bounds the fresh walk's cost when it finds nothing. The oldest walk's cost is
+# what it passes of the subscriptions left out (``exclude``), which is why the
+# worker leaves it out while the crowding tenant is at its limit.
 FRESH_WINDOW = 512
 _FRESH = """
     SELECT d.seq
@@ -87,7 +89,7 @@ _OLDEST = """
     JOIN subscriptions s ON s.id = d.subscription_id
     WHERE {claimable} AND {not_excluded} AND {not_fresh}
     ORDER BY d.next_attempt_at, d.seq
-    LIMIT :limit - (SELECT count(*) FROM fresh)
+    LIMIT CASE WHEN {oldest} THEN :limit - (SELECT count(*) FROM fresh) ELSE 0 END
 """
 
 # SQLite's planner prefers the (status, subscription_id) index and then sorts
@@ -115,6 +117,7 @@ def _pg_walks() -> tuple[str, str]:
         claimable=claimable,
         not_excluded="s.id <> ALL(CAST(:exclude AS TEXT[]))",
         not_fresh="d.seq <> ALL(ARRAY(SELECT seq FROM fresh))",
+        oldest="CAST(:oldest AS BOOLEAN)",
     )
     return fresh, oldest
 
@@ -132,6 +135,7 @@ def _sqlite_walks() -> tuple[str, str]:
         claimable=claimable,
         not_excluded="s.id NOT IN (SELECT value FROM json_each(:exclude))",
         not_fresh="d.seq NOT IN (SELECT seq FROM fresh)",
+        oldest=":oldest",
     )
     return fresh, oldest
 
@@ -237,6 +241,7 @@ async def _claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> lis
             "lease": request.lease_until,
             "limit": request.limit,
             "fresh": min(request.fresh, request.limit),
+            "oldest": request.oldest,
             "exclude": list(request.exclude) or ["-"],
             "crowding": list(request.crowding) or ["-"],
         },
@@ -313,6 +318,7 @@ def _sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
         "lease": sqlite_timestamp(request.lease_until),
         "limit": request.limit,
         "fresh": min(request.fresh, request.limit),
+        "oldest": request.oldest,
         "exclude": orjson.dumps(list(request.exclude)).decode(),
         "crowding": orjson.dumps(list(request.crowding)).decode(),
     }

@@ -44,8 +44,8 @@ class ClaimRequest:
     """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``.
 
     Of those, up to ``fresh`` are the newest due deliveries of every
-    subscription but ``exclude`` and ``crowding``; the rest are the oldest due
-    deliveries of every subscription but ``exclude``."""
+    subscription but ``exclude`` and ``crowding``; the rest, if ``oldest``, are
+    the oldest due deliveries of every subscription but ``exclude``."""
 
     owner: str
     now: datetime
@@ -54,6 +54,7 @@ class ClaimRequest:
     exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
     fresh: int = 0
     crowding: Sequence[str] = ()  # the subscriptions of a tenant holding most slots
+    oldest: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,15 +263,23 @@ class DeliveryWorker:
         # Subscriptions this worker has not met yet compete in the same claim;
         # room is made for a few of them only in a probe claim (after an outside
         # wake-up, a timeout, or once per poll interval), not after every attempt.
-        room = plan.room + (UNKNOWN_SUBSCRIPTION_PROBE if probing else 0)
+        unknown = UNKNOWN_SUBSCRIPTION_PROBE if probing else 0
+        room = plan.room + unknown
         if room <= 0:
             return None
         limit = min(plan.capacity, self._config.claim_batch, room)
         # While a tenant crowds the worker, a probe also takes the newest due
-        # deliveries of the others: theirs are not behind its backlog.
-        fresh = 0
-        if probing and plan.crowding:
-            fresh = min(limit, plan.fresh_room + UNKNOWN_SUBSCRIPTION_PROBE)
+        # deliveries of the others: theirs are not behind its backlog. While
+        # all its subscriptions are at their limit, a claim takes only those:
+        # the oldest walk would pass its whole backlog to find the others'.
+        fresh, oldest = 0, True
+        if plan.crowding and set(plan.crowding) <= set(plan.exclude):
+            fresh = limit = min(limit, plan.fresh_room + unknown)
+            oldest = False
+        elif probing and plan.crowding:
+            fresh = min(limit, plan.fresh_room + unknown)
+        if limit <= 0:
+            return None
         return ClaimRequest(
             self.owner,
             now,
@@ -280,6 +288,7 @@ class DeliveryWorker:
             plan.exclude,
             fresh=fresh,
             crowding=plan.crowding,
+            oldest=oldest,
         )
 
     async def _start(self, work: list[Work]) -> int:

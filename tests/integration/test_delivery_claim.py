@@ -366,3 +366,6 @@ async def test_the_fresh_walk_leaves_out_what_every_claim_leaves_out(kit: Delive
     claimed = await kit.claim(limit=3, fresh=3, exclude=[at_limit.id], crowding=[crowding.id])
 
     assert [c.subscription_id for c in claimed] == [crowding.id] * 3
+    # Only the fresh walk: of the others, never the crowding subscription's.
+    claimed = await kit.claim(limit=2, fresh=2, crowding=[crowding.id], oldest=False)
+    assert [c.subscription_id for c in claimed] == [at_limit.id]

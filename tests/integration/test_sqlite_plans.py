@@ -64,6 +64,7 @@ STATEMENTS = {
             "lease": "2026",
             "limit": 10,
             "fresh": 4,
+            "oldest": True,
             "exclude": '["a", "b"]',
             "crowding": '["c"]',
         },
