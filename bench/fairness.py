@@ -30,10 +30,13 @@ answers in ``--answer-seconds`` (0.2 s), all pending at once (its subscription
 is paused while they are ingested); tenant B, on a fast receiver, sends one
 event a second for ``--probes`` seconds and then a burst of 500 (one batch),
 first with A idle and then with A's backlog draining. It reports B's
-ingest-to-receipt latency p50 / p99, stream and burst apart, in both runs.
+ingest-to-receipt latency p50 / p99, stream and burst apart, in both runs,
+and the worker's mean cycle (its write transaction) while B was measured
+loaded: the target is B's p99 loaded within its p99 idle plus one cycle.
 ``--claim-tenants 1,100,10000`` measures the claim statement's own cost (p50
 of 200 claims of 32, in-process on the store) with a backlog of 30,000 pending
-deliveries spread over that many tenants.
+deliveries spread over that many tenants; plain claims, and probe claims whose
+fresh walk leaves tenant t1 out as crowding.
 """
 
 from __future__ import annotations
@@ -345,9 +348,10 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
     }
 
 
-async def claim_cost(db_url: str, tenants: int, backlog: int = 30_000) -> float:
+async def claim_cost(db_url: str, tenants: int, backlog: int = 30_000) -> tuple[float, float]:
     """p50 seconds of one claim of 32 with ``backlog`` pending deliveries spread
-    over ``tenants`` tenants (one subscription each)."""
+    over ``tenants`` tenants (one subscription each), and of one probe claim
+    (up to 8 of them by the fresh walk, tenant t1 crowding)."""
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import text
@@ -391,15 +395,28 @@ async def claim_cost(db_url: str, tenants: int, backlog: int = 30_000) -> float:
         # them); without, PostgreSQL guesses three rows and sorts the backlog.
         async with db.write() as conn:
             await conn.execute(text("ANALYZE"))
-        timings = []
-        for n in range(200):
-            now = datetime.now(UTC)
-            request = ClaimRequest(f"bench-{n}", now, now + timedelta(minutes=5), 32, ())
-            started = time.perf_counter()
-            work = await deliveries.complete_and_claim(db, [], request=request)
-            timings.append(time.perf_counter() - started)
-            await leases.release(db, f"bench-{n}", [w.delivery.seq for w in work])
-        return statistics.median(timings)
+        # Plain claims, then probe claims (the fresh walk too) with tenant t1
+        # crowding the worker.
+        costs = []
+        for fresh, crowding in ((0, ()), (8, ("sub_1",))):
+            timings = []
+            for n in range(200):
+                now = datetime.now(UTC)
+                request = ClaimRequest(
+                    f"bench-{n}",
+                    now,
+                    now + timedelta(minutes=5),
+                    32,
+                    (),
+                    fresh=fresh,
+                    crowding=crowding,
+                )
+                started = time.perf_counter()
+                work = await deliveries.complete_and_claim(db, [], request=request)
+                timings.append(time.perf_counter() - started)
+                await leases.release(db, f"bench-{n}", [w.delivery.seq for w in work])
+            costs.append(statistics.median(timings))
+        return costs[0], costs[1]
     finally:
         await db.dispose()
 
@@ -437,7 +454,7 @@ async def main() -> None:
             base = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
             db_url = f"{base}/{pg_name}"
         if args.claim_tenants:
-            result = {"backend": args.backend, "claim_p50_ms": {}}
+            result = {"backend": args.backend, "claim_p50_ms": {}, "probe_claim_p50_ms": {}}
             for count in (int(c) for c in args.claim_tenants.split(",")):
                 url = db_url
                 if args.backend == "sqlite":
@@ -453,7 +470,8 @@ async def main() -> None:
                         await pg_execute(
                             args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
                         )
-                result["claim_p50_ms"][count] = round(cost * 1000, 3)
+                result["claim_p50_ms"][count] = round(cost[0] * 1000, 3)
+                result["probe_claim_p50_ms"][count] = round(cost[1] * 1000, 3)
             print(json.dumps(result))
             if args.json is not None:
                 args.json.write_text(json.dumps(result, indent=2))
