@@ -24,11 +24,12 @@ does not crowd out a tenant with one:
   the slots it may use; the last ``claim_ahead`` × ``reserve`` of all that may
   wait go only to subscriptions holding none waiting.
 - A claim leaves out the subscriptions at their limit. While one tenant holds
-  more than half the slots (it *crowds*), a *probe* claim (after new events, a
-  timeout, once per poll interval, or when another tenant's line runs out of
-  waiting deliveries) also takes the newest due deliveries of every other
-  tenant (the store's *fresh* walk): their new deliveries are found at once,
-  not behind the crowding tenant's backlog.
+  more of the worker (attempts running and deliveries waiting) than all the
+  others together (it *crowds*), a *probe* claim (after new events, a timeout,
+  once per poll interval, or when another tenant's line runs out of waiting
+  deliveries) also takes the newest due deliveries of every other tenant (the
+  store's *fresh* walk): their new deliveries are found at once, not behind
+  the crowding tenant's backlog.
 
 No I/O: the worker loads subscriptions and writes what the policy decides.
 """
@@ -98,7 +99,7 @@ class ClaimPlan:
     capacity: int  # free slots plus free room ahead, over all subscriptions
     room: int  # what the known subscriptions may take now
     exclude: list[str]  # subscriptions at their limit
-    crowding: list[str]  # the subscriptions of a tenant holding over half the slots
+    crowding: list[str]  # the subscriptions of the tenant that crowds the worker
     fresh_room: int  # what the known subscriptions of the other tenants may take now
 
 
@@ -116,6 +117,7 @@ class LinePolicy:
         self.tenant_in_flight: dict[str, int] = {}  # attempts running, by tenant
         self._released: list[int] = []  # claims to give back in the next cycle
         self._ran_out = False  # a line of a tenant not crowding ran out of waiting deliveries
+        self._crowding: str | None = None  # the tenant crowding the worker at the last claim
         self._recorded: dict[str, CircuitState] = {}  # circuits before the last record()
 
     # -- limits ---------------------------------------------------------------
@@ -196,13 +198,14 @@ class LinePolicy:
         what is claimed over a limit has to be given back in another
         transaction. Subscriptions not met yet compete in the same claim."""
         capacity = self.slots - self.used + max(0, self.claim_ahead * self.slots - self.waiting)
+        self._crowding = self._crowding_tenant()
         exclude: list[str] = []
         crowding: list[str] = []
         room = fresh_room = 0
         for sid, line in self.lines.items():
             start = min(self.allowance(line), self.available(line))
             line_room = max(0, start) + max(0, self.room_ahead(line))
-            crowds = self.crowds(line.subscription.tenant_id)
+            crowds = line.subscription.tenant_id == self._crowding
             if crowds:
                 crowding.append(sid)
             if line_room <= 0:
@@ -213,9 +216,17 @@ class LinePolicy:
                 fresh_room += line_room
         return ClaimPlan(capacity, room, exclude, crowding, fresh_room)
 
-    def crowds(self, tenant: str) -> bool:
-        """Whether ``tenant`` holds more than half the slots."""
-        return 2 * self.tenant_in_flight.get(tenant, 0) > self.slots
+    def _crowding_tenant(self) -> str | None:
+        """The tenant holding more of the worker (attempts running, deliveries
+        waiting) than all the others together, if one does."""
+        held: dict[str, int] = {}
+        for line in self.lines.values():
+            tenant = line.subscription.tenant_id
+            held[tenant] = held.get(tenant, 0) + line.in_flight + len(line.waiting)
+        if not held:
+            return None
+        tenant = max(held, key=held.__getitem__)
+        return tenant if 2 * held[tenant] > sum(held.values()) else None
 
     def take_ran_out(self) -> bool:
         """Whether a line of a tenant not crowding ran out of waiting deliveries
@@ -321,7 +332,7 @@ class LinePolicy:
         self.waiting -= 1
         if not line.waiting:
             self._queued.pop(line.subscription.id, None)
-            self._ran_out = self._ran_out or not self.crowds(line.subscription.tenant_id)
+            self._ran_out = self._ran_out or line.subscription.tenant_id != self._crowding
         return ready
 
     def drop_waiting(self, line: Line) -> None:

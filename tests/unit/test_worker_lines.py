@@ -134,16 +134,17 @@ def test_claim_ahead_is_bounded_per_subscription_and_overall() -> None:
     assert p.room_ahead(limited) == 0, "a rate-limited subscription is not claimed ahead"
 
 
-def test_a_tenant_holding_over_half_the_slots_crowds_and_others_are_probed_for() -> None:
+def test_a_tenant_holding_more_than_all_others_crowds_and_others_are_probed_for() -> None:
     p = policy(concurrency=8, claim_ahead=4)
     busy = line(p, "busy", max_in_flight=1000, tenant_id="a")
     other = line(p, "other", tenant_id="b")
-    fill(p, busy, 4)
-    assert p.claim_plan().crowding == [], "half the slots is not crowding"
+    fill(p, busy, 2)
+    fill(p, other, 2)
+    assert p.claim_plan().crowding == [], "as much as the others is not crowding"
     fill(p, busy, 1)
     plan = p.claim_plan()
     assert plan.crowding == ["busy"]
-    assert plan.fresh_room == p.available(other) + p.room_ahead(other)
+    assert plan.fresh_room == max(0, p.available(other)) + p.room_ahead(other)
     assert "busy" not in plan.exclude, "it still takes its share oldest first"
     fill(p, busy, 8)
     while p.room_ahead(busy) > 0:
@@ -159,6 +160,7 @@ def test_a_line_of_another_tenant_running_out_asks_for_a_probe() -> None:
     fill(p, busy, 7)
     following = ready("busy")
     p.queue(busy, following)
+    assert p.claim_plan().crowding == ["busy"]
     assert p.next_after(busy, succeeded=True, stopping=False) == (busy, following)
     assert not p.take_ran_out(), "the crowding tenant's line ran out: no probe for it"
     p.queue(other, ready("other"))
