@@ -63,8 +63,8 @@ _CLAIMABLE = """
 # newest FRESH_WINDOW due deliveries, newest first, and leaves out the
 # subscriptions of the tenant that holds most of the worker (``crowding``):
 # another tenant's new delivery is found at once, however long the backlog the
-# worker is serving. The *oldest* walk takes the rest of the limit oldest first,
-# as the deliveries fell due, for every subscription with room. The window
+# worker is serving. The *oldest* walk fills the rest of the limit oldest
+# first, as the deliveries fell due, for every subscription with room. The window
 # bounds the fresh walk's cost when it finds nothing. The oldest walk's cost is
 # what it passes of the subscriptions left out (``exclude``), which is why the
 # worker leaves it out while the crowding tenant is at its limit.
@@ -89,7 +89,17 @@ _OLDEST = """
     JOIN subscriptions s ON s.id = d.subscription_id
     WHERE {claimable} AND {not_excluded} AND {not_fresh}
     ORDER BY d.next_attempt_at, d.seq
-    LIMIT CASE WHEN {oldest} THEN :limit - (SELECT count(*) FROM fresh) ELSE 0 END
+    LIMIT :oldest
+"""
+
+# What the claim takes: the fresh walk's, then the oldest walk's up to the
+# limit. The oldest walk's own LIMIT is a plain parameter (the whole limit, or
+# 0 to leave it out): an expression there hides its size from PostgreSQL's
+# planner, which then sorted the whole backlog (30 ms a claim at 30,000).
+_TAKEN = """
+    SELECT seq FROM fresh
+    UNION ALL
+    SELECT * FROM (SELECT seq FROM oldest LIMIT :limit - (SELECT count(*) FROM fresh)) AS rest
 """
 
 # SQLite's planner prefers the (status, subscription_id) index and then sorts
@@ -117,7 +127,6 @@ def _pg_walks() -> tuple[str, str]:
         claimable=claimable,
         not_excluded="s.id <> ALL(CAST(:exclude AS TEXT[]))",
         not_fresh="d.seq <> ALL(ARRAY(SELECT seq FROM fresh))",
-        oldest="CAST(:oldest AS BOOLEAN)",
     )
     return fresh, oldest
 
@@ -135,7 +144,6 @@ def _sqlite_walks() -> tuple[str, str]:
         claimable=claimable,
         not_excluded="s.id NOT IN (SELECT value FROM json_each(:exclude))",
         not_fresh="d.seq NOT IN (SELECT seq FROM fresh)",
-        oldest=":oldest",
     )
     return fresh, oldest
 
@@ -169,14 +177,13 @@ def _claim() -> dict[str, str]:
         oldest AS MATERIALIZED ({pg_oldest} FOR UPDATE OF d SKIP LOCKED)
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
         FROM events e
-        WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM fresh UNION ALL SELECT seq FROM oldest))
+        WHERE deliveries.seq = ANY(ARRAY({_TAKEN}))
           AND e.id = deliveries.event_id
         RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
     """,
         "sqlite": f"""
-        WITH fresh AS MATERIALIZED ({sqlite_fresh})
-        SELECT json_group_array(seq) FROM (
-            SELECT seq FROM fresh UNION ALL SELECT * FROM ({sqlite_oldest}))
+        WITH fresh AS MATERIALIZED ({sqlite_fresh}), oldest AS MATERIALIZED ({sqlite_oldest})
+        SELECT json_group_array(seq) FROM ({_TAKEN})
     """,
     }
 
@@ -241,7 +248,7 @@ async def _claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> lis
             "lease": request.lease_until,
             "limit": request.limit,
             "fresh": min(request.fresh, request.limit),
-            "oldest": request.oldest,
+            "oldest": request.limit if request.oldest else 0,
             "exclude": list(request.exclude) or ["-"],
             "crowding": list(request.crowding) or ["-"],
         },
@@ -318,7 +325,7 @@ def _sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
         "lease": sqlite_timestamp(request.lease_until),
         "limit": request.limit,
         "fresh": min(request.fresh, request.limit),
-        "oldest": request.oldest,
+        "oldest": request.limit if request.oldest else 0,
         "exclude": orjson.dumps(list(request.exclude)).decode(),
         "crowding": orjson.dumps(list(request.crowding)).decode(),
     }

@@ -108,7 +108,7 @@ async def _assert_claim_uses_the_claim_index(
             "lease": now + timedelta(minutes=1),
             "limit": 128,
             "fresh": 16,
-            "oldest": True,
+            "oldest": 128,
             "exclude": ["-"],
             "crowding": ["sub_crowding"],
         },

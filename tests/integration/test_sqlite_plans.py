@@ -64,7 +64,7 @@ STATEMENTS = {
             "lease": "2026",
             "limit": 10,
             "fresh": 4,
-            "oldest": True,
+            "oldest": 10,
             "exclude": '["a", "b"]',
             "crowding": '["c"]',
         },
