@@ -35,9 +35,10 @@ ROW_LISTS = {
     "SCAN o",
     "SCAN line",
     "SCAN head",
-    # The claim's fresh walk: its window of the claim index, and what it took.
-    "SCAN recent",
+    # The claim's walks: what each took.
     "SCAN fresh",
+    "SCAN oldest",
+    "SCAN rest",
     # The flush reads every subscription that is not disabled: a small table, read whole.
     "SCAN subscriptions USING INDEX sqlite_autoindex_subscriptions_1",
 }
@@ -95,3 +96,18 @@ def test_no_statement_scans_a_table(database_url: str, name: str) -> None:
     assert plan, name
     scans = [step for step in plan if _scans_a_table(step)]
     assert not scans, f"{name}: {plan}"
+
+
+def test_the_claim_walks_only_the_claim_index_and_looks_its_rows_up(database_url: str) -> None:
+    """Both walks on ``ix_deliveries_claim``; the fresh walk's window rows by
+    rowid, never every pending delivery through the (status, subscription) index."""
+    path = Path(database_url.split(":///", 1)[1])
+    sql, params = STATEMENTS["claim"]
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    deliveries = [step for step in plan if step.startswith(("SEARCH d ", "SEARCH r "))]
+    assert deliveries == [
+        "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)",
+        "SEARCH r USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+        "SEARCH d USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+    ], plan
