@@ -162,6 +162,42 @@ async def _tenant_latency(relay: Relay, receiver: Receiver, tenant: str, event_t
     return float(receipt.at - started)
 
 
+async def _tenants_a_and_b(relay: Relay, receivers: ReceiverPool) -> tuple[Receiver, str]:
+    """Tenants ``a`` and ``b``; ``b``'s one subscription, on a receiver that
+    answers at once, and the event type it takes."""
+    for tenant in ("a", "b"):
+        created = await relay.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
+        assert created.status_code == 201, created.text
+    quiet = await receivers.start()
+    quiet_type = unique_type("quiet")
+    made = await relay.http.post(
+        "/v1/subscriptions",
+        json={"url": quiet.url(), "event_types": [quiet_type]},
+        headers={"Eventrelay-Tenant": "b"},
+    )
+    assert made.status_code == 201, made.text
+    return quiet, quiet_type
+
+
+async def _busy_subscriptions(relay: Relay, url: str, event_type: str, count: int) -> list[str]:
+    """``count`` subscriptions of tenant ``a`` far above the worker's slots; their IDs."""
+    made = []
+    for _ in range(count):
+        response = await relay.http.post(
+            "/v1/subscriptions",
+            json={
+                "url": url,
+                "event_types": [event_type],
+                "ordering": "none",
+                "max_in_flight": 1000,
+            },
+            headers={"Eventrelay-Tenant": "a"},
+        )
+        assert response.status_code == 201, response.text
+        made.append(response.json()["id"])
+    return made
+
+
 async def test_a_tenant_with_many_busy_subscriptions_does_not_delay_another_tenant(
     fair_server: ServerProcess, receivers: ReceiverPool
 ) -> None:
@@ -169,33 +205,12 @@ async def test_a_tenant_with_many_busy_subscriptions_does_not_delay_another_tena
     subscriptions each have a backlog on a slow receiver; tenant B's one
     subscription's new event arrives within its idle latency plus one cycle."""
     async with Relay(fair_server) as relay:
-        for tenant in ("a", "b"):
-            created = await relay.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
-            assert created.status_code == 201, created.text
-        quiet = await receivers.start()
-        quiet_type = unique_type("quiet")
-        made = await relay.http.post(
-            "/v1/subscriptions",
-            json={"url": quiet.url(), "event_types": [quiet_type]},
-            headers={"Eventrelay-Tenant": "b"},
-        )
-        assert made.status_code == 201, made.text
+        quiet, quiet_type = await _tenants_a_and_b(relay, receivers)
         idle = max([await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)])
 
         busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
         busy_type = unique_type("busy")
-        for _ in range(TENANT_A_SUBSCRIPTIONS):
-            made = await relay.http.post(
-                "/v1/subscriptions",
-                json={
-                    "url": busy.url(),
-                    "event_types": [busy_type],
-                    "ordering": "none",
-                    "max_in_flight": 1000,
-                },
-                headers={"Eventrelay-Tenant": "a"},
-            )
-            assert made.status_code == 201, made.text
+        await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_SUBSCRIPTIONS)
         saved = relay.http.headers.copy()
         relay.http.headers["Eventrelay-Tenant"] = "a"
         try:
@@ -268,36 +283,13 @@ async def test_a_tenants_long_backlog_does_not_delay_another_tenants_new_events(
     receiver; tenant B's single events and its burst arrive within their idle
     latency plus one cycle, not behind A's backlog (which takes minutes)."""
     async with Relay(fair_server) as relay:
-        for tenant in ("a", "b"):
-            created = await relay.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
-            assert created.status_code == 201, created.text
-        quiet = await receivers.start()
-        quiet_type = unique_type("quiet")
-        made = await relay.http.post(
-            "/v1/subscriptions",
-            json={"url": quiet.url(), "event_types": [quiet_type]},
-            headers={"Eventrelay-Tenant": "b"},
-        )
-        assert made.status_code == 201, made.text
+        quiet, quiet_type = await _tenants_a_and_b(relay, receivers)
         idle = max([await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)])
         idle_burst = await _burst_latency(relay, quiet, "b", quiet_type)
 
         busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
         busy_type = unique_type("busy")
-        backlogged = []
-        for _ in range(TENANT_A_BACKLOGGED):
-            made = await relay.http.post(
-                "/v1/subscriptions",
-                json={
-                    "url": busy.url(),
-                    "event_types": [busy_type],
-                    "ordering": "none",
-                    "max_in_flight": 1000,
-                },
-                headers={"Eventrelay-Tenant": "a"},
-            )
-            assert made.status_code == 201, made.text
-            backlogged.append(made.json()["id"])
+        backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
         # Paused while their backlog is ingested: all of it pending at once.
         await _set_status(relay, "a", backlogged, "paused")
         await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
