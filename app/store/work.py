@@ -41,14 +41,20 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``."""
+    """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``.
+
+    Of those, up to ``fresh`` are the newest due deliveries of every
+    subscription but ``exclude`` and ``crowding``; the rest, if ``oldest``, are
+    the oldest due deliveries of every subscription but ``exclude``."""
 
     owner: str
     now: datetime
     lease_until: datetime
     limit: int
     exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
-    newest_first: bool = False  # walk the due deliveries from the newest (a probe)
+    fresh: int = 0
+    crowding: Sequence[str] = ()  # the subscriptions of a tenant holding most slots
+    oldest: bool = True
 
 
 @dataclass(frozen=True, slots=True)

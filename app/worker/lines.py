@@ -21,9 +21,15 @@ does not crowd out a tenant with one:
   waiting lines in the order of their tenants' share, smallest first.
 - Deliveries are claimed ahead only for a healthy subscription (active, no
   rate limit, no failure since its last success), up to ``claim_ahead`` times
-  the slots it may use. A claim leaves out the subscriptions at their limit;
-  a *probe* claim also leaves out those holding half of what they may, so the
-  deliveries of other subscriptions behind a long backlog are found.
+  the slots it may use; the last ``claim_ahead`` × ``reserve`` of all that may
+  wait go only to subscriptions holding none waiting.
+- A claim leaves out the subscriptions at their limit. While one tenant holds
+  more of the worker (attempts running and deliveries waiting) than all the
+  others together (it *crowds*), a *probe* claim (after new events, a timeout,
+  once per poll interval, or when another tenant's line runs out of waiting
+  deliveries) also takes the newest due deliveries of every other tenant (the
+  store's *fresh* walk): their new deliveries are found at once, not behind
+  the crowding tenant's backlog.
 
 No I/O: the worker loads subscriptions and writes what the policy decides.
 """
@@ -92,7 +98,9 @@ class ClaimPlan:
 
     capacity: int  # free slots plus free room ahead, over all subscriptions
     room: int  # what the known subscriptions may take now
-    exclude: list[str]
+    exclude: list[str]  # subscriptions at their limit
+    crowding: list[str]  # the subscriptions of the tenant that crowds the worker
+    fresh_room: int  # what the known subscriptions of the other tenants may take now
 
 
 class LinePolicy:
@@ -108,6 +116,8 @@ class LinePolicy:
         self._queued: dict[str, Line] = {}
         self.tenant_in_flight: dict[str, int] = {}  # attempts running, by tenant
         self._released: list[int] = []  # claims to give back in the next cycle
+        self._ran_out = False  # a line of a tenant not crowding ran out of waiting deliveries
+        self._crowding: str | None = None  # the tenant crowding the worker at the last claim
         self._recorded: dict[str, CircuitState] = {}  # circuits before the last record()
 
     # -- limits ---------------------------------------------------------------
@@ -137,9 +147,12 @@ class LinePolicy:
         return self.claim_ahead * max(1, usable)
 
     def room_ahead(self, line: Line) -> int:
-        """How many more deliveries ``line`` may hold waiting for a slot."""
-        room = self.ahead_limit(line) - len(line.waiting)
-        return min(room, self.claim_ahead * self.slots - self.waiting)
+        """How many more deliveries ``line`` may hold waiting for a slot: the
+        last of the room overall only while it holds none."""
+        overall = self.claim_ahead * self.slots - self.waiting
+        if line.waiting:
+            overall -= self.claim_ahead * self.reserve
+        return min(self.ahead_limit(line) - len(line.waiting), overall)
 
     def _take(self, line: Line) -> bool:
         """One more attempt for ``line`` if its own limits allow (a token taken)."""
@@ -180,25 +193,46 @@ class LinePolicy:
 
     # -- claims ---------------------------------------------------------------
 
-    def claim_plan(self, probing: bool) -> ClaimPlan:
+    def claim_plan(self) -> ClaimPlan:
         """Claim no more than the known subscriptions can start or hold now:
         what is claimed over a limit has to be given back in another
         transaction. Subscriptions not met yet compete in the same claim."""
         capacity = self.slots - self.used + max(0, self.claim_ahead * self.slots - self.waiting)
+        self._crowding = self._crowding_tenant()
         exclude: list[str] = []
-        room = 0
+        crowding: list[str] = []
+        room = fresh_room = 0
         for sid, line in self.lines.items():
-            ahead = self.ahead_limit(line)
-            if probing and ahead and 2 * len(line.waiting) >= ahead:
-                exclude.append(sid)
-                continue
             start = min(self.allowance(line), self.available(line))
             line_room = max(0, start) + max(0, self.room_ahead(line))
-            if line_room > 0:
-                room += line_room
-            else:
+            crowds = line.subscription.tenant_id == self._crowding
+            if crowds:
+                crowding.append(sid)
+            if line_room <= 0:
                 exclude.append(sid)
-        return ClaimPlan(capacity, room, exclude)
+                continue
+            room += line_room
+            if not crowds:
+                fresh_room += line_room
+        return ClaimPlan(capacity, room, exclude, crowding, fresh_room)
+
+    def _crowding_tenant(self) -> str | None:
+        """The tenant holding more of the worker (attempts running, deliveries
+        waiting) than all the others together, if one does."""
+        held: dict[str, int] = {}
+        for line in self.lines.values():
+            tenant = line.subscription.tenant_id
+            held[tenant] = held.get(tenant, 0) + line.in_flight + len(line.waiting)
+        if not held:
+            return None
+        tenant = max(held, key=held.__getitem__)
+        return tenant if 2 * held[tenant] > sum(held.values()) else None
+
+    def take_ran_out(self) -> bool:
+        """Whether a line of a tenant not crowding ran out of waiting deliveries
+        since the last call: the next claim probes for its newest due ones."""
+        ran_out, self._ran_out = self._ran_out, False
+        return ran_out
 
     def settle(self, stopping: bool) -> list[tuple[Line, Ready]]:
         """Before a claim: give back what a subscription that is failing,
@@ -298,6 +332,7 @@ class LinePolicy:
         self.waiting -= 1
         if not line.waiting:
             self._queued.pop(line.subscription.id, None)
+            self._ran_out = self._ran_out or line.subscription.tenant_id != self._crowding
         return ready
 
     def drop_waiting(self, line: Line) -> None:

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # Room a probe claim adds for subscriptions this worker has not met yet.
 UNKNOWN_SUBSCRIPTION_PROBE = 8
+# The most outcomes one cycle writes (the rest go in the next, at once): a
+# cycle's transaction holds SQLite's one writer, and ingest waits for it.
+OUTCOMES_PER_CYCLE = 256
 
 
 class DeliveryWorker:
@@ -217,13 +220,16 @@ class DeliveryWorker:
     async def _cycle(self) -> tuple[int, int]:
         """Write the finished outcomes and claim for the free slots, in one transaction.
         Returns how many deliveries started and how many were asked for."""
-        finished, self._finished = self._finished, []
+        finished = self._finished[:OUTCOMES_PER_CYCLE]
+        del self._finished[:OUTCOMES_PER_CYCLE]
         if self._step is not None:
             self._step.count_successes()
         now = datetime.now(UTC)
         # The circuits first: an outcome that opens one keeps this claim off it.
         updates = self._policy.record(finished, now)
         await self._settle_waiting()
+        if self._policy.take_ran_out():
+            self._probe = True
         probing = self._probe or time.monotonic() - self._probed_at >= self._config.poll_seconds
         request = None if self._stopping else self._claim_request(now, probing)
         if request is None and not finished:
@@ -243,8 +249,7 @@ class DeliveryWorker:
         if request is None:
             return 0, 0
         self._metrics.claim_duration.observe(time.perf_counter() - started)
-        if probing and len(work) < request.limit:
-            # The claim saw every due delivery outside the busy subscriptions.
+        if probing and _probe_saw_everything(request, work):
             self._probe, self._probed_at = False, time.monotonic()
         if not work:
             return 0, request.limit
@@ -252,21 +257,38 @@ class DeliveryWorker:
         return await self._start(work), request.limit
 
     def _claim_request(self, now: datetime, probing: bool) -> ClaimRequest | None:
-        plan = self._policy.claim_plan(probing)
+        plan = self._policy.claim_plan()
         if plan.capacity <= 0:
             return None
         # Subscriptions this worker has not met yet compete in the same claim;
         # room is made for a few of them only in a probe claim (after an outside
         # wake-up, a timeout, or once per poll interval), not after every attempt.
-        room = plan.room + (UNKNOWN_SUBSCRIPTION_PROBE if probing else 0)
+        unknown = UNKNOWN_SUBSCRIPTION_PROBE if probing else 0
+        room = plan.room + unknown
         if room <= 0:
             return None
         limit = min(plan.capacity, self._config.claim_batch, room)
-        # A probe past busy subscriptions looks at the newest due deliveries
-        # first: others' new events are there, not behind the busy backlogs.
-        newest = probing and bool(plan.exclude)
+        # While a tenant crowds the worker, a probe also takes the newest due
+        # deliveries of the others: theirs are not behind its backlog. While
+        # all its subscriptions are at their limit, a claim takes only those:
+        # the oldest walk would pass its whole backlog to find the others'.
+        fresh, oldest = 0, True
+        if plan.crowding and set(plan.crowding) <= set(plan.exclude):
+            fresh = limit = min(limit, plan.fresh_room + unknown)
+            oldest = False
+        elif probing and plan.crowding:
+            fresh = min(limit, plan.fresh_room + unknown)
+        if limit <= 0:
+            return None
         return ClaimRequest(
-            self.owner, now, now + self._config.lease, limit, plan.exclude, newest_first=newest
+            self.owner,
+            now,
+            now + self._config.lease,
+            limit,
+            plan.exclude,
+            fresh=fresh,
+            crowding=plan.crowding,
+            oldest=oldest,
         )
 
     async def _start(self, work: list[Work]) -> int:
@@ -387,6 +409,16 @@ class DeliveryWorker:
                     self.wake()
             except Exception:
                 log.exception("keeping leases failed")
+
+
+def _probe_saw_everything(request: ClaimRequest, work: list[Work]) -> bool:
+    """Whether a probe claim saw every due delivery it looks for: with a fresh
+    walk, it took fewer than it might outside the crowding tenant (the oldest
+    walk may have found some of those too); without, fewer than the limit."""
+    if not request.fresh:
+        return len(work) < request.limit
+    crowding = set(request.crowding)
+    return sum(w.delivery.subscription_id not in crowding for w in work) < request.fresh
 
 
 def _may_report(finished: list[Completion], updates: list[CircuitUpdate]) -> bool:

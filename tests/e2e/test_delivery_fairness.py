@@ -162,6 +162,42 @@ async def _tenant_latency(relay: Relay, receiver: Receiver, tenant: str, event_t
     return float(receipt.at - started)
 
 
+async def _tenants_a_and_b(relay: Relay, receivers: ReceiverPool) -> tuple[Receiver, str]:
+    """Tenants ``a`` and ``b``; ``b``'s one subscription, on a receiver that
+    answers at once, and the event type it takes."""
+    for tenant in ("a", "b"):
+        created = await relay.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
+        assert created.status_code == 201, created.text
+    quiet = await receivers.start()
+    quiet_type = unique_type("quiet")
+    made = await relay.http.post(
+        "/v1/subscriptions",
+        json={"url": quiet.url(), "event_types": [quiet_type]},
+        headers={"Eventrelay-Tenant": "b"},
+    )
+    assert made.status_code == 201, made.text
+    return quiet, quiet_type
+
+
+async def _busy_subscriptions(relay: Relay, url: str, event_type: str, count: int) -> list[str]:
+    """``count`` subscriptions of tenant ``a`` far above the worker's slots; their IDs."""
+    made = []
+    for _ in range(count):
+        response = await relay.http.post(
+            "/v1/subscriptions",
+            json={
+                "url": url,
+                "event_types": [event_type],
+                "ordering": "none",
+                "max_in_flight": 1000,
+            },
+            headers={"Eventrelay-Tenant": "a"},
+        )
+        assert response.status_code == 201, response.text
+        made.append(response.json()["id"])
+    return made
+
+
 async def test_a_tenant_with_many_busy_subscriptions_does_not_delay_another_tenant(
     fair_server: ServerProcess, receivers: ReceiverPool
 ) -> None:
@@ -169,33 +205,12 @@ async def test_a_tenant_with_many_busy_subscriptions_does_not_delay_another_tena
     subscriptions each have a backlog on a slow receiver; tenant B's one
     subscription's new event arrives within its idle latency plus one cycle."""
     async with Relay(fair_server) as relay:
-        for tenant in ("a", "b"):
-            created = await relay.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
-            assert created.status_code == 201, created.text
-        quiet = await receivers.start()
-        quiet_type = unique_type("quiet")
-        made = await relay.http.post(
-            "/v1/subscriptions",
-            json={"url": quiet.url(), "event_types": [quiet_type]},
-            headers={"Eventrelay-Tenant": "b"},
-        )
-        assert made.status_code == 201, made.text
+        quiet, quiet_type = await _tenants_a_and_b(relay, receivers)
         idle = max([await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)])
 
         busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
         busy_type = unique_type("busy")
-        for _ in range(TENANT_A_SUBSCRIPTIONS):
-            made = await relay.http.post(
-                "/v1/subscriptions",
-                json={
-                    "url": busy.url(),
-                    "event_types": [busy_type],
-                    "ordering": "none",
-                    "max_in_flight": 1000,
-                },
-                headers={"Eventrelay-Tenant": "a"},
-            )
-            assert made.status_code == 201, made.text
+        await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_SUBSCRIPTIONS)
         saved = relay.http.headers.copy()
         relay.http.headers["Eventrelay-Tenant"] = "a"
         try:
@@ -214,3 +229,85 @@ async def test_a_tenant_with_many_busy_subscriptions_does_not_delay_another_tena
             f"tenant B's events took {loaded} s with tenant A loaded, {idle:.3f} s idle"
         )
         assert len(busy.in_progress()) > 0, "tenant A's backlog was still being sent"
+
+
+TENANT_BACKLOG = 1000  # tenant A's events, all pending at once, ×3 subscriptions
+TENANT_A_BACKLOGGED = 3  # ~190 rounds of every slot in all
+TENANT_BURST = 100  # tenant B's burst, in one batch
+
+
+async def _publish_as(relay: Relay, tenant: str, event_type: str, count: int) -> list[str]:
+    """``count`` events for ``tenant`` in batches of 500; their IDs."""
+    ids: list[str] = []
+    for start in range(0, count, 500):
+        items = [
+            {"idempotency_key": uuid.uuid4().hex, "type": event_type, "data": {"n": n}}
+            for n in range(start, min(count, start + 500))
+        ]
+        response = await relay.http.post(
+            "/v1/events/batch", json={"events": items}, headers={"Eventrelay-Tenant": tenant}
+        )
+        assert response.status_code == 200, response.text[:500]
+        ids += [item["id"] for item in response.json()["items"]]
+    return ids
+
+
+async def _set_status(relay: Relay, tenant: str, subscriptions: list[str], status: str) -> None:
+    for subscription_id in subscriptions:
+        changed = await relay.http.patch(
+            f"/v1/subscriptions/{subscription_id}",
+            json={"status": status},
+            headers={"Eventrelay-Tenant": tenant},
+        )
+        assert changed.status_code == 200, changed.text
+
+
+async def _burst_latency(relay: Relay, receiver: Receiver, tenant: str, event_type: str) -> float:
+    """Seconds from publishing TENANT_BURST events in one batch until the last arrives."""
+    started = time.monotonic()
+    ids = await _publish_as(relay, tenant, event_type, TENANT_BURST)
+    await wait_until(
+        lambda: all(receiver.for_event(i) for i in ids),
+        STALL_SECONDS,
+        interval=0.005,
+        message=f"tenant {tenant}'s burst to arrive",
+    )
+    return max(receiver.for_event(i)[0].at for i in ids) - started
+
+
+async def test_a_tenants_long_backlog_does_not_delay_another_tenants_new_events(
+    fair_server: ServerProcess, receivers: ReceiverPool
+) -> None:
+    """The fairness benchmark's case, scaled down: tenant A has a backlog many
+    times what the worker claims ahead, all pending at once, on a slow
+    receiver; tenant B's single events and its burst arrive within their idle
+    latency plus one cycle, not behind A's backlog (which takes minutes)."""
+    async with Relay(fair_server) as relay:
+        quiet, quiet_type = await _tenants_a_and_b(relay, receivers)
+        idle = max([await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)])
+        idle_burst = await _burst_latency(relay, quiet, "b", quiet_type)
+
+        busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
+        busy_type = unique_type("busy")
+        backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
+        # Paused while their backlog is ingested: all of it pending at once.
+        await _set_status(relay, "a", backlogged, "paused")
+        await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
+        await _set_status(relay, "a", backlogged, "active")
+        await wait_until(
+            lambda: len(busy.in_progress()) >= CONCURRENCY // 2,
+            STALL_SECONDS,
+            message="tenant A to fill the worker's slots",
+        )
+
+        loaded = [await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)]
+        loaded_burst = await _burst_latency(relay, quiet, "b", quiet_type)
+
+        assert max(loaded) <= idle + ONE_CYCLE, (
+            f"tenant B's events took {loaded} s behind tenant A's backlog, {idle:.3f} s idle"
+        )
+        assert loaded_burst <= idle_burst + ONE_CYCLE, (
+            f"tenant B's burst took {loaded_burst:.2f} s behind tenant A's backlog, "
+            f"{idle_burst:.2f} s idle"
+        )
+        assert len(busy.receipts) < TENANT_BACKLOG, "tenant A's backlog was still long"

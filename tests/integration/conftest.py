@@ -102,11 +102,23 @@ class DeliveryKit:
         at: datetime | None = None,
         limit: int = 100,
         exclude: Sequence[str] = (),
+        fresh: int = 0,
+        crowding: Sequence[str] = (),
+        oldest: bool = True,
         lease: timedelta = LEASE,
         db: Database | None = None,
     ) -> list[Claimed]:
         now = at or datetime.now(UTC) + timedelta(seconds=1)
-        request = ClaimRequest(owner, now, now + lease, limit, list(exclude))
+        request = ClaimRequest(
+            owner,
+            now,
+            now + lease,
+            limit,
+            list(exclude),
+            fresh=fresh,
+            crowding=list(crowding),
+            oldest=oldest,
+        )
         work = await delivery_store.complete_and_claim(db or self.db, [], request=request)
         return [w.delivery for w in work]
 

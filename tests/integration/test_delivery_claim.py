@@ -332,3 +332,40 @@ async def test_inactive_subscriptions_are_not_claimed(kit: DeliveryKit) -> None:
     assert {c.subscription_id for c in await kit.claim()} == {paused.id}
     await kit.set_subscription(disabled.id, status="active")
     assert {c.subscription_id for c in await kit.claim()} == {disabled.id}
+
+
+async def test_the_fresh_walk_finds_another_tenants_new_delivery_behind_a_backlog(
+    kit: DeliveryKit,
+) -> None:
+    """A claim's fresh walk takes the newest due deliveries outside the crowding
+    tenant; its oldest walk the rest of the limit, oldest first."""
+    crowding = await kit.subscription(ordering="none", event_types=["t"])
+    backlog = await kit.events(*[("t", None)] * 20, together=True)
+    other = await kit.subscription(url="http://8.8.4.4/hooks", event_types=["o"])
+    new = await kit.events(("o", "k"), ("o", "k"), ("o", None))
+
+    assert event_ids(await kit.claim(limit=4, crowding=[crowding.id])) == [
+        e.id for e in backlog[:4]
+    ], "without a fresh walk the backlog comes first"
+    claimed = await kit.claim(limit=5, fresh=3, crowding=[crowding.id])
+
+    # The key's head only (the order rule holds in the fresh walk too), the
+    # keyless one, and the rest of the limit from the backlog, oldest first.
+    assert {c.event_id for c in claimed if c.subscription_id == other.id} == {new[0].id, new[2].id}
+    assert [c.event_id for c in claimed if c.subscription_id == crowding.id] == [
+        e.id for e in backlog[4:7]
+    ]
+
+
+async def test_the_fresh_walk_leaves_out_what_every_claim_leaves_out(kit: DeliveryKit) -> None:
+    crowding = await kit.subscription(ordering="none", event_types=["t"])
+    await kit.events(*[("t", None)] * 5, together=True)
+    at_limit = await kit.subscription(url="http://8.8.4.4/hooks", event_types=["o"])
+    await kit.events(("o", None))
+
+    claimed = await kit.claim(limit=3, fresh=3, exclude=[at_limit.id], crowding=[crowding.id])
+
+    assert [c.subscription_id for c in claimed] == [crowding.id] * 3
+    # Only the fresh walk: of the others, never the crowding subscription's.
+    claimed = await kit.claim(limit=2, fresh=2, crowding=[crowding.id], oldest=False)
+    assert [c.subscription_id for c in claimed] == [at_limit.id]

@@ -14,7 +14,6 @@ import pytest
 
 from app.store.claims import (
     CLAIM,
-    CLAIM_NEWEST,
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_LEASE,
@@ -35,6 +34,10 @@ ROW_LISTS = {
     "SCAN o",
     "SCAN line",
     "SCAN head",
+    # The claim's walks: what each took.
+    "SCAN fresh",
+    "SCAN oldest",
+    "SCAN rest",
     # The flush reads every subscription that is not disabled: a small table, read whole.
     "SCAN subscriptions USING INDEX sqlite_autoindex_subscriptions_1",
 }
@@ -52,13 +55,19 @@ def _scans_a_table(step: str) -> bool:
 WIDTH = len(OUTCOME_FIELDS)
 OUTCOMES = ", ".join(["(" + ", ".join("?" * WIDTH) + ")"] * 2)  # two rows of a cycle
 STATEMENTS = {
+    # Both walks: the fresh one (newest first, past the crowding tenant) and the oldest.
     "claim": (
         CLAIM["sqlite"],
-        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
-    ),
-    "claim, newest first": (
-        CLAIM_NEWEST["sqlite"],
-        {"owner": "w", "now": "2026", "lease": "2026", "limit": 10, "exclude": '["a", "b"]'},
+        {
+            "owner": "w",
+            "now": "2026",
+            "lease": "2026",
+            "limit": 10,
+            "fresh": 4,
+            "oldest": 10,
+            "exclude": '["a", "b"]',
+            "crowding": '["c"]',
+        },
     ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
@@ -101,3 +110,18 @@ def test_busy_lines_find_each_line_on_the_line_index(database_url: str) -> None:
     searches = [step for step in plan if step.startswith("SEARCH d ")]
     assert searches, plan
     assert all("ix_deliveries_line" in step for step in searches), plan
+
+
+def test_the_claim_walks_only_the_claim_index_and_looks_its_rows_up(database_url: str) -> None:
+    """Both walks on ``ix_deliveries_claim``; the fresh walk's window rows by
+    rowid, never every pending delivery through the (status, subscription) index."""
+    path = Path(database_url.split(":///", 1)[1])
+    sql, params = STATEMENTS["claim"]
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    deliveries = [step for step in plan if step.startswith(("SEARCH d ", "SEARCH r "))]
+    assert deliveries == [
+        "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)",
+        "SEARCH r USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+        "SEARCH d USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+    ], plan

@@ -134,15 +134,49 @@ def test_claim_ahead_is_bounded_per_subscription_and_overall() -> None:
     assert p.room_ahead(limited) == 0, "a rate-limited subscription is not claimed ahead"
 
 
-def test_a_probe_claim_leaves_out_subscriptions_holding_half_what_they_may() -> None:
+def test_a_tenant_holding_more_than_all_others_crowds_and_others_are_probed_for() -> None:
     p = policy(concurrency=8, claim_ahead=4)
-    busy = line(p, "busy", max_in_flight=1000)
+    busy = line(p, "busy", max_in_flight=1000, tenant_id="a")
+    other = line(p, "other", tenant_id="b")
+    fill(p, busy, 2)
+    fill(p, other, 2)
+    assert p.claim_plan().crowding == [], "as much as the others is not crowding"
+    fill(p, busy, 1)
+    plan = p.claim_plan()
+    assert plan.crowding == ["busy"]
+    assert plan.fresh_room == max(0, p.available(other)) + p.room_ahead(other)
+    assert "busy" not in plan.exclude, "it still takes its share oldest first"
     fill(p, busy, 8)
-    for _ in range(p.ahead_limit(busy) // 2):
+    while p.room_ahead(busy) > 0:
         p.queue(busy, ready("busy"))
+    plan = p.claim_plan()
+    assert plan.exclude == plan.crowding == ["busy"], "at its limit, and still crowding"
 
-    assert "busy" not in p.claim_plan(probing=False).exclude
-    assert "busy" in p.claim_plan(probing=True).exclude
+
+def test_a_line_of_another_tenant_running_out_asks_for_a_probe() -> None:
+    p = policy(concurrency=8, claim_ahead=4)
+    busy = line(p, "busy", max_in_flight=1000, tenant_id="a")
+    other = line(p, "other", tenant_id="b")
+    fill(p, busy, 7)
+    following = ready("busy")
+    p.queue(busy, following)
+    assert p.claim_plan().crowding == ["busy"]
+    assert p.next_after(busy, succeeded=True, stopping=False) == (busy, following)
+    assert not p.take_ran_out(), "the crowding tenant's line ran out: no probe for it"
+    p.queue(other, ready("other"))
+    assert [lin.subscription.id for lin, _ in p.start_waiting()] == ["other"]
+    assert p.take_ran_out()
+    assert not p.take_ran_out(), "once"
+
+
+def test_the_last_room_ahead_is_kept_for_subscriptions_holding_none_waiting() -> None:
+    p = policy(concurrency=32, claim_ahead=2)
+    busy = line(p, "busy", max_in_flight=1000)
+    fill(p, busy, 32)
+    while p.room_ahead(busy) > 0:
+        p.queue(busy, ready("busy"))
+    other = line(p, "other")
+    assert p.room_ahead(other) == 2 * 32 - p.waiting == 2 * p.reserve
 
 
 def test_a_subscription_at_its_limits_is_left_out_of_every_claim() -> None:
@@ -150,7 +184,7 @@ def test_a_subscription_at_its_limits_is_left_out_of_every_claim() -> None:
     a = line(p, "a", max_in_flight=1)
     fill(p, a, 1)
     p.queue(a, ready("a"))
-    plan = p.claim_plan(probing=False)
+    plan = p.claim_plan()
     assert plan.exclude == ["a"]
     assert plan.room == 0
 
