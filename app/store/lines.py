@@ -46,26 +46,23 @@ def busy(d: str = "d", s: str = "s") -> str:
     )
 
 
-_BUSY_SQL = f"""
-    SELECT DISTINCT d.subscription_id, d.ordering_key
-    FROM deliveries d {{hint}} JOIN subscriptions s ON s.id = d.subscription_id
-    WHERE {busy()}
-      AND d.subscription_id IN {{subs}} AND d.ordering_key IN {{keys}}
-    """
-
-
-# Without statistics SQLite would rather search the (status, subscription_id)
-# index: every unfinished delivery of the flush's subscriptions, a cost that
-# grew with the backlog at every ingest flush. The line index finds each line.
-def sqlite_busy_sql(subs: int, keys: int) -> str:
-    """:data:`_BUSY_SQL` on SQLite, for ``subs`` subscriptions and ``keys`` keys."""
-    return _BUSY_SQL.format(
-        hint="INDEXED BY ix_deliveries_line", subs=driver.marks(subs), keys=driver.marks(keys)
-    )
-
-
-_BUSY = text(_BUSY_SQL.format(hint="", subs=":subs", keys=":keys")).bindparams(
-    bindparam("subs", expanding=True), bindparam("keys", expanding=True)
+# Whether line ``line(sub, key)`` is busy: EXISTS stops at the line's first
+# unfinished delivery on the line index, however long the line has grown (a
+# DISTINCT over every unfinished delivery of the lines cost a flush more and
+# more as a backlog built up).
+_LINE_IS_BUSY = f"""EXISTS (
+    SELECT 1 FROM deliveries d {{hint}} JOIN subscriptions s ON s.id = d.subscription_id
+    WHERE d.subscription_id = line.sub AND d.ordering_key = line.key AND {busy()})"""
+# SQLite: the lines as a VALUES list (``{rows}``, driver.row_statements); without
+# statistics SQLite would rather search the (status, subscription_id) index.
+SQLITE_BUSY = "WITH line(sub, key) AS (VALUES {rows}) SELECT sub, key FROM line WHERE " + (
+    _LINE_IS_BUSY.format(hint="INDEXED BY ix_deliveries_line")
+)
+# PostgreSQL: the lines as two arrays, paired.
+_PG_BUSY = text(
+    "SELECT line.sub, line.key "
+    "FROM unnest(CAST(:subs AS TEXT[]), CAST(:keys AS TEXT[])) AS line(sub, key) WHERE "
+    + _LINE_IS_BUSY.format(hint="")
 )
 
 # SQLite: the lines as a VALUES list (``{{rows}}``, driver.row_statements), so
@@ -181,14 +178,16 @@ async def lines_moved_on(conn: AsyncConnection, lines: list[tuple[str, str | Non
 
 async def busy_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object]]) -> set[Line]:
     """Which of ``lines`` hold an unfinished delivery (one query for all of them)."""
-    wanted = {(str(sub), str(key)) for sub, key in lines}
+    wanted = sorted({(str(sub), str(key)) for sub, key in lines})
     if not wanted:
         return set()
-    rows = await conn.execute(
-        _BUSY,
-        {"subs": sorted({sub for sub, _ in wanted}), "keys": sorted({key for _, key in wanted})},
-    )
-    return {(r[0], r[1]) for r in rows} & wanted
+    if conn.dialect.name == "postgresql":
+        params = {"subs": [sub for sub, _ in wanted], "keys": [key for _, key in wanted]}
+        return {(r[0], r[1]) for r in await conn.execute(_PG_BUSY, params)}
+    found: set[Line] = set()
+    for sql, row_params in driver.row_statements(SQLITE_BUSY, wanted):
+        found |= {(r[0], r[1]) for r in await driver.fetch_all(conn, sql, row_params)}
+    return found
 
 
 def busy_lines_sqlite(
@@ -196,12 +195,11 @@ def busy_lines_sqlite(
 ) -> set[Line]:
     """:func:`busy_lines` on a plain sqlite3 connection (a transaction run on the
     writer's thread, :func:`app.store.driver.sqlite_write`)."""
-    wanted = {(str(sub), str(key)) for sub, key in lines}
-    if not wanted:
-        return set()
-    subs, keys = sorted({sub for sub, _ in wanted}), sorted({key for _, key in wanted})
-    sql = sqlite_busy_sql(len(subs), len(keys))
-    return {(r[0], r[1]) for r in conn.execute(sql, [*subs, *keys])} & wanted
+    wanted = sorted({(str(sub), str(key)) for sub, key in lines})
+    found: set[Line] = set()
+    for sql, params in driver.row_statements(SQLITE_BUSY, wanted):
+        found |= {(r[0], r[1]) for r in conn.execute(sql, params)}
+    return found
 
 
 async def promote_heads(conn: AsyncConnection, lines: Iterable[tuple[str, str | None]]) -> None:

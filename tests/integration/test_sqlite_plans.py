@@ -20,7 +20,7 @@ from app.store.claims import (
 )
 from app.store.fanout import SELECT_SUBSCRIBERS
 from app.store.ingest import _SQLITE_READS
-from app.store.lines import SQLITE_PROMOTE_ALL, sqlite_busy_sql
+from app.store.lines import SQLITE_BUSY, SQLITE_PROMOTE_ALL
 from app.store.outcomes import OUTCOME_FIELDS, SQLITE_FINISH_ALL, SQLITE_RECORD_ATTEMPTS
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -83,8 +83,8 @@ STATEMENTS = {
         ["default", "k1", "k2", "default"],
     ),
     "busy lines": (
-        sqlite_busy_sql(2, 2),
-        ["sub_a", "sub_b", "k1", "k2"],
+        SQLITE_BUSY.format(rows="(?, ?), (?, ?)"),
+        ["sub_a", "k1", "sub_b", "k2"],
     ),
 }
 
