@@ -129,6 +129,18 @@ def no_horizontal_scroll(page: Any) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
 
+# What sticks out past the viewport's right edge (for the failure message).
+_WIDER = """() => [...document.querySelectorAll('body *')]
+    .filter(e => e.getBoundingClientRect().right > window.innerWidth)
+    .slice(0, 5)
+    .map(e => `${e.tagName}.${e.className}: ${Math.round(e.getBoundingClientRect().right)}px`
+              + ` ${JSON.stringify((e.textContent || '').slice(0, 80))}`)"""
+
+
+def wider_than_the_page(page: Any) -> list[str]:
+    return list(page.evaluate(_WIDER))
+
+
 def screenshot(page: Any, name: str, server: ServerProcess) -> None:
     """The README's pictures, taken on the SQLite run only (one set)."""
     if server.database_url.startswith("sqlite"):
@@ -432,7 +444,7 @@ def test_pages_fit_the_width_without_horizontal_scrolling(
             "/console/tenants",
         ):
             page.goto(console_server.base_url + path)
-            assert no_horizontal_scroll(page), (path, viewport)
+            assert no_horizontal_scroll(page), (path, viewport, wider_than_the_page(page))
     finally:
         context.close()
 
