@@ -182,9 +182,10 @@ async def list_events(
 STATUS_CANDIDATES = 2_000
 
 
-def _in_status(status: str) -> ColumnElement[bool]:
-    """``status = '…'`` as a literal, which the partial ``ix_deliveries_dead*``
-    indexes answer."""
+def delivery_status_is(status: str) -> ColumnElement[bool]:
+    """``deliveries.status = '…'`` with the status as a literal, which the
+    partial indexes on a status (``ix_deliveries_dead*``) answer; a bound
+    parameter would not match their predicates."""
     if status not in DELIVERY_STATUSES:
         raise ValueError(f"not a delivery status: {status!r}")
     return schema.deliveries.c.status == literal_column(f"'{status}'")
@@ -193,7 +194,7 @@ def _in_status(status: str) -> ColumnElement[bool]:
 def _events_in_status(tenant_id: str, status: str) -> Select[tuple[str]]:
     """The events of the tenant's deliveries in ``status``: a range of a status index."""
     d, s = schema.deliveries, schema.subscriptions
-    query = select(d.c.event_id).where(_in_status(status))
+    query = select(d.c.event_id).where(delivery_status_is(status))
     if status == "dead":
         return query.where(d.c.tenant_id == tenant_id)
     return query.where(d.c.subscription_id.in_(select(s.c.id).where(s.c.tenant_id == tenant_id)))
@@ -219,7 +220,11 @@ async def _few_events_in_status(
 def _has_delivery_in(status: str) -> ColumnElement[bool]:
     """Probed event by event on ``ix_deliveries_event_id``."""
     d = schema.deliveries
-    return select(d.c.id).where(d.c.event_id == schema.events.c.id, _in_status(status)).exists()
+    return (
+        select(d.c.id)
+        .where(d.c.event_id == schema.events.c.id, delivery_status_is(status))
+        .exists()
+    )
 
 
 async def _examined_edge(

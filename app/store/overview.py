@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, literal, literal_column, or_, select, text, union_all
+from sqlalchemy import ColumnElement, Select, literal, or_, select, text, union_all
 
 from app.store import schema
 from app.store.counts import capped_count
 from app.store.database import Database
+from app.store.events import delivery_status_is
 from app.store.gauges import SubscriptionHealth
 
 e, d, s = schema.events, schema.deliveries, schema.subscriptions
@@ -102,8 +103,7 @@ async def failing_subscriptions(
 
 
 def _backlog(status: str, *where: ColumnElement[bool]) -> Select[int]:
-    # ``status = 'dead'`` as a literal: the partial ``ix_deliveries_dead*`` indexes.
-    return select(d.c.seq).where(d.c.status == literal_column(f"'{status}'"), *where)
+    return select(d.c.seq).where(delivery_status_is(status), *where)
 
 
 async def tenant_backlog(db: Database, tenant_id: str, cap: int) -> tuple[int, int]:
