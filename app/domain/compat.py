@@ -17,7 +17,8 @@ cannot reason about (a changed ``pattern``, ``oneOf``, ``not``, ``if``,
 answer is a proof; the checker refuses rather than guesses, so it may reject
 a compatible change, never accept an incompatible one. Identical subschemas
 are compatible whatever they contain. The object and array keywords live in
-:mod:`app.domain.compat_containers`; what both modules share, in
+:mod:`app.domain.compat_containers`, the number and string keywords in
+:mod:`app.domain.compat_scalars`; what they share, in
 :mod:`app.domain.compat_base`; what one node allows (types, values, bounds), in
 :mod:`app.domain.compat_values`.
 """
@@ -28,21 +29,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from app.domain import compat_containers as containers
+from app.domain import compat_scalars as scalars
 from app.domain.compat_base import Breaking, Checker
 from app.domain.compat_values import (
     ALL_TYPES,
     NUMERIC,
-    as_count,
-    as_number,
-    bound_of,
     finite_values,
     follow,
-    multiple,
     names,
     show,
-    smaller,
     types_of,
-    within,
 )
 from app.domain.event_schemas import Compatibility, Schema
 from app.domain.schema_nodes import (
@@ -205,10 +201,10 @@ class SubsetChecker(Checker):
         types = types_of(n)
         found = self._type(n, w, types) + self._enum(n, w)
         if types & NUMERIC:
-            found += self._numbers(n, w, types <= {"integer"})
+            found += scalars.numbers(self, n, w, types <= {"integer"})
         if "string" in types:
-            found += self.limits(n, w, "minLength", "maxLength", "characters")
-            found += self._pattern(n, w)
+            found += scalars.limits(self, n, w, "minLength", "maxLength", "characters")
+            found += scalars.pattern(self, n, w)
         if "array" in types:
             found += containers.arrays(self, n, w)
         if "object" in types:
@@ -330,95 +326,4 @@ class SubsetChecker(Checker):
             present = [kw for kw in group if kw in w.keywords]
             if present and not all(same_keyword(n, w, kw) for kw in group):
                 found.append(self.opaque(n, w, present[0]))
-        return found
-
-    # -- numbers and strings --------------------------------------------------
-
-    def _numbers(self, n: Node, w: Node, integers: bool) -> list[Breaking]:
-        found = []
-        for kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-            limit = as_number(w.keywords.get(kw))
-            if limit is None:
-                continue
-            upper = kw in ("maximum", "exclusiveMaximum")
-            bound = bound_of(n.keywords, upper)
-            if not within(bound, (limit, kw.startswith("exclusive")), upper, integers):
-                own = "none" if bound is None else show(bound[0])
-                found.append(
-                    self.br(
-                        n,
-                        w,
-                        f"{kw}: {self.w_name} has {show(limit)}, "
-                        f"{self.n_name}'s {'upper' if upper else 'lower'} "
-                        f"bound is {own}",
-                        w_kw=kw,
-                    )
-                )
-        step = as_number(w.keywords.get("multipleOf"))
-        if step is not None and not multiple(
-            as_number(n.keywords.get("multipleOf")), step, integers
-        ):
-            found.append(
-                self.br(
-                    n,
-                    w,
-                    f"multipleOf: {self.w_name} requires multiples of "
-                    f"{show(step)}, {self.n_name} does not",
-                    w_kw="multipleOf",
-                )
-            )
-        return found
-
-    def _pattern(self, n: Node, w: Node) -> list[Breaking]:
-        wanted = w.keywords.get("pattern")
-        if wanted is None or n.keywords.get("pattern") == wanted:
-            return []
-        if "pattern" in n.keywords:
-            return [self.opaque(n, w, "pattern")]
-        return [
-            self.br(
-                n,
-                w,
-                f"{self.w_name} requires strings to match {wanted!r}, {self.n_name} does not",
-                w_kw="pattern",
-            )
-        ]
-
-    def limits(
-        self,
-        n: Node,
-        w: Node,
-        low: str,
-        high: str,
-        unit: str,
-        n_low: int = 0,
-        n_high: int | None = None,
-    ) -> list[Breaking]:
-        """A minimum/maximum count pair (lengths, items, properties)."""
-        found = []
-        least = max(as_count(n.keywords.get(low)) or 0, n_low)
-        most = smaller(as_count(n.keywords.get(high)), n_high)
-        need = as_count(w.keywords.get(low))
-        if need is not None and least < need:
-            found.append(
-                self.br(
-                    n,
-                    w,
-                    f"{low}: {self.w_name} requires at least {need} {unit}, "
-                    f"{self.n_name} accepts {least}",
-                    w_kw=low,
-                )
-            )
-        cap = as_count(w.keywords.get(high))
-        if cap is not None and (most is None or most > cap):
-            own = "any number" if most is None else str(most)
-            found.append(
-                self.br(
-                    n,
-                    w,
-                    f"{high}: {self.w_name} accepts at most {cap} {unit}, "
-                    f"{self.n_name} accepts {own}",
-                    w_kw=high,
-                )
-            )
         return found

@@ -1,7 +1,8 @@
 """What the compatibility checker and its keyword families share.
 
 :mod:`app.domain.compat` holds the checker and dispatches to the object and
-array keywords in :mod:`app.domain.compat_containers`, which call back into it
+array keywords in :mod:`app.domain.compat_containers` and the number and
+string keywords in :mod:`app.domain.compat_scalars`, which call back into it
 through the :class:`Checker` interface below; neither module imports the other
 for it.
 """
@@ -48,17 +49,4 @@ class Checker(Protocol):
 
     def opaque_groups(self, n: Node, w: Node, groups: Iterable[tuple[str, ...]]) -> list[Breaking]:
         """Reasons for keyword groups that can only be compared when identical."""
-        ...
-
-    def limits(
-        self,
-        n: Node,
-        w: Node,
-        low: str,
-        high: str,
-        unit: str,
-        n_low: int = 0,
-        n_high: int | None = None,
-    ) -> list[Breaking]:
-        """A minimum/maximum count pair (lengths, items, properties)."""
         ...

@@ -17,13 +17,14 @@ from typing import Any
 
 import jsonschema_rs
 
+from app.domain import compat_scalars as scalars
 from app.domain.compat_base import Breaking, Checker
 from app.domain.event_schemas import compile_validator
 from app.domain.schema_nodes import Node, asserts, same, same_keyword
 
 
 def arrays(c: Checker, n: Node, w: Node) -> list[Breaking]:
-    found = c.limits(n, w, "minItems", "maxItems", "items")
+    found = scalars.limits(c, n, w, "minItems", "maxItems", "items")
     most = _count(n.keywords.get("maxItems"))
     unique = n.keywords.get("uniqueItems") is True or (most is not None and most <= 1)
     if w.keywords.get("uniqueItems") is True and not unique:
@@ -75,8 +76,8 @@ def _items(c: Checker, n: Node, w: Node) -> list[Breaking]:
 def objects(c: Checker, n: Node, w: Node) -> list[Breaking]:
     required = set(_strings(n.keywords.get("required")))
     found = _content(c, n, w) + _required(c, n, w, required)
-    found += c.limits(
-        n, w, "minProperties", "maxProperties", "properties", len(required), _closed_count(n)
+    found += scalars.limits(
+        c, n, w, "minProperties", "maxProperties", "properties", len(required), _closed_count(n)
     )
     found += _dependencies(c, n, w, required)
     found += _property_names(c, n, w)

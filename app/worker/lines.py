@@ -37,22 +37,14 @@ No I/O: the worker loads subscriptions and writes what the policy decides.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from app.domain.circuit import (
-    CLOSED,
-    CircuitPolicy,
-    CircuitState,
-    after_failures,
-    after_success,
-    change,
-    is_half_open,
-)
+from app.domain.circuit import CLOSED, CircuitPolicy, CircuitState, is_half_open
 from app.store.events import StoredEvent
-from app.store.subscriptions import CircuitUpdate, Subscription
-from app.store.work import Claimed, Completion
+from app.store.subscriptions import Subscription
+from app.store.work import Claimed
 from app.worker.limits import TokenBucket
 
 SUBSCRIPTION_CACHE_SECONDS = 1.0
@@ -118,7 +110,6 @@ class LinePolicy:
         self._released: list[int] = []  # claims to give back in the next cycle
         self._ran_out = False  # a line of a tenant not crowding ran out of waiting deliveries
         self._crowding: str | None = None  # the tenant crowding the worker at the last claim
-        self._recorded: dict[str, CircuitState] = {}  # circuits before the last record()
 
     # -- limits ---------------------------------------------------------------
 
@@ -388,47 +379,3 @@ class LinePolicy:
             if line.bucket is not None and line.bucket.available() < 1
         ]
         return min(waits, default=None)
-
-    # -- circuits -------------------------------------------------------------
-
-    def record(self, completions: Sequence[Completion], now: datetime) -> list[CircuitUpdate]:
-        """Carry finished attempts into the circuits; the changes to write. One
-        update per subscription: its state after the last outcome, disabled if any
-        outcome disabled it, and whether its circuit opened or closed across the
-        cycle (the state written is the last one, so that is what is reported)."""
-        changed: dict[str, CircuitUpdate] = {}
-        start: dict[str, CircuitState] = {}
-        for c in completions:
-            sid = c.delivery.subscription_id
-            line = self.lines.get(sid)
-            if line is None:
-                continue
-            before = line.circuit
-            start.setdefault(sid, before)
-            gone = c.status == "dead" and c.status_code == 410
-            if c.status == "succeeded":
-                line.circuit = after_success()
-            else:
-                line.circuit = after_failures(before, 1, now, self.circuit_policy)
-            earlier = changed.get(sid)
-            if (line.circuit is not before and line.circuit != before) or gone or earlier:
-                reason = "gone" if gone else ("failing" if line.circuit.disable else None)
-                changed[sid] = CircuitUpdate(
-                    sid,
-                    line.circuit.consecutive_failures,
-                    line.circuit.failing_since,
-                    line.circuit.open_until,
-                    (earlier.disable_reason if earlier else None) or reason,
-                    change(start[sid], line.circuit, self.circuit_policy),
-                )
-        self._recorded = start
-        return list(changed.values())
-
-    def rewind(self) -> None:
-        """The write of the last :meth:`record`'s changes failed: its circuits are
-        as the store still has them, so the next write reports what it moves."""
-        for sid, state in self._recorded.items():
-            line = self.lines.get(sid)
-            if line is not None:
-                line.circuit = state
-        self._recorded = {}

@@ -30,9 +30,11 @@ from app.store import subscriptions as subscription_store
 from app.store.database import Database
 from app.store.notify import CHANGED, Listener
 from app.store.subscriptions import CircuitUpdate
-from app.store.work import Claimed, ClaimRequest, Completion, Work
+from app.store.work import Claimed, Completion, Work
 from app.tracing import Tracer
 from app.worker.attempt import AttemptStep, payload
+from app.worker.circuits import CircuitBook
+from app.worker.claiming import claim_request, probe_saw_everything
 from app.worker.config import WorkerConfig, worker_config
 from app.worker.destinations import destination_senders
 from app.worker.lines import Line, LinePolicy, Ready
@@ -44,8 +46,6 @@ __all__ = ["DeliveryWorker", "WorkerConfig", "worker_config"]
 
 log = logging.getLogger(__name__)
 
-# Room a probe claim adds for subscriptions this worker has not met yet.
-UNKNOWN_SUBSCRIPTION_PROBE = 8
 # The most outcomes one cycle writes (the rest go in the next, at once): a
 # cycle's transaction holds SQLite's one writer, and ingest waits for it.
 OUTCOMES_PER_CYCLE = 256
@@ -73,6 +73,7 @@ class DeliveryWorker:
         self._probed_at = time.monotonic()
         self._stopping = False
         self._policy = LinePolicy(config.concurrency, config.claim_ahead, config.circuit)
+        self._circuits = CircuitBook(self._policy.lines, config.circuit)
         self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
         self._finished: list[Completion] = []  # outcomes the next cycle writes
         self._sender: Sender | None = None
@@ -226,12 +227,21 @@ class DeliveryWorker:
             self._step.count_successes()
         now = datetime.now(UTC)
         # The circuits first: an outcome that opens one keeps this claim off it.
-        updates = self._policy.record(finished, now)
+        updates = self._circuits.record(finished, now)
         await self._settle_waiting()
         if self._policy.take_ran_out():
             self._probe = True
         probing = self._probe or time.monotonic() - self._probed_at >= self._config.poll_seconds
-        request = None if self._stopping else self._claim_request(now, probing)
+        request = None
+        if not self._stopping:
+            request = claim_request(
+                self._policy.claim_plan(),
+                self.owner,
+                now,
+                self._config.lease,
+                self._config.claim_batch,
+                probing,
+            )
         if request is None and not finished:
             return 0, 0
         started = time.perf_counter()
@@ -240,7 +250,7 @@ class DeliveryWorker:
         except Exception:
             # Nothing was written: the outcomes are dropped (their claims expire
             # and the deliveries are attempted again) and the circuits go back.
-            self._policy.rewind()
+            self._circuits.rewind()
             raise
         if _may_report(finished, updates):
             # Its operator events' deliveries may be for subscriptions this
@@ -249,47 +259,12 @@ class DeliveryWorker:
         if request is None:
             return 0, 0
         self._metrics.claim_duration.observe(time.perf_counter() - started)
-        if probing and _probe_saw_everything(request, work):
+        if probing and probe_saw_everything(request, work):
             self._probe, self._probed_at = False, time.monotonic()
         if not work:
             return 0, request.limit
         self._metrics.claimed.inc(len(work))
         return await self._start(work), request.limit
-
-    def _claim_request(self, now: datetime, probing: bool) -> ClaimRequest | None:
-        plan = self._policy.claim_plan()
-        if plan.capacity <= 0:
-            return None
-        # Subscriptions this worker has not met yet compete in the same claim;
-        # room is made for a few of them only in a probe claim (after an outside
-        # wake-up, a timeout, or once per poll interval), not after every attempt.
-        unknown = UNKNOWN_SUBSCRIPTION_PROBE if probing else 0
-        room = plan.room + unknown
-        if room <= 0:
-            return None
-        limit = min(plan.capacity, self._config.claim_batch, room)
-        # While a tenant crowds the worker, a probe also takes the newest due
-        # deliveries of the others: theirs are not behind its backlog. While
-        # all its subscriptions are at their limit, a claim takes only those:
-        # the oldest walk would pass its whole backlog to find the others'.
-        fresh, oldest = 0, True
-        if plan.crowding and set(plan.crowding) <= set(plan.exclude):
-            fresh = limit = min(limit, plan.fresh_room + unknown)
-            oldest = False
-        elif probing and plan.crowding:
-            fresh = min(limit, plan.fresh_room + unknown)
-        if limit <= 0:
-            return None
-        return ClaimRequest(
-            self.owner,
-            now,
-            now + self._config.lease,
-            limit,
-            plan.exclude,
-            fresh=fresh,
-            crowding=plan.crowding,
-            oldest=oldest,
-        )
 
     async def _start(self, work: list[Work]) -> int:
         """Start a task for each claimed delivery a slot allows now, keep the next
@@ -409,16 +384,6 @@ class DeliveryWorker:
                     self.wake()
             except Exception:
                 log.exception("keeping leases failed")
-
-
-def _probe_saw_everything(request: ClaimRequest, work: list[Work]) -> bool:
-    """Whether a probe claim saw every due delivery it looks for: with a fresh
-    walk, it took fewer than it might outside the crowding tenant (the oldest
-    walk may have found some of those too); without, fewer than the limit."""
-    if not request.fresh:
-        return len(work) < request.limit
-    crowding = set(request.crowding)
-    return sum(w.delivery.subscription_id not in crowding for w in work) < request.fresh
 
 
 def _may_report(finished: list[Completion], updates: list[CircuitUpdate]) -> bool:

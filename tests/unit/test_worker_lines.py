@@ -8,6 +8,7 @@ from typing import Any
 
 from app.domain.circuit import CircuitChange, CircuitPolicy
 from app.store.work import Completion
+from app.worker.circuits import CircuitBook
 from app.worker.lines import Line, LinePolicy
 from tests.unit.worker_fakes import ready, subscription
 
@@ -191,9 +192,10 @@ def test_a_subscription_at_its_limits_is_left_out_of_every_claim() -> None:
 
 def test_the_circuit_opens_after_the_threshold_and_then_allows_one_probe() -> None:
     p = policy()
+    circuits = CircuitBook(p.lines, CIRCUIT)
     a = line(p, "a")
     now = datetime.now(UTC)
-    updates = p.record([completion("a", "pending", 500) for _ in range(3)], now)
+    updates = circuits.record([completion("a", "pending", 500) for _ in range(3)], now)
 
     (update,) = updates
     assert update.consecutive_failures == 3
@@ -205,15 +207,17 @@ def test_the_circuit_opens_after_the_threshold_and_then_allows_one_probe() -> No
 
 def test_a_gone_endpoint_is_reported_for_the_subscription() -> None:
     p = policy()
+    circuits = CircuitBook(p.lines, CIRCUIT)
     line(p, "a")
-    (update,) = p.record([completion("a", "dead", 410)], datetime.now(UTC))
+    (update,) = circuits.record([completion("a", "dead", 410)], datetime.now(UTC))
     assert update.disable_reason == "gone"
 
 
 def test_a_success_closes_the_circuit() -> None:
     p = policy()
+    circuits = CircuitBook(p.lines, CIRCUIT)
     a = line(p, "a", consecutive_failures=5, failing_since=datetime.now(UTC))
-    (update,) = p.record([completion("a", "succeeded", 200)], datetime.now(UTC))
+    (update,) = circuits.record([completion("a", "succeeded", 200)], datetime.now(UTC))
     assert update.consecutive_failures == 0
     assert a.prefetches()
 
@@ -262,34 +266,37 @@ def test_free_slots_go_to_the_tenant_holding_fewest_first() -> None:
 
 def test_the_cycle_that_reaches_the_threshold_reports_the_circuit_opened() -> None:
     p = policy()
+    circuits = CircuitBook(p.lines, CIRCUIT)
     line(p, "a")
     now = datetime.now(UTC)
-    (first,) = p.record([completion("a", "pending", 500) for _ in range(2)], now)
+    (first,) = circuits.record([completion("a", "pending", 500) for _ in range(2)], now)
     assert first.change is None
-    (opened,) = p.record([completion("a", "pending", 500)], now)
+    (opened,) = circuits.record([completion("a", "pending", 500)], now)
     assert opened.change == CircuitChange(opened=True, consecutive_failures=3)
-    (probe_failed,) = p.record([completion("a", "pending", 500)], now)
+    (probe_failed,) = circuits.record([completion("a", "pending", 500)], now)
     assert probe_failed.change is None, "a failed probe keeps it open: nothing new"
-    (closed,) = p.record([completion("a", "succeeded", 200)], now)
+    (closed,) = circuits.record([completion("a", "succeeded", 200)], now)
     assert closed.change == CircuitChange(opened=False, consecutive_failures=4)
     assert closed.consecutive_failures == 0
 
 
 def test_a_cycle_reports_the_net_change_of_its_outcomes() -> None:
     p = policy()
+    circuits = CircuitBook(p.lines, CIRCUIT)
     line(p, "a")
     now = datetime.now(UTC)
     failures = [completion("a", "pending", 500) for _ in range(3)]
-    (update,) = p.record([*failures, completion("a", "succeeded", 200)], now)
+    (update,) = circuits.record([*failures, completion("a", "succeeded", 200)], now)
     assert update.change is None, "opened and closed within one write: never open in the store"
-    (update,) = p.record([*failures, completion("a", "pending", 500)], now)
+    (update,) = circuits.record([*failures, completion("a", "pending", 500)], now)
     assert update.change == CircuitChange(opened=True, consecutive_failures=4)
 
 
 def test_gone_is_kept_when_a_later_outcome_of_the_cycle_is_an_ordinary_failure() -> None:
     p = policy()
+    circuits = CircuitBook(p.lines, CIRCUIT)
     line(p, "a")
-    (update,) = p.record(
+    (update,) = circuits.record(
         [completion("a", "dead", 410), completion("a", "pending", 500)], datetime.now(UTC)
     )
     assert update.disable_reason == "gone"
@@ -297,12 +304,13 @@ def test_gone_is_kept_when_a_later_outcome_of_the_cycle_is_an_ordinary_failure()
 
 def test_rewind_puts_the_circuits_back_when_their_write_failed() -> None:
     p = policy()
+    circuits = CircuitBook(p.lines, CIRCUIT)
     line(p, "a")
     now = datetime.now(UTC)
-    p.record([completion("a", "pending", 500) for _ in range(2)], now)
-    (opened,) = p.record([completion("a", "pending", 500)], now)
+    circuits.record([completion("a", "pending", 500) for _ in range(2)], now)
+    (opened,) = circuits.record([completion("a", "pending", 500)], now)
     assert opened.change is not None
-    p.rewind()  # that write failed: the store never had the circuit open
+    circuits.rewind()  # that write failed: the store never had the circuit open
     assert p.lines["a"].circuit.consecutive_failures == 2
-    (again,) = p.record([completion("a", "pending", 500)], now)
+    (again,) = circuits.record([completion("a", "pending", 500)], now)
     assert again.change == CircuitChange(opened=True, consecutive_failures=3)
