@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chromium lint typecheck pytest openapi bench clean
+.PHONY: run test tools lint typecheck pytest openapi bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,17 +15,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/eventrelay serve
 
-test: $(STAMP) chromium lint typecheck pytest
+test: $(STAMP) tools lint typecheck pytest
 
-# The console's browser tests drive Debian's Chromium: install it when it is
-# missing and apt-get can (as root); otherwise say so (under CI=true those
+# Programs some tests drive: Debian's Chromium (the console's browser tests)
+# and promtool (package prometheus: the alert rules' unit tests). Install what
+# is missing when apt-get can (as root); otherwise say so (under CI=true those
 # tests then fail rather than skip).
-CHROMIUM ?= /usr/bin/chromium
-chromium:
-	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+TOOLS ?= /usr/bin/chromium:chromium /usr/bin/promtool:prometheus
+tools:
+	@missing=""; for tool in $(TOOLS); do test -x "$${tool%%:*}" || missing="$$missing $${tool#*:}"; done; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
-		|| echo "Chromium is not installed: apt-get install chromium (the browser tests need it)"
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; } \
+		|| echo "Not installed:$$missing (apt-get install$$missing; some tests need them)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
