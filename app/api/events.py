@@ -19,6 +19,7 @@ from app.api.pagination import decode_cursor, encode_cursor
 from app.api.problems import PROBLEM_JSON
 from app.api.state import Services
 from app.domain import cloudevents, jsonbody, tracecontext
+from app.domain.delivery_status import DeliveryStatus
 from app.domain.events import BatchInput, EventInput, rfc3339
 from app.domain.idempotency import Accepted, parse_key
 from app.domain.tenants import TENANT_HEADER
@@ -29,7 +30,6 @@ from app.services.tenants import Tenant
 from app.tracing import RequestTrace
 
 router = APIRouter(prefix="/v1", tags=["events"])
-DeliveryStatus = Literal["pending", "in_flight", "succeeded", "dead", "discarded"]
 
 _PROBLEMS: dict[int | str, dict[str, object]] = {
     status: {"model": schemas.Problem, "content": {PROBLEM_JSON: {}}}

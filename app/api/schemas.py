@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from app.domain.delivery_status import DeliveryStatus
 from app.domain.event_schemas import Compatibility
 from app.domain.jsonbody import unstorable_strings
 from app.domain.portal import EXPIRES_DEFAULT, EXPIRES_MAX, EXPIRES_MIN
@@ -50,7 +51,7 @@ class BatchAccepted(BaseModel):
 class DeliveryOut(BaseModel):
     id: str
     subscription_id: str
-    status: Literal["pending", "in_flight", "succeeded", "dead", "discarded"]
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: str | None
     last_status_code: int | None

@@ -9,11 +9,10 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Select, any_, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.delivery_status import DELIVERY_STATUSES
 from app.store import lines, schema
 from app.store.counts import capped_count
 from app.store.database import Database
-
-DELIVERY_STATUSES = ("pending", "in_flight", "succeeded", "dead", "discarded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +249,7 @@ async def _stats(conn: AsyncConnection, tenant_id: str) -> Stats:
     subscription_ids = [
         r[0] for r in await conn.execute(select(s.c.id).where(s.c.tenant_id == tenant_id))
     ]
-    by_status = dict.fromkeys(DELIVERY_STATUSES, 0)
+    by_status: dict[str, int] = dict.fromkeys(DELIVERY_STATUSES, 0)
     if subscription_ids:
         # By subscription, on the (status, subscription_id) index: a tenant's
         # deliveries are its subscriptions'.

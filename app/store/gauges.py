@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, text
 
+from app.domain.delivery_status import OPEN_STATUSES
 from app.store.database import Database
 from app.store.schema import UTCDateTime, stored_utc
 
@@ -71,7 +72,7 @@ async def snapshot(db: Database) -> Snapshot:
         oldest = (await conn.execute(_OLDEST)).scalar()
         due = (await conn.execute(_OLDEST_DUE, {"now": datetime.now(UTC)})).scalar()
         subscriptions = [SubscriptionHealth(*r) for r in await conn.execute(_SUBSCRIPTIONS)]
-    totals = dict.fromkeys(("pending", "in_flight", "dead"), 0)
+    totals: dict[str, int] = dict.fromkeys(OPEN_STATUSES, 0)
     for (_, status), count in per_subscription.items():
         totals[status] += count
     return Snapshot(totals, per_subscription, oldest, due, subscriptions)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.circuit import CircuitChange
+from app.domain.delivery_status import OPEN_STATUSES
 from app.domain.destinations import Destination, from_columns, masked_url
 from app.domain.sealing import Keyring
 from app.errors import SecretUnavailable
@@ -261,7 +262,7 @@ async def promote_all_lines(conn: AsyncConnection, subscription_id: str) -> None
     rows = await conn.execute(
         select(d.c.ordering_key)
         .where(d.c.subscription_id == subscription_id, d.c.ordering_key.is_not(None))
-        .where(d.c.status.in_(("pending", "in_flight", "dead")))
+        .where(d.c.status.in_(OPEN_STATUSES))
         .distinct()
     )
     await lines_moved_on(conn, [(subscription_id, r[0]) for r in rows])

@@ -10,13 +10,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.console.web import Pages, services, session_of
+from app.domain.delivery_status import DELIVERY_STATUSES
 from app.errors import FieldError, ValidationFailed
 
 PAGE_SIZE = 50
 # A search that checks events one by one (delivery status, time) looks at this
 # many at most per page, then offers to search on.
 EXAMINE = 10_000
-DELIVERY_STATUSES = ("pending", "in_flight", "succeeded", "dead", "discarded")
 
 
 def parse_time(value: str, field: str) -> datetime | None:
