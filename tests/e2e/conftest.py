@@ -297,6 +297,15 @@ def start_module_server(
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_server(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One server per module, with the default settings (a module that needs
+    other settings defines its own ``shared_server``)."""
+    yield from start_module_server(module_database_url, tmp_path_factory)
+
+
 # -- assertions shared by the e2e modules ---------------------------------------
 
 

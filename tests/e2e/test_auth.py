@@ -8,16 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServerProcess, assert_problem, start_module_server
+from tests.e2e.conftest import ServerProcess, assert_problem
 
 EVENT = {"type": "auth.checked", "data": {}}
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    yield from start_module_server(module_database_url, tmp_path_factory)
 
 
 @pytest.fixture

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from cloudevents.v1.conversion import to_binary, to_structured
 from cloudevents.v1.http import CloudEvent
 
-from tests.e2e.conftest import ServerProcess, assert_problem, start_module_server
+from tests.e2e.conftest import assert_problem
 from tests.e2e.procs import Relay, unique_type
 from tests.e2e.receivers import ReceiverPool, wait_until
 
@@ -27,13 +25,6 @@ ORDER_SCHEMA = {
     "properties": {"total": {"type": "number"}},
     "required": ["total"],
 }
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    yield from start_module_server(module_database_url, tmp_path_factory)
 
 
 def cloudevent(event_type: str, data: Any, key: str, event_id: str | None = None) -> CloudEvent:

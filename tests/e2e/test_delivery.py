@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -18,7 +17,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app import __version__
-from tests.e2e.conftest import ServerProcess, free_port, start_module_server
+from tests.e2e.conftest import ServerProcess, free_port
 from tests.e2e.procs import Relay, unique_type
 from tests.e2e.receivers import (
     Receipt,
@@ -33,13 +32,6 @@ from tests.e2e.receivers import (
 SETTLE_SECONDS = 15.0
 FAST = [0.05, 0.05]  # three attempts in all
 BODY_FIELDS = {"id", "type", "timestamp", "key", "schema_version", "data"}
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    yield from start_module_server(module_database_url, tmp_path_factory)
 
 
 async def settled(relay: Relay, event_id: str, *statuses: str) -> dict[str, object]:

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.e2e.conftest import ServerProcess, start_module_server
 from tests.e2e.procs import Relay, unique_type
 from tests.e2e.receivers import (
     Receipt,
@@ -36,13 +34,6 @@ EVENTS_PER_KEY = 40
 FAILURE_RATE = 0.3
 DELIVERED_SECONDS = 60.0
 PROMPT_SECONDS = 10.0
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    yield from start_module_server(module_database_url, tmp_path_factory)
 
 
 async def publish_in_order(relay: Relay, event_type: str, key: str, count: int) -> list[str]:

@@ -4,22 +4,10 @@ loopback receiver only the events that match, and a filter changed by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.e2e.conftest import ServerProcess, start_module_server
 from tests.e2e.procs import Relay, unique_type
 from tests.e2e.receivers import ReceiverPool, wait_until
 
 SETTLE_SECONDS = 15.0
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    yield from start_module_server(module_database_url, tmp_path_factory)
 
 
 async def test_only_matching_events_reach_the_receiver(

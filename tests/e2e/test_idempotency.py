@@ -20,18 +20,10 @@ from tests.e2e.conftest import (
     ServerProcess,
     assert_problem,
     event_count,
-    start_module_server,
 )
 
 CONCURRENT_REQUESTS = 30
 TTL_DEADLINE_SECONDS = 10.0
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    yield from start_module_server(module_database_url, tmp_path_factory)
 
 
 @pytest.fixture
