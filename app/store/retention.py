@@ -35,11 +35,18 @@ PRUNE_LOCK = 0x65767072756E65  # one pruner at a time on PostgreSQL
 # probe of the deliveries' event index per event: as an anti-join, a planner
 # that misjudges the table sizes would compare every event with every
 # unfinished delivery.
+#
+# Attempts have no foreign key to their delivery (migration 0010): a batch of
+# deliveries, or of events with theirs, takes its deliveries' attempts with it,
+# in the same transaction. PostgreSQL: one statement, the batch found once (a
+# CTE) and its attempts deleted in another; SQLite: the attempts' statement
+# first, over the same batch (its one writer holds the database between the
+# two, so both find the same rows).
 _BATCHES = {
     "deliveries": (
         "seq",
         """
-        SELECT seq FROM deliveries
+        SELECT {column} FROM deliveries
         WHERE status = 'succeeded' AND completed_at < :cutoff
         ORDER BY completed_at
         """,
@@ -47,7 +54,7 @@ _BATCHES = {
     "events": (
         "seq",
         """
-        SELECT ev.seq FROM events ev
+        SELECT ev.{column} FROM events ev
         WHERE ev.received_at < :cutoff AND ev.received_at >= :after
           AND NOT EXISTS (
             SELECT 1 FROM deliveries d
@@ -65,24 +72,53 @@ _BATCHES = {
         "SELECT {column} FROM idempotency_keys WHERE created_at < :cutoff ORDER BY created_at",
     ),
 }
+# The deliveries whose attempts go with a batch, given the batch's IDs.
+_ATTEMPTS_OF = {
+    "deliveries": "{ids}",
+    "events": "SELECT d.id FROM deliveries d WHERE d.event_id {among_ids}",
+}
 _OLDEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @lru_cache
-def _delete_batch(table: str, dialect: str, batch: int) -> TextClause:
+def _delete_batch(table: str, dialect: str, batch: int) -> tuple[TextClause, ...]:
+    """The statements that delete one batch, in order, in one transaction; the
+    last one returns a row per deleted row."""
     column, oldest = _BATCHES[table]
+    pg = dialect == "postgresql"
 
-    def among(column: str) -> str:
-        rows = f"{oldest.format(column=column)} LIMIT {int(batch)}"
-        return f"= ANY(ARRAY({rows}))" if dialect == "postgresql" else f"IN ({rows})"
+    def rows(column: str) -> str:
+        return f"{oldest.format(column=column)} LIMIT {int(batch)}"
 
-    which = among(column)
-    if table == "idempotency_keys":
-        which += f" AND tenant_id {among('tenant_id')} AND created_at < :cutoff"
+    def among(rows: str) -> str:
+        return f"= ANY(ARRAY({rows}))" if pg else f"IN ({rows})"
+
     reached = "received_at" if table == "events" else "NULL"
-    statement = text(f"DELETE FROM {table} WHERE {column} {which} RETURNING {reached}")
+    if table == "idempotency_keys":
+        which = f"{among(rows(column))} AND tenant_id {among(rows('tenant_id'))}"
+        statements = [
+            f"DELETE FROM {table} WHERE {column} {which} AND created_at < :cutoff "
+            f"RETURNING {reached}"
+        ]
+    elif pg:
+        ids = "SELECT id FROM batch"
+        attempts = _ATTEMPTS_OF[table].format(ids=ids, among_ids=among(ids))
+        statements = [
+            f"""WITH batch AS MATERIALIZED ({oldest.format(column="seq, id")} LIMIT {int(batch)}),
+            gone AS (DELETE FROM attempts WHERE delivery_id {among(attempts)})
+            DELETE FROM {table} WHERE seq {among("SELECT seq FROM batch")} RETURNING {reached}"""
+        ]
+    else:
+        ids = rows("id")
+        attempts = _ATTEMPTS_OF[table].format(ids=ids, among_ids=among(ids))
+        statements = [
+            f"DELETE FROM attempts WHERE delivery_id {among(attempts)}",
+            f"DELETE FROM {table} WHERE {column} {among(rows(column))} RETURNING {reached}",
+        ]
     times = [bindparam(name, type_=UTCDateTime()) for name in ("cutoff", "after")]
-    return statement.bindparams(*times[: 2 if table == "events" else 1])
+    return tuple(
+        text(sql).bindparams(*times[: 2 if table == "events" else 1]) for sql in statements
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +139,7 @@ async def prune(
 
 
 async def _drain(db: Database, table: str, cutoff: datetime, batch: int) -> int:
-    statement = _delete_batch(table, db.dialect, batch)
+    *first, last = _delete_batch(table, db.dialect, batch)
     params: dict[str, object] = {"cutoff": cutoff}
     if table == "events":
         params["after"] = _OLDEST
@@ -112,7 +148,9 @@ async def _drain(db: Database, table: str, cutoff: datetime, batch: int) -> int:
         async with db.write() as conn:
             if db.dialect == "postgresql" and not await _try_lock(conn):
                 return total
-            reached = [r[0] for r in await conn.execute(statement, params)]
+            for statement in first:
+                await conn.execute(statement, params)
+            reached = [r[0] for r in await conn.execute(last, params)]
         total += len(reached)
         if len(reached) < batch:
             return total

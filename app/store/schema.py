@@ -302,16 +302,16 @@ deliveries = Table(
     ),
 )
 
+# An attempt's delivery is not a foreign key (migration 0010): the worker
+# writes the row in the statement that has just updated that delivery, and a
+# check per row was a lookup and a row lock each. Whatever deletes deliveries
+# deletes their attempts first, in the same transaction (store/retention.py,
+# subscriptions.py ``remove``, tenants.py ``remove_batch``).
 attempts = Table(
     "attempts",
     metadata,
     Column("seq", Sequence64, primary_key=True, autoincrement=True),
-    Column(
-        "delivery_id",
-        String(32),
-        ForeignKey("deliveries.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    Column("delivery_id", String(32), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("duration_ms", Integer, nullable=False),

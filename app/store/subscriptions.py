@@ -269,7 +269,14 @@ async def promote_all_lines(conn: AsyncConnection, subscription_id: str) -> None
 
 
 async def remove(conn: AsyncConnection, tenant_id: str, subscription_id: str) -> bool:
-    """Within the caller's transaction."""
+    """Within the caller's transaction: the subscription, its deliveries (their
+    foreign key cascades) and their attempts (which have none, schema.attempts)."""
+    d, a = schema.deliveries, schema.attempts
+    # A delivery's tenant is its subscription's: another tenant's are not touched.
+    theirs = select(d.c.id).where(
+        d.c.subscription_id == subscription_id, d.c.tenant_id == tenant_id
+    )
+    await conn.execute(delete(a).where(a.c.delivery_id.in_(theirs.scalar_subquery())))
     result = await conn.execute(delete(s).where(*_own(tenant_id, subscription_id)))
     return bool(result.rowcount)
 

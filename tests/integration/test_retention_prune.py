@@ -140,6 +140,10 @@ async def test_prune_removes_what_it_should_and_nothing_else(kit: DeliveryKit) -
     assert len(await kit.attempts_of(dlv[fresh_done.id])) == 1
     assert await kit.attempts_of(dlv[done.id]) == []
     assert dlv[done.id] not in await attempt_delivery_ids(kit)
+    # The discarded delivery went with its event, and its attempt with it:
+    # attempts have no foreign key, so no attempt outlives its delivery.
+    assert await kit.attempts_of(dlv[discarded.id]) == []
+    assert set(await attempt_delivery_ids(kit)) <= remaining
 
     assert await key_names(kit) == {"new"}
     assert pruned.deliveries == 1
