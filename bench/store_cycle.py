@@ -28,6 +28,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -82,6 +83,20 @@ async def drain(url: str, batch: int) -> dict[str, float]:
     from app.store.database import open_database
     from app.store.work import ClaimRequest, Completion
 
+    spent = {"claim": 0.0, "outcomes": 0.0}
+
+    def timed(name: str, call: Any) -> Any:
+        async def run(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await call(*args)
+            finally:
+                spent[name] += time.perf_counter() - started
+
+        return run
+
+    delivery_store.claim_postgresql = timed("claim", delivery_store.claim_postgresql)  # type: ignore[attr-defined]
+    delivery_store.outcomes_postgresql = timed("outcomes", delivery_store.outcomes_postgresql)  # type: ignore[attr-defined]
     db = open_database(url, pool_size=1, durable_commits=False, worker=True)
     async with db.read() as conn:
         pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
@@ -119,6 +134,8 @@ async def drain(url: str, batch: int) -> dict[str, float]:
         "db_us": round(cpu / done * 1e6, 1),
         "client_us": round(client / done * 1e6, 1),
         "deliveries_per_s": round(done / wall),
+        "claim_wall_us": round(spent["claim"] / done * 1e6, 1),
+        "outcomes_wall_us": round(spent["outcomes"] / done * 1e6, 1),
     }
 
 

@@ -15,12 +15,14 @@ after writing its outcomes, in the same transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.events import StoredEvent
-from app.store.lines import busy
+from app.store.lines import busy, promote_sql
 from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 from app.store.work import Claimed, ClaimRequest, Work
 
@@ -154,6 +156,17 @@ _EVENT_COLUMNS = (
 )
 
 
+# PostgreSQL: the lines the cycle's outcomes left (none outside key ordering),
+# whose heads the claim readies again (``caught_up``): the outcome write took
+# their locks inside its own statement, after its snapshot, so it may have
+# missed a delivery added to one of them and committed just before; this
+# statement's snapshot comes after the locks and holds it. A head readied here
+# was not ready in this snapshot, so the walks below do not take it: the next
+# cycle's claim does. (In the usual case the outcome write readied every head
+# already and this finds nothing to change.)
+_FREED = "unnest(CAST(:freed_subs AS TEXT[]), CAST(:freed_keys AS TEXT[])) AS line(sub, key)"
+
+
 # Each claimed delivery comes back with its event. PostgreSQL's UPDATE … FROM
 # joins it. SQLite's RETURNING cannot join, and sqlite3 gives up the GIL for
 # every row it steps through (and waits to get it back from the busy event
@@ -167,7 +180,8 @@ def _claim() -> dict[str, str]:
     sqlite_fresh, sqlite_oldest = _sqlite_walks()
     return {
         "postgresql": f"""
-        WITH fresh AS MATERIALIZED ({pg_fresh} FOR UPDATE OF d SKIP LOCKED),
+        WITH caught_up AS ({promote_sql(_FREED)}),
+        fresh AS MATERIALIZED ({pg_fresh} FOR UPDATE OF d SKIP LOCKED),
         oldest AS MATERIALIZED ({pg_oldest} FOR UPDATE OF d SKIP LOCKED)
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
         FROM events e
@@ -207,10 +221,16 @@ SQLITE_CLAIMED_LARGE_DATA = f"""
 _PG_CLAIM = timed_sql(CLAIM["postgresql"], ("now", "lease"))
 
 
-async def claim_postgresql(conn: AsyncConnection, request: ClaimRequest) -> list[Work]:
+async def claim_postgresql(
+    conn: AsyncConnection, request: ClaimRequest, freed: Sequence[tuple[str, str]] = ()
+) -> list[Work]:
+    """Claim per ``request``, after readying again the heads of the lines
+    ``freed`` (the lines this cycle's outcomes left, :func:`app.store.outcomes.left_lines`)."""
     result = await conn.execute(
         _PG_CLAIM,
         {
+            "freed_subs": [sub for sub, _ in freed],
+            "freed_keys": [key for _, key in freed],
             "owner": request.owner,
             "now": request.now,
             "lease": request.lease_until,

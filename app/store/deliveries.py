@@ -22,10 +22,11 @@ from app.store.claims import (
     stored_event,
 )
 from app.store.database import Database
-from app.store.lines import SQLITE_PROMOTE_ALL
+from app.store.lines import SQLITE_PROMOTE_ALL, promote_heads
 from app.store.outcomes import (
     SQLITE_FINISH_ALL,
     SQLITE_RECORD_ATTEMPTS,
+    left_lines,
     outcome_rows,
     outcomes_postgresql,
     sqlite_times,
@@ -52,11 +53,12 @@ async def complete_and_claim(
     if db.is_sqlite:
         return await _cycle_sqlite(db, completions, circuit, request, now)
     async with db.write() as conn:
-        if completions:
-            await outcomes_postgresql(conn, completions, circuit, now)
+        freed = await outcomes_postgresql(conn, completions, circuit, now) if completions else []
         if request is None or request.limit <= 0:
+            # No claim to promote the freed lines' heads again (see claims._FREED).
+            await promote_heads(conn, freed)
             return []
-        return await claim_postgresql(conn, request)
+        return await claim_postgresql(conn, request, freed)
 
 
 async def _cycle_sqlite(
@@ -70,13 +72,7 @@ async def _cycle_sqlite(
     (:func:`app.store.driver.sqlite_write`): the parameters are built here, the
     statements run there in one transaction, the rows come back."""
     outcomes = outcome_rows(completions, sqlite_timestamp)
-    lines = sorted(
-        {
-            (c.delivery.subscription_id, c.delivery.ordering_key)
-            for c in completions
-            if c.status != "pending" and c.delivery.ordering_key
-        }
-    )
+    lines = left_lines(completions)
     changed_at = now or (completions[-1].finished_at if completions else None)
     circuits = [
         sqlite_times(circuit_params(u, changed_at)) for u in circuit if changed_at is not None

@@ -84,13 +84,14 @@ SQLITE_PROMOTE_ALL = f"""
 """
 
 
-def promote_sql(lines: str, left: str = "FALSE") -> str:
+def promote_sql(lines: str, left: str = "FALSE", returning: str = "") -> str:
     """PostgreSQL: ready the head of each line, if it is a pending delivery.
     ``lines`` is a FROM item naming the lines ``line(sub, key)``; each head is
     the first busy delivery in ``seq`` order (the line index walked for one
     row), joined back by primary key. ``left`` is SQL true of a delivery ``d``
     that left its line earlier in the same statement, whose snapshot still
-    shows it busy (the worker's outcome write, app.store.outcomes)."""
+    shows it busy (the worker's outcome write, app.store.outcomes), and
+    ``returning`` an optional RETURNING clause."""
     return f"""
     UPDATE deliveries SET ready = TRUE
     FROM {lines}
@@ -104,7 +105,7 @@ def promote_sql(lines: str, left: str = "FALSE") -> str:
         LIMIT 1
     ) AS head
     WHERE deliveries.seq = head.seq AND deliveries.status = 'pending' AND NOT deliveries.ready
-    """
+    {returning}"""
 
 
 # Every line in one statement, the lines as two parallel arrays.
@@ -112,9 +113,13 @@ _PROMOTE_ALL = text(
     promote_sql("unnest(CAST(:subs AS TEXT[]), CAST(:keys AS TEXT[])) AS line(sub, key)")
 )
 
-_LOCK = text(
-    "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(:keys) AS k"
-).bindparams(bindparam("keys", type_=ARRAY(String)))
+# The advisory lock of each line, taken in this order by every transaction: a
+# statement of its own (_LOCK), or the first step of the worker's outcome write
+# (LOCK_SQL, app.store.outcomes).
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest({keys}) AS k"
+
+
+_LOCK = text(LOCK_SQL.format(keys=":keys")).bindparams(bindparam("keys", type_=ARRAY(String)))
 
 DELIVERY_COLUMNS = (
     "id, event_id, subscription_id, event_type, ordering_key, status, ready, attempts, "
@@ -130,12 +135,17 @@ _PG_INSERT_DELIVERIES = (
 )
 
 
+def lock_keys(lines: Iterable[tuple[object, object]]) -> list[str]:
+    """The advisory lock keys of ``lines``, in the order they are taken."""
+    return sorted({f"{sub}\x1f{key}" for sub, key in lines if key is not None})
+
+
 async def lock_lines(conn: AsyncConnection, lines: Iterable[tuple[object, object]]) -> None:
     """Take the advisory locks of ``lines`` in a fixed order (PostgreSQL; SQLite's
     one writer needs none)."""
     if conn.dialect.name != "postgresql":
         return
-    keys = sorted({f"{sub}\x1f{key}" for sub, key in lines if key is not None})
+    keys = lock_keys(lines)
     if keys:
         await conn.execute(_LOCK, {"keys": keys})
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.domain.operator_events import DeadLetter
 from app.store import driver, operator_events
 from app.store.fanout import LISTENING
-from app.store.lines import busy, lock_lines, promote_sql
+from app.store.lines import LOCK_SQL, busy, lock_keys, promote_sql
 from app.store.schema import sqlite_timestamp
 from app.store.subscriptions import CircuitUpdate, apply_circuit
 from app.store.work import Completion
@@ -61,23 +61,35 @@ SQLITE_FINISH_ALL = (
 )
 
 
-# PostgreSQL writes a cycle's outcomes in one statement, from arrays: the UPDATE
-# returns each delivery still leased to the outcome's writer with its new
-# attempt count, and only those get an attempt row; the lines those deliveries
-# left ready their next heads (lines.promote_sql, told which deliveries left,
-# since the statement's snapshot still shows them in flight). The statement
+# PostgreSQL writes a cycle's outcomes in one statement, from arrays. It first
+# takes the advisory locks of the lines its deliveries leave (``locked``, a
+# one-time condition of the UPDATE, so before any row is written: the order
+# every cycle has always locked in). The UPDATE returns each delivery still
+# leased to the outcome's writer with its new attempt count, and only those get
+# an attempt row; the lines those deliveries left ready their next heads
+# (lines.promote_sql, told which deliveries left, since the statement's
+# snapshot still shows them in flight). That snapshot was taken before the
+# locks, so it may miss a delivery another transaction added to such a line
+# and committed while this one waited for its lock: the cycle's claim, whose
+# snapshot comes after, promotes the heads of the same lines again
+# (app.store.claims), which finds that delivery. The statement
 # answers with the deliveries it dead-lettered when some subscription listens
 # to operator events (none in most cycles), for their reports: exactly the rows
 # it changed, so a worker whose lease was taken over reports nothing.
 _LEFT_THEIR_LINES = f"""d.seq = ANY(ARRAY(
     SELECT f.seq FROM finished f JOIN subscriptions fs ON fs.id = f.subscription_id
     WHERE NOT ({busy("f", "fs")})))"""
+# The lines whose head the statement readied: the claim need not look at them
+# again (a delivery added to one of them after the statement's snapshot is
+# behind that head).
+_PROMOTED = "RETURNING deliveries.subscription_id, deliveries.ordering_key"
 _FREED_LINES = """(
     SELECT DISTINCT f.subscription_id, f.ordering_key FROM finished f
     WHERE f.ordering_key IS NOT NULL AND f.status <> 'pending') AS line(sub, key)"""
 _FINISH_AND_RECORD_PG = text(
     f"""
-    WITH outcome AS (
+    WITH locked AS ({LOCK_SQL.format(keys="CAST(:line_locks AS TEXT[])")}
+    ), outcome AS (
         SELECT * FROM unnest(
             CAST(:seq AS BIGINT[]), CAST(:owner AS TEXT[]), CAST(:status AS TEXT[]),
             CAST(:next_attempt_at AS TIMESTAMPTZ[]), CAST(:status_code AS INTEGER[]),
@@ -95,11 +107,12 @@ _FINISH_AND_RECORD_PG = text(
             completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
             lease_owner = NULL, lease_expires_at = NULL
         FROM outcome o
-        WHERE d.seq = ANY(CAST(:seq AS BIGINT[])) AND d.seq = o.seq
+        WHERE (SELECT count(*) FROM locked) >= 0
+          AND d.seq = ANY(CAST(:seq AS BIGINT[])) AND d.seq = o.seq
           AND d.status = 'in_flight' AND d.lease_owner = o.owner
         RETURNING d.seq, d.id, d.attempts, d.status, d.event_id, d.subscription_id, d.event_type,
                   d.last_status_code, d.last_error, d.tenant_id, d.ordering_key
-    ), promoted AS ({promote_sql(_FREED_LINES, _LEFT_THEIR_LINES)}
+    ), promoted AS ({promote_sql(_FREED_LINES, _LEFT_THEIR_LINES, _PROMOTED)}
     ), recorded AS (
         INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                               response_body, request_headers)
@@ -109,10 +122,13 @@ _FINISH_AND_RECORD_PG = text(
         ORDER BY f.seq
     )
     SELECT f.seq, f.id, f.event_id, f.subscription_id, f.event_type, f.attempts,
-           f.last_status_code, f.last_error, f.tenant_id
+           f.last_status_code, f.last_error, f.tenant_id, NULL AS promoted_key
     FROM finished f
     WHERE f.status = 'dead' AND EXISTS ({LISTENING})
-    ORDER BY f.seq
+    UNION ALL
+    SELECT NULL, NULL, NULL, p.subscription_id, NULL, NULL, NULL, NULL, NULL, p.ordering_key
+    FROM promoted p
+    ORDER BY 1
     """
 )
 
@@ -122,12 +138,14 @@ async def outcomes_postgresql(
     completions: Sequence[Completion],
     circuit: Sequence[CircuitUpdate],
     now: datetime | None,
-) -> None:
-    """Write the outcomes, the circuits and what they report. With no
-    subscription listening this is what it always was: the outcome write
-    returns no dead letters, and only a cycle that moves a circuit reads the
-    listeners."""
-    dead = await _complete_postgresql(conn, completions)
+) -> list[tuple[str, str]]:
+    """Write the outcomes, the circuits and what they report; return the lines
+    the outcomes left without readying a next head, whose heads the cycle's
+    claim promotes again (see ``_FINISH_AND_RECORD_PG``). With no subscription
+    listening this is what it always was: the outcome write returns no dead
+    letters, and only a cycle that moves a circuit reads the listeners."""
+    left = left_lines(completions)
+    dead, promoted = await _complete_postgresql(conn, completions, left)
     moved = operator_events.changing(circuit)
     listeners = await operator_events.listeners(conn) if dead or moved else []
     before: operator_events.Statuses = {}
@@ -139,32 +157,38 @@ async def outcomes_postgresql(
         changed_at = now or completions[-1].finished_at
         reported = operator_events.cycle_events(dead, circuit, before, changed_at)
         await operator_events.store_events(conn, reported, listeners)
+    return [line for line in left if line not in promoted]
+
+
+def left_lines(completions: Sequence[Completion]) -> list[tuple[str, str]]:
+    """The lines whose deliveries finished (succeeded or dead), in order."""
+    return sorted(
+        {
+            (c.delivery.subscription_id, c.delivery.ordering_key)
+            for c in completions
+            if c.status != "pending" and c.delivery.ordering_key
+        }
+    )
 
 
 async def _complete_postgresql(
-    conn: AsyncConnection, completions: Sequence[Completion]
-) -> list[DeadLetter]:
+    conn: AsyncConnection, completions: Sequence[Completion], left: list[tuple[str, str]]
+) -> tuple[list[DeadLetter], set[tuple[str, str]]]:
     """Write the outcomes; return the dead letters they made, to report (none
-    when no subscription listens)."""
-    finished_lines = [
-        (c.delivery.subscription_id, c.delivery.ordering_key)
-        for c in completions
-        if c.status != "pending"
-    ]
+    when no subscription listens), and the lines whose next head they readied."""
     # The lines move on as in lines.lines_moved_on, with the lock taken before
-    # the outcomes (the order every cycle has always locked in) and no NOTIFY:
-    # this transaction's own claim takes the heads it frees. The lock is a
-    # statement of its own: the outcome write, which promotes the heads, must
-    # start after it, so that its snapshot holds every delivery added to those
-    # lines before it. The reports' lines are locked later, when they are
+    # the outcomes are written and no NOTIFY: this transaction's own claim
+    # takes the heads it frees. The reports' lines are locked later, when they are
     # added (lines.add_deliveries): two cycles that each report on the other's
     # line wait for each other only if their subscriptions listen to each
     # other and both circuits move at once; PostgreSQL then fails one, whose
     # worker writes nothing and puts its circuits back (worker.py), and its
     # deliveries are attempted again.
-    await lock_lines(conn, finished_lines)
-    dead = await conn.execute(_FINISH_AND_RECORD_PG, _outcome_arrays(completions))
-    return operator_events.reported_dead_letters(dead)
+    params: dict[str, object] = {**_outcome_arrays(completions), "line_locks": lock_keys(left)}
+    rows = (await conn.execute(_FINISH_AND_RECORD_PG, params)).all()
+    promoted = {(r[3], r[9]) for r in rows if r[9] is not None}
+    dead = [r for r in rows if r[9] is None]
+    return operator_events.reported_dead_letters(dead), promoted
 
 
 def sqlite_times(params: dict[str, object]) -> dict[str, object]:

@@ -113,6 +113,8 @@ async def _assert_claim_uses_the_claim_index(
             "oldest": 128,
             "exclude": ["-"],
             "crowding": ["sub_crowding"],
+            "freed_subs": ["sub_freed"] * 8,
+            "freed_keys": [f"k{n}" for n in range(8)],
         },
         plan_mode,
     )
@@ -191,6 +193,7 @@ async def test_outcome_write_does_not_scan_the_deliveries(
             "error": [None] * n,
             "response_body": ["ok"] * n,
             "request_headers": ['{"webhook-id":"evt"}'] * n,
+            "line_locks": [f"sub\x1fk{i}" for i in range(n)],
         },
         plan_mode,
     )
