@@ -202,7 +202,8 @@ class TcpProxy:
     """A TCP forwarder on loopback to ``target``; ``cut()`` closes every connection
     and stops listening (the broker is gone), ``restore()`` listens again;
     ``stall()`` keeps the connections open but forwards nothing (the broker has
-    gone silent), ``resume()`` forwards what was held and goes on."""
+    gone silent), ``resume()`` forwards what was held and goes on. ``sent`` counts
+    the bytes clients have sent towards ``target`` (forwarded or held)."""
 
     target: tuple[str, int]
     port: int = 0
@@ -210,6 +211,7 @@ class TcpProxy:
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
     _flowing: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
+    sent: int = 0
 
     def __post_init__(self) -> None:
         self._flowing.set()
@@ -253,9 +255,13 @@ class TcpProxy:
             return
         self._writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool
+        ) -> None:
             try:
                 while data := await src.read(65536):
+                    if upstream:
+                        self.sent += len(data)
                     await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
@@ -264,7 +270,7 @@ class TcpProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
         self._writers -= {writer, up_writer}
 
 

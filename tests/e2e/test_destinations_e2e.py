@@ -10,6 +10,7 @@ consumer drains (nacked confirms), a JetStream work-queue stream with
 a key of another type (``WRONGTYPE``). The server reaches the broker through a
 TCP proxy this test cuts for a while. Lines block on a dead letter, and the
 test redrives the dead-letter queue, so every event arrives, in order per key.
+A broker process really stopped and restarted is ``test_broker_restart_e2e``'s.
 """
 
 from __future__ import annotations

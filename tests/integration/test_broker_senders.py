@@ -27,6 +27,7 @@ from tests.brokers import (
     unique,
     with_address,
 )
+from tests.e2e.receivers import wait_until
 
 HEADERS = {
     "content-type": "application/json",
@@ -166,11 +167,15 @@ async def _gone_and_back(
     connection = sender.connection(url)
     assert_accepted(await connection.send(message(route, event_id="evt_before")))
     await proxy.cut()
-    failed = await connection.send(message(route, timeout_s=2.0))
-    assert not failed.outcome.accepted, "a broker that went away fails the attempt"
-    # While it is away, attempts keep failing quickly (no hang, no crash).
-    again = await connection.send(message(route, timeout_s=2.0))
-    assert not again.outcome.accepted
+    # While it is away, attempts keep failing at once, with the reason (no hang
+    # until the deadline, no crash).
+    for _ in range(3):
+        started = time.monotonic()
+        failed = await connection.send(message(route, timeout_s=5.0))
+        error = assert_failed(failed)
+        assert "timed out" not in error, error
+        assert time.monotonic() - started < 2.0, f"the attempt took its deadline: {error}"
+    assert "cannot connect to the broker" in error, error
     await proxy.restore()
     back = await until_accepted(lambda: connection.send(message(route, event_id="evt_after")))
     assert_accepted(back)
@@ -246,6 +251,29 @@ async def test_nats_gone_and_back_fails_attempts_then_recovers(sender: Destinati
         url = with_address(NATS_URL, "127.0.0.1", proxy.port)
         await _gone_and_back(sender, proxy, url, Route(f"{stream.prefix}.x"))
         assert len(await stream.messages()) == 2
+
+
+async def test_nats_publish_in_flight_fails_at_once_when_the_connection_drops(
+    sender: DestinationSender,
+) -> None:
+    """The client does not answer a request whose connection closed; the attempt
+    must not wait for its deadline (the line's head would wait that long)."""
+    async with nats_stream() as stream, proxy_to(NATS_URL) as proxy:
+        connection = sender.connection(with_address(NATS_URL, "127.0.0.1", proxy.port))
+        route = Route(f"{stream.prefix}.x")
+        assert_accepted(await connection.send(message(route, event_id="evt_d0")))
+        proxy.stall()
+        held = proxy.sent
+        sending = asyncio.create_task(
+            connection.send(message(route, event_id="evt_d1", timeout_s=10.0))
+        )
+        await wait_until(lambda: proxy.sent > held, 5.0, message="the publish sent")
+        cut_at = time.monotonic()
+        await proxy.cut()
+        result = await asyncio.wait_for(sending, 15)
+        took = time.monotonic() - cut_at
+    assert_failed(result, "connection lost")
+    assert took < 2.0, f"the attempt ended {took:.1f} s after the connection dropped"
 
 
 # -- Redis Streams --------------------------------------------------------------
