@@ -55,15 +55,12 @@ def headers(
 ) -> dict[str, str]:
     """The request's headers; ``trace`` is the attempt's (app.domain.tracecontext.headers)."""
     # Ours win whatever the spelling of a custom header (HTTP names are case-insensitive).
-    result = {k: v for k, v in custom.items() if k.lower() not in _OURS}
-    result.update(
-        {
-            "content-type": content_type,
-            "webhook-id": event_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(keys, event_id, timestamp, payload),
-            "user-agent": user_agent,
-        }
-    )
-    result.update(trace)
+    result = {k: v for k, v in custom.items() if k.lower() not in _OURS} if custom else {}
+    result["content-type"] = content_type
+    result["webhook-id"] = event_id
+    result["webhook-timestamp"] = str(timestamp)
+    result["webhook-signature"] = signature_header(keys, event_id, timestamp, payload)
+    result["user-agent"] = user_agent
+    if trace:
+        result.update(trace)
     return result

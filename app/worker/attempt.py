@@ -29,7 +29,7 @@ from app.store.subscriptions import Subscription
 from app.store.work import Claimed, Completion
 from app.tracing import AttemptSpan, Tracer
 from app.worker.lines import Line
-from app.worker.protocol import Message, Route, Sender, SendResult, failed
+from app.worker.protocol import Connection, Message, Route, Sender, SendResult, failed
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,18 @@ class AttemptStep:
         self._timeout_ms = timeout_ms
         self.succeeded = 0  # successes not yet counted in the metrics (once per cycle)
         self._succeeded_by: dict[str, int] = {}  # the same, by destination type
+        self._targets: dict[str, _Target] = {}  # by subscription ID
 
     async def run(
         self, line: Line, delivery: Claimed, event: StoredEvent, payload: bytes
     ) -> Completion:
         """Send ``delivery`` once and say what happened."""
         sub = line.subscription
+        target = self._targets.get(sub.id)
+        if target is None or target.subscription is not sub:
+            target = self._targets[sub.id] = _Target(
+                sub, self._sender, self._metrics, self._timeout_ms
+            )
         started = datetime.now(UTC)
         try:
             keys = signing_keys(line, started)
@@ -70,12 +76,11 @@ class AttemptStep:
             # Never sent unsigned or signed with a wrong key: a failed attempt
             # that says why, retried on the schedule like any other.
             log.error("cannot sign: %s", exc.detail, extra=_ids(delivery))
-            return self._conclude(sub, delivery, event, failed(0, exc.detail), started, None)
-        shape = formats.shape(sub.format, sub.destination_type)
+            return self._conclude(target, delivery, event, failed(0, exc.detail), started, None)
         if self._tracer is None:
             span, trace = None, _attempt_trace(event)
         else:
-            span = self._span(self._tracer, delivery, event, sub.destination_type)
+            span = self._span(self._tracer, delivery, event, target.kind)
             trace = tracecontext.headers(span.context)
         headers = webhook.headers(
             event_id=event.id,
@@ -84,25 +89,26 @@ class AttemptStep:
             keys=keys,
             user_agent=USER_AGENT,
             custom=sub.headers,
-            content_type=formats.content_type(shape),
+            content_type=target.content_type,
             trace=trace,
         )
-        if shape == "binary":
+        if target.binary:
             headers.update(_binary_headers(event))
-        timeout_ms = sub.timeout_ms or self._timeout_ms
+        destination = sub.destination
         message = Message(
             payload,
             headers,
-            timeout_ms / 1000,
-            event_id=event.id,
-            event_type=event.type,
-            key=event.key,
-            route=None if sub.destination is None else route(sub.destination, event, sub.tenant_id),
+            target.timeout_s,
+            event.id,
+            event.type,
+            event.key,
+            None if destination is None else route(destination, event, sub.tenant_id),
         )
-        result = await self._sender.connection(sub.target).send(message)
-        self._metrics.attempt_duration.observe(result.duration_ms / 1000)
-        self._metrics.destination_duration[sub.destination_type].observe(result.duration_ms / 1000)
-        completion = self._conclude(sub, delivery, event, result, started, headers)
+        result = await target.connection.send(message)
+        seconds = result.duration_ms / 1000
+        self._metrics.attempt_duration.observe(seconds)
+        target.duration.observe(seconds)
+        completion = self._conclude(target, delivery, event, result, started, headers)
         if span is not None:
             outcome = _OUTCOMES[completion.status]
             span.end(result.outcome.status_code, result.outcome.error, outcome)
@@ -132,7 +138,7 @@ class AttemptStep:
 
     def _conclude(
         self,
-        sub: Subscription,
+        target: _Target,
         delivery: Claimed,
         event: StoredEvent,
         result: SendResult,
@@ -140,9 +146,10 @@ class AttemptStep:
         headers: dict[str, str] | None,
     ) -> Completion:
         now = datetime.now(UTC)
+        sub = target.subscription
         schedule = sub.retry_schedule if sub.retry_schedule is not None else self._retry_schedule
         decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
-        kind = sub.destination_type
+        kind = target.kind
         if isinstance(decision, Succeeded):
             status, next_at = "succeeded", None
             self.succeeded += 1
@@ -177,6 +184,33 @@ class AttemptStep:
             # was sent when the attempt could not be signed.
             request_headers=orjson.dumps(headers).decode() if headers is not None else None,
         )
+
+
+class _Target:
+    """What every attempt of one subscription (as last loaded) sends to and with:
+    worked out once per load rather than per attempt."""
+
+    __slots__ = (
+        "binary",
+        "connection",
+        "content_type",
+        "duration",
+        "kind",
+        "subscription",
+        "timeout_s",
+    )
+
+    def __init__(
+        self, sub: Subscription, sender: Sender, metrics: Metrics, timeout_ms: int
+    ) -> None:
+        self.subscription = sub
+        self.kind = sub.destination_type
+        shape = formats.shape(sub.format, self.kind)
+        self.binary = shape == "binary"
+        self.content_type = formats.content_type(shape)
+        self.timeout_s = (sub.timeout_ms or timeout_ms) / 1000
+        self.connection: Connection = sender.connection(sub.target)
+        self.duration = metrics.destination_duration[self.kind]
 
 
 def route(destination: Destination, event: StoredEvent, tenant_id: str) -> Route | None:

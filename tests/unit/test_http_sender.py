@@ -1,6 +1,9 @@
-"""The HTTP sender's refusals that need no network: IP literals on private addresses."""
+"""The HTTP sender: refusals that need no network (IP literals on private
+addresses), and what one request carries on the wire to a loopback receiver."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -32,3 +35,54 @@ async def test_one_connection_per_destination() -> None:
         assert sender.connection("http://example.test/b") is not first
     finally:
         await sender.close()
+
+
+async def test_a_webhook_carries_only_its_own_headers_and_host() -> None:
+    """On the wire: the attempt's headers, Host and Content-Length; no Accept,
+    Accept-Encoding or client User-Agent of aiohttp's own."""
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    headers = {
+        "X-Team": "billing",
+        "content-type": "application/json",
+        "webhook-id": "evt_1",
+        "user-agent": "eventrelay/test",
+    }
+    sender = HttpSender(allow_private=True)
+    try:
+        result = await sender.connection(f"http://127.0.0.1:{port}/in").send(
+            Message(b'{"a":1}', headers, 5.0)
+        )
+    finally:
+        await sender.close()
+        server.close()
+        await server.wait_closed()
+    assert result.outcome.status_code == 200
+    assert result.response_body == "ok"
+    (head,) = heads
+    request_line, *lines = head.decode().strip().split("\r\n")
+    assert request_line == "POST /in HTTP/1.1"
+    sent = {name.strip().lower(): value.strip() for name, value in (h.split(":", 1) for h in lines)}
+    assert sent == {
+        "host": f"127.0.0.1:{port}",
+        "x-team": "billing",
+        "content-type": "application/json",
+        "webhook-id": "evt_1",
+        "user-agent": "eventrelay/test",
+        "content-length": "7",
+    }
