@@ -25,11 +25,12 @@ does not crowd out a tenant with one:
   wait go only to subscriptions holding none waiting.
 - A claim leaves out the subscriptions at their limit. While one tenant holds
   more of the worker (attempts running and deliveries waiting) than all the
-  others together (it *crowds*), a *probe* claim (after new events, a timeout,
-  once per poll interval, or when another tenant's line runs out of waiting
-  deliveries) also takes the newest due deliveries of every other tenant (the
-  store's *fresh* walk): their new deliveries are found at once, not behind
-  the crowding tenant's backlog.
+  others together (it *crowds*), every claim also takes the newest due
+  deliveries of every other tenant (the store's *fresh* walk), and a *probe*
+  (after new events, a timeout, once per poll interval, or when another
+  tenant's line runs out of waiting deliveries) is a claim of its own that
+  takes only those, ahead of the crowding tenant's outcomes: their new
+  deliveries are found at once, not behind the crowding tenant's backlog.
 
 No I/O: the worker loads subscriptions and writes what the policy decides.
 """

@@ -30,7 +30,7 @@ from app.store import subscriptions as subscription_store
 from app.store.database import Database
 from app.store.notify import CHANGED, Listener
 from app.store.subscriptions import CircuitUpdate
-from app.store.work import Claimed, Completion, Work
+from app.store.work import Claimed, ClaimRequest, Completion, Work
 from app.tracing import Tracer
 from app.worker.attempt import AttemptStep, payload
 from app.worker.circuits import CircuitBook
@@ -71,6 +71,9 @@ class DeliveryWorker:
         # subscriptions not met yet, past the backlogs of the busy ones.
         self._probe = True
         self._probed_at = time.monotonic()
+        # Outside wake-ups: a probe at the database when one came may have missed
+        # its deliveries, and leaves the next claim probing. Quick: see _cycle.
+        self._wakes, self._quick = 0, False
         self._stopping = False
         self._policy = LinePolicy(config.concurrency, config.claim_ahead, config.circuit)
         self._circuits = CircuitBook(self._policy.lines, config.circuit)
@@ -91,6 +94,7 @@ class DeliveryWorker:
         self._removal = TenantRemoval(db)
 
     def wake(self) -> None:
+        self._wakes += 1
         self._probe = True
         self._wakeup.set()
 
@@ -179,7 +183,7 @@ class DeliveryWorker:
             except Exception:
                 log.exception("writing outcomes or claiming deliveries failed; retrying shortly")
                 claimed, limit = 0, 1
-            if self._finished or (claimed and claimed >= limit):
+            if self._finished or self._quick or (claimed and claimed >= limit):
                 continue
             timeout = await self._idle_timeout()
             try:
@@ -220,28 +224,31 @@ class DeliveryWorker:
 
     async def _cycle(self) -> tuple[int, int]:
         """Write the finished outcomes and claim for the free slots, in one transaction.
-        Returns how many deliveries started and how many were asked for."""
-        finished = self._finished[:OUTCOMES_PER_CYCLE]
-        del self._finished[:OUTCOMES_PER_CYCLE]
+        Returns how many deliveries started and how many were asked for.
+
+        A probe while a tenant crowds the worker is a claim of its own, before
+        the outcomes (*quick*): the other tenants' newest deliveries wait for
+        neither. A full cycle follows at once; two quick probes never run in a row."""
         if self._step is not None:
             self._step.count_successes()
         now = datetime.now(UTC)
-        # The circuits first: an outcome that opens one keeps this claim off it.
-        updates = self._circuits.record(finished, now)
-        await self._settle_waiting()
+        wakes = self._wakes
         if self._policy.take_ran_out():
             self._probe = True
         probing = self._probe or time.monotonic() - self._probed_at >= self._config.poll_seconds
         request = None
-        if not self._stopping:
-            request = claim_request(
-                self._policy.claim_plan(),
-                self.owner,
-                now,
-                self._config.lease,
-                self._config.claim_batch,
-                probing,
-            )
+        if probing and not self._quick and not self._stopping:
+            await self._settle_waiting()
+            request = self._request(now, probing, quick=True)
+        self._quick = request is not None
+        finished = [] if self._quick else self._finished[:OUTCOMES_PER_CYCLE]
+        del self._finished[: len(finished)]
+        # The circuits first: an outcome that opens one keeps this claim off it.
+        updates = self._circuits.record(finished, now)
+        if not self._quick:
+            await self._settle_waiting()
+            if not self._stopping:
+                request = self._request(now, probing)
         if request is None and not finished:
             return 0, 0
         started = time.perf_counter()
@@ -259,12 +266,16 @@ class DeliveryWorker:
         if request is None:
             return 0, 0
         self._metrics.claim_duration.observe(time.perf_counter() - started)
-        if probing and probe_saw_everything(request, work):
+        if probing and probe_saw_everything(request, work) and self._wakes == wakes:
             self._probe, self._probed_at = False, time.monotonic()
         if not work:
             return 0, request.limit
         self._metrics.claimed.inc(len(work))
         return await self._start(work), request.limit
+
+    def _request(self, now: datetime, probing: bool, quick: bool = False) -> ClaimRequest | None:
+        plan, lease, batch = self._policy.claim_plan(), self._config.lease, self._config.claim_batch
+        return claim_request(plan, self.owner, now, lease, batch, probing, quick=quick)
 
     async def _start(self, work: list[Work]) -> int:
         """Start a task for each claimed delivery a slot allows now, keep the next

@@ -12,6 +12,7 @@ idle latency plus one worker cycle.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -311,3 +312,75 @@ async def test_a_tenants_long_backlog_does_not_delay_another_tenants_new_events(
             f"{idle_burst:.2f} s idle"
         )
         assert len(busy.receipts) < TENANT_BACKLOG, "tenant A's backlog was still long"
+
+
+RARE_POLL_SECONDS = 10.0  # a missed new event would wait this long for a poll
+ROUNDS = 6  # rounds of tenant B's events; each round's last one is the likeliest missed
+ROUND = 8  # events a round, published one after another without waiting
+QUICK_ANSWER_SECONDS = 0.02  # tenant A's receiver here
+ROUND_GAP = 0.003  # seconds between them: commits while the last one's claim is under way
+
+
+async def test_another_tenants_events_do_not_wait_for_a_poll_while_one_crowds(
+    database_url: str, server_factory: ServerFactory, receivers: ReceiverPool
+) -> None:
+    """Tenant B's new events, published while earlier ones are still being
+    claimed, each arrive within B's idle latency plus one cycle while tenant A's
+    backlog fills the worker, with polling too rare to rescue one: every claim
+    (not only a probe after a wake-up) takes the other tenants' newest
+    deliveries, and a wake-up that comes while a probe claim is at the database
+    leaves the next claim probing."""
+    fair = server_factory(
+        database_url,
+        env={
+            "EVENTRELAY_WORKER_CONCURRENCY": str(CONCURRENCY),
+            "EVENTRELAY_WORKER_POLL_SECONDS": str(RARE_POLL_SECONDS),
+            "EVENTRELAY_SHUTDOWN_GRACE_SECONDS": "1",
+        },
+    )
+    async with Relay(fair) as relay:
+        quiet, quiet_type = await _tenants_a_and_b(relay, receivers)
+        idle = max([await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)])
+
+        # Answering quickly, A's lines take slots as fast as claims bring them:
+        # A is below its limits, and every claim walks its backlog too.
+        busy = await receivers.start(slow(QUICK_ANSWER_SECONDS, cut_short=receivers.closing))
+        busy_type = unique_type("busy")
+        backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
+        await _set_status(relay, "a", backlogged, "paused")
+        await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
+        await _set_status(relay, "a", backlogged, "active")
+        await wait_until(
+            lambda: len(busy.in_progress()) >= CONCURRENCY // 2,
+            STALL_SECONDS,
+            message="tenant A to fill the worker's slots",
+        )
+
+        published: dict[str, float] = {}
+        for _ in range(ROUNDS):
+            round_ids = []
+            for _ in range(ROUND):
+                started = time.monotonic()
+                response = await relay.http.post(
+                    "/v1/events",
+                    json={"type": quiet_type, "data": {}},
+                    headers={"Idempotency-Key": uuid.uuid4().hex, "Eventrelay-Tenant": "b"},
+                )
+                assert response.status_code == 202, response.text
+                round_ids.append(response.json()["id"])
+                published[round_ids[-1]] = started
+                await asyncio.sleep(ROUND_GAP)
+            await wait_until(
+                lambda ids=round_ids: all(quiet.for_event(i) for i in ids),
+                STALL_SECONDS,
+                interval=0.005,
+                message="a round of tenant B's events to arrive",
+            )
+        loaded = {i: quiet.for_event(i)[0].at - at for i, at in published.items()}
+
+        slowest = max(loaded, key=loaded.__getitem__)
+        assert loaded[slowest] <= idle + ONE_CYCLE, (
+            f"tenant B's event {slowest} took {loaded[slowest]:.2f} s behind tenant A's "
+            f"backlog ({idle:.3f} s idle; polling every {RARE_POLL_SECONDS} s)"
+        )
+        assert len(busy.receipts) < TENANT_A_BACKLOGGED * TENANT_BACKLOG, "A had a backlog left"

@@ -48,12 +48,14 @@ def test_the_limit_is_the_smallest_of_capacity_batch_and_room() -> None:
     assert claim(ClaimPlan(500, 7, [], [], 0)).limit == 7
 
 
-def test_a_probe_while_a_tenant_crowds_walks_the_newest_of_the_others_too() -> None:
+def test_a_claim_while_a_tenant_crowds_walks_the_newest_of_the_others_too() -> None:
     plan = ClaimPlan(capacity=100, room=60, exclude=[], crowding=["a1", "a2"], fresh_room=20)
     probe = claim(plan, probing=True)
     assert (probe.limit, probe.fresh, probe.oldest) == (68, 28, True)
     plain = claim(plan)
-    assert (plain.fresh, plain.oldest) == (0, True), "only a probe takes the fresh walk"
+    assert (plain.limit, plain.fresh, plain.oldest) == (60, 20, True)
+    alone = claim(ClaimPlan(capacity=100, room=60, exclude=[], crowding=[], fresh_room=0))
+    assert alone.fresh == 0, "no tenant crowds: no fresh walk"
 
 
 def test_a_crowding_tenant_at_its_limit_leaves_only_the_fresh_walk() -> None:
@@ -75,3 +77,16 @@ def test_a_probe_saw_everything_when_it_took_less_than_it_asked_for() -> None:
     # The fresh walk counts only what it took outside the crowding tenant.
     assert probe_saw_everything(crowded, [work("a")] * 50 + [work("b")] * 3)
     assert not probe_saw_everything(crowded, [work("b")] * crowded.fresh)
+
+
+def test_a_quick_probe_takes_only_the_fresh_walk_and_only_while_a_tenant_crowds() -> None:
+    plan = ClaimPlan(capacity=100, room=60, exclude=[], crowding=["a1", "a2"], fresh_room=20)
+    quick = claim_request(plan, "w", NOW, LEASE, 100, True, quick=True)
+    assert quick is not None
+    fresh = 20 + UNKNOWN_SUBSCRIPTION_PROBE
+    assert (quick.limit, quick.fresh, quick.oldest) == (fresh, fresh, False)
+    assert quick.crowding == ["a1", "a2"]
+    alone = ClaimPlan(capacity=100, room=60, exclude=[], crowding=[], fresh_room=0)
+    assert claim_request(alone, "w", NOW, LEASE, 100, True, quick=True) is None
+    full = ClaimPlan(capacity=0, room=60, exclude=[], crowding=["a1"], fresh_room=20)
+    assert claim_request(full, "w", NOW, LEASE, 100, True, quick=True) is None
