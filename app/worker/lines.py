@@ -11,8 +11,9 @@ does not crowd out a tenant with one:
   (``max_in_flight``, ``rate_limit_per_second``, one probe while its circuit
   is half-open).
 - The last ``reserve`` free slots go only to subscriptions that hold none and
-  are not failing: the first delivery of a healthy subscription starts at
-  once, however many slots slow or failing ones hold.
+  are not failing, or whose tenant holds none: the first delivery of a healthy
+  subscription, and a tenant's retry, start at once, however many slots slow
+  or failing ones hold.
 - When an attempt ends while another subscription waits for a slot and its
   tenant holds fewer slots than this one's (or, in the same tenant, it holds
   fewer than this one), the slot moves to it (its next delivery, in the same
@@ -126,9 +127,11 @@ class LinePolicy:
 
     def available(self, line: Line) -> int:
         """Free slots ``line`` may take: the reserve only while it holds none and
-        has not failed since its last success."""
+        has not failed since its last success, or while its tenant holds none
+        (a retry of a tenant that holds no slot is not left behind another
+        tenant's backlog: it cannot wait for a slot, as it is not claimed ahead)."""
         free = self.slots - self.used
-        if line.in_flight or line.circuit.consecutive_failures:
+        if line.in_flight or (line.circuit.consecutive_failures and self._share(line)):
             return free - self.reserve
         return free
 

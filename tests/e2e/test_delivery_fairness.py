@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import ServerFactory, ServerProcess
 from tests.e2e.procs import Relay, unique_type
-from tests.e2e.receivers import Receiver, ReceiverPool, slow, wait_until
+from tests.e2e.receivers import Receiver, ReceiverPool, scripted, slow, wait_until
 
 CONCURRENCY = 16  # the worker's slots (256 by default)
 BUSY_ANSWER_SECONDS = 0.5  # the busy receiver's answer time
@@ -384,3 +384,79 @@ async def test_another_tenants_events_do_not_wait_for_a_poll_while_one_crowds(
             f"backlog ({idle:.3f} s idle; polling every {RARE_POLL_SECONDS} s)"
         )
         assert len(busy.receipts) < TENANT_A_BACKLOGGED * TENANT_BACKLOG, "A had a backlog left"
+
+
+RETRY_SECONDS = 0.2  # tenant B's retry schedule here
+
+
+async def _retried_latency(relay: Relay, receiver: Receiver, event_type: str) -> float:
+    """Seconds from publishing one of tenant B's events until its second attempt
+    (the first is answered 500) arrives."""
+    started = time.monotonic()
+    response = await relay.http.post(
+        "/v1/events",
+        json={"type": event_type, "data": {}},
+        headers={"Idempotency-Key": uuid.uuid4().hex, "Eventrelay-Tenant": "b"},
+    )
+    assert response.status_code == 202, response.text
+    event_id = response.json()["id"]
+    receipts = await wait_until(
+        lambda: receiver.for_event(event_id)[1:],
+        STALL_SECONDS,
+        interval=0.005,
+        message=f"tenant B's event {event_id} to be retried",
+    )
+    return float(receipts[0].at - started)
+
+
+async def test_another_tenants_retry_does_not_wait_behind_a_crowding_tenant(
+    database_url: str, server_factory: ServerFactory, receivers: ReceiverPool
+) -> None:
+    """A retry falls due without a wake-up, and its subscription has just failed
+    (the reserved slots are not for it): tenant B's retry still arrives within
+    its idle time plus one cycle while tenant A fills every other slot, with
+    polling too rare to rescue it."""
+    fair = server_factory(
+        database_url,
+        env={
+            "EVENTRELAY_WORKER_CONCURRENCY": str(CONCURRENCY),
+            "EVENTRELAY_WORKER_POLL_SECONDS": str(RARE_POLL_SECONDS),
+            "EVENTRELAY_SHUTDOWN_GRACE_SECONDS": "1",
+        },
+    )
+    async with Relay(fair) as relay:
+        for tenant in ("a", "b"):
+            created = await relay.http.post("/v1/tenants", json={"id": tenant, "name": tenant})
+            assert created.status_code == 201, created.text
+        flaky = await receivers.start(scripted(500))
+        flaky_type = unique_type("flaky")
+        made = await relay.http.post(
+            "/v1/subscriptions",
+            json={
+                "url": flaky.url(),
+                "event_types": [flaky_type],
+                "retry_schedule": [RETRY_SECONDS],
+            },
+            headers={"Eventrelay-Tenant": "b"},
+        )
+        assert made.status_code == 201, made.text
+        idle = max([await _retried_latency(relay, flaky, flaky_type) for _ in range(SAMPLES)])
+
+        busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
+        busy_type = unique_type("busy")
+        backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
+        await _set_status(relay, "a", backlogged, "paused")
+        await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
+        await _set_status(relay, "a", backlogged, "active")
+        await wait_until(
+            lambda: len(busy.in_progress()) >= CONCURRENCY - 1,
+            STALL_SECONDS,
+            message="tenant A to fill the worker's slots",
+        )
+
+        loaded = [await _retried_latency(relay, flaky, flaky_type) for _ in range(SAMPLES)]
+
+        assert max(loaded) <= idle + ONE_CYCLE, (
+            f"tenant B's retries took {loaded} s behind tenant A's backlog, {idle:.3f} s idle"
+        )
+        assert len(busy.receipts) < TENANT_BACKLOG, "tenant A's backlog was still long"

@@ -63,6 +63,20 @@ def test_the_reserve_keeps_a_slot_for_a_healthy_subscription_holding_none() -> N
     assert p.used == 32 - p.reserve + 1
 
 
+def test_the_reserve_takes_one_failing_subscription_of_a_tenant_holding_none() -> None:
+    p = policy(concurrency=64)
+    assert p.reserve == 2
+    busy = line(p, "busy", max_in_flight=1000, tenant_id="A")
+    assert fill(p, busy, 100) == 64 - p.reserve
+    failing = line(p, "failing", consecutive_failures=1, tenant_id="A")
+    assert not p.take_slot(failing), "its tenant holds slots: no reserved one"
+    retrying = line(p, "retrying", consecutive_failures=1, tenant_id="B")
+    assert p.take_slot(retrying), "its tenant holds none: its retry is not left behind A's"
+    again = line(p, "again", consecutive_failures=1, tenant_id="B")
+    assert not p.take_slot(again), "once its tenant holds one, the rest is for the healthy"
+    assert p.take_slot(line(p, "healthy", tenant_id="B"))
+
+
 def test_success_continues_the_line_in_the_same_slot() -> None:
     p = policy()
     a = line(p, "a", max_in_flight=2)
