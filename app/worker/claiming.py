@@ -31,10 +31,10 @@ def claim_request(
     worker has not met yet compete in the same claim; room is made for a few of
     them only in a probe claim (after an outside wake-up, a timeout, or once per
     poll interval), not after every attempt. A ``quick`` probe is made only
-    while a tenant crowds the worker, and takes only the other tenants' newest
-    due deliveries (the fresh walk): a small claim that goes ahead of the
-    crowding tenant's outcomes."""
-    if plan.capacity <= 0 or (quick and not plan.crowding):
+    while a tenant crowds the worker and another tenant's subscription has
+    room, and takes only the other tenants' newest due deliveries (the fresh
+    walk): a small claim that goes ahead of the crowding tenant's outcomes."""
+    if plan.capacity <= 0 or (quick and (not plan.crowding or plan.fresh_room <= 0)):
         return None
     unknown = UNKNOWN_SUBSCRIPTION_PROBE if probing else 0
     room = plan.room + unknown

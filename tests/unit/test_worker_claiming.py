@@ -88,5 +88,7 @@ def test_a_quick_probe_takes_only_the_fresh_walk_and_only_while_a_tenant_crowds(
     assert quick.crowding == ["a1", "a2"]
     alone = ClaimPlan(capacity=100, room=60, exclude=[], crowding=[], fresh_room=0)
     assert claim_request(alone, "w", NOW, LEASE, 100, True, quick=True) is None
+    single = ClaimPlan(capacity=100, room=60, exclude=[], crowding=["a1"], fresh_room=0)
+    assert claim_request(single, "w", NOW, LEASE, 100, True, quick=True) is None, "one tenant"
     full = ClaimPlan(capacity=0, room=60, exclude=[], crowding=["a1"], fresh_room=20)
     assert claim_request(full, "w", NOW, LEASE, 100, True, quick=True) is None
