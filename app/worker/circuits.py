@@ -1,5 +1,6 @@
 """The circuits of the lines: finished attempts carried into each
-subscription's circuit, and the changes the cycle writes.
+subscription's circuit, the changes the cycle writes, and whether those may
+report operator events.
 
 Kept beside the line policy (:mod:`app.worker.lines`), which reads a line's
 circuit to decide its slots; the rules themselves are :mod:`app.domain.circuit`.
@@ -64,3 +65,11 @@ class CircuitBook:
             if line is not None:
                 line.circuit = state
         self._recorded = {}
+
+
+def may_report(finished: Sequence[Completion], updates: Sequence[CircuitUpdate]) -> bool:
+    """Whether a cycle's outcomes may have made operator events (a circuit that
+    opened or closed, a subscription disabled, a dead letter)."""
+    return any(u.change is not None or u.disable_reason for u in updates) or any(
+        c.status == "dead" for c in finished
+    )

@@ -29,11 +29,10 @@ from app.store import leases
 from app.store import subscriptions as subscription_store
 from app.store.database import Database
 from app.store.notify import CHANGED, Listener
-from app.store.subscriptions import CircuitUpdate
 from app.store.work import Claimed, ClaimRequest, Completion, Work
 from app.tracing import Tracer
 from app.worker.attempt import AttemptStep, payload
-from app.worker.circuits import CircuitBook
+from app.worker.circuits import CircuitBook, may_report
 from app.worker.claiming import claim_request, probe_saw_everything
 from app.worker.config import WorkerConfig, worker_config
 from app.worker.destinations import destination_senders
@@ -259,7 +258,7 @@ class DeliveryWorker:
             # and the deliveries are attempted again) and the circuits go back.
             self._circuits.rewind()
             raise
-        if _may_report(finished, updates):
+        if may_report(finished, updates):
             # Its operator events' deliveries may be for subscriptions this
             # worker has not met: the next claim probes for them.
             self.wake()
@@ -395,10 +394,3 @@ class DeliveryWorker:
                     self.wake()
             except Exception:
                 log.exception("keeping leases failed")
-
-
-def _may_report(finished: list[Completion], updates: list[CircuitUpdate]) -> bool:
-    """Whether a cycle's outcomes may have made operator events."""
-    return any(u.change is not None or u.disable_reason for u in updates) or any(
-        c.status == "dead" for c in finished
-    )
