@@ -276,6 +276,26 @@ async def _burst_latency(relay: Relay, receiver: Receiver, tenant: str, event_ty
     return max(receiver.for_event(i)[0].at for i in ids) - started
 
 
+async def _crowd(
+    relay: Relay, receivers: ReceiverPool, answer_seconds: float, fill: int
+) -> Receiver:
+    """Tenant A's backlogged subscriptions on a receiver answering in
+    ``answer_seconds``, their backlog all pending at once (paused while it is
+    ingested), once ``fill`` of A's attempts are in progress; the receiver."""
+    busy = await receivers.start(slow(answer_seconds, cut_short=receivers.closing))
+    busy_type = unique_type("busy")
+    backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
+    await _set_status(relay, "a", backlogged, "paused")
+    await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
+    await _set_status(relay, "a", backlogged, "active")
+    await wait_until(
+        lambda: len(busy.in_progress()) >= fill,
+        STALL_SECONDS,
+        message="tenant A to fill the worker's slots",
+    )
+    return busy
+
+
 async def test_a_tenants_long_backlog_does_not_delay_another_tenants_new_events(
     fair_server: ServerProcess, receivers: ReceiverPool
 ) -> None:
@@ -288,18 +308,7 @@ async def test_a_tenants_long_backlog_does_not_delay_another_tenants_new_events(
         idle = max([await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)])
         idle_burst = await _burst_latency(relay, quiet, "b", quiet_type)
 
-        busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
-        busy_type = unique_type("busy")
-        backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
-        # Paused while their backlog is ingested: all of it pending at once.
-        await _set_status(relay, "a", backlogged, "paused")
-        await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
-        await _set_status(relay, "a", backlogged, "active")
-        await wait_until(
-            lambda: len(busy.in_progress()) >= CONCURRENCY // 2,
-            STALL_SECONDS,
-            message="tenant A to fill the worker's slots",
-        )
+        busy = await _crowd(relay, receivers, BUSY_ANSWER_SECONDS, CONCURRENCY // 2)
 
         loaded = [await _tenant_latency(relay, quiet, "b", quiet_type) for _ in range(SAMPLES)]
         loaded_burst = await _burst_latency(relay, quiet, "b", quiet_type)
@@ -344,17 +353,7 @@ async def test_another_tenants_events_do_not_wait_for_a_poll_while_one_crowds(
 
         # Answering quickly, A's lines take slots as fast as claims bring them:
         # A is below its limits, and every claim walks its backlog too.
-        busy = await receivers.start(slow(QUICK_ANSWER_SECONDS, cut_short=receivers.closing))
-        busy_type = unique_type("busy")
-        backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
-        await _set_status(relay, "a", backlogged, "paused")
-        await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
-        await _set_status(relay, "a", backlogged, "active")
-        await wait_until(
-            lambda: len(busy.in_progress()) >= CONCURRENCY // 2,
-            STALL_SECONDS,
-            message="tenant A to fill the worker's slots",
-        )
+        busy = await _crowd(relay, receivers, QUICK_ANSWER_SECONDS, CONCURRENCY // 2)
 
         published: dict[str, float] = {}
         for _ in range(ROUNDS):
@@ -442,17 +441,7 @@ async def test_another_tenants_retry_does_not_wait_behind_a_crowding_tenant(
         assert made.status_code == 201, made.text
         idle = max([await _retried_latency(relay, flaky, flaky_type) for _ in range(SAMPLES)])
 
-        busy = await receivers.start(slow(BUSY_ANSWER_SECONDS, cut_short=receivers.closing))
-        busy_type = unique_type("busy")
-        backlogged = await _busy_subscriptions(relay, busy.url(), busy_type, TENANT_A_BACKLOGGED)
-        await _set_status(relay, "a", backlogged, "paused")
-        await _publish_as(relay, "a", busy_type, TENANT_BACKLOG)
-        await _set_status(relay, "a", backlogged, "active")
-        await wait_until(
-            lambda: len(busy.in_progress()) >= CONCURRENCY - 1,
-            STALL_SECONDS,
-            message="tenant A to fill the worker's slots",
-        )
+        busy = await _crowd(relay, receivers, BUSY_ANSWER_SECONDS, CONCURRENCY - 1)
 
         loaded = [await _retried_latency(relay, flaky, flaky_type) for _ in range(SAMPLES)]
 
