@@ -57,18 +57,15 @@ class AttemptStep:
         self._timeout_ms = timeout_ms
         self.succeeded = 0  # successes not yet counted in the metrics (once per cycle)
         self._succeeded_by: dict[str, int] = {}  # the same, by destination type
-        self._targets: dict[str, _Target] = {}  # by subscription ID
 
     async def run(
         self, line: Line, delivery: Claimed, event: StoredEvent, payload: bytes
     ) -> Completion:
         """Send ``delivery`` once and say what happened."""
         sub = line.subscription
-        target = self._targets.get(sub.id)
-        if target is None or target.subscription is not sub:
-            target = self._targets[sub.id] = _Target(
-                sub, self._sender, self._metrics, self._timeout_ms
-            )
+        target = line.target
+        if target is None:  # the line's subscription was (re)loaded
+            target = line.target = Target(sub, self._sender, self._metrics, self._timeout_ms)
         started = datetime.now(UTC)
         try:
             keys = signing_keys(line, started)
@@ -138,7 +135,7 @@ class AttemptStep:
 
     def _conclude(
         self,
-        target: _Target,
+        target: Target,
         delivery: Claimed,
         event: StoredEvent,
         result: SendResult,
@@ -186,9 +183,9 @@ class AttemptStep:
         )
 
 
-class _Target:
+class Target:
     """What every attempt of one subscription (as last loaded) sends to and with:
-    worked out once per load rather than per attempt."""
+    worked out once per load rather than per attempt (kept on its line)."""
 
     __slots__ = (
         "binary",

@@ -42,12 +42,16 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from app.domain.circuit import CLOSED, CircuitPolicy, CircuitState, is_half_open
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed
 from app.worker.limits import TokenBucket
+
+if TYPE_CHECKING:
+    from app.worker.attempt import Target
 
 SUBSCRIPTION_CACHE_SECONDS = 1.0
 # A share of the slots kept for subscriptions that hold none (at least one).
@@ -74,6 +78,7 @@ class Line:
     circuit: CircuitState = CLOSED
     keys: list[bytes] = field(default_factory=list)  # empty: to be derived again
     keys_until: datetime | None = None  # when the previous secret stops signing
+    target: Target | None = None  # worked out at its first attempt after a load
     waiting: deque[Ready] = field(default_factory=deque)
 
     def prefetches(self) -> bool:
@@ -362,7 +367,7 @@ class LinePolicy:
                 sub.consecutive_failures, sub.failing_since, sub.circuit_open_until
             )
         line.subscription, line.loaded_at = sub, now
-        line.keys, line.keys_until = [], None
+        line.keys, line.keys_until, line.target = [], None, None
         rate = sub.rate_limit_per_second
         if rate is None:
             line.bucket = None

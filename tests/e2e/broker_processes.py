@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,7 +120,7 @@ class Spawned:
         return "\n".join(text.splitlines()[-lines:])
 
 
-class BrokerProcess:
+class BrokerProcess(ABC):
     """One broker of the test's own: started, stopped and started again on one port
     with one data directory."""
 
@@ -135,11 +136,11 @@ class BrokerProcess:
         self.starts = 0
 
     @property
-    def url(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def url(self) -> str: ...
 
-    def command(self) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def command(self) -> list[str]: ...
 
     def environment(self) -> dict[str, str] | None:
         return None

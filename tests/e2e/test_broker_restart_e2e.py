@@ -21,6 +21,7 @@ import json
 import re
 import signal
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -47,21 +48,21 @@ DELIVERED_SECONDS = 30.0
 OUTAGE_ERRORS = ("connection lost", "cannot connect")
 
 
-class Sink:
+class Sink(ABC):
     """What a broker holds, read by the test's own short-lived clients (the broker
     goes away under them)."""
 
     destination: dict[str, Any]
 
-    async def create(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def create(self) -> None: ...
 
-    async def count(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    async def count(self) -> int: ...
 
+    @abstractmethod
     async def bodies(self) -> list[dict[str, Any]]:
         """Every message, in the order a consumer reads them."""
-        raise NotImplementedError
 
     async def count_or_zero(self) -> int:
         with contextlib.suppress(Exception):
