@@ -2,9 +2,10 @@
 of its subscriptions.
 
 Every figure is read within a bound, whatever the history holds: counts stop
-at a cap (shown as "10,000+"), the success share is taken over a fixed window
-of the latest attempts, and only the subscriptions shown are counted. The
-delivery lag is measured as ``eventrelay_delivery_lag_seconds`` is.
+at a cap (shown as "10,000+"), the success share is taken over the tenant's
+latest attempts (a fixed window at its latest events), and only the
+subscriptions shown are counted. The delivery lag is measured as
+``eventrelay_delivery_lag_seconds`` is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from app.store.gauges import SubscriptionHealth
 from app.store.subscriptions import Subscription
 
 MINUTES = 5
-LATEST_ATTEMPTS = 1000  # the installation's latest attempts the share is taken over
+LATEST_ATTEMPTS = 1000  # the tenant's latest attempts the share is taken over,
+LATEST_EVENTS = 1000  # at its latest events
 COUNT_CAP = 10_000  # the tenant's pending deliveries, dead letters, events a minute
 SUBSCRIPTION_CAP = 1_000  # each subscription's pending deliveries and dead letters
 
@@ -44,8 +46,7 @@ class SubscriptionState:
 @dataclass(frozen=True, slots=True)
 class Overview:
     events_per_minute: list[Count]  # oldest minute first
-    attempts_window: int  # the installation's latest attempts looked at
-    attempts_counted: int  # the tenant's among them
+    attempts_counted: int  # the tenant's latest attempts, up to LATEST_ATTEMPTS
     attempts_succeeded: int
     delivery_lag_seconds: float
     dlq_size: Count
@@ -70,12 +71,13 @@ class OverviewService:
         now = datetime.now(UTC)
         failing = await store.failing_subscriptions(self._db, tenant_id, now)
         per_minute = await store.events_per_minute(self._db, tenant_id, now, MINUTES, COUNT_CAP)
-        counted, succeeded = await store.attempt_outcomes(self._db, tenant_id, LATEST_ATTEMPTS)
+        counted, succeeded = await store.attempt_outcomes(
+            self._db, tenant_id, LATEST_ATTEMPTS, LATEST_EVENTS
+        )
         pending, dead = await store.tenant_backlog(self._db, tenant_id, COUNT_CAP)
         due = await gauges.oldest_due(self._db)
         return Overview(
             events_per_minute=[Count(n, COUNT_CAP) for n in per_minute],
-            attempts_window=LATEST_ATTEMPTS,
             attempts_counted=counted,
             attempts_succeeded=succeeded,
             delivery_lag_seconds=max(0.0, (now - due).total_seconds()) if due else 0.0,

@@ -52,39 +52,57 @@ async def events_per_minute(
         return [int(n) for n in (await conn.execute(select(*windows))).one()]
 
 
-# The tenant's among the installation's latest attempts: a walk down the
-# attempts' key, then each one's delivery by ID. PostgreSQL: a LATERAL with a
-# LIMIT (which PostgreSQL does not flatten into a join) keeps it a probe per
-# attempt whatever the statistics say (as a join, it was hashed against the
-# whole deliveries table).
+# The tenant's latest attempts: a walk down its events newest first (its
+# ``(tenant_id, seq)`` index), each event's deliveries by event ID and their
+# attempts by delivery ID, stopping at ``:window`` attempts or ``:events``
+# events, whichever comes first. No other tenant's rows are read, so a quiet
+# tenant on a busy installation still sees its own share. PostgreSQL: each
+# LATERAL has a LIMIT, which PostgreSQL does not flatten into a join, so the
+# plan stays a probe per row whatever the statistics say (as joins, they were
+# hashed against the whole table).
 _OUTCOMES_PG = text(
     """
-    SELECT count(*), count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299)
-    FROM (SELECT delivery_id, status_code FROM attempts ORDER BY seq DESC LIMIT :window) a
-    CROSS JOIN LATERAL (
-        SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id AND d.tenant_id = :tenant LIMIT 1
-    ) theirs
+    SELECT count(*), count(*) FILTER (WHERE latest.status_code BETWEEN 200 AND 299)
+    FROM (
+        SELECT a.status_code
+        FROM (
+            SELECT id FROM events WHERE tenant_id = :tenant ORDER BY seq DESC LIMIT :events
+        ) ev
+        CROSS JOIN LATERAL (
+            SELECT id FROM deliveries WHERE event_id = ev.id LIMIT :window
+        ) dl
+        CROSS JOIN LATERAL (
+            SELECT status_code FROM attempts WHERE delivery_id = dl.id LIMIT :window
+        ) a
+        LIMIT :window
+    ) latest
     """
 )
-# SQLite: the latest attempts as a range of their key.
 _OUTCOMES_SQLITE = text(
     """
-    SELECT count(*), coalesce(sum(a.status_code BETWEEN 200 AND 299), 0)
-    FROM attempts a
-    JOIN deliveries d ON d.id = a.delivery_id
-    WHERE a.seq > (SELECT max(seq) FROM attempts) - :window AND d.tenant_id = :tenant
+    SELECT count(*), coalesce(sum(latest.status_code BETWEEN 200 AND 299), 0)
+    FROM (
+        SELECT a.status_code
+        FROM (
+            SELECT id FROM events WHERE tenant_id = :tenant ORDER BY seq DESC LIMIT :events
+        ) ev
+        JOIN deliveries d ON d.event_id = ev.id
+        JOIN attempts a ON a.delivery_id = d.id
+        LIMIT :window
+    ) latest
     """
 )
 
 
-async def attempt_outcomes(db: Database, tenant_id: str, window: int) -> tuple[int, int]:
-    """How many of the installation's latest ``window`` attempts are the
-    tenant's, and how many of those got a 2xx answer."""
+async def attempt_outcomes(
+    db: Database, tenant_id: str, window: int, events: int
+) -> tuple[int, int]:
+    """How many attempts the tenant's latest ``events`` events have had, up to
+    ``window``, and how many of those got a 2xx answer."""
     statement = _OUTCOMES_SQLITE if db.is_sqlite else _OUTCOMES_PG
     async with db.read() as conn:
-        counted, succeeded = (
-            await conn.execute(statement, {"window": window, "tenant": tenant_id})
-        ).one()
+        params = {"window": window, "events": events, "tenant": tenant_id}
+        counted, succeeded = (await conn.execute(statement, params)).one()
     return int(counted), int(succeeded)
 
 

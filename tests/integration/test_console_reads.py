@@ -197,3 +197,30 @@ async def test_the_overview_shows_the_tenant_its_own_figures(
     assert (other.attempts_counted, other.attempts_succeeded) == (4, 4)
     assert sum(n.value for n in other.events_per_minute) == 4
     assert [s.id for s in other.failing] == [theirs.id]
+
+
+async def test_the_success_share_is_the_tenants_latest_attempts_however_busy_the_others(
+    client: httpx.AsyncClient,
+    kit: DeliveryKit,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(overview_service, "LATEST_ATTEMPTS", 4)
+    await tenant(client, "quiet")
+    _, quiet_events = await with_deliveries(kit, "quiet", 5)
+    await add_attempts(kit, quiet_events[:2], 500)
+    await add_attempts(kit, quiet_events[2:4], 200)
+    # Another tenant's attempts come later and outnumber the window.
+    _, busy_events = await with_deliveries(kit, "default", 10)
+    await add_attempts(kit, busy_events, 503)
+    service = OverviewService(kit.db, worker_config(settings).circuit)
+
+    quiet = await service.overview("quiet")
+    assert (quiet.attempts_counted, quiet.attempts_succeeded, quiet.success_share) == (4, 2, 0.5)
+    busy = await service.overview("default")
+    assert (busy.attempts_counted, busy.attempts_succeeded) == (4, 0)
+
+    # Newest events first: the latest two hold one attempt (a success).
+    monkeypatch.setattr(overview_service, "LATEST_EVENTS", 2)
+    quiet = await service.overview("quiet")
+    assert (quiet.attempts_counted, quiet.attempts_succeeded) == (1, 1)
