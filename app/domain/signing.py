@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
@@ -37,11 +38,21 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
-def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+Key = bytes | hmac.HMAC
+"""A secret's key bytes, or the same key :func:`prepared` once for many signatures."""
+
+
+def prepared(key: bytes) -> hmac.HMAC:
+    """``key`` keyed once: each signature then copies this state rather than keying
+    an HMAC again (OpenSSL's setup per call is about a third of one signature here)."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def sign(key: Key, message_id: str, timestamp: int, body: bytes) -> str:
     return _signature(key, b"%s.%d.%s" % (message_id.encode(), timestamp, body))
 
 
-def signature_header(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:
+def signature_header(keys: Sequence[Key], message_id: str, timestamp: int, body: bytes) -> str:
     """One ``v1,`` entry per key (runs for every delivery attempt: the signed
     bytes are built once, whatever the number of keys)."""
     signed = b"%s.%d.%s" % (message_id.encode(), timestamp, body)
@@ -50,6 +61,12 @@ def signature_header(keys: Sequence[bytes], message_id: str, timestamp: int, bod
     return " ".join([_signature(key, signed) for key in keys])
 
 
-def _signature(key: bytes, signed: bytes) -> str:
-    # hmac.digest: OpenSSL's one-shot HMAC, without an HMAC object per call.
-    return "v1," + base64.b64encode(hmac.digest(key, signed, "sha256")).decode()
+def _signature(key: Key, signed: bytes) -> str:
+    if isinstance(key, bytes):
+        # hmac.digest: OpenSSL's one-shot HMAC, without an HMAC object per call.
+        digest = hmac.digest(key, signed, "sha256")
+    else:
+        state = key.copy()
+        state.update(signed)
+        digest = state.digest()
+    return "v1," + base64.b64encode(digest).decode()

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from app.domain.signing import signature_header
+from app.domain.signing import Key, signature_header
 
 _OURS = frozenset(
     {
@@ -47,7 +47,7 @@ def headers(
     event_id: str,
     timestamp: int,
     payload: bytes,
-    keys: Sequence[bytes],
+    keys: Sequence[Key],
     user_agent: str,
     custom: Mapping[str, str],
     content_type: str = "application/json",

@@ -62,6 +62,8 @@ def stored_utc(value: object) -> datetime | None:
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     if not isinstance(moment, datetime):
         raise TypeError(f"not a stored time: {value!r}")
+    if moment.tzinfo is UTC:  # asyncpg's times: no copy (a claim reads two per delivery)
+        return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 

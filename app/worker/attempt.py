@@ -21,7 +21,7 @@ from app.domain import formats, tracecontext, webhook
 from app.domain.destinations import Destination, render
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
-from app.domain.signing import secret_key
+from app.domain.signing import Key, prepared, secret_key
 from app.errors import SecretUnavailable
 from app.metrics import Metrics
 from app.store.events import StoredEvent
@@ -102,9 +102,7 @@ class AttemptStep:
             None if destination is None else route(destination, event, sub.tenant_id),
         )
         result = await target.connection.send(message)
-        seconds = result.duration_ms / 1000
-        self._metrics.attempt_duration.observe(seconds)
-        target.duration.observe(seconds)
+        target.duration.observe(result.duration_ms / 1000)
         completion = self._conclude(target, delivery, event, result, started, headers)
         if span is not None:
             outcome = _OUTCOMES[completion.status]
@@ -148,20 +146,20 @@ class AttemptStep:
         decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
         kind = target.kind
         if isinstance(decision, Succeeded):
-            status, next_at = "succeeded", None
+            status, next_at, summary = "succeeded", None, None
             self.succeeded += 1
             self._succeeded_by[kind] = self._succeeded_by.get(kind, 0) + 1
             self._metrics.latency.observe((now - event.received_at).total_seconds())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("delivered", extra=_context(delivery, result))
         elif isinstance(decision, Retry):
-            status, next_at = "pending", decision.at
+            status, next_at, summary = "pending", decision.at, _summary(result, decision)
             self._metrics.attempt_outcome["retry"].inc()
             self._metrics.destination_outcome[kind, "retry"].inc()
             context = _context(delivery, result) | {"error": result.outcome.error}
             log.info("attempt failed; will retry", extra=context)
         else:
-            status, next_at = "dead", None
+            status, next_at, summary = "dead", None, _summary(result, decision)
             self._metrics.attempt_outcome["dead_letter"].inc()
             self._metrics.destination_outcome[kind, "dead_letter"].inc()
             log.warning("dead-lettered: %s", decision.reason, extra=_context(delivery, result))
@@ -176,7 +174,7 @@ class AttemptStep:
             response_body=result.response_body,
             next_attempt_at=next_at,
             finished_at=now,
-            summary=_summary(result, decision),
+            summary=summary,
             # What was sent, for the attempt log (the console shows it); nothing
             # was sent when the attempt could not be signed.
             request_headers=orjson.dumps(headers).decode() if headers is not None else None,
@@ -260,17 +258,17 @@ def _attempt_trace(event: StoredEvent) -> dict[str, str]:
     return tracecontext.child_headers(event.traceparent, event.tracestate, span_id)
 
 
-def signing_keys(line: Line, now: datetime) -> list[bytes]:
+def signing_keys(line: Line, now: datetime) -> list[Key]:
     """The keys that sign for ``line`` now: its secret, and the previous one
     until it expires (derived again when that happens or the subscription changes:
     the stored secrets are opened then, not per attempt). Raises SecretUnavailable
     when a secret that signs now cannot be opened."""
     if not line.keys or (line.keys_until is not None and now >= line.keys_until):
         sub = line.subscription
-        keys = [secret_key(sub.secret.open())]
+        keys: list[Key] = [prepared(secret_key(sub.secret.open()))]
         expires = sub.previous_secret_expires_at
         if sub.previous_secret is not None and expires is not None and expires > now:
-            keys.append(secret_key(sub.previous_secret.open()))
+            keys.append(prepared(secret_key(sub.previous_secret.open())))
             line.keys, line.keys_until = keys, expires
         else:
             line.keys, line.keys_until = keys, None
@@ -290,10 +288,8 @@ def _context(delivery: Claimed, result: SendResult) -> dict[str, object]:
     return _ids(delivery) | {"status_code": result.outcome.status_code}
 
 
-def _summary(result: SendResult, decision: Succeeded | Retry | GiveUp) -> str | None:
-    """What went wrong, for the delivery's ``last_error`` (None on success)."""
-    if isinstance(decision, Succeeded):
-        return None
+def _summary(result: SendResult, decision: Retry | GiveUp) -> str:
+    """What went wrong, for the delivery's ``last_error``."""
     outcome = result.outcome
     problem = outcome.error or f"HTTP {outcome.status_code}"
     if isinstance(decision, GiveUp):

@@ -45,6 +45,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from app.domain.circuit import CLOSED, CircuitPolicy, CircuitState, is_half_open
+from app.domain.signing import Key
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
 from app.store.work import Claimed
@@ -58,9 +59,10 @@ SUBSCRIPTION_CACHE_SECONDS = 1.0
 RESERVE_FRACTION = 32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ready:
-    """A claimed delivery waiting in the worker for a slot."""
+    """A claimed delivery waiting in the worker for a slot (not frozen, like
+    :class:`~app.store.work.Completion`: one per delivery)."""
 
     delivery: Claimed
     event: StoredEvent
@@ -76,7 +78,7 @@ class Line:
     in_flight: int = 0
     bucket: TokenBucket | None = None
     circuit: CircuitState = CLOSED
-    keys: list[bytes] = field(default_factory=list)  # empty: to be derived again
+    keys: list[Key] = field(default_factory=list)  # empty: to be derived again
     keys_until: datetime | None = None  # when the previous secret stops signing
     target: Target | None = None  # worked out at its first attempt after a load
     waiting: deque[Ready] = field(default_factory=deque)
@@ -301,8 +303,8 @@ class LinePolicy:
         """A line waiting for a slot (its limits checked, the slot taken) whose
         tenant holds fewer than ``line``'s, or in ``line``'s tenant, that holds
         fewer than ``line`` while ``line`` holds more than the average."""
-        if not self._queued:
-            return None
+        if not self._queued or (len(self._queued) == 1 and line.waiting):
+            return None  # only ``line`` waits (it is queued while it holds waiting ones)
         share = self._share(line)
         for other in self._in_turn():
             if other is line:

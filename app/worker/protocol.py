@@ -40,9 +40,10 @@ class Route:
     maxlen: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One signed event as it goes to a destination (``route`` for brokers only)."""
+    """One signed event as it goes to a destination (``route`` for brokers only).
+    Not frozen, like :class:`~app.store.work.Completion`: one per attempt."""
 
     payload: bytes
     headers: Mapping[str, str]
@@ -53,9 +54,9 @@ class Message:
     route: Route | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendResult:
-    """What one attempt got back, and how long it took."""
+    """What one attempt got back, and how long it took (not frozen: one per attempt)."""
 
     outcome: Outcome
     duration_ms: int

@@ -45,8 +45,9 @@ __all__ = ["DeliveryWorker", "WorkerConfig", "worker_config"]
 
 log = logging.getLogger(__name__)
 
-# The most outcomes one cycle writes (the rest go in the next, at once): a
-# cycle's transaction holds SQLite's one writer, and ingest waits for it.
+# The most outcomes one cycle writes on SQLite (the rest go in the next, at
+# once): its transaction holds the one writer, and ingest waits for it. On
+# PostgreSQL a cap only let the outcomes fall behind a busy worker.
 OUTCOMES_PER_CYCLE = 256
 
 
@@ -240,7 +241,8 @@ class DeliveryWorker:
             await self._settle_waiting()
             request = self._request(now, probing, quick=True)
         self._quick = request is not None
-        finished = [] if self._quick else self._finished[:OUTCOMES_PER_CYCLE]
+        cap = OUTCOMES_PER_CYCLE if self._db.is_sqlite else len(self._finished)
+        finished = [] if self._quick else self._finished[:cap]
         del self._finished[: len(finished)]
         # The circuits first: an outcome that opens one keeps this claim off it.
         updates = self._circuits.record(finished, now)

@@ -12,6 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from app.domain import webhook
 from app.domain.signing import (
     generate_secret,
+    prepared,
     secret_key,
     sign,
     signature_header,
@@ -37,6 +38,15 @@ def test_spec_test_vector() -> None:
 def test_spec_test_vector_as_a_header() -> None:
     header = signature_header([secret_key(SPEC_SECRET)], SPEC_MSG_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD)
     assert header == SPEC_SIGNATURE
+
+
+def test_a_prepared_key_signs_the_same_every_time() -> None:
+    key = prepared(secret_key(SPEC_SECRET))
+    for _ in range(2):  # the prepared state is copied, never consumed
+        assert sign(key, SPEC_MSG_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD) == SPEC_SIGNATURE
+    other = secret_key(_secret(64, 2))
+    header = signature_header([key, prepared(other)], SPEC_MSG_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD)
+    assert header == f"{SPEC_SIGNATURE} {sign(other, SPEC_MSG_ID, SPEC_TIMESTAMP, SPEC_PAYLOAD)}"
 
 
 @pytest.mark.parametrize(
