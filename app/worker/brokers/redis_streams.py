@@ -9,7 +9,6 @@ The client does not retry on its own: a failed command is a failed attempt.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,8 +18,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from app.worker.brokers.common import Deadlines, PerUrl, elapsed_ms, failed_since, timed_out
-from app.worker.brokers.link import Link, Unavailable, describe
+from app.worker.brokers.common import (
+    PerUrl,
+    TaskBoundConnection,
+    elapsed_ms,
+    failed_since,
+    timed_out,
+)
+from app.worker.brokers.link import Unavailable, describe
 from app.worker.protocol import Message, SendResult, accepted
 
 FIELD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "traceparent")
@@ -54,26 +59,19 @@ def fields(message: Message) -> dict[Any, Any]:
 
 
 def redis_sender(*, allow_private: bool) -> PerUrl[RedisConnection]:
-    return PerUrl(lambda url: RedisConnection(url, allow_private=allow_private))
+    return RedisConnection.sender(allow_private=allow_private)
 
 
-class RedisConnection:
-    def __init__(self, url: str, *, allow_private: bool) -> None:
-        self._link: Link[Redis] = Link(
-            url,
-            allow_private=allow_private,
-            open_client=lambda: _connect(url),
-            close_client=lambda client: client.aclose(),
-            usable=lambda _: True,
-        )
-        self._deadlines = Deadlines()
+class RedisConnection(TaskBoundConnection[Redis]):
+    waiting_for = "waiting for XADD"
 
-    async def send(self, message: Message) -> SendResult:
-        started = time.perf_counter()
-        attempt = self._xadd(message, started)
-        return await self._deadlines.run(attempt, started, message, "waiting for XADD")
+    async def _open(self) -> Redis:
+        return await _connect(self._link.url)
 
-    async def _xadd(self, message: Message, started: float) -> SendResult:
+    async def _close(self, client: Redis) -> None:
+        await client.aclose()
+
+    async def _attempt(self, message: Message, started: float) -> SendResult:
         route = message.route
         assert route is not None
         client: Redis | None = None
@@ -87,7 +85,7 @@ class RedisConnection:
         except ResponseError as exc:
             return failed_since(started, f"Redis refused XADD to {route.name!r}: {exc}")
         except (TimeoutError, RedisTimeout):
-            return timed_out(started, message, "waiting for XADD")
+            return timed_out(started, message, self.waiting_for)
         except (RedisConnectionError, OSError) as exc:
             if client is not None:
                 await self._link.lost(client)
@@ -96,6 +94,3 @@ class RedisConnection:
             return failed_since(started, self._link.hide(describe(exc)))
         entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
         return accepted(elapsed_ms(started), f"entry {entry_id}")
-
-    async def close(self) -> None:
-        await self._link.close()
