@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/destinations.py [--deliveries 20000] [--rounds 3]
                                            [--backend sqlite|postgres|both]
-                                           [--types webhook,rabbitmq,nats,redis]
+                                           [--types free,webhook,rabbitmq,nats,redis]
                                            [--orderings none,key]
                                            [--concurrency 64] [--json PATH]
 
@@ -27,6 +27,10 @@ Per backend, destination type and ordering (``none``; ``key`` over 100 keys),
    with its default senders, timed from its start until the database shows
    every delivery ``succeeded`` (the worker's success counter is watched
    first, so the poll does not take the worker's CPU).
+
+The ``free`` type is the worker's own ceiling: a sender that takes every
+message at once, so the drain is the store work and the attempt step alone
+(its "bare loop" only builds and signs the messages; its ratio means nothing).
 
 Rounds alternate which of the two goes first. Each case reports the median
 rate of each and the median of the rounds' ratios. Each destination gets its
@@ -78,7 +82,7 @@ from app.worker.attempt import USER_AGENT  # noqa: E402
 from app.worker.brokers.common import content_type, message_headers  # noqa: E402
 from app.worker.brokers.redis_streams import fields  # noqa: E402
 from app.worker.config import WorkerConfig  # noqa: E402
-from app.worker.protocol import Message  # noqa: E402
+from app.worker.protocol import Message, SenderFactory, SendResult, accepted  # noqa: E402
 from app.worker.worker import DeliveryWorker  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -160,6 +164,7 @@ async def closed_loop(send: Callable[[int], Awaitable[None]], n: int, concurrenc
 class Target:
     destination: dict[str, Any]
     baseline: Callable[[list[Outgoing], int], Awaitable[float]]
+    senders: SenderFactory | None = None
 
 
 @contextlib.asynccontextmanager
@@ -283,7 +288,35 @@ async def webhook_receiver() -> AsyncIterator[Target]:
         await proc.wait()
 
 
+class Free:
+    """A sender whose every destination takes every message at once."""
+
+    def connection(self, destination: str) -> Free:
+        return self
+
+    async def send(self, message: Message) -> SendResult:
+        return accepted(0)
+
+    async def close(self) -> None:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def free() -> AsyncIterator[Target]:
+    """The worker's own ceiling: its store work and attempt step, no destination.
+    Its "bare loop" only builds and signs the messages."""
+
+    async def baseline(messages: list[Outgoing], concurrency: int) -> float:
+        async def send(i: int) -> None:
+            messages[i].message()
+
+        return await closed_loop(send, len(messages), concurrency)
+
+    yield Target({"type": "webhook", "url": "http://127.0.0.1:9/free"}, baseline, Free)
+
+
 TYPES = {
+    "free": free,
     "webhook": webhook_receiver,
     "rabbitmq": rabbitmq,
     "nats": jetstream,
@@ -353,10 +386,10 @@ async def succeeded(db: Database) -> int:
     return int(found or 0)
 
 
-async def drain(db: Database, n: int) -> float:
+async def drain(db: Database, n: int, senders: SenderFactory | None) -> float:
     config = WorkerConfig(retry_schedule=(1.0,), timeout_ms=15000, allow_private_targets=True)
     metrics = Metrics()
-    worker = DeliveryWorker(db, config, metrics)
+    worker = DeliveryWorker(db, config, metrics, senders)
     started = time.perf_counter()
     await worker.start()
     try:
@@ -381,7 +414,7 @@ async def one_round(
             "max_in_flight": args.concurrency,
             "secret": SECRET,
         }
-        if kind == "webhook":
+        if target.destination["type"] == "webhook":
             fields["url"] = target.destination["url"]
         else:
             fields["destination"] = target.destination
@@ -390,9 +423,9 @@ async def one_round(
         messages = [outgoing(i, args.pad, ordering) for i in range(args.deliveries)]
         if round_ % 2 == 0:
             base = await target.baseline(messages, args.concurrency)
-            rate = await drain(db, args.deliveries)
+            rate = await drain(db, args.deliveries, target.senders)
         else:
-            rate = await drain(db, args.deliveries)
+            rate = await drain(db, args.deliveries, target.senders)
             base = await target.baseline(messages, args.concurrency)
     return base, rate
 
@@ -420,7 +453,7 @@ async def main() -> None:
     parser.add_argument("--deliveries", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    parser.add_argument("--types", default="webhook,rabbitmq,nats,redis")
+    parser.add_argument("--types", default="free,webhook,rabbitmq,nats,redis")
     parser.add_argument("--orderings", default="none,key")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--pad", type=int, default=200, help="bytes of filler in each event")
