@@ -52,9 +52,11 @@ class Connected:
 
     An ack comes back on a subscription of the connection's own (``<inbox>.*``,
     one token per publish), the request-reply pattern of ``js.publish`` without
-    its per-request ``wait_for`` and random token. Every waiting publish fails
-    with ConnectionClosedError as soon as the connection closes (nats-py leaves
-    them unanswered).
+    its per-request ``wait_for`` and random token. (``js.publish_async`` saves
+    those too, but its reply handler leaves a publish the stream refused
+    unanswered until its deadline, as of nats-py 2.16.) Every waiting publish
+    fails with ConnectionClosedError as soon as the connection closes (nats-py
+    leaves them unanswered).
     """
 
     def __init__(self, client: Client) -> None:
