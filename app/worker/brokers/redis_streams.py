@@ -99,9 +99,10 @@ class RedisConnection(BrokerConnection[Redis]):
         deadline = loop.call_later(message.timeout_s, _time_out, reply)
         try:
             client = await self._link.client(message.timeout_s)
-            self._queued.append((message, reply))
-            if len(self._queued) == 1:
-                loop.call_soon(self._pipeline, client)
+            if not reply.done():  # else timed out while connecting: not sent
+                self._queued.append((message, reply))
+                if len(self._queued) == 1:
+                    loop.call_soon(self._pipeline, client)
             entry = await reply
         except Unavailable as exc:
             return failed_since(started, str(exc))
