@@ -82,15 +82,25 @@ async def test_cancelling_the_caller_cancels_the_attempt() -> None:
     await asyncio.wait_for(cancelled.wait(), 2.0)
 
 
+class DeafPipeline:
+    """A pipeline whose XADDs never answer and which ignores its cancellation."""
+
+    def xadd(self, *_: object, **__: object) -> DeafPipeline:
+        return self
+
+    async def execute(self, raise_on_error: bool = True) -> list[bytes]:
+        await deaf_to_cancellation()
+        return [b"0-1"]
+
+
 class DeafRedis:
-    """A Redis client whose XADD never answers and ignores its cancellation."""
+    """A Redis client whose commands never answer."""
 
     async def ping(self) -> bool:
         return True
 
-    async def xadd(self, *_: object, **__: object) -> bytes:
-        await deaf_to_cancellation()
-        return b"0-1"
+    def pipeline(self, transaction: bool = True) -> DeafPipeline:
+        return DeafPipeline()
 
     async def aclose(self) -> None:
         return None

@@ -1,35 +1,33 @@
-"""What every broker sender shares: a connection per URL, the attempt's deadline,
-timing, headers."""
+"""What every broker sender shares: a connection per URL, the link to the broker,
+the attempt's deadline, timing, headers."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from app.worker.brokers.link import Link
 from app.worker.protocol import Message, SendResult, failed
 
 # HTTP-only headers that mean nothing on a broker message.
 _HTTP_ONLY = frozenset({"content-type", "user-agent"})
 
-
-class Closable(Protocol):
-    async def close(self) -> None: ...
-
-
-C = TypeVar("C", bound=Closable)
+C = TypeVar("C")
+B = TypeVar("B", bound="BrokerConnection[Any]")
 
 
-class PerUrl(Generic[C]):
+class PerUrl(Generic[B]):
     """A broker sender (a :class:`~app.worker.protocol.Sender`): its connections,
     one per destination URL, made on first use."""
 
-    def __init__(self, make: Callable[[str], C]) -> None:
+    def __init__(self, make: Callable[[str], B]) -> None:
         self._make = make
-        self.by_url: dict[str, C] = {}
+        self.by_url: dict[str, B] = {}
 
-    def connection(self, destination: str) -> C:
+    def connection(self, destination: str) -> B:
         connection = self.by_url.get(destination)
         if connection is None:
             connection = self.by_url[destination] = self._make(destination)
@@ -38,6 +36,62 @@ class PerUrl(Generic[C]):
     async def close(self) -> None:
         for connection in self.by_url.values():
             await connection.close()
+
+
+class BrokerConnection(ABC, Generic[C]):
+    """One destination URL of a broker (a :class:`~app.worker.protocol.Connection`)
+    over its link (client ``C``, reconnect, backoff): a subclass opens, closes
+    and checks its client and sends, each attempt ending by its deadline."""
+
+    waiting_for: ClassVar[str]
+    """What a timed-out attempt was waiting for, as its reason says."""
+
+    def __init__(self, url: str, *, allow_private: bool) -> None:
+        self._link: Link[C] = Link(
+            url,
+            allow_private=allow_private,
+            open_client=self._open,
+            close_client=self._close,
+            usable=self._usable,
+        )
+
+    @classmethod
+    def sender(cls: type[B], *, allow_private: bool) -> PerUrl[B]:
+        return PerUrl(lambda url: cls(url, allow_private=allow_private))
+
+    @abstractmethod
+    async def send(self, message: Message) -> SendResult: ...
+
+    async def close(self) -> None:
+        await self._link.close()
+
+    @abstractmethod
+    async def _open(self) -> C: ...
+
+    @abstractmethod
+    async def _close(self, client: C) -> object: ...
+
+    def _usable(self, client: C) -> bool:
+        return True
+
+
+class TaskBoundConnection(BrokerConnection[C]):
+    """A broker connection whose client may not give up when cancelled: each
+    attempt runs as a task of its own, left behind at its deadline
+    (:class:`Deadlines`)."""
+
+    def __init__(self, url: str, *, allow_private: bool) -> None:
+        super().__init__(url, allow_private=allow_private)
+        self._deadlines = Deadlines()
+
+    async def send(self, message: Message) -> SendResult:
+        started = time.perf_counter()
+        attempt = self._attempt(message, started)
+        return await self._deadlines.run(attempt, started, message, self.waiting_for)
+
+    @abstractmethod
+    async def _attempt(self, message: Message, started: float) -> SendResult:
+        """One attempt, its failures turned into results (the deadline is the caller's)."""
 
 
 class Deadlines:
@@ -62,13 +116,21 @@ class Deadlines:
         message: Message,
         waiting_for: str,
     ) -> SendResult:
-        task = asyncio.ensure_future(attempt)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(attempt)
+        # One future that the attempt's end or the deadline, whichever is first,
+        # completes (what asyncio.wait does, without its sets and callbacks).
+        waiter: asyncio.Future[None] = loop.create_future()
+        task.add_done_callback(lambda _: _release(waiter))
+        deadline = loop.call_later(message.timeout_s, _release, waiter)
         try:
-            done, _ = await asyncio.wait((task,), timeout=message.timeout_s)
+            await waiter
         except asyncio.CancelledError:
             task.cancel()
             raise
-        if done:
+        finally:
+            deadline.cancel()
+        if task.done():
             return task.result()
         task.cancel()
         self._late.add(task)
@@ -80,6 +142,11 @@ class Deadlines:
         self._late.discard(task)
         if not task.cancelled():
             task.exception()
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def message_headers(message: Message) -> dict[str, str]:

@@ -6,18 +6,20 @@ A subject no stream takes, and a stream that refuses the message (at its
 limits with ``discard: new``), fail the attempt with what the server said.
 The client does not reconnect on its own: a lost connection fails attempts
 and the next one connects anew, with backoff (:mod:`app.worker.brokers.link`).
-nats-py leaves a request whose connection closed unanswered, so a publish
+nats-py leaves a publish whose connection closed unanswered, so a publish
 also ends when its connection closes rather than at its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from dataclasses import dataclass
 
 import nats
+import orjson
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import (
     ConnectionClosedError,
     NoServersError,
@@ -26,11 +28,11 @@ from nats.errors import (
 )
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import PubAck
+from nats.js.api import Header, PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
 from app.worker.brokers.common import (
-    Deadlines,
+    BrokerConnection,
     PerUrl,
     content_type,
     elapsed_ms,
@@ -38,23 +40,81 @@ from app.worker.brokers.common import (
     message_headers,
     timed_out,
 )
-from app.worker.brokers.link import Link, Unavailable, describe
+from app.worker.brokers.link import Unavailable, describe
 from app.worker.protocol import Message, SendResult, accepted
 
+STATUS = Header.STATUS
+NO_RESPONDERS = "503"  # no stream takes the subject
 
-@dataclass(frozen=True, slots=True)
+
 class Connected:
-    """A client and a future that is done once its connection has closed."""
+    """A client and the publishes waiting for their JetStream ack.
 
-    client: Client
-    closed: asyncio.Future[None]
+    An ack comes back on a subscription of the connection's own (``<inbox>.*``,
+    one token per publish), the request-reply pattern of ``js.publish`` without
+    its per-request ``wait_for`` and random token. (``js.publish_async`` saves
+    those too, but its reply handler leaves a publish the stream refused
+    unanswered until its deadline, as of nats-py 2.16.) Every waiting publish
+    fails with ConnectionClosedError as soon as the connection closes (nats-py
+    leaves them unanswered).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._inbox = client.new_inbox() + "."
+        self._tokens = itertools.count()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._closed = False
+
+    async def subscribe(self) -> None:
+        await self.client.subscribe(self._inbox + "*", cb=self._answer)
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> str:
+        """Publish; the returned token's answer is :meth:`ack`'s to wait for."""
+        if self._closed:
+            raise ConnectionClosedError
+        token = str(next(self._tokens))
+        self._waiting[token] = asyncio.get_running_loop().create_future()
+        try:
+            await self.client.publish(subject, payload, reply=self._inbox + token, headers=headers)
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        return token
+
+    async def ack(self, token: str) -> PubAck:
+        """The stream's ack of a publish, or the error it answered instead."""
+        try:
+            answer = await self._waiting[token]
+        finally:
+            self._waiting.pop(token, None)
+        if answer.headers and answer.headers.get(STATUS) == NO_RESPONDERS:
+            raise NoStreamResponseError
+        reply = orjson.loads(answer.data)
+        if "error" in reply:
+            raise APIError.from_error(reply["error"])
+        return PubAck.from_response(reply)
+
+    def forget(self, token: str) -> None:
+        self._waiting.pop(token, None)
+
+    def fail_waiting(self) -> None:
+        self._closed = True
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_exception(ConnectionClosedError())
+
+    async def _answer(self, msg: Msg) -> None:
+        waiting = self._waiting.get(msg.subject[len(self._inbox) :])
+        if waiting is not None and not waiting.done():
+            waiting.set_result(msg)
 
 
 async def _connect(url: str) -> Connected:
     """Connect once. nats-py retries a server that refuses for ever unless
     ``max_reconnect_attempts`` is positive (then it tries twice and gives up with
     NoServersError); the reason it was given is raised instead."""
-    closed = asyncio.get_running_loop().create_future()
+    connected: Connected | None = None
     last_error: Exception | None = None
 
     async def on_error(exc: Exception) -> None:
@@ -62,8 +122,8 @@ async def _connect(url: str) -> Connected:
         last_error = exc
 
     async def on_closed() -> None:
-        if not closed.done():
-            closed.set_result(None)
+        if connected is not None:
+            connected.fail_waiting()
 
     try:
         client = await nats.connect(
@@ -80,43 +140,48 @@ async def _connect(url: str) -> Connected:
         if last_error is not None:
             raise last_error from None
         raise
-    return Connected(client, closed)
-
-
-async def _unless_closed(connected: Connected, publish: asyncio.Future[PubAck]) -> PubAck:
-    """``publish``'s ack, or ConnectionClosedError as soon as the connection closes."""
+    connected = Connected(client)
     try:
-        await asyncio.wait((publish, connected.closed), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        publish.cancel()
+        await connected.subscribe()
+    except BaseException:
+        await client.close()
         raise
-    if not publish.done():
-        publish.cancel()
-        raise ConnectionClosedError
-    return publish.result()
+    return connected
 
 
 def nats_sender(*, allow_private: bool) -> PerUrl[NatsConnection]:
-    return PerUrl(lambda url: NatsConnection(url, allow_private=allow_private))
+    return NatsConnection.sender(allow_private=allow_private)
 
 
-class NatsConnection:
-    def __init__(self, url: str, *, allow_private: bool) -> None:
-        self._link: Link[Connected] = Link(
-            url,
-            allow_private=allow_private,
-            open_client=lambda: _connect(url),
-            close_client=lambda connected: connected.client.close(),
-            usable=lambda connected: connected.client.is_connected,
-        )
-        self._deadlines = Deadlines()
+class NatsConnection(BrokerConnection[Connected]):
+    """No task and no ``wait_for`` per publish: the deadline is an
+    :func:`asyncio.timeout` around the attempt. The client cannot swallow its
+    cancellation where it matters, since the ack is a plain future awaited here;
+    a publish that returns after the deadline passed is timed out at once."""
+
+    waiting_for = "waiting for the JetStream ack"
+
+    async def _open(self) -> Connected:
+        return await _connect(self._link.url)
+
+    async def _close(self, connected: Connected) -> None:
+        await connected.client.close()
+
+    def _usable(self, connected: Connected) -> bool:
+        return connected.client.is_connected
 
     async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
-        attempt = self._publish(message, started)
-        return await self._deadlines.run(attempt, started, message, "waiting for the JetStream ack")
+        deadline = asyncio.timeout(message.timeout_s)
+        try:
+            async with deadline:
+                return await self._publish(message, started, deadline)
+        except TimeoutError:
+            return timed_out(started, message, self.waiting_for)
 
-    async def _publish(self, message: Message, started: float) -> SendResult:
+    async def _publish(
+        self, message: Message, started: float, deadline: asyncio.Timeout
+    ) -> SendResult:
         route = message.route
         assert route is not None
         headers = message_headers(message)
@@ -125,11 +190,11 @@ class NatsConnection:
         connected: Connected | None = None
         try:
             connected = await self._link.client(message.timeout_s)
-            remaining = max(0.001, message.timeout_s - (time.perf_counter() - started))
-            publish = connected.client.jetstream().publish(
-                route.name, message.payload, timeout=remaining, headers=headers
-            )
-            ack = await _unless_closed(connected, asyncio.ensure_future(publish))
+            token = await connected.publish(route.name, message.payload, headers)
+            if deadline.expired():  # a cancellation the client swallowed
+                connected.forget(token)
+                return timed_out(started, message, self.waiting_for)
+            answer = await connected.ack(token)
         except Unavailable as exc:
             return failed_since(started, str(exc))
         except NoStreamResponseError:
@@ -138,8 +203,6 @@ class NatsConnection:
             return failed_since(
                 started, f"JetStream refused the message: {exc.description} (code {exc.err_code})"
             )
-        except (NatsTimeout, TimeoutError):
-            return timed_out(started, message, "waiting for the JetStream ack")
         except (
             ConnectionClosedError,
             StaleConnectionError,
@@ -149,10 +212,11 @@ class NatsConnection:
             if connected is not None:
                 await self._link.lost(connected)
             return failed_since(started, self._link.hide(f"connection lost: {describe(exc)}"))
+        except NatsTimeout:
+            return timed_out(started, message, self.waiting_for)
         except NatsError as exc:
             return failed_since(started, self._link.hide(describe(exc)))
-        note = f"stream {ack.stream} seq {ack.seq}" + (" (duplicate)" if ack.duplicate else "")
+        note = f"stream {answer.stream} seq {answer.seq}" + (
+            " (duplicate)" if answer.duplicate else ""
+        )
         return accepted(elapsed_ms(started), note)
-
-    async def close(self) -> None:
-        await self._link.close()

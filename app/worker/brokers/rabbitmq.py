@@ -11,7 +11,6 @@ and the ``webhook-*`` headers travel as AMQP headers.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
@@ -23,44 +22,41 @@ from aio_pika.exceptions import (
 )
 
 from app.worker.brokers.common import (
-    Deadlines,
     PerUrl,
+    TaskBoundConnection,
     content_type,
     elapsed_ms,
     failed_since,
     message_headers,
     timed_out,
 )
-from app.worker.brokers.link import Link, Unavailable, describe
+from app.worker.brokers.link import Unavailable, describe
 from app.worker.protocol import Message, SendResult, accepted
 
 
 def rabbitmq_sender(*, allow_private: bool) -> PerUrl[RabbitMQConnection]:
-    return PerUrl(lambda url: RabbitMQConnection(url, allow_private=allow_private))
+    return RabbitMQConnection.sender(allow_private=allow_private)
 
 
-class RabbitMQConnection:
+class RabbitMQConnection(TaskBoundConnection[AbstractConnection]):
+    waiting_for = "waiting for the broker's confirm"
+
     def __init__(self, url: str, *, allow_private: bool) -> None:
-        self._link: Link[AbstractConnection] = Link(
-            url,
-            allow_private=allow_private,
-            open_client=lambda: aio_pika.connect(url),
-            close_client=lambda connection: connection.close(),
-            usable=lambda connection: not connection.is_closed,
-        )
+        super().__init__(url, allow_private=allow_private)
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._channel_lock = asyncio.Lock()
-        self._deadlines = Deadlines()
 
-    async def send(self, message: Message) -> SendResult:
-        started = time.perf_counter()
-        attempt = self._publish(message, started)
-        return await self._deadlines.run(
-            attempt, started, message, "waiting for the broker's confirm"
-        )
+    async def _open(self) -> AbstractConnection:
+        return await aio_pika.connect(self._link.url)
 
-    async def _publish(self, message: Message, started: float) -> SendResult:
+    async def _close(self, connection: AbstractConnection) -> None:
+        await connection.close()
+
+    def _usable(self, connection: AbstractConnection) -> bool:
+        return not connection.is_closed
+
+    async def _attempt(self, message: Message, started: float) -> SendResult:
         route = message.route
         assert route is not None
         connection: AbstractConnection | None = None
@@ -86,7 +82,7 @@ class RabbitMQConnection:
             # A closed channel is replaced at the next attempt (``_exchange``).
             return failed_since(started, self._link.hide(f"the broker closed the channel: {exc}"))
         except TimeoutError:
-            return timed_out(started, message, "waiting for the broker's confirm")
+            return timed_out(started, message, self.waiting_for)
         except (AMQPError, OSError, ConnectionError, RuntimeError) as exc:
             if connection is not None:
                 await self._lost(connection)
@@ -118,7 +114,7 @@ class RabbitMQConnection:
 
     async def close(self) -> None:
         self._channel = None
-        await self._link.close()
+        await super().close()
 
 
 async def _check_exchange(connection: AbstractConnection, name: str) -> None:

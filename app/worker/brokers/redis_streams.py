@@ -9,6 +9,7 @@ The client does not retry on its own: a failed command is a failed attempt.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -19,8 +20,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from app.worker.brokers.common import Deadlines, PerUrl, elapsed_ms, failed_since, timed_out
-from app.worker.brokers.link import Link, Unavailable, describe
+from app.worker.brokers.common import (
+    BrokerConnection,
+    PerUrl,
+    elapsed_ms,
+    failed_since,
+    timed_out,
+)
+from app.worker.brokers.link import Unavailable, describe
 from app.worker.protocol import Message, SendResult, accepted
 
 FIELD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature", "traceparent")
@@ -54,48 +61,96 @@ def fields(message: Message) -> dict[Any, Any]:
 
 
 def redis_sender(*, allow_private: bool) -> PerUrl[RedisConnection]:
-    return PerUrl(lambda url: RedisConnection(url, allow_private=allow_private))
+    return RedisConnection.sender(allow_private=allow_private)
 
 
-class RedisConnection:
+class RedisConnection(BrokerConnection[Redis]):
+    r"""Sends the ``XADD``\ s of the attempts that start in one event-loop turn
+    (the worker starts a cycle's claims together) as one pipeline, not a
+    transaction: one round trip and one task for the lot, each attempt with its
+    own reply. An attempt waits for its own future, which its deadline ends
+    whatever the pipeline's task does (the client may not give up when
+    cancelled: :class:`~app.worker.brokers.common.Deadlines`)."""
+
+    waiting_for = "waiting for XADD"
+
     def __init__(self, url: str, *, allow_private: bool) -> None:
-        self._link: Link[Redis] = Link(
-            url,
-            allow_private=allow_private,
-            open_client=lambda: _connect(url),
-            close_client=lambda client: client.aclose(),
-            usable=lambda _: True,
-        )
-        self._deadlines = Deadlines()
+        super().__init__(url, allow_private=allow_private)
+        self._queued: list[tuple[Message, asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def _open(self) -> Redis:
+        return await _connect(self._link.url)
+
+    async def _close(self, client: Redis) -> None:
+        await client.aclose()
+
+    async def close(self) -> None:
+        for task in list(self._sending):
+            task.cancel()
+        await super().close()
 
     async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
-        attempt = self._xadd(message, started)
-        return await self._deadlines.run(attempt, started, message, "waiting for XADD")
-
-    async def _xadd(self, message: Message, started: float) -> SendResult:
         route = message.route
         assert route is not None
-        client: Redis | None = None
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.call_later(message.timeout_s, _time_out, reply)
         try:
             client = await self._link.client(message.timeout_s)
-            entry = await client.xadd(
-                route.name, fields(message), maxlen=route.maxlen, approximate=True
-            )
+            if not reply.done():  # else timed out while connecting: not sent
+                self._queued.append((message, reply))
+                if len(self._queued) == 1:
+                    loop.call_soon(self._pipeline, client)
+            entry = await reply
         except Unavailable as exc:
             return failed_since(started, str(exc))
         except ResponseError as exc:
             return failed_since(started, f"Redis refused XADD to {route.name!r}: {exc}")
         except (TimeoutError, RedisTimeout):
-            return timed_out(started, message, "waiting for XADD")
+            return timed_out(started, message, self.waiting_for)
         except (RedisConnectionError, OSError) as exc:
-            if client is not None:
-                await self._link.lost(client)
             return failed_since(started, self._link.hide(f"connection lost: {describe(exc)}"))
         except RedisError as exc:
             return failed_since(started, self._link.hide(describe(exc)))
+        finally:
+            deadline.cancel()
         entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
         return accepted(elapsed_ms(started), f"entry {entry_id}")
 
-    async def close(self) -> None:
-        await self._link.close()
+    def _pipeline(self, client: Redis) -> None:
+        batch, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(self._xadd(client, batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _xadd(self, client: Redis, batch: list[tuple[Message, asyncio.Future[Any]]]) -> None:
+        pipeline = client.pipeline(transaction=False)
+        for message, _ in batch:
+            route = message.route
+            assert route is not None
+            pipeline.xadd(route.name, fields(message), maxlen=route.maxlen, approximate=True)
+        try:
+            replies = await pipeline.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, reply in batch:
+                if not reply.done():
+                    reply.set_exception(exc if isinstance(exc, Exception) else RedisError(exc))
+            if isinstance(exc, RedisConnectionError | OSError):
+                await self._link.lost(client)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, reply), answer in zip(batch, replies, strict=True):
+            if reply.done():
+                continue
+            if isinstance(answer, Exception):
+                reply.set_exception(answer)
+            else:
+                reply.set_result(answer)
+
+
+def _time_out(reply: asyncio.Future[Any]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
