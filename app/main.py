@@ -83,7 +83,6 @@ def build_services(
         limits=tenants,
         tracer=tracer,
     )
-    auth = Authenticator(db, settings.admin_token)
     return Services(
         settings=settings,
         auth=auth,

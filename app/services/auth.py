@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from app.domain.ids import new_id
 from app.domain.tokens import Scope, generate_token, hash_token, scope_allows
 from app.errors import Forbidden, NotFound, Unauthorized
+from app.services.fresh_cache import FreshCache
 from app.store import tokens as store
 from app.store.database import Database
 from app.store.tokens import TokenInfo, TokenRecord
@@ -18,7 +17,8 @@ from app.store.tokens import TokenInfo, TokenRecord
 __all__ = ["Authenticator", "IssuedToken", "TokenInfo", "TokenRecord", "ensure_admin_token"]
 
 # Token lookups are cached briefly: a revocation is immediate in the process
-# that served it and takes at most this long in the others.
+# that served it and takes at most this long in the others. Headers in use are
+# looked up again in the background before their entry expires (FreshCache).
 CACHE_SECONDS = 1.0
 # A token makes a 53-character header; longer ones are checked all the same but
 # not remembered, so the cache stays as small as when it held digests.
@@ -38,8 +38,9 @@ class Authenticator:
     def __init__(self, db: Database, bootstrap_token: str | None) -> None:
         self._db = db
         self._bootstrap_hash = hash_token(bootstrap_token) if bootstrap_token else None
-        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
-        self._lookups: dict[str, asyncio.Future[TokenRecord | None]] = {}
+        self._cache: FreshCache[str, TokenRecord | None] = FreshCache(
+            self._lookup, seconds=CACHE_SECONDS
+        )
 
     async def authenticate(self, authorization: str | None, required: Scope) -> TokenRecord:
         record = await self._record(authorization)
@@ -52,33 +53,23 @@ class Authenticator:
     async def _record(self, authorization: str | None) -> TokenRecord | None:
         # Cached by the header as sent: a client sends the same one on every
         # request, and a hit then costs neither parsing nor hashing. Only
-        # well-formed headers get in (_bearer raises for the others).
-        now = time.monotonic()
+        # well-formed headers get in (_bearer raises for the others), and
+        # never the bootstrap token.
         cacheable = (
             authorization if authorization and len(authorization) <= MAX_CACHED_HEADER else None
         )
-        cached = self._cache.get(cacheable) if cacheable else None
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self._cache.hit(cacheable) if cacheable else None
+        if cached is not None:
+            return cached.value
         digest = hash_token(_bearer(authorization))
         if self._bootstrap_hash is not None and hmac.compare_digest(digest, self._bootstrap_hash):
             return TokenRecord(BOOTSTRAP_ID, Scope.ADMIN)
-        record = await self._lookup(digest)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        if cacheable:
-            self._cache[cacheable] = (now + CACHE_SECONDS, record)
-        return record
+        if cacheable is None:
+            return await store.find_token(self._db, digest)
+        return await self._cache.get(cacheable)
 
-    async def _lookup(self, digest: str) -> TokenRecord | None:
-        # One lookup per token at a time: when an entry expires under load,
-        # the requests in flight share one query instead of stampeding.
-        pending = self._lookups.get(digest)
-        if pending is None:
-            pending = asyncio.ensure_future(store.find_token(self._db, digest))
-            self._lookups[digest] = pending
-            pending.add_done_callback(lambda _: self._lookups.pop(digest, None))
-        return await asyncio.shield(pending)
+    async def _lookup(self, authorization: str) -> TokenRecord | None:
+        return await store.find_token(self._db, hash_token(_bearer(authorization)))
 
     async def issue(
         self, scope: Scope, description: str | None, tenant_id: str | None = None
@@ -116,7 +107,7 @@ class Authenticator:
 
     def forget(self) -> None:
         """Drop every cached lookup (after revocations)."""
-        self._cache.clear()
+        self._cache.forget()
 
 
 def _bearer(authorization: str | None) -> str:

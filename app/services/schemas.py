@@ -13,6 +13,8 @@ memory on the hot path:
   ``refresh_seconds`` (1 s) old, and at once when an event names a version the
   cache does not know yet (at most every 0.1 s). A version registered through
   this process is seen at once; through another process within about 1 s.
+  While events come, it is reloaded in the background before it is due, so
+  that no request waits for the reload (as :mod:`app.services.fresh_cache`).
 * a compiled validator per (type, version), built on first use; versions
   never change, so these are only evicted when there are too many.
 """
@@ -42,6 +44,7 @@ from app.domain.event_schemas import (
     schema_problems,
 )
 from app.errors import Conflict, FieldError, NotFound, ValidationFailed
+from app.services.fresh_cache import KEEP_WARM, REFRESH_AT
 from app.store import event_types as store
 from app.store.database import Database
 from app.store.event_types import EventType, StoredSchema
@@ -76,6 +79,7 @@ class SchemaService:
         self._clock = clock
         self._latest: dict[str, int] = {}
         self._loaded_at = -math.inf
+        self._used = -math.inf
         self._reloading = asyncio.Lock()
         self._registering = asyncio.Lock()
         self._validators: OrderedDict[tuple[str, int], Validator] = OrderedDict()
@@ -180,6 +184,7 @@ class SchemaService:
     def unschematized(self, event_type: str, requested: int | None) -> bool:
         """Known without a trip anywhere: the event names no version and its type
         has no schema, so :meth:`check` would answer ``(None, [])``."""
+        self._used = self._clock()
         return (
             requested is None
             and self._clock() - self._loaded_at < self._refresh
@@ -203,7 +208,8 @@ class SchemaService:
         return version, data_errors(validator, data, data_loc)
 
     async def _latest_version(self, event_type: str, requested: int | None) -> int | None:
-        if self._clock() - self._loaded_at >= self._refresh:
+        self._used = self._clock()
+        if self._used - self._loaded_at >= self._refresh:
             await self._reload(self._refresh)
         latest = self._latest.get(event_type)
         if requested is not None and (latest is None or requested > latest):
@@ -218,6 +224,17 @@ class SchemaService:
             started = self._clock()
             self._latest = await store.latest_versions(self._db)
             self._loaded_at = started
+        asyncio.get_running_loop().call_later(
+            self._refresh * REFRESH_AT, self._reload_ahead, started
+        )
+
+    def _reload_ahead(self, loaded_at: float) -> None:
+        """Reload before the cache is due, if nothing has reloaded it since and
+        it was used lately; a failure is left for the next request to meet."""
+        if self._loaded_at != loaded_at or self._clock() - self._used > self._refresh * KEEP_WARM:
+            return
+        reload = asyncio.ensure_future(self._reload(0.0))
+        reload.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def _validator(self, event_type: str, version: int) -> Validator:
         key = (event_type, version)

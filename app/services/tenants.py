@@ -3,7 +3,9 @@
 :meth:`TenantService.resolve` is the one place a request's tenant is decided
 (the API's dependencies and the ingest hot path call it; so can the console).
 Tenants are cached for a second, like tokens: a deleted tenant is unknown at
-once in the process that deleted it and within a second in the others.
+once in the process that deleted it and within a second in the others. A
+tenant in use is read again in the background before its entry expires
+(:mod:`app.services.fresh_cache`).
 
 The ingest rate limit is a token bucket per tenant *per API process*: with N
 API processes a tenant may get up to N times its rate (README, "Serving many
@@ -12,9 +14,7 @@ customers").
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +31,7 @@ from app.errors import (
     UnknownTenant,
     ValidationFailed,
 )
+from app.services.fresh_cache import FreshCache
 from app.store import tenants as store
 from app.store.database import Database
 from app.store.tenants import ACTIVE, Tenant
@@ -72,9 +73,9 @@ class TenantService:
     ) -> None:
         self._db = db
         self._deleted = deleted
-        self._cache: dict[str, tuple[float, Tenant | None]] = {}
-        self._lookups: dict[str, asyncio.Future[Tenant | None]] = {}
-        self._generation = 0
+        self._cache: FreshCache[str, Tenant | None] = FreshCache(
+            self._lookup, seconds=CACHE_SECONDS
+        )
         self._buckets: dict[str, TokenBucket] = {}
 
     # -- choosing the tenant ---------------------------------------------------
@@ -96,34 +97,15 @@ class TenantService:
 
     async def active(self, tenant_id: str) -> Tenant | None:
         """The active tenant (cached for a second), or None."""
-        now = time.monotonic()
-        cached = self._cache.get(tenant_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        # One lookup per tenant at a time: when the entry expires under load,
-        # the requests in flight share one query instead of stampeding.
-        pending = self._lookups.get(tenant_id)
-        if pending is None:
-            pending = asyncio.ensure_future(self._lookup(tenant_id))
-            self._lookups[tenant_id] = pending
-            pending.add_done_callback(lambda _: self._lookups.pop(tenant_id, None))
-        return await asyncio.shield(pending)
+        return await self._cache.get(tenant_id)
 
     async def _lookup(self, tenant_id: str) -> Tenant | None:
-        generation = self._generation
         found = await store.get(self._db, tenant_id)
-        tenant = found if found is not None and found.status == ACTIVE else None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        if generation == self._generation:  # no change was made meanwhile
-            self._cache[tenant_id] = (time.monotonic() + CACHE_SECONDS, tenant)
-        return tenant
+        return found if found is not None and found.status == ACTIVE else None
 
     def _forget(self, tenant_id: str) -> None:
         """A change in this process: the next request reads the tenant again."""
-        self._generation += 1
-        self._cache.pop(tenant_id, None)
-        self._lookups.pop(tenant_id, None)
+        self._cache.forget(tenant_id)
 
     # -- ingest limit ----------------------------------------------------------
 

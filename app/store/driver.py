@@ -52,19 +52,22 @@ async def fetch_all(conn: AsyncConnection, sql: str, params: Params = ()) -> lis
     return list(result) if result.returns_rows else []
 
 
-async def sqlite_write(db: Database, work: Callable[[sqlite3.Connection], T]) -> T:
+async def sqlite_write(
+    db: Database, work: Callable[[sqlite3.Connection], T], *, urgent: bool = False
+) -> T:
     """SQLite: ``work(connection)`` in a write transaction, in one hand-off.
 
     ``work`` runs on the SQLite writer's thread between ``BEGIN IMMEDIATE`` and
     ``COMMIT``, with its plain sqlite3 connection, and anything it raises rolls
     the transaction back (:meth:`app.store.sqlite_writer.SqliteWriter.transaction`).
     It must not touch the event loop. sqlite3's errors are translated like
-    :meth:`Database.write`'s.
+    :meth:`Database.write`'s. ``urgent`` (the ingest flush) goes ahead of the
+    other transactions waiting for the writer.
     """
     if db.sqlite_writer is None:
         raise ValueError("sqlite_write is for SQLite")
     with translate_errors():
-        return await db.sqlite_writer.transaction(work)
+        return await db.sqlite_writer.transaction(work, urgent=urgent)
 
 
 SQLITE_ROWS_PER_STATEMENT = 500  # a few thousand parameters, far within SQLite's limit

@@ -55,7 +55,10 @@ async def ingest(
     for attempt in range(MAX_RETRIES):
         try:
             if db.is_sqlite:
-                return await driver.sqlite_write(db, partial(_ingest_sqlite, units, cutoff))
+                # Urgent: its requests wait for their 202, a delivery cycle does not.
+                return await driver.sqlite_write(
+                    db, partial(_ingest_sqlite, units, cutoff), urgent=True
+                )
             async with db.write() as conn:
                 return await _ingest_postgres(conn, units, cutoff)
         except KeyRace:

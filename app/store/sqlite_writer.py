@@ -18,10 +18,15 @@ does already. The two writer connections of a process never hold or wait for
 SQLite's write lock at the same time: ``Database.write`` takes the writer's
 :meth:`~SqliteWriter.turn` for its whole transaction, and every transaction
 here holds the same turn from before it is queued until the thread has
-finished it, even if its caller is cancelled meanwhile. The turn is a FIFO
-:class:`asyncio.Lock`, so a retention batch or a subscription change waits
-at most for one flush, and a flush for one such transaction, as when the two
-shared one pooled connection.
+finished it, even if its caller is cancelled meanwhile. The turn is first
+come, first served, except that an *urgent* transaction (the ingest flush,
+whose caller waits for its 202) goes ahead of every other waiting one: a
+flush waits for the transaction under way, not also for a delivery cycle or
+a lease renewal queued before it. A cycle cannot be starved by it: the next
+flush is gathered only after this one has finished, by when the cycle has
+the turn. A retention batch or a subscription change waits at most for one
+flush and what is queued ahead of it, as when the two shared one pooled
+connection.
 
 The connection is opened on the thread by the first transaction (so that an
 unreachable database is an error of that transaction, translated to
@@ -35,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -48,12 +54,49 @@ T = TypeVar("T")
 _Job = tuple[Callable[[sqlite3.Connection], Any] | None, asyncio.Future[Any]]
 
 
+class _Turn:
+    """A lock handed to waiters in order, urgent ones first."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),
+            deque(),
+        )
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        if not self._held and not any(self._waiting):
+            self._held = True
+            return
+        queue = self._waiting[0 if urgent else 1]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.cancelled():
+                with suppress(ValueError):
+                    queue.remove(future)
+            else:  # handed the turn just as it was cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                future = queue.popleft()
+                if not future.done():
+                    future.set_result(None)  # the turn goes on, held
+                    return
+        self._held = False
+
+
 class SqliteWriter:
     """One sqlite3 connection on its own thread; ``connect`` opens it (on that thread)."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._open = connect
-        self._turn = asyncio.Lock()
+        self._turn = _Turn()
         self._thread: tuple[threading.Thread, SimpleQueue[_Job]] | None = None
 
     @property
@@ -68,17 +111,23 @@ class SqliteWriter:
         For a write transaction on another connection to the same file
         (:meth:`app.store.database.Database.write`).
         """
-        async with self._turn:
+        await self._turn.acquire()
+        try:
             yield
+        finally:
+            self._turn.release()
 
-    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """``work(connection)`` between ``BEGIN IMMEDIATE`` and ``COMMIT``, on the thread.
+    async def transaction(
+        self, work: Callable[[sqlite3.Connection], T], *, urgent: bool = False
+    ) -> T:
+        """``work(connection)`` between ``BEGIN IMMEDIATE`` and ``COMMIT``, on the thread;
+        ``urgent``: ahead of the transactions waiting for their turn.
 
         Anything ``work`` raises rolls the transaction back and is raised here;
         so are sqlite3's own errors (untranslated). ``work`` must not touch the
         event loop. The connection is in autocommit mode: ``BEGIN`` is ours.
         """
-        await self._turn.acquire()
+        await self._turn.acquire(urgent=urgent)
         if self._thread is None:
             jobs: SimpleQueue[_Job] = SimpleQueue()
             thread = threading.Thread(

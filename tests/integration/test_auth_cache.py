@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 
 from app.domain.tokens import Scope
@@ -77,7 +80,7 @@ async def test_the_bootstrap_token_is_checked_every_time_and_never_cached(
         record = await auth.authenticate("Bearer the-bootstrap-token", Scope.ADMIN)
         assert record.id == auth_module.BOOTSTRAP_ID
     assert lookups == []
-    assert auth._cache == {}
+    assert len(auth._cache) == 0
 
 
 async def test_overlong_headers_are_checked_but_not_remembered(
@@ -89,4 +92,49 @@ async def test_overlong_headers_are_checked_but_not_remembered(
         with pytest.raises(Unauthorized):
             await auth.authenticate(header, Scope.INGEST)
     assert len(lookups) == 2
-    assert auth._cache == {}
+    assert len(auth._cache) == 0
+
+
+async def test_a_header_in_use_is_looked_up_again_before_its_entry_expires(
+    db: Database, lookups: list[str]
+) -> None:
+    auth = Authenticator(db, None)
+    issued = await auth.issue(Scope.INGEST, None)
+    header = f"Bearer {issued.token}"
+    loop = asyncio.get_running_loop()
+    await auth.authenticate(header, Scope.INGEST)
+    used = loop.time()
+    await _until(lambda: len(lookups) == 2)  # in the background
+    assert loop.time() - used < auth_module.CACHE_SECONDS
+    await auth.authenticate(header, Scope.INGEST)
+    assert len(lookups) == 2
+
+
+async def test_a_revocation_elsewhere_takes_effect_within_the_cache_time_for_a_header_in_use(
+    db: Database,
+) -> None:
+    here, elsewhere = Authenticator(db, None), Authenticator(db, None)
+    issued = await elsewhere.issue(Scope.INGEST, None)
+    header = f"Bearer {issued.token}"
+    await here.authenticate(header, Scope.INGEST)
+    await asyncio.sleep(0.4)  # some way into the entry's life, with refreshes under way
+    loop = asyncio.get_running_loop()
+    revoked = loop.time()
+    await elsewhere.revoke(issued.id)
+    committed = loop.time()
+    while True:  # a client sending all along keeps the entry refreshed
+        asked = loop.time()
+        try:
+            await here.authenticate(header, Scope.INGEST)
+        except Unauthorized:
+            break
+        assert asked - committed < auth_module.CACHE_SECONDS, "served past its bound"
+        await asyncio.sleep(0.02)
+    assert loop.time() - revoked <= auth_module.CACHE_SECONDS + 0.5
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)

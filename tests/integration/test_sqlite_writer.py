@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -255,3 +255,51 @@ async def test_a_cancelled_caller_keeps_the_turn_until_its_transaction_ends(
     await after
     # The transaction under way when its caller gave up was finished, not abandoned.
     assert await _stored(impatient) == [(1, "writer"), (2, "engine")]
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+@ON_SQLITE
+async def test_an_urgent_transaction_goes_ahead_of_those_waiting(impatient: Database) -> None:
+    writer = _writer(impatient)
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def under_way(conn: sqlite3.Connection) -> None:
+        entered.set()
+        release.wait(10)
+        order.append("under way")
+
+    def record(name: str) -> Callable[[sqlite3.Connection], None]:
+        return lambda conn: order.append(name)
+
+    async def engine_write() -> None:
+        async with impatient.write() as conn:
+            await conn.execute(text("INSERT INTO scratch VALUES (1, 'engine')"))
+            order.append("engine")
+
+    holder = asyncio.create_task(driver.sqlite_write(impatient, under_way))
+    assert await asyncio.to_thread(entered.wait, 10)
+    cycle = asyncio.create_task(driver.sqlite_write(impatient, record("cycle")))
+    await _until(lambda: len(writer._turn._waiting[1]) == 1)
+    engine = asyncio.create_task(engine_write())
+    await _until(lambda: len(writer._turn._waiting[1]) == 2)
+    # An urgent caller that gives up while waiting takes nothing with it.
+    gone = asyncio.create_task(driver.sqlite_write(impatient, record("gone"), urgent=True))
+    await _until(lambda: len(writer._turn._waiting[0]) == 1)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert not writer._turn._waiting[0]
+    flush = asyncio.create_task(driver.sqlite_write(impatient, record("flush"), urgent=True))
+    await _until(lambda: len(writer._turn._waiting[0]) == 1)
+    release.set()
+    await asyncio.gather(holder, cycle, engine, flush)
+    assert order == ["under way", "flush", "cycle", "engine"]
+    # Nobody holds the turn now: a write goes at once.
+    await asyncio.wait_for(driver.sqlite_write(impatient, record("after")), 5)
