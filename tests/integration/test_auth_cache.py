@@ -10,6 +10,7 @@ import pytest
 from app.domain.tokens import Scope
 from app.errors import Forbidden, Unauthorized
 from app.services import auth as auth_module
+from app.services import fresh_cache
 from app.services.auth import Authenticator
 from app.store import tokens as token_store
 from app.store.database import Database
@@ -29,8 +30,14 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
+@pytest.fixture
+def no_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No background refresh during the test: the lookups counted are the requests'."""
+    monkeypatch.setattr(fresh_cache, "REFRESH_AT", 1_000.0)
+
+
 async def test_a_header_seen_recently_is_not_looked_up_again(
-    db: Database, lookups: list[str]
+    db: Database, lookups: list[str], no_refresh: None
 ) -> None:
     auth = Authenticator(db, None)
     issued = await auth.issue(Scope.INGEST, None)
@@ -58,7 +65,7 @@ async def test_revoking_forgets_every_cached_header(db: Database, lookups: list[
 
 
 async def test_unknown_tokens_are_remembered_too_and_malformed_headers_never(
-    db: Database, lookups: list[str]
+    db: Database, lookups: list[str], no_refresh: None
 ) -> None:
     auth = Authenticator(db, None)
     for _ in range(2):
