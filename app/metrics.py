@@ -178,14 +178,14 @@ class Histograms(Collector):
         created = _created_series()
         for labels, series in self._series:
             counts, total = series.snapshot()
-            family.add_metric(labels, _cumulative(series.bounds, counts), total)
+            family.add_metric(labels, cumulative_buckets(series.bounds, counts), total)
             if created:
                 label_set = dict(zip(self._labelnames, labels, strict=True))
                 family.add_sample(f"{self._name}_created", label_set, series.created)
         yield family
 
 
-def _cumulative(bounds: Sequence[float], counts: list[int]) -> list[tuple[str, float]]:
+def cumulative_buckets(bounds: Sequence[float], counts: list[int]) -> list[tuple[str, float]]:
     """Prometheus buckets (``le``, cumulative count) from per-bucket counts."""
     buckets: list[tuple[str, float]] = []
     running = 0.0

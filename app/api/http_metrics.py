@@ -27,7 +27,7 @@ agree. (The ``*_created`` series prometheus_client would add are not exported.)
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -37,8 +37,9 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from starlette.types import Scope
+
+from app.metrics import cumulative_buckets
 
 HIGHR_BUCKETS = (
     0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5,
@@ -149,11 +150,13 @@ class HttpMetrics:
             received.add_metric((handler,), n, in_bytes)
             sent.add_metric((handler,), n, out_bytes)
         for (method, handler), (counts, sum_seconds) in by_route.items():
-            latency.add_metric((method, handler), _cumulative(LOWR_BUCKETS, counts), sum_seconds)
+            latency.add_metric(
+                (method, handler), cumulative_buckets(LOWR_BUCKETS, counts), sum_seconds
+            )
         highr = HistogramMetricFamily(
             "http_request_duration_highr_seconds", HELP["http_request_duration_highr_seconds"]
         )
-        highr.add_metric((), _cumulative(HIGHR_BUCKETS, list(self._highr)), self._highr_sum)
+        highr.add_metric((), cumulative_buckets(HIGHR_BUCKETS, list(self._highr)), self._highr_sum)
         yield from (total, received, sent, highr, latency)
 
 
@@ -166,16 +169,6 @@ class _Exporter(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # the families are known only once requests are seen
-
-
-def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> Sequence[tuple[str, float]]:
-    """Prometheus buckets (``le``, cumulative count) from per-bucket counts."""
-    buckets: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip((*map(floatToGoString, bounds), "+Inf"), counts, strict=True):
-        running += count
-        buckets.append((bound, running))
-    return buckets
 
 
 def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
