@@ -63,7 +63,7 @@ _CLAIMABLE = """
 FRESH_WINDOW = 512
 _FRESH = """
     SELECT d.seq
-    FROM deliveries d {fresh_hint}
+    FROM deliveries d
     JOIN subscriptions s ON s.id = d.subscription_id
     WHERE {in_window} AND {claimable} AND {not_crowding} AND {not_excluded}
     ORDER BY d.next_attempt_at DESC, d.seq DESC
@@ -109,7 +109,6 @@ SQLITE_CLAIM_HINT = "INDEXED BY ix_deliveries_claim"
 def _pg_walks() -> tuple[str, str]:
     claimable = _CLAIMABLE.format(busy_line=busy("p", "s"))
     fresh = _FRESH.format(
-        fresh_hint="",
         in_window=f"d.seq = ANY(ARRAY({_WINDOW.format(index_hint='')}))",
         claimable=claimable,
         not_crowding="s.id <> ALL(CAST(:crowding AS TEXT[]))",
@@ -124,17 +123,32 @@ def _pg_walks() -> tuple[str, str]:
     return fresh, oldest
 
 
+# SQLite's fresh walk goes through the window in its order and stops at the
+# ``:fresh``-th delivery it may take: the window is the outer loop (``CROSS
+# JOIN`` fixes SQLite's join order) and yields its rows newest first, so the
+# first rows found are the newest, as the ORDER BY of ``_FRESH`` would have
+# them, without looking up the window's other rows and sorting them (SQLite
+# 3.40 sorts again whatever the subquery's order). With 100 or 10,000 tenants
+# it looks up about ten rows instead of 512 (0.05 against 0.3 ms). The EXISTS,
+# evaluated once, skips the walk when no subscription is left outside the
+# crowding and excluded ones (one tenant crowding alone: nothing to find); it
+# reads subscriptions until the first one outside those lists.
+_SQLITE_OTHERS = """{s}.id NOT IN (SELECT value FROM json_each(:crowding))
+      AND {s}.id NOT IN (SELECT value FROM json_each(:exclude))"""
+_SQLITE_FRESH = f"""
+    SELECT d.seq
+    FROM ({_WINDOW.format(index_hint=SQLITE_CLAIM_HINT)}) AS w
+    CROSS JOIN deliveries d ON d.seq = w.seq
+    JOIN subscriptions s ON s.id = d.subscription_id
+    WHERE {{claimable}} AND {_SQLITE_OTHERS.format(s="s")}
+      AND EXISTS (SELECT 1 FROM subscriptions other WHERE {_SQLITE_OTHERS.format(s="other")})
+    LIMIT :fresh
+"""
+
+
 def _sqlite_walks() -> tuple[str, str]:
     claimable = _CLAIMABLE.format(busy_line=busy("p", "s"))
-    fresh = _FRESH.format(
-        # The window's rows by rowid; without statistics SQLite would rather
-        # walk every pending delivery of the (status, subscription) index.
-        fresh_hint="NOT INDEXED",
-        in_window=f"d.seq IN ({_WINDOW.format(index_hint=SQLITE_CLAIM_HINT)})",
-        claimable=claimable,
-        not_crowding="s.id NOT IN (SELECT value FROM json_each(:crowding))",
-        not_excluded="s.id NOT IN (SELECT value FROM json_each(:exclude))",
-    )
+    fresh = _SQLITE_FRESH.format(claimable=claimable)
     oldest = _OLDEST.format(
         index_hint=SQLITE_CLAIM_HINT,
         claimable=claimable,

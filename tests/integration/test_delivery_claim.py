@@ -357,6 +357,34 @@ async def test_the_fresh_walk_finds_another_tenants_new_delivery_behind_a_backlo
     ]
 
 
+async def test_the_fresh_walk_takes_the_newest_outside_the_crowding_tenant(
+    kit: DeliveryKit,
+) -> None:
+    """Of more candidates than it may take, the fresh walk takes the newest,
+    across subscriptions, past the crowding tenant's deliveries between them."""
+    crowding = await kit.subscription(ordering="none", event_types=["t"])
+    await kit.subscription(url="http://8.8.4.4/hooks", event_types=["o"])
+    await kit.subscription(url="http://1.1.1.1/hooks", event_types=["p"])
+    made = await kit.events(
+        *[
+            ("o", None),
+            ("t", None),
+            ("p", None),
+            ("t", None),
+            ("o", None),
+            ("p", None),
+            ("t", None),
+        ],
+        together=True,
+    )
+
+    claimed = await kit.claim(limit=3, fresh=3, crowding=[crowding.id], oldest=False)
+
+    assert sorted(event_ids(claimed)) == sorted([made[2].id, made[4].id, made[5].id])
+    claimed = await kit.claim(limit=3, fresh=3, crowding=[crowding.id], oldest=False)
+    assert event_ids(claimed) == [made[0].id]
+
+
 async def test_the_fresh_walk_leaves_out_what_every_claim_leaves_out(kit: DeliveryKit) -> None:
     crowding = await kit.subscription(ordering="none", event_types=["t"])
     await kit.events(*[("t", None)] * 5, together=True)

@@ -38,6 +38,11 @@ ROW_LISTS = {
     "SCAN fresh",
     "SCAN oldest",
     "SCAN rest",
+    # The fresh walk's window, newest first, and its check that some
+    # subscription is left outside the crowding and excluded ones (read until
+    # the first such).
+    "SCAN w",
+    "SCAN other USING COVERING INDEX sqlite_autoindex_subscriptions_1",
     # The flush reads every subscription that is not disabled: a small table, read whole.
     "SCAN subscriptions USING INDEX sqlite_autoindex_subscriptions_1",
 }
@@ -113,15 +118,16 @@ def test_busy_lines_find_each_line_on_the_line_index(database_url: str) -> None:
 
 
 def test_the_claim_walks_only_the_claim_index_and_looks_its_rows_up(database_url: str) -> None:
-    """Both walks on ``ix_deliveries_claim``; the fresh walk's window rows by
-    rowid, never every pending delivery through the (status, subscription) index."""
+    """Both walks on ``ix_deliveries_claim``; the fresh walk goes through its
+    window (the outer loop, newest first) and looks each row up by rowid, never
+    every pending delivery through the (status, subscription) index."""
     path = Path(database_url.split(":///", 1)[1])
     sql, params = STATEMENTS["claim"]
     with sqlite3.connect(path) as conn:
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
     deliveries = [step for step in plan if step.startswith(("SEARCH d ", "SEARCH r "))]
     assert deliveries == [
-        "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)",
         "SEARCH r USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+        "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)",
         "SEARCH d USING INDEX ix_deliveries_claim (next_attempt_at<?)",
     ], plan
