@@ -84,11 +84,22 @@ def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
     return 0 if server.started else 1
 
 
+# Allocations minus deallocations of tracked objects between two young
+# collections (CPython's default is 700). Under delivery load the deallocations
+# of older objects cancel most allocations, so at 700 each young collection
+# found some 20,000 live objects of in-flight work and held the event loop
+# for about 5 ms, a few times a second (BENCHMARKS.md, "The collector's young
+# generation").
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
 def _freeze_startup_objects() -> None:
     # Everything imported and built so far lives as long as the process: keep
     # it out of the collector's way, or each full collection stalls the loop.
     gc.collect()
     gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:
