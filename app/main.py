@@ -150,6 +150,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             yield
         finally:
             await svc.ingest.stop()
+            # No cache may start a read once the database is closing.
+            for cache in (svc.auth, svc.tenants, svc.schemas):
+                await cache.close()
             if embedded is not None:
                 await embedded.stop()
             await gauges.stop()

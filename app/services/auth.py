@@ -105,6 +105,10 @@ class Authenticator:
             raise NotFound(f"no active token {token_id}")
         self.forget()
 
+    async def close(self) -> None:
+        """Stop refreshing cached tokens (at shutdown)."""
+        await self._cache.close()
+
     def forget(self) -> None:
         """Drop every cached lookup (after revocations)."""
         self._cache.forget()

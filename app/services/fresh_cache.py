@@ -62,6 +62,7 @@ class FreshCache(Generic[K, V]):
         self._entries: dict[K, Cached[V]] = {}
         self._reads: dict[K, asyncio.Future[V]] = {}
         self._generation = 0
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -95,6 +96,12 @@ class FreshCache(Generic[K, V]):
         else:
             self._entries.pop(key, None)
             self._reads.pop(key, None)
+
+    async def close(self) -> None:
+        """No more background reads; waits for those under way, so that none
+        outlives the database it reads (at shutdown)."""
+        self._closed = True
+        await asyncio.gather(*self._reads.values(), return_exceptions=True)
 
     def _read(self, key: K, used: float) -> asyncio.Future[V]:
         # One read per key at a time: when an entry expires under load, the
@@ -130,7 +137,7 @@ class FreshCache(Generic[K, V]):
             done.exception()
 
     def _refresh(self, key: K, entry: Cached[V]) -> None:
-        if self._entries.get(key) is not entry:
+        if self._closed or self._entries.get(key) is not entry:
             return  # replaced or forgotten since
         if self._clock() - entry.used > self._seconds * KEEP_WARM:
             return  # not used lately: let it expire

@@ -80,6 +80,7 @@ class SchemaService:
         self._latest: dict[str, int] = {}
         self._loaded_at = -math.inf
         self._used = -math.inf
+        self._closed = False
         self._reloading = asyncio.Lock()
         self._registering = asyncio.Lock()
         self._validators: OrderedDict[tuple[str, int], Validator] = OrderedDict()
@@ -228,10 +229,19 @@ class SchemaService:
             self._refresh * REFRESH_AT, self._reload_ahead, started
         )
 
+    async def close(self) -> None:
+        """No more background reloads; waits for one under way, so that it does
+        not outlive the database it reads (at shutdown)."""
+        self._closed = True
+        async with self._reloading:
+            pass
+
     def _reload_ahead(self, loaded_at: float) -> None:
         """Reload before the cache is due, if nothing has reloaded it since and
         it was used lately; a failure is left for the next request to meet."""
-        if self._loaded_at != loaded_at or self._clock() - self._used > self._refresh * KEEP_WARM:
+        if self._closed or self._loaded_at != loaded_at:
+            return
+        if self._clock() - self._used > self._refresh * KEEP_WARM:
             return
         reload = asyncio.ensure_future(self._reload(0.0))
         reload.add_done_callback(lambda done: done.cancelled() or done.exception())

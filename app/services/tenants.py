@@ -99,6 +99,10 @@ class TenantService:
         """The active tenant (cached for a second), or None."""
         return await self._cache.get(tenant_id)
 
+    async def close(self) -> None:
+        """Stop refreshing cached tenants (at shutdown)."""
+        await self._cache.close()
+
     async def _lookup(self, tenant_id: str) -> Tenant | None:
         found = await store.get(self._db, tenant_id)
         return found if found is not None and found.status == ACTIVE else None

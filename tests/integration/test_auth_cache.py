@@ -115,6 +115,7 @@ async def test_a_header_in_use_is_looked_up_again_before_its_entry_expires(
     assert loop.time() - used < auth_module.CACHE_SECONDS
     await auth.authenticate(header, Scope.INGEST)
     assert len(lookups) == 2
+    await auth.close()
 
 
 async def test_a_revocation_elsewhere_takes_effect_within_the_cache_time_for_a_header_in_use(
@@ -138,6 +139,7 @@ async def test_a_revocation_elsewhere_takes_effect_within_the_cache_time_for_a_h
         assert asked - committed < auth_module.CACHE_SECONDS, "served past its bound"
         await asyncio.sleep(0.02)
     assert loop.time() - revoked <= auth_module.CACHE_SECONDS + 0.5
+    await here.close()
 
 
 async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> None:

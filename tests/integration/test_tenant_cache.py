@@ -44,6 +44,7 @@ async def test_a_tenant_deleted_elsewhere_is_unknown_within_a_second_while_in_us
         return await here.active("acme") is None
 
     await _in_use_until(gone, deleted)
+    await here.close()
 
 
 async def test_a_schema_version_registered_elsewhere_is_used_within_a_second_while_in_use(
@@ -71,6 +72,7 @@ async def test_a_schema_version_registered_elsewhere_is_used_within_a_second_whi
         return await version() == 2
 
     await _in_use_until(second, registered)
+    await here.close()
 
 
 async def test_the_schema_cache_in_use_is_reloaded_before_it_is_due(db: Database) -> None:
@@ -79,3 +81,4 @@ async def test_the_schema_cache_in_use_is_reloaded_before_it_is_due(db: Database
     await service.check("order.created", None, {}, "/data", "/schema_version")
     await asyncio.sleep(BOUND + 0.1)  # past the first load's life, with no request
     assert service.unschematized("order.created", None), "reloaded in the background"
+    await service.close()

@@ -130,3 +130,21 @@ async def test_a_failed_refresh_leaves_the_failure_to_the_next_request(
     source.fail = False
     assert await cache.get("t") == "t=v1"
     assert "never retrieved" not in caplog.text
+
+
+async def test_a_closed_cache_waits_for_its_read_and_reads_nothing_more() -> None:
+    source = Source()
+    cache = FreshCache(source.load, seconds=SECONDS)
+    loop = asyncio.get_running_loop()
+    await cache.get("t")
+    source.gate = asyncio.Event()  # the refresh under way hangs
+    await _until(lambda: len(source.reads) == 2)
+    refreshed = source.reads[1]
+    closing = asyncio.create_task(cache.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done(), "close returned with a read under way"
+    source.gate.set()
+    await closing
+    # Past the point where the refreshed entry would have been read again.
+    await _until(lambda: loop.time() > refreshed + SECONDS)
+    assert len(source.reads) == 2
