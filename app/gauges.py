@@ -33,26 +33,30 @@ class DatabaseGauges(Collector):
         self._interval = interval_seconds
         self._snapshot: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="db-gauges")
 
     async def stop(self) -> None:
+        """Stops refreshing; a refresh under way is left to finish, since
+        cancelling it mid-connect would leave aiosqlite's thread to answer
+        into a loop that may be closed by then."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            await self._task
 
     async def refresh(self) -> None:
         self._snapshot = await snapshot(self._db)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.refresh()
             except Exception as exc:  # the database may be away; keep the last snapshot
                 log.warning("refreshing database gauges failed: %s", exc)
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot
