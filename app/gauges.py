@@ -23,6 +23,10 @@ from app.store.gauges import Snapshot, snapshot
 
 log = logging.getLogger(__name__)
 
+# How long shutdown waits for a refresh under way (a SQLite read takes
+# milliseconds; a PostgreSQL one stuck on the network is cancelled).
+STOP_WAIT_SECONDS = 2.0
+
 
 class DatabaseGauges(Collector):
     def __init__(
@@ -39,12 +43,15 @@ class DatabaseGauges(Collector):
         self._task = asyncio.create_task(self._run(), name="db-gauges")
 
     async def stop(self) -> None:
-        """Stops refreshing; a refresh under way is left to finish, since
-        cancelling it mid-connect would leave aiosqlite's thread to answer
-        into a loop that may be closed by then."""
+        """Stops refreshing. A refresh under way is given ``STOP_WAIT_SECONDS``
+        to finish before it is cancelled: cancelled mid-connect, aiosqlite's
+        thread would answer into an event loop that may be closed by then."""
         if self._task is not None:
             self._stopping.set()
-            await self._task
+            await asyncio.wait({self._task}, timeout=STOP_WAIT_SECONDS)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def refresh(self) -> None:
         self._snapshot = await snapshot(self._db)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from app import gauges as gauges_module
 from app.domain.circuit import CircuitPolicy
 from app.gauges import DatabaseGauges
 
@@ -41,3 +44,14 @@ async def test_stop_ends_the_wait_between_refreshes_at_once() -> None:
     await asyncio.wait_for(gauges.started.wait(), 5.0)
     await asyncio.wait_for(gauges.stop(), 1.0)  # not the 60 s interval
     assert gauges.refreshes == 1
+
+
+async def test_a_refresh_that_does_not_finish_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gauges_module, "STOP_WAIT_SECONDS", 0.05)
+    gauges = GatedGauges()
+    gauges.start()
+    await asyncio.wait_for(gauges.started.wait(), 5.0)
+    await asyncio.wait_for(gauges.stop(), 1.0)
+    assert gauges.refreshes == 0
