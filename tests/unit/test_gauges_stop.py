@@ -1,5 +1,6 @@
-"""Stopping the database gauges lets a refresh under way finish: cancelled
-mid-connect, aiosqlite's thread would answer into a loop closed by then."""
+"""Stopping the database gauges lets a refresh under way finish (for up to
+``STOP_WAIT_SECONDS``): cancelled mid-connect, aiosqlite's thread would answer
+into a loop closed by then."""
 
 from __future__ import annotations
 
