@@ -23,6 +23,10 @@ from app.store.gauges import Snapshot, snapshot
 
 log = logging.getLogger(__name__)
 
+# How long shutdown waits for a refresh under way (a SQLite read takes
+# milliseconds; a PostgreSQL one stuck on the network is cancelled).
+STOP_WAIT_SECONDS = 2.0
+
 
 class DatabaseGauges(Collector):
     def __init__(
@@ -33,12 +37,18 @@ class DatabaseGauges(Collector):
         self._interval = interval_seconds
         self._snapshot: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="db-gauges")
 
     async def stop(self) -> None:
+        """Stops refreshing. A refresh under way is given ``STOP_WAIT_SECONDS``
+        to finish before it is cancelled: cancelled mid-connect, aiosqlite's
+        thread would answer into an event loop that may be closed by then."""
         if self._task is not None:
+            self._stopping.set()
+            await asyncio.wait({self._task}, timeout=STOP_WAIT_SECONDS)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -47,12 +57,13 @@ class DatabaseGauges(Collector):
         self._snapshot = await snapshot(self._db)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.refresh()
             except Exception as exc:  # the database may be away; keep the last snapshot
                 log.warning("refreshing database gauges failed: %s", exc)
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot

@@ -117,7 +117,8 @@ class Metrics:
 
 
 class Observed:
-    """One histogram series as plain numbers, observed on one thread."""
+    """One histogram series as plain numbers, observed on one thread (the
+    delivery's here, the HTTP requests' in :mod:`app.api.http_metrics`)."""
 
     __slots__ = ("bounds", "counts", "created", "sum")
 

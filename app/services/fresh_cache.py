@@ -61,6 +61,8 @@ class FreshCache(Generic[K, V]):
         self._clock = clock
         self._entries: dict[K, Cached[V]] = {}
         self._reads: dict[K, asyncio.Future[V]] = {}
+        # Every read not yet settled, forgotten ones too: close() waits for them.
+        self._unsettled: set[asyncio.Future[V]] = set()
         self._generation = 0
         self._closed = False
 
@@ -79,10 +81,14 @@ class FreshCache(Generic[K, V]):
         entry.used = now
         return entry
 
-    async def get(self, key: K) -> V:
-        """The cached answer for ``key``, or a new read (shared with any under way)."""
+    async def get(self, key: K, *, max_age: float | None = None) -> V:
+        """The cached answer for ``key`` (one whose read began less than
+        ``max_age`` seconds ago, if given), or a new read (shared with any
+        under way)."""
         entry = self.hit(key)
-        if entry is not None:
+        if entry is not None and (
+            max_age is None or self._clock() - (entry.expires - self._seconds) < max_age
+        ):
             return entry.value
         return await asyncio.shield(self._read(key, used=self._clock()))
 
@@ -101,7 +107,7 @@ class FreshCache(Generic[K, V]):
         """No more background reads; waits for those under way, so that none
         outlives the database it reads (at shutdown)."""
         self._closed = True
-        await asyncio.gather(*self._reads.values(), return_exceptions=True)
+        await asyncio.gather(*self._unsettled, return_exceptions=True)
 
     def _read(self, key: K, used: float) -> asyncio.Future[V]:
         # One read per key at a time: when an entry expires under load, the
@@ -110,6 +116,7 @@ class FreshCache(Generic[K, V]):
         if pending is None:
             pending = asyncio.ensure_future(self._store(key, used))
             self._reads[key] = pending
+            self._unsettled.add(pending)
             pending.add_done_callback(lambda done: self._settled(key, done))
         return pending
 
@@ -130,6 +137,7 @@ class FreshCache(Generic[K, V]):
         return value
 
     def _settled(self, key: K, done: asyncio.Future[V]) -> None:
+        self._unsettled.discard(done)
         if self._reads.get(key) is done:
             del self._reads[key]
         # A refresh nobody waited for: its failure is the next request's to see.

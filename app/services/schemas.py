@@ -9,12 +9,12 @@ At ingest, :meth:`SchemaService.check` resolves the event's schema version
 (default: the type's latest) and validates its data. Both lookups are in
 memory on the hot path:
 
-* the latest version of every type with schemas, reloaded when it is more than
-  ``refresh_seconds`` (1 s) old, and at once when an event names a version the
-  cache does not know yet (at most every 0.1 s). A version registered through
-  this process is seen at once; through another process within about 1 s.
-  While events come, it is reloaded in the background before it is due, so
-  that no request waits for the reload (as :mod:`app.services.fresh_cache`).
+* the latest version of every type with schemas, one entry of a
+  :class:`~app.services.fresh_cache.FreshCache`: never served more than
+  ``refresh_seconds`` (1 s) after its read began, reloaded in the background
+  while events come, and at once when an event names a version it does not
+  know yet (unless read in the last 0.1 s). A version registered through this
+  process is seen at once; through another process within about 1 s.
 * a compiled validator per (type, version), built on first use; versions
   never change, so these are only evicted when there are too many.
 """
@@ -22,7 +22,6 @@ memory on the hot path:
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from app.domain.event_schemas import (
     schema_problems,
 )
 from app.errors import Conflict, FieldError, NotFound, ValidationFailed
-from app.services.fresh_cache import KEEP_WARM, REFRESH_AT
+from app.services.fresh_cache import FreshCache
 from app.store import event_types as store
 from app.store.database import Database
 from app.store.event_types import EventType, StoredSchema
@@ -52,6 +51,8 @@ from app.store.event_types import EventType, StoredSchema
 __all__ = ["EventType", "IncompatibleSchema", "SchemaService"]
 
 MISS_SECONDS = 0.1
+# The catalogue's one key in its cache: every type's latest version.
+CATALOGUE = "latest"
 MAX_VALIDATORS = 1024
 MAX_RACES = 5
 
@@ -75,13 +76,9 @@ class SchemaService:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
-        self._refresh = refresh_seconds
-        self._clock = clock
-        self._latest: dict[str, int] = {}
-        self._loaded_at = -math.inf
-        self._used = -math.inf
-        self._closed = False
-        self._reloading = asyncio.Lock()
+        self._catalogue: FreshCache[str, dict[str, int]] = FreshCache(
+            self._load_catalogue, seconds=refresh_seconds, clock=clock
+        )
         self._registering = asyncio.Lock()
         self._validators: OrderedDict[tuple[str, int], Validator] = OrderedDict()
 
@@ -162,8 +159,7 @@ class SchemaService:
                 self._db, name, text, after=after, now=datetime.now(UTC)
             )
             if version is not None:
-                self._latest[name] = version
-                self._loaded_at = -math.inf  # a reload in flight may predate this version
+                self._catalogue.forget()  # a read under way may predate this version
                 return version, True
         raise Conflict(f"event type {name} is being changed concurrently; try again")
 
@@ -185,12 +181,8 @@ class SchemaService:
     def unschematized(self, event_type: str, requested: int | None) -> bool:
         """Known without a trip anywhere: the event names no version and its type
         has no schema, so :meth:`check` would answer ``(None, [])``."""
-        self._used = self._clock()
-        return (
-            requested is None
-            and self._clock() - self._loaded_at < self._refresh
-            and event_type not in self._latest
-        )
+        cached = self._catalogue.hit(CATALOGUE)
+        return requested is None and cached is not None and event_type not in cached.value
 
     async def check(
         self, event_type: str, requested: int | None, data: Any, data_loc: str, version_loc: str
@@ -209,42 +201,20 @@ class SchemaService:
         return version, data_errors(validator, data, data_loc)
 
     async def _latest_version(self, event_type: str, requested: int | None) -> int | None:
-        self._used = self._clock()
-        if self._used - self._loaded_at >= self._refresh:
-            await self._reload(self._refresh)
-        latest = self._latest.get(event_type)
+        latest = (await self._catalogue.get(CATALOGUE)).get(event_type)
         if requested is not None and (latest is None or requested > latest):
-            await self._reload(MISS_SECONDS)
-            latest = self._latest.get(event_type)
+            # Registered elsewhere since the catalogue was read, perhaps.
+            catalogue = await self._catalogue.get(CATALOGUE, max_age=MISS_SECONDS)
+            latest = catalogue.get(event_type)
         return latest
 
-    async def _reload(self, max_age: float) -> None:
-        async with self._reloading:
-            if self._clock() - self._loaded_at < max_age:
-                return  # another request reloaded while this one waited
-            started = self._clock()
-            self._latest = await store.latest_versions(self._db)
-            self._loaded_at = started
-        asyncio.get_running_loop().call_later(
-            self._refresh * REFRESH_AT, self._reload_ahead, started
-        )
+    async def _load_catalogue(self, _: str) -> dict[str, int]:
+        return await store.latest_versions(self._db)
 
     async def close(self) -> None:
         """No more background reloads; waits for one under way, so that it does
         not outlive the database it reads (at shutdown)."""
-        self._closed = True
-        async with self._reloading:
-            pass
-
-    def _reload_ahead(self, loaded_at: float) -> None:
-        """Reload before the cache is due, if nothing has reloaded it since and
-        it was used lately; a failure is left for the next request to meet."""
-        if self._closed or self._loaded_at != loaded_at:
-            return
-        if self._clock() - self._used > self._refresh * KEEP_WARM:
-            return
-        reload = asyncio.ensure_future(self._reload(0.0))
-        reload.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await self._catalogue.close()
 
     async def _validator(self, event_type: str, version: int) -> Validator:
         key = (event_type, version)

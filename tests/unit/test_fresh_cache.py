@@ -148,3 +148,32 @@ async def test_a_closed_cache_waits_for_its_read_and_reads_nothing_more() -> Non
     # Past the point where the refreshed entry would have been read again.
     await _until(lambda: loop.time() > refreshed + SECONDS)
     assert len(source.reads) == 2
+
+
+async def test_a_read_older_than_max_age_is_read_again_once() -> None:
+    now = [0.0]
+    source = Source()
+    cache = FreshCache(source.load, seconds=SECONDS, clock=lambda: now[0])
+    assert await cache.get("t") == "t=v1"
+    source.value = "v2"
+    assert await cache.get("t", max_age=0.1) == "t=v1", "read just now"
+    now[0] = 0.1
+    first, second = await asyncio.gather(cache.get("t", max_age=0.1), cache.get("t", max_age=0.1))
+    assert (first, second) == ("t=v2", "t=v2")
+    assert len(source.reads) == 2, "the two requests shared one read"
+    assert await cache.get("t") == "t=v2"
+
+
+async def test_close_waits_for_a_read_forgotten_while_under_way() -> None:
+    source = Source()
+    cache = FreshCache(source.load, seconds=SECONDS)
+    source.gate = asyncio.Event()
+    reading = asyncio.create_task(cache.get("t"))
+    await _until(lambda: len(source.reads) == 1)
+    cache.forget()
+    closing = asyncio.create_task(cache.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done(), "close returned with a read under way"
+    source.gate.set()
+    await closing
+    assert await reading == "t=v1"

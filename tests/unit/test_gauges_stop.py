@@ -1,0 +1,58 @@
+"""Stopping the database gauges lets a refresh under way finish (for up to
+``STOP_WAIT_SECONDS``): cancelled mid-connect, aiosqlite's thread would answer
+into a loop closed by then."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app import gauges as gauges_module
+from app.domain.circuit import CircuitPolicy
+from app.gauges import DatabaseGauges
+
+
+class GatedGauges(DatabaseGauges):
+    def __init__(self) -> None:
+        super().__init__(None, circuit=CircuitPolicy(), interval_seconds=60.0)  # type: ignore[arg-type]
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.refreshes = 0
+
+    async def refresh(self) -> None:
+        self.started.set()
+        await self.gate.wait()
+        self.refreshes += 1
+
+
+async def test_stop_waits_for_the_refresh_under_way_and_refreshes_no_more() -> None:
+    gauges = GatedGauges()
+    gauges.start()
+    await asyncio.wait_for(gauges.started.wait(), 5.0)
+    stopping = asyncio.create_task(gauges.stop())
+    await asyncio.sleep(0.01)
+    assert not stopping.done(), "stop returned with a refresh under way"
+    gauges.gate.set()
+    await asyncio.wait_for(stopping, 5.0)
+    assert gauges.refreshes == 1
+
+
+async def test_stop_ends_the_wait_between_refreshes_at_once() -> None:
+    gauges = GatedGauges()
+    gauges.gate.set()
+    gauges.start()
+    await asyncio.wait_for(gauges.started.wait(), 5.0)
+    await asyncio.wait_for(gauges.stop(), 1.0)  # not the 60 s interval
+    assert gauges.refreshes == 1
+
+
+async def test_a_refresh_that_does_not_finish_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gauges_module, "STOP_WAIT_SECONDS", 0.05)
+    gauges = GatedGauges()
+    gauges.start()
+    await asyncio.wait_for(gauges.started.wait(), 5.0)
+    await asyncio.wait_for(gauges.stop(), 1.0)
+    assert gauges.refreshes == 0
