@@ -65,6 +65,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from aiohttp import web
 from common import free_port, pg_execute
@@ -327,6 +328,26 @@ async def cycle_totals(client: httpx.AsyncClient) -> tuple[float, float]:
     return totals["_sum"], totals["_count"]
 
 
+async def checkpoints(db_url: str) -> int | None:
+    """PostgreSQL's checkpoints so far, the whole server's (None on SQLite): a
+    checkpoint under way slows every commit with its writes."""
+    if not db_url.startswith("postgresql"):
+        return None
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        try:
+            count = await conn.fetchval(
+                "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+            )
+        except asyncpg.UndefinedColumnError:  # PostgreSQL 17 moved them
+            count = await conn.fetchval(
+                "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+            )
+        return int(count)
+    finally:
+        await conn.close()
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 0.5), 4), "p99": round(percentile(values, 0.99), 4)}
 
@@ -379,12 +400,14 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
                 await asyncio.sleep(0.05)
             pending_at_start = args.deliveries - (await slow.stats())["arrivals"]
             cycles_before = await cycle_totals(root)
+            checkpoints_before = await checkpoints(db_url)
             loaded = await tenant_latencies(b, fast, args.probes, args.burst)
             loaded_accepted = ACCEPTED[:]
             pending_at_end = args.deliveries - (await slow.stats())["arrivals"]
             if pending_at_end <= 0:
                 raise RuntimeError("A's backlog drained while B was measured: raise --deliveries")
             cycles_after = await cycle_totals(root)
+            checkpoints_after = await checkpoints(db_url)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -415,6 +438,12 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
         # was measured with A loaded: the mean, and how many ran.
         "cycle_loaded_s": round(cycle, 5),
         "cycles_loaded": int(cycles_after[1] - cycles_before[1]),
+        # PostgreSQL's checkpoints (the server's, every database's) while B was measured loaded.
+        "checkpoints_loaded": (
+            None
+            if checkpoints_before is None or checkpoints_after is None
+            else checkpoints_after - checkpoints_before
+        ),
     }
 
 
