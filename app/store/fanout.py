@@ -33,6 +33,7 @@ from app.store.lines import (
     add_deliveries,
     busy_lines_sqlite,
     delivery_row,
+    line_is_busy,
     lines_of,
     settle_heads,
 )
@@ -188,6 +189,50 @@ async def insert(
         rows_in = [dict(zip(names, v, strict=True)) for v in values]
         await conn.execute(schema.events.insert(), rows_in)
     await add_deliveries(conn, fanout)
+
+
+# -- PostgreSQL: the events and deliveries of an ingest write ------------------
+#
+# The ingest flush (app.store.ingest) writes its events, their deliveries and
+# its idempotency keys in one statement; these are its first two parts, as
+# data-modifying CTEs over the arrays of pg_ingest_arrays ($1-$10 the events,
+# $11-$22 the deliveries), inserted in array order. Each delivery that heads
+# its line within the flush (settle_heads over no busy line) is ready unless
+# the line is busy in the table, checked in the statement itself: its snapshot
+# must come after the lines' locks, so the caller takes them in a statement
+# of their own first (lines.lock_lines).
+
+_UNNEST_DELIVERIES = (
+    "unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], "
+    "$17::boolean[], $18::int[], $19::int[], $20::timestamptz[], $21::timestamptz[], "
+    f"$22::text[]) WITH ORDINALITY AS t({DELIVERY_COLUMNS}, n)"
+)
+_HEADS_UNLESS_BUSY = (
+    "CASE WHEN t.ordering_key IS NULL OR NOT t.ready THEN t.ready "
+    f"ELSE NOT {line_is_busy('t.subscription_id', 't.ordering_key')} END"
+)
+PG_INGEST_INSERTS = f"""new_events AS (
+    {_PG_INSERT_EVENTS}
+), new_deliveries AS (
+    INSERT INTO deliveries ({DELIVERY_COLUMNS})
+    SELECT {DELIVERY_COLUMNS.replace("ready", _HEADS_UNLESS_BUSY)}
+    FROM {_UNNEST_DELIVERIES} ORDER BY n
+)"""
+PG_INGEST_WIDTH = _EVENT_WIDTH + len(DELIVERY_FIELDS)  # arrays of PG_INGEST_INSERTS
+
+
+def pg_ingest_arrays(events: Sequence[NewEvent], fanout: list[dict[str, object]]) -> list[Any]:
+    """The parameters of :data:`PG_INGEST_INSERTS`: ``events`` and the delivery
+    rows ``fanout`` (:func:`fan_out`) made for them, one array per column.
+    Marks each row that heads its line within the flush ready (the statement
+    checks the table)."""
+    settle_heads(fanout, set())
+    values = [_event_values(e, e.occurred_at, e.received_at) for e in events]
+    rows = [tuple(row[f] for f in DELIVERY_FIELDS) for row in fanout]
+    return [
+        *driver.columns(values, _EVENT_WIDTH),
+        *driver.columns(rows, len(DELIVERY_FIELDS)),
+    ]
 
 
 # -- Events another write transaction makes (operator events) ------------------

@@ -3,36 +3,40 @@ keys, for many requests at once (group commit), all or nothing per request.
 Which subscriptions an event goes to, and the inserts of the events and their
 deliveries, are :mod:`app.store.fanout`'s; this module owns the keys.
 
-Idempotency keys are resolved in two phases inside one write transaction:
-first read what is already remembered and decide every item (new, replay,
-reused key: :func:`app.domain.idempotency.decide`); then write. A key another
-process commits between the two phases (PostgreSQL only; SQLite has one
-writer) shows up as a missing ``RETURNING`` row, and the whole transaction is
-retried, when the first phase will see it.
+Idempotency keys are resolved in two phases: first read what is already
+remembered and decide every item (new, replay, reused key:
+:func:`app.domain.idempotency.decide`); then write, all or nothing. A key
+another process commits between the two phases (PostgreSQL only; SQLite has
+one writer, and both phases are one transaction on it) makes the write fail
+as a whole (a unique violation), and the flush is tried again (:class:`KeyRace`),
+when the first phase will see it.
 
 Each dialect has its own I/O around the one decision. On SQLite the whole
 transaction is one call on the writer's thread (:func:`app.store.driver.sqlite_write`);
-on PostgreSQL every step is one statement, its rows as arrays.
+on PostgreSQL it is two statements, a read and a write, its rows as arrays.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 import orjson
-from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain import idempotency
 from app.domain.events import NewEvent, accepted_body
 from app.domain.idempotency import Decision, ScopedKey, StoredKey, UnitResult
 from app.store import driver, fanout, schema
-from app.store.database import Database
+from app.store.database import Database, translate_errors
+from app.store.lines import lines_of, lock_lines
+from app.store.notify import CHANNEL
 
 MAX_RETRIES = 5
 
@@ -59,8 +63,7 @@ async def ingest(
                 return await driver.sqlite_write(
                     db, partial(_ingest_sqlite, units, cutoff), urgent=True
                 )
-            async with db.write() as conn:
-                return await _ingest_postgres(conn, units, cutoff)
+            return await _ingest_postgres(db, units, cutoff)
         except KeyRace:
             if attempt == MAX_RETRIES - 1:
                 raise
@@ -188,57 +191,123 @@ def _ingest_sqlite(
     return _outcome(decision, bodies, len(deliveries))
 
 
-# -- PostgreSQL: one statement each, the rows as arrays (unnest) ---------------
+# -- PostgreSQL: one read and one write ---------------------------------------
 #
-# Rendered once and run through exec_driver_sql (app.store.driver says why).
+# Every round trip of a flush waits its turn on the event loop, which under
+# delivery load is busy (BENCHMARKS.md, "Fairness between tenants"), so the
+# flush is two statements, rendered once and run through exec_driver_sql
+# (app.store.driver says why), each its own transaction: no BEGIN, no COMMIT.
+#
+# The read: the stored keys among the flush's (tenants and keys apart, as on
+# SQLite) and the subscribers of its tenants, in the same six columns (a
+# subscriber's row has no created_at; a key's always has one).
+_PG_READ = f"""
+    {_SELECT_KEYS} WHERE tenant_id = ANY($1::text[]) AND key = ANY($2::text[])
+    UNION ALL
+    SELECT tenant_id, id, event_types, ordering, filter, NULL
+    FROM ({fanout.SELECT_SUBSCRIBERS.format(tenants="(SELECT unnest($3::text[]))")}) AS s
+"""
+# The write: the events and their deliveries (fanout.PG_INGEST_INSERTS, $1-$22),
+# the expired keys being reclaimed deleted ($23-$26: tenants, keys, the pairs
+# as tenant, unit separator, key, which alone index no row, and the cutoff),
+# then the new keys ($27-$33), in key order as every flush inserts them (two flushes
+# never wait for each other's keys crosswise). The keys' insert waits for the
+# delete (its condition reads the delete's rows), so a reclaimed key's old row
+# is gone when its new one goes in. A key another transaction committed since
+# the read is a unique violation: the statement fails whole, nothing of it is
+# stored, and the flush is tried again (KeyRace), when the read will see it.
+# The workers are woken at commit, if there are deliveries.
+_PG_WRITE = f"""
+    WITH {fanout.PG_INGEST_INSERTS}, reclaimed AS (
+        DELETE FROM idempotency_keys
+        WHERE tenant_id = ANY($23::text[]) AND key = ANY($24::text[])
+          AND tenant_id || chr(31) || key = ANY($25::text[]) AND created_at < $26
+        RETURNING 1
+    ), new_keys AS (
+        INSERT INTO idempotency_keys ({_KEY_COLUMNS})
+        SELECT {_KEY_COLUMNS} FROM unnest(
+            $27::text[], $28::text[], $29::text[], $30::int[], $31::text[], $32::timestamptz[],
+            $33::text[]) WITH ORDINALITY AS k({_KEY_COLUMNS}, n)
+        WHERE (SELECT count(*) FROM reclaimed) >= 0
+        ORDER BY n
+    )
+    SELECT pg_notify('{CHANNEL}', '') WHERE cardinality($11::text[]) > 0
+"""
 
-_PG_INSERT_KEYS = (
-    f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) SELECT * FROM unnest("
-    "$1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::text[]) "
-    "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING key"
-)
-_PG_SELECT_KEYS = f"{_SELECT_KEYS} WHERE tenant_id = ANY($1::text[]) AND key = ANY($2::text[])"
-_PG_SELECT_SUBSCRIBERS = fanout.SELECT_SUBSCRIBERS.format(tenants="(SELECT unnest($1::text[]))")
+
+@asynccontextmanager
+async def _autocommit(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A connection on which every statement is its own transaction."""
+    with translate_errors():
+        async with db.writer.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
 
 async def _ingest_postgres(
-    conn: AsyncConnection, units: Sequence[Sequence[NewEvent]], cutoff: datetime
+    db: Database, units: Sequence[Sequence[NewEvent]], cutoff: datetime
 ) -> IngestOutcome:
     keys = idempotency.keys(units)
-    params = [sorted({t for t, _ in keys}), [k for _, k in keys]]
-    rows = await driver.fetch_all(conn, _PG_SELECT_KEYS, params) if keys else []
-    decision = idempotency.decide(units, _stored(rows, set(keys)), cutoff)
+    params = [sorted({t for t, _ in keys}), [k for _, k in keys], _tenants(units)]
+    async with _autocommit(db) as conn:
+        rows = await driver.fetch_all(conn, _PG_READ, params)
+    stored = _stored((r for r in rows if r[5] is not None), set(keys))
+    decision = idempotency.decide(units, stored, cutoff)
     new_events = decision.new_events
     if not new_events:
         return _outcome(decision, {}, 0)
-    tenants = [_tenants([new_events])]
-    rows = await driver.fetch_all(conn, _PG_SELECT_SUBSCRIBERS, tenants)
-    deliveries = fanout.fan_out(new_events, [fanout.subscriber(r) for r in rows])
-    await fanout.insert(conn, new_events, deliveries)
+    subscribers = sorted(
+        (fanout.subscriber((r[1], r[2], r[3], r[0], r[4])) for r in rows if r[5] is None),
+        key=lambda s: s.id,
+    )
+    deliveries = fanout.fan_out(new_events, subscribers)
     bodies = _bodies(new_events, deliveries)
-    await _insert_keys_postgres(conn, new_events, bodies, decision.reclaim, cutoff)
+    params = _write_params(new_events, deliveries, bodies, decision.reclaim, cutoff)
+    lines = lines_of(deliveries)
+    try:
+        if lines:
+            # The lines' locks in a statement of their own, so that the write's
+            # snapshot, which decides which new deliveries head their lines,
+            # sees every delivery that left them before (app.store.lines).
+            async with db.write() as conn:
+                await lock_lines(conn, lines)
+                await driver.fetch_all(conn, _PG_WRITE, params)
+        else:
+            async with _autocommit(db) as conn:
+                await driver.fetch_all(conn, _PG_WRITE, params)
+    except IntegrityError as exc:
+        if _key_taken(exc):
+            raise KeyRace() from exc
+        raise
     return _outcome(decision, bodies, len(deliveries))
 
 
-async def _insert_keys_postgres(
-    conn: AsyncConnection,
+def _write_params(
     new_events: list[NewEvent],
+    deliveries: list[dict[str, object]],
     bodies: dict[str, str],
     reclaim: list[ScopedKey],
     cutoff: datetime,
-) -> None:
+) -> list[Any]:
     keyed = _keyed(new_events)
-    if not keyed:
-        return
-    t = schema.idempotency_keys
-    for tenant_id, key in reclaim:
-        await conn.execute(
-            delete(t).where(t.c.tenant_id == tenant_id, t.c.key == key, t.c.created_at < cutoff)
-        )
     rows = [
         (e.idempotency_key, e.fingerprint, e.id, 202, bodies[e.id], e.received_at, e.tenant_id)
         for e in keyed
     ]
-    stored = await driver.fetch_all(conn, _PG_INSERT_KEYS, driver.columns(rows, 7))
-    if len(stored) != len(keyed):
-        raise KeyRace()
+    return [
+        *fanout.pg_ingest_arrays(new_events, deliveries),
+        sorted({t for t, _ in reclaim}),
+        [k for _, k in reclaim],
+        [f"{t}\x1f{k}" for t, k in reclaim],
+        cutoff,
+        *driver.columns(rows, 7),
+    ]
+
+
+def _key_taken(exc: IntegrityError) -> bool:
+    """The unique violation is on an idempotency key (any other is a fault)."""
+    cause = getattr(exc.orig, "__cause__", None) or exc.orig
+    return (
+        getattr(cause, "sqlstate", None) == "23505"
+        and getattr(cause, "table_name", None) == "idempotency_keys"
+    )

@@ -46,23 +46,26 @@ def busy(d: str = "d", s: str = "s") -> str:
     )
 
 
-# Whether line ``line(sub, key)`` is busy: EXISTS stops at the line's first
-# unfinished delivery on the line index, however long the line has grown (a
-# DISTINCT over every unfinished delivery of the lines cost a flush more and
-# more as a backlog built up).
-_LINE_IS_BUSY = f"""EXISTS (
-    SELECT 1 FROM deliveries d {{hint}} JOIN subscriptions s ON s.id = d.subscription_id
-    WHERE d.subscription_id = line.sub AND d.ordering_key = line.key AND {busy()})"""
+def line_is_busy(sub: str, key: str, hint: str = "") -> str:
+    """SQL: the line of subscription ``sub`` and ordering key ``key`` is busy.
+    EXISTS stops at the line's first unfinished delivery on the line index,
+    however long the line has grown (a DISTINCT over every unfinished delivery
+    of the lines cost a flush more and more as a backlog built up)."""
+    return f"""EXISTS (
+    SELECT 1 FROM deliveries d {hint} JOIN subscriptions s ON s.id = d.subscription_id
+    WHERE d.subscription_id = {sub} AND d.ordering_key = {key} AND {busy()})"""
+
+
 # SQLite: the lines as a VALUES list (``{rows}``, driver.row_statements); without
 # statistics SQLite would rather search the (status, subscription_id) index.
 SQLITE_BUSY = "WITH line(sub, key) AS (VALUES {rows}) SELECT sub, key FROM line WHERE " + (
-    _LINE_IS_BUSY.format(hint="INDEXED BY ix_deliveries_line")
+    line_is_busy("line.sub", "line.key", hint="INDEXED BY ix_deliveries_line")
 )
 # PostgreSQL: the lines as two arrays, paired.
 _PG_BUSY = text(
     "SELECT line.sub, line.key "
     "FROM unnest(CAST(:subs AS TEXT[]), CAST(:keys AS TEXT[])) AS line(sub, key) WHERE "
-    + _LINE_IS_BUSY.format(hint="")
+    + line_is_busy("line.sub", "line.key")
 )
 
 # SQLite: the lines as a VALUES list (``{{rows}}``, driver.row_statements), so
