@@ -10,7 +10,8 @@ in flight, or dead with ``on_dead_letter = 'block'``). The ``ready`` mark only
 keeps the scan short; the ``NOT EXISTS`` is what guarantees the order.
 
 The worker's cycle (:func:`app.store.deliveries.complete_and_claim`) claims
-after writing its outcomes, in the same transaction.
+after writing its outcomes, in the same transaction or, on PostgreSQL when
+the outcomes left their lines, in the next one.
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ _EVENT_COLUMNS = (
 # whose heads the claim readies again (``caught_up``): the outcome write took
 # their locks inside its own statement, after its snapshot, so it may have
 # missed a delivery added to one of them and committed just before; this
-# statement's snapshot comes after the locks and holds it. A head readied here
+# statement's snapshot comes after the locks (and after the outcome write's
+# commit, when the cycle commits in between) and holds it. A head readied here
 # was not ready in this snapshot, so the walks below do not take it: the next
 # cycle's claim does. (In the usual case the outcome write readied every head
 # already and this finds nothing to change.)
