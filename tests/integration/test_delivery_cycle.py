@@ -77,6 +77,16 @@ async def test_a_cycle_claims_the_heads_its_outcomes_free_with_their_events(
     assert [(a["attempt"], a["status_code"]) for a in await kit.attempts_of(first["id"])] == [
         (1, 200)
     ]
+    # Every field of the outcome arrives as it was given (PostgreSQL reads them from JSON).
+    (attempt,) = await kit.attempts_of(first["id"])
+    given = done[0]
+    assert (attempt["started_at"], attempt["duration_ms"], attempt["error"]) == (
+        given.started_at,
+        2,
+        None,
+    )
+    assert (attempt["response_body"], first["completed_at"]) == ("body", given.finished_at)
+    assert (retried["next_attempt_at"], retried["completed_at"]) == (later, None)
     assert await cycle(kit, []) == [], "k2 waits for its retry, k1 is in flight"
 
 
