@@ -66,7 +66,7 @@ SQLITE_FINISH_ALL = (
 # rows (``OUTCOME_FIELDS``) and the array of their seqs. The rows go as JSON
 # because asyncpg checks every element of an array parameter against three
 # abstract base classes in Python: thirteen arrays cost the worker about 5 µs
-# an outcome, the JSON about 1, and PostgreSQL reads it back for under 1 µs
+# an outcome, the JSON about 1, and PostgreSQL reads it back for about 1 µs
 # more than the arrays. It first
 # takes the advisory locks of the lines its deliveries leave (``locked``, a
 # one-time condition of the UPDATE, so before any row is written: the order
