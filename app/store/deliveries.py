@@ -1,7 +1,8 @@
 """The delivery worker's cycle: one transaction that writes the outcomes of
 the attempts that finished (:mod:`app.store.outcomes`), frees their lines, and
 claims replacements for the freed slots with their events
-(:mod:`app.store.claims`). Leases are :mod:`app.store.leases`.
+(:mod:`app.store.claims`); on PostgreSQL, two when the outcomes left their
+lines (:func:`_cycle_postgresql_by_key`). Leases are :mod:`app.store.leases`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from app.store.claims import (
     sqlite_claim,
     stored_event,
 )
-from app.store.database import Database
+from app.store.database import Database, translate_errors
 from app.store.lines import SQLITE_PROMOTE_ALL, promote_heads
 from app.store.outcomes import (
     SQLITE_FINISH_ALL,
@@ -36,6 +37,11 @@ from app.store.subscriptions import CIRCUIT_SQL, CircuitUpdate, circuit_params
 from app.store.work import Claimed, ClaimRequest, Completion, Work
 
 
+class ClaimFailed(Exception):
+    """The cycle's outcomes (and circuits) were committed, then its claim failed
+    (the cause): nothing the outcomes wrote is to be undone or written again."""
+
+
 async def complete_and_claim(
     db: Database,
     completions: Sequence[Completion],
@@ -43,15 +49,20 @@ async def complete_and_claim(
     request: ClaimRequest | None = None,
     now: datetime | None = None,
 ) -> list[Work]:
-    """One worker cycle in one transaction: record the attempts and outcomes of
-    ``completions``, free each finished line's next delivery, update the circuits
-    of the subscriptions involved; then claim per ``request``, which sees the heads
-    those completions promoted. Returns the claimed deliveries with their events,
-    in ``seq`` order."""
+    """One worker cycle: record the attempts and outcomes of ``completions``,
+    free each finished line's next delivery, update the circuits of the
+    subscriptions involved; then claim per ``request``, which sees the heads
+    those completions promoted. Returns the claimed deliveries with their
+    events, in ``seq`` order. One transaction, except on PostgreSQL when
+    outcomes left their lines: they commit before the claim
+    (:func:`_cycle_postgresql_by_key`), and if the claim then fails,
+    :class:`ClaimFailed` says so."""
     if not completions and request is None:
         return []
     if db.is_sqlite:
         return await _cycle_sqlite(db, completions, circuit, request, now)
+    if request is not None and request.limit > 0 and left_lines(completions):
+        return await _cycle_postgresql_by_key(db, completions, circuit, request, now)
     async with db.write() as conn:
         freed = await outcomes_postgresql(conn, completions, circuit, now) if completions else []
         if request is None or request.limit <= 0:
@@ -59,6 +70,35 @@ async def complete_and_claim(
             await promote_heads(conn, freed)
             return []
         return await claim_postgresql(conn, request, freed)
+
+
+async def _cycle_postgresql_by_key(
+    db: Database,
+    completions: Sequence[Completion],
+    circuit: Sequence[CircuitUpdate],
+    request: ClaimRequest,
+    now: datetime | None,
+) -> list[Work]:
+    """PostgreSQL, outcomes that left their lines: the outcomes and the claim
+    in two transactions on one connection. The outcome write readies each
+    line's next head, and the claim takes most of those heads; a row updated
+    twice in one transaction has PostgreSQL check its foreign keys again (a
+    lookup and a row lock of its event and of its subscription), since the
+    row it updates was written by that same transaction. Committed in between,
+    the claim's update changes no key and checks none: 9 % of the database's
+    CPU in ``ordering: key``. The claim's snapshot is taken after the outcome
+    write's commit, so it holds whatever the outcome write missed as surely
+    as after its line locks (see ``claims._FREED``)."""
+    with translate_errors():
+        async with db.writer.connect() as conn:
+            async with conn.begin():
+                freed = await outcomes_postgresql(conn, completions, circuit, now)
+            try:
+                with translate_errors():
+                    async with conn.begin():
+                        return await claim_postgresql(conn, request, freed)
+            except Exception as exc:
+                raise ClaimFailed("claiming after the outcomes were written failed") from exc
 
 
 async def _cycle_sqlite(

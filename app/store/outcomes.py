@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.operator_events import DeadLetter
-from app.store import driver, operator_events
+from app.store import operator_events
 from app.store.fanout import LISTENING
 from app.store.lines import LOCK_SQL, busy, lock_keys, promote_sql
 from app.store.schema import sqlite_timestamp
@@ -61,7 +62,12 @@ SQLITE_FINISH_ALL = (
 )
 
 
-# PostgreSQL writes a cycle's outcomes in one statement, from arrays. It first
+# PostgreSQL writes a cycle's outcomes in one statement, from one JSON array of
+# rows (``OUTCOME_FIELDS``) and the array of their seqs. The rows go as JSON
+# because asyncpg checks every element of an array parameter against three
+# abstract base classes in Python: thirteen arrays cost the worker about 5 µs
+# an outcome, the JSON about 1, and PostgreSQL reads it back for about 1 µs
+# more than the arrays. It first
 # takes the advisory locks of the lines its deliveries leave (``locked``, a
 # one-time condition of the UPDATE, so before any row is written: the order
 # every cycle has always locked in). The UPDATE returns each delivery still
@@ -90,15 +96,13 @@ _FINISH_AND_RECORD_PG = text(
     f"""
     WITH locked AS ({LOCK_SQL.format(keys="CAST(:line_locks AS TEXT[])")}
     ), outcome AS (
-        SELECT * FROM unnest(
-            CAST(:seq AS BIGINT[]), CAST(:owner AS TEXT[]), CAST(:status AS TEXT[]),
-            CAST(:next_attempt_at AS TIMESTAMPTZ[]), CAST(:status_code AS INTEGER[]),
-            CAST(:summary AS TEXT[]), CAST(:completed_at AS TIMESTAMPTZ[]),
-            CAST(:dead_lettered_at AS TIMESTAMPTZ[]), CAST(:started_at AS TIMESTAMPTZ[]),
-            CAST(:duration_ms AS INTEGER[]), CAST(:error AS TEXT[]), CAST(:response_body AS TEXT[]),
-            CAST(:request_headers AS TEXT[])
-        ) AS o(seq, owner, status, next_attempt_at, status_code, summary, completed_at,
-               dead_lettered_at, started_at, duration_ms, error, response_body, request_headers)
+        SELECT (o->>0)::BIGINT AS seq, o->>1 AS owner, o->>2 AS status,
+               (o->>3)::TIMESTAMPTZ AS next_attempt_at, (o->>4)::INTEGER AS status_code,
+               o->>5 AS summary, (o->>6)::TIMESTAMPTZ AS completed_at,
+               (o->>7)::TIMESTAMPTZ AS dead_lettered_at, (o->>8)::TIMESTAMPTZ AS started_at,
+               (o->>9)::INTEGER AS duration_ms, o->>10 AS error, o->>11 AS response_body,
+               o->>12 AS request_headers
+        FROM jsonb_array_elements(CAST(:outcomes AS JSONB)) AS o
     ), finished AS (
         UPDATE deliveries d SET
             status = o.status, attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
@@ -184,7 +188,13 @@ async def _complete_postgresql(
     # other and both circuits move at once; PostgreSQL then fails one, whose
     # worker writes nothing and puts its circuits back (worker.py), and its
     # deliveries are attempted again.
-    params: dict[str, object] = {**_outcome_arrays(completions), "line_locks": lock_keys(left)}
+    params = {
+        "outcomes": orjson.dumps(
+            outcome_rows(completions, _as_is), option=orjson.OPT_NAIVE_UTC
+        ).decode(),
+        "seq": [c.delivery.seq for c in completions],
+        "line_locks": lock_keys(left),
+    }
     rows = (await conn.execute(_FINISH_AND_RECORD_PG, params)).all()
     promoted = {(r[3], r[9]) for r in rows if r[9] is not None}
     dead = [r for r in rows if r[9] is None]
@@ -232,9 +242,8 @@ def outcome_rows(
     return rows
 
 
-def _outcome_arrays(completions: Sequence[Completion]) -> dict[str, list[object]]:
-    rows = outcome_rows(completions, lambda moment: moment)
-    return dict(zip(OUTCOME_FIELDS, driver.columns(rows, len(OUTCOME_FIELDS)), strict=True))
+def _as_is(moment: datetime) -> datetime:
+    return moment  # orjson writes it as RFC 3339, which PostgreSQL reads back
 
 
 OUTCOME_FIELDS = (

@@ -1,6 +1,7 @@
 """The delivery loop: each cycle completes and claims through the store.
 
-One loop owns the worker's writes. Each cycle is one transaction: it records
+One loop owns the worker's writes. Each cycle (one transaction, or on
+PostgreSQL two when outcomes left their lines: app.store.deliveries) records
 the outcomes of the attempts that finished since the last cycle and claims due
 deliveries (with their events) for the slots that are free, including the
 heads those outcomes just freed. The line policy (:mod:`app.worker.lines`)
@@ -29,6 +30,7 @@ from app.store import leases
 from app.store import subscriptions as subscription_store
 from app.store.database import Database
 from app.store.notify import CHANGED, Listener
+from app.store.subscriptions import CircuitUpdate
 from app.store.work import Claimed, ClaimRequest, Completion, Work
 from app.tracing import Tracer
 from app.worker.attempt import AttemptStep, payload
@@ -223,7 +225,7 @@ class DeliveryWorker:
         return timeout if token is None else min(timeout, token)
 
     async def _cycle(self) -> tuple[int, int]:
-        """Write the finished outcomes and claim for the free slots, in one transaction.
+        """Write the finished outcomes and claim for the free slots (one cycle of the store's).
         Returns how many deliveries started and how many were asked for.
 
         A probe while a tenant crowds the worker is a claim of its own, before
@@ -253,13 +255,7 @@ class DeliveryWorker:
         if request is None and not finished:
             return 0, 0
         started = time.perf_counter()
-        try:
-            work = await store.complete_and_claim(self._db, finished, updates, request, now)
-        except Exception:
-            # Nothing was written: the outcomes are dropped (their claims expire
-            # and the deliveries are attempted again) and the circuits go back.
-            self._circuits.rewind()
-            raise
+        work = await self._complete_and_claim(finished, updates, request, now)
         if may_report(finished, updates):
             # Its operator events' deliveries may be for subscriptions this
             # worker has not met: the next claim probes for them.
@@ -273,6 +269,23 @@ class DeliveryWorker:
             return 0, request.limit
         self._metrics.claimed.inc(len(work))
         return await self._start(work), request.limit
+
+    async def _complete_and_claim(
+        self,
+        finished: list[Completion],
+        updates: list[CircuitUpdate],
+        request: ClaimRequest | None,
+        now: datetime,
+    ) -> list[Work]:
+        try:
+            return await store.complete_and_claim(self._db, finished, updates, request, now)
+        except store.ClaimFailed:
+            raise  # the outcomes and circuits are written: nothing to put back
+        except Exception:
+            # Nothing was written: the outcomes are dropped (their claims expire
+            # and the deliveries are attempted again) and the circuits go back.
+            self._circuits.rewind()
+            raise
 
     def _request(self, now: datetime, probing: bool, quick: bool = False) -> ClaimRequest | None:
         plan, lease, batch = self._policy.claim_plan(), self._config.lease, self._config.claim_batch

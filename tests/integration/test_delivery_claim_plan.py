@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import TextClause, text
 
@@ -181,18 +182,26 @@ async def test_outcome_write_does_not_scan_the_deliveries(
         _FINISH_AND_RECORD_PG,
         {
             "seq": list(range(1, n + 1)),
-            "owner": ["worker-a"] * n,
-            "status": ["succeeded"] * n,
-            "next_attempt_at": [now] * n,
-            "status_code": [200] * n,
-            "summary": [None] * n,
-            "completed_at": [now] * n,
-            "dead_lettered_at": [None] * n,
-            "started_at": [now] * n,
-            "duration_ms": [1] * n,
-            "error": [None] * n,
-            "response_body": ["ok"] * n,
-            "request_headers": ['{"webhook-id":"evt"}'] * n,
+            "outcomes": orjson.dumps(
+                [
+                    (
+                        seq,
+                        "worker-a",
+                        "succeeded",
+                        now,
+                        200,
+                        None,
+                        now,
+                        None,
+                        now,
+                        1,
+                        None,
+                        "ok",
+                        '{"webhook-id":"evt"}',
+                    )
+                    for seq in range(1, n + 1)
+                ]
+            ).decode(),
             "line_locks": [f"sub\x1fk{i}" for i in range(n)],
         },
         plan_mode,

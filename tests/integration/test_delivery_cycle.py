@@ -1,6 +1,7 @@
-"""The worker's cycle on both databases: one transaction records finished
-attempts and claims for the freed slots, including the heads those outcomes
-just promoted, and returns each claimed delivery with its event."""
+"""The worker's cycle on both databases: one transaction (on PostgreSQL two,
+when outcomes left their lines) records finished attempts and claims for the
+freed slots, including the heads those outcomes just promoted, and returns
+each claimed delivery with its event."""
 
 from __future__ import annotations
 
@@ -76,6 +77,16 @@ async def test_a_cycle_claims_the_heads_its_outcomes_free_with_their_events(
     assert [(a["attempt"], a["status_code"]) for a in await kit.attempts_of(first["id"])] == [
         (1, 200)
     ]
+    # Every field of the outcome arrives as it was given (PostgreSQL reads them from JSON).
+    (attempt,) = await kit.attempts_of(first["id"])
+    given = done[0]
+    assert (attempt["started_at"], attempt["duration_ms"], attempt["error"]) == (
+        given.started_at,
+        2,
+        None,
+    )
+    assert (attempt["response_body"], first["completed_at"]) == ("body", given.finished_at)
+    assert (retried["next_attempt_at"], retried["completed_at"]) == (later, None)
     assert await cycle(kit, []) == [], "k2 waits for its retry, k1 is in flight"
 
 
@@ -133,6 +144,32 @@ async def test_a_cycle_that_fails_on_sqlite_leaves_nothing_behind(
     again = await cycle(kit, [outcome(first[0].delivery, "succeeded")], limit=10)
     assert [w.delivery.event_id for w in again] == [x.id for x in e[1:]]
     assert (await kit.delivery(first[0].delivery.id))["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_claim_that_fails_after_outcomes_left_their_lines_keeps_the_outcomes(
+    kit: DeliveryKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL commits outcomes that left their lines before the claim (so
+    that no promoted head is updated twice in one transaction): when that claim
+    fails, the outcomes and the readied head stay, and the cycle says so."""
+    sub = await kit.subscription(ordering="key")
+    e = await kit.events(("a", "k1"), ("b", "k1"))
+    (head,) = await cycle(kit, [])
+
+    async def failing(*args: object) -> list[Work]:
+        raise RuntimeError("the claim failed")
+
+    monkeypatch.setattr(delivery_store, "claim_postgresql", failing)
+    with pytest.raises(delivery_store.ClaimFailed):
+        await cycle(kit, [outcome(head.delivery, "succeeded")])
+    assert (await kit.delivery(head.delivery.id))["status"] == "succeeded"
+    assert [a["attempt"] for a in await kit.attempts_of(head.delivery.id)] == [1]
+    following = await kit.delivery_for(e[1], sub)
+    assert (following["status"], following["ready"]) == ("pending", True)
+
+    monkeypatch.undo()
+    assert [w.delivery.event_id for w in await cycle(kit, [])] == [e[1].id]
 
 
 async def test_a_claim_carries_large_event_data_exactly(kit: DeliveryKit) -> None:
