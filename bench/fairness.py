@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fairness.py [--backend sqlite|postgres] [--deliveries 3000]
                                        [--answer-seconds 1.0] [--jitter 0.5] [--concurrency 256]
-                                       [--probes 5] [--json PATH]
+                                       [--probes 5] [--json PATH] [--tenants [--timeline PATH]]
 
 ``eventrelay serve`` with its embedded worker (``EVENTRELAY_WORKER_CONCURRENCY``
 = ``--concurrency``) on a fresh database, and two receivers in this process
@@ -37,9 +37,14 @@ receiver's event loop), how much of A's backlog drained while B was measured
 (the run fails if all of it did: B would not have been measured loaded to the
 end), and the worker's mean cycle (its write transaction) while B was
 measured loaded: the target is B's p99 loaded within its p99 idle plus one
-cycle. The server is whatever ``eventrelay`` imports: run the code before a
-change with ``PYTHONPATH`` set to its tree (``git archive``), from outside the
-checkout.
+cycle; on PostgreSQL also its checkpoints and this database's deadlocks
+while B was measured loaded. ``--timeline PATH`` writes each of B's loaded
+single events' times on the wall clock (sent, 202, arrival; on PostgreSQL its
+delivery's ``created_at`` and its attempt's ``started_at``) and, every 50 ms,
+what this database's active backends and the checkpointer were waiting for,
+to line a late event up with the server's side. The server is whatever
+``eventrelay`` imports: run the code before a change with ``PYTHONPATH`` set to
+its tree (``git archive``), from outside the checkout.
 ``--claim-tenants 1,100,10000`` measures the claim statement's own cost (p50
 of 200 claims of 32, in-process on the store) with a backlog of 30,000 pending
 deliveries spread over that many tenants; plain claims, and probe claims whose
