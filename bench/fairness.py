@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fairness.py [--backend sqlite|postgres] [--deliveries 3000]
                                        [--answer-seconds 1.0] [--jitter 0.5] [--concurrency 256]
-                                       [--probes 5] [--json PATH]
+                                       [--probes 5] [--json PATH] [--tenants [--timeline PATH]]
 
 ``eventrelay serve`` with its embedded worker (``EVENTRELAY_WORKER_CONCURRENCY``
 = ``--concurrency``) on a fresh database, and two receivers in this process
@@ -37,9 +37,14 @@ receiver's event loop), how much of A's backlog drained while B was measured
 (the run fails if all of it did: B would not have been measured loaded to the
 end), and the worker's mean cycle (its write transaction) while B was
 measured loaded: the target is B's p99 loaded within its p99 idle plus one
-cycle. The server is whatever ``eventrelay`` imports: run the code before a
-change with ``PYTHONPATH`` set to its tree (``git archive``), from outside the
-checkout.
+cycle; on PostgreSQL also its checkpoints and this database's deadlocks
+while B was measured loaded. ``--timeline PATH`` writes each of B's loaded
+single events' times on the wall clock (sent, 202, arrival; on PostgreSQL its
+delivery's ``created_at`` and its attempt's ``started_at``) and, every 50 ms,
+what this database's active backends and the checkpointer were waiting for,
+to line a late event up with the server's side. The server is whatever
+``eventrelay`` imports: run the code before a change with ``PYTHONPATH`` set to
+its tree (``git archive``), from outside the checkout.
 ``--claim-tenants 1,100,10000`` measures the claim statement's own cost (p50
 of 200 claims of 32, in-process on the store) with a backlog of 30,000 pending
 deliveries spread over that many tenants; plain claims, and probe claims whose
@@ -85,6 +90,7 @@ class Receiver:
         self.jitter = jitter
         self._random = random.Random(42)
         self.arrivals: dict[str, float] = {}
+        self.arrived_at: dict[str, float] = {}  # the same arrivals on the wall clock
         self.times: list[float] = []
         self.in_progress = 0
         self.port = 0
@@ -114,6 +120,7 @@ class Receiver:
         now = time.monotonic()
         await request.read()
         self.arrivals.setdefault(request.headers.get("webhook-id", ""), now)
+        self.arrived_at.setdefault(request.headers.get("webhook-id", ""), time.time())
         self.times.append(now)
         self.in_progress += 1
         try:
@@ -178,6 +185,7 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 
 async def latency(client: httpx.AsyncClient, receiver: Receiver, event_type: str) -> float:
+    sent = time.time()
     started = time.monotonic()
     response = await client.post(
         "/v1/events",
@@ -187,11 +195,24 @@ async def latency(client: httpx.AsyncClient, receiver: Receiver, event_type: str
     response.raise_for_status()
     ACCEPTED.append(time.monotonic() - started)
     event_id = response.json()["id"]
+    accepted = time.time()
     await wait_for(lambda: event_id in receiver.arrivals, STALL_SECONDS, f"event {event_id}")
+    TIMELINE.append(
+        {
+            "event": event_id,
+            "sent": sent,
+            "accepted": accepted,
+            "arrived": receiver.arrived_at[event_id],
+            "latency": receiver.arrivals[event_id] - started,
+        }
+    )
     return receiver.arrivals[event_id] - started
 
 
 ACCEPTED: list[float] = []  # how long each 202 took (the ingest share of the latency)
+# Each single event's times on the wall clock (sent, 202, arrival), to line up
+# with the server's: the attempts' started_at, PostgreSQL's backends and log.
+TIMELINE: list[dict[str, Any]] = []
 
 
 async def publish_many(client: httpx.AsyncClient, event_type: str, count: int) -> None:
@@ -348,6 +369,64 @@ async def checkpoints(db_url: str) -> int | None:
         await conn.close()
 
 
+SAMPLE = """
+    SELECT extract(epoch FROM clock_timestamp())::float8,
+           (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
+           coalesce(json_agg(json_build_array(
+               pid, backend_type, state, wait_event_type, wait_event,
+               extract(epoch FROM clock_timestamp() - query_start)::float8, left(query, 60)
+           )) FILTER (WHERE pid IS NOT NULL), '[]')::text
+    FROM pg_stat_activity
+    WHERE pid <> pg_backend_pid()
+      AND ((datname = $1 AND state = 'active') OR backend_type = 'checkpointer')
+"""
+
+
+async def sample_server(db_url: str, samples: list[Any], stop: asyncio.Event) -> None:
+    """Every 50 ms until ``stop``: PostgreSQL's checkpoint count and what this
+    database's active backends (and the checkpointer) are doing and waiting for."""
+    dsn = db_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not stop.is_set():
+            at, count, backends = await conn.fetchrow(SAMPLE, dsn.rsplit("/", 1)[1])
+            samples.append([at, count, json.loads(backends)])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+    finally:
+        await conn.close()
+
+
+async def attempts_started(db_url: str, tenant: str) -> dict[str, list[float]]:
+    """Each of ``tenant``'s events: when its delivery was created and its
+    attempts started (epoch seconds, the server's clock), read after the run."""
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT d.event_id, extract(epoch FROM d.created_at)::float8 AS created,"
+            " extract(epoch FROM a.started_at)::float8 AS started"
+            " FROM deliveries d JOIN attempts a ON a.delivery_id = d.id"
+            " WHERE d.tenant_id = $1 ORDER BY a.started_at",
+            tenant,
+        )
+    finally:
+        await conn.close()
+    return {r["event_id"]: [r["created"], r["started"]] for r in rows}
+
+
+async def deadlocks(db_url: str) -> int | None:
+    """PostgreSQL's deadlocks so far in this database (None on SQLite)."""
+    if not db_url.startswith("postgresql"):
+        return None
+    dsn = db_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        query = "SELECT deadlocks FROM pg_stat_database WHERE datname = $1"
+        return int(await conn.fetchval(query, dsn.rsplit("/", 1)[1]))
+    finally:
+        await conn.close()
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 0.5), 4), "p99": round(percentile(values, 0.99), 4)}
 
@@ -401,13 +480,32 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
             pending_at_start = args.deliveries - (await slow.stats())["arrivals"]
             cycles_before = await cycle_totals(root)
             checkpoints_before = await checkpoints(db_url)
+            deadlocks_before = await deadlocks(db_url)
+            TIMELINE.clear()
+            samples: list[Any] = []
+            stop_sampling = asyncio.Event()
+            sampler = None
+            if args.timeline is not None and args.backend == "postgres":
+                sampler = asyncio.create_task(sample_server(db_url, samples, stop_sampling))
             loaded = await tenant_latencies(b, fast, args.probes, args.burst)
+            stop_sampling.set()
+            if sampler is not None:
+                await sampler
             loaded_accepted = ACCEPTED[:]
             pending_at_end = args.deliveries - (await slow.stats())["arrivals"]
             if pending_at_end <= 0:
                 raise RuntimeError("A's backlog drained while B was measured: raise --deliveries")
             cycles_after = await cycle_totals(root)
             checkpoints_after = await checkpoints(db_url)
+            deadlocks_after = await deadlocks(db_url)
+            if args.timeline is not None:
+                if args.backend == "postgres":
+                    started = await attempts_started(db_url, "b")
+                    for entry in TIMELINE:
+                        entry["created"], entry["attempt_started"] = started.get(
+                            entry["event"], [None, None]
+                        )
+                args.timeline.write_text(json.dumps({"events": TIMELINE, "server": samples}))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -443,6 +541,13 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
             None
             if checkpoints_before is None or checkpoints_after is None
             else checkpoints_after - checkpoints_before
+        ),
+        # The database's deadlocks while B was measured loaded (each holds the
+        # transactions in it for PostgreSQL's deadlock_timeout).
+        "deadlocks_loaded": (
+            None
+            if deadlocks_before is None or deadlocks_after is None
+            else deadlocks_after - deadlocks_before
         ),
     }
 
@@ -557,6 +662,11 @@ async def main() -> None:
         default=os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--timeline",
+        type=Path,
+        help="--tenants: write B's loaded events' times and the server's samples here",
+    )
     parser.add_argument("--tenants", action="store_true", help="fairness between tenants")
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--claim-tenants", default="", help="e.g. 1,100,10000")

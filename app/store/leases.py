@@ -31,28 +31,64 @@ async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
         await conn.execute(statement, {"seqs": list(seqs), "owner": owner})
 
 
+# On PostgreSQL the upkeep below runs beside the worker's cycle, on another
+# connection, and touches the same rows as its outcome write: the leases of
+# attempts that just finished. Taking those rows in another order than the
+# outcome write does deadlocked the two (PostgreSQL breaks a deadlock only after
+# ``deadlock_timeout``, 1 s by default, the worker's loop waiting all along, and
+# then fails one of them: when the cycle, its outcomes are dropped and their
+# deliveries sent again after the lease). So the upkeep skips a row another
+# transaction holds: one whose
+# outcome is being written needs no lease, and an expired one another
+# transaction is changing is that transaction's (reaped at the next pass if
+# still expired).
+_PG_RENEW = """
+    UPDATE deliveries SET lease_expires_at = :until
+    WHERE seq = ANY(ARRAY(
+        SELECT seq FROM deliveries
+        WHERE seq = ANY(CAST(:seqs AS BIGINT[])) AND status = 'in_flight' AND lease_owner = :owner
+        FOR UPDATE SKIP LOCKED))
+"""
+_PG_REAP = """
+    UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+    WHERE seq = ANY(ARRAY(
+        SELECT seq FROM deliveries
+        WHERE status = 'in_flight' AND lease_expires_at < :now
+        FOR UPDATE SKIP LOCKED))
+"""
+
+
 async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: datetime) -> None:
     """Extend the leases of the deliveries ``owner`` is still working on, and only
-    those: a claim whose outcome was lost must expire, so that it is sent again."""
+    those: a claim whose outcome was lost must expire, so that it is sent again.
+    On PostgreSQL a delivery another transaction holds (its outcome being
+    written) is left as it is."""
     if not seqs:
         return
-    statement = timed_sql(
-        "UPDATE deliveries SET lease_expires_at = :until "
-        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
-        ("until",),
-        ("seqs",),
-    )
+    if db.is_sqlite:
+        statement = timed_sql(
+            "UPDATE deliveries SET lease_expires_at = :until "
+            "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
+            ("until",),
+            ("seqs",),
+        )
+    else:
+        statement = timed_sql(_PG_RENEW, ("until",))
     async with db.write() as conn:
         await conn.execute(statement, {"owner": owner, "seqs": sorted(seqs), "until": until})
 
 
 async def reap_expired_leases(db: Database, now: datetime) -> int:
-    """Deliveries whose worker vanished go back to pending."""
-    statement = timed_sql(
-        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE status = 'in_flight' AND lease_expires_at < :now",
-        ("now",),
-    )
+    """Deliveries whose worker vanished go back to pending (on PostgreSQL, not
+    one another transaction holds)."""
+    if db.is_sqlite:
+        statement = timed_sql(
+            "UPDATE deliveries SET status = 'pending', lease_owner = NULL, "
+            "lease_expires_at = NULL WHERE status = 'in_flight' AND lease_expires_at < :now",
+            ("now",),
+        )
+    else:
+        statement = timed_sql(_PG_REAP, ("now",))
     async with db.write() as conn:
         result = await conn.execute(statement, {"now": now})
     return int(result.rowcount)
