@@ -17,18 +17,22 @@ from app.store.claims import SQLITE_CLAIM_HINT, timed_sql
 from app.store.database import Database
 from app.store.schema import UTCDateTime
 
+# A delivery given back, or taken back from a worker that vanished.
+_TO_PENDING = (
+    "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL"
+)
+_RELEASE = timed_sql(
+    f"{_TO_PENDING} WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
+    expanding=("seqs",),
+)
+
 
 async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
     """Give claimed deliveries back untouched (shutdown, or over a subscription's limit)."""
     if not seqs:
         return
-    statement = timed_sql(
-        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
-        expanding=("seqs",),
-    )
     async with db.write() as conn:
-        await conn.execute(statement, {"seqs": list(seqs), "owner": owner})
+        await conn.execute(_RELEASE, {"seqs": list(seqs), "owner": owner})
 
 
 # On PostgreSQL the upkeep below runs beside the worker's cycle, on another
@@ -38,24 +42,46 @@ async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
 # ``deadlock_timeout``, 1 s by default, the worker's loop waiting all along, and
 # then fails one of them: when the cycle, its outcomes are dropped and their
 # deliveries sent again after the lease). So the upkeep skips a row another
-# transaction holds: one whose
-# outcome is being written needs no lease, and an expired one another
-# transaction is changing is that transaction's (reaped at the next pass if
-# still expired).
-_PG_RENEW = """
+# transaction holds: one whose outcome is being written needs no lease, and an
+# expired one another transaction is changing is that transaction's (reaped at
+# the next pass if still expired). SQLite has one writer: nothing to skip.
+_RENEW = {
+    "sqlite": timed_sql(
+        "UPDATE deliveries SET lease_expires_at = :until "
+        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
+        ("until",),
+        ("seqs",),
+    ),
+    "postgresql": timed_sql(
+        """
     UPDATE deliveries SET lease_expires_at = :until
     WHERE seq = ANY(ARRAY(
         SELECT seq FROM deliveries
         WHERE seq = ANY(CAST(:seqs AS BIGINT[])) AND status = 'in_flight' AND lease_owner = :owner
         FOR UPDATE SKIP LOCKED))
-"""
-_PG_REAP = """
-    UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+""",
+        ("until",),
+    ),
+}
+_REAP = {
+    "sqlite": timed_sql(
+        f"{_TO_PENDING} WHERE status = 'in_flight' AND lease_expires_at < :now", ("now",)
+    ),
+    "postgresql": timed_sql(
+        f"""
+    {_TO_PENDING}
     WHERE seq = ANY(ARRAY(
         SELECT seq FROM deliveries
         WHERE status = 'in_flight' AND lease_expires_at < :now
         FOR UPDATE SKIP LOCKED))
-"""
+""",
+        ("now",),
+    ),
+}
+
+
+def _dialect(db: Database) -> str:
+    return "sqlite" if db.is_sqlite else "postgresql"
 
 
 async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: datetime) -> None:
@@ -65,43 +91,24 @@ async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: dat
     written) is left as it is."""
     if not seqs:
         return
-    if db.is_sqlite:
-        statement = timed_sql(
-            "UPDATE deliveries SET lease_expires_at = :until "
-            "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
-            ("until",),
-            ("seqs",),
-        )
-    else:
-        statement = timed_sql(_PG_RENEW, ("until",))
     async with db.write() as conn:
-        await conn.execute(statement, {"owner": owner, "seqs": sorted(seqs), "until": until})
+        await conn.execute(
+            _RENEW[_dialect(db)], {"owner": owner, "seqs": sorted(seqs), "until": until}
+        )
 
 
 async def reap_expired_leases(db: Database, now: datetime) -> int:
     """Deliveries whose worker vanished go back to pending (on PostgreSQL, not
     one another transaction holds)."""
-    if db.is_sqlite:
-        statement = timed_sql(
-            "UPDATE deliveries SET status = 'pending', lease_owner = NULL, "
-            "lease_expires_at = NULL WHERE status = 'in_flight' AND lease_expires_at < :now",
-            ("now",),
-        )
-    else:
-        statement = timed_sql(_PG_REAP, ("now",))
     async with db.write() as conn:
-        result = await conn.execute(statement, {"now": now})
+        result = await conn.execute(_REAP[_dialect(db)], {"now": now})
     return int(result.rowcount)
 
 
 async def release_all_leases(db: Database) -> int:
     """SQLite only (one worker process): whatever is in flight belonged to a dead worker."""
-    statement = text(
-        "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE status = 'in_flight'"
-    )
     async with db.write() as conn:
-        result = await conn.execute(statement)
+        result = await conn.execute(text(f"{_TO_PENDING} WHERE status = 'in_flight'"))
     return int(result.rowcount)
 
 
