@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -13,13 +17,26 @@ from tests.integration.support import assert_problem, running
 
 
 @pytest.fixture(params=["postgres-port-closed", "sqlite-no-directory"])
-def unreachable(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+async def unreachable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
     # Port 1 (tcpmux) has no listener here; the SQLite file's directory does not exist.
     urls = {
         "postgres-port-closed": "postgresql+asyncpg://postgres@127.0.0.1:1/eventrelay",
         "sqlite-no-directory": f"sqlite+aiosqlite:///{tmp_path}/missing/eventrelay.db",
     }
-    return Settings(database_url=urls[request.param], admin_token=ADMIN_TOKEN, log_format="text")
+    before = set(threading.enumerate())
+    yield Settings(database_url=urls[request.param], admin_token=ADMIN_TOKEN, log_format="text")
+    await threads_ended(before)
+
+
+async def threads_ended(before: set[threading.Thread], within: float = 5.0) -> None:
+    """Wait (on the test's loop) until the threads started since ``before`` end.
+    aiosqlite stops the thread of a connection that failed to open without
+    waiting for it, and that thread then answers on the loop: were the loop
+    closed first, the answer would raise in the thread."""
+    deadline = time.monotonic() + within
+    while any(t.is_alive() for t in set(threading.enumerate()) - before):
+        assert time.monotonic() < deadline, "a driver thread did not end"
+        await asyncio.sleep(0.01)
 
 
 async def post_event(client: httpx.AsyncClient) -> httpx.Response:
