@@ -3,14 +3,8 @@ share the next one, so many requests pay for one fsync.
 
 A flush takes everything queued (up to ``max_batch`` items) and hands it to
 one call of ``flush``; each submitter gets its own item's result or the
-exception that sank the whole flush. A submitter that finds nothing being
-written and nothing queued writes its item itself, in its own task: handing
-it to a writer task and the answer back would be two more turns of the event
-loop, each a wait of its own when the loop is busy (the worker in the same
-process). Items submitted meanwhile queue for the writers, which start their
-next flush once it has finished, as they would after one of their own.
-With a tracer, each flush is a span that the spans of the requests it carries
-are linked to.
+exception that sank the whole flush. With a tracer, each flush is a span that
+the spans of the requests it carries are linked to.
 """
 
 from __future__ import annotations
@@ -50,10 +44,6 @@ class GroupCommitter(Generic[T, R]):
         self._queue: asyncio.Queue[_Queued[T, R] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._flushing = 0  # flushes under way, the writers' and the submitters' own
-        self._idle = asyncio.Event()  # set when none is
-        self._idle.set()
-        self._in_hand = 0  # items a writer has taken and holds until the flushes end
 
     def start(self) -> None:
         self._closing = False
@@ -70,12 +60,6 @@ class GroupCommitter(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self._idle.wait()  # a submitter's own flush
-
-    @property
-    def waiting(self) -> int:
-        """Items submitted and not yet in a flush."""
-        return self._queue.qsize() + self._in_hand
 
     async def submit(self, item: T, span: IngestSpan | None = None) -> R:
         """Store ``item`` with the next flush; ``span``, the request's, is linked to it."""
@@ -84,9 +68,6 @@ class GroupCommitter(Generic[T, R]):
         if not self._tasks:
             raise RuntimeError("the group committer is not running")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        if self._flushing == 0 and self.waiting == 0:
-            await self._flush_batch([(item, future, span)])
-            return future.result()
         self._queue.put_nowait((item, future, span))  # unbounded: never waits
         return await future
 
@@ -95,13 +76,6 @@ class GroupCommitter(Generic[T, R]):
             first = await self._queue.get()
             if first is None:
                 return
-            if self._flushing >= self._writers:  # submitters' own flushes
-                self._in_hand += 1
-                try:
-                    while self._flushing >= self._writers:
-                        await self._idle.wait()
-                finally:
-                    self._in_hand -= 1
             batch = [first]
             stop = False
             while len(batch) < self._max_batch and not self._queue.empty():
@@ -115,16 +89,6 @@ class GroupCommitter(Generic[T, R]):
                 return
 
     async def _flush_batch(self, batch: list[_Queued[T, R]]) -> None:
-        self._flushing += 1
-        self._idle.clear()
-        try:
-            await self._write(batch)
-        finally:
-            self._flushing -= 1
-            if self._flushing == 0:
-                self._idle.set()
-
-    async def _write(self, batch: list[_Queued[T, R]]) -> None:
         if self._on_flush is not None:
             self._on_flush(len(batch))
         try:

@@ -29,7 +29,6 @@ class FakeStore:
     async def flush(self, items: Sequence[int]) -> list[int]:
         self.flushes.append(list(items))
         self.entered.set()
-        await asyncio.sleep(0)  # a real flush always waits for its database
         await self.gate.wait()
         if self.poison is not None and self.poison in items:
             raise RuntimeError(f"item {self.poison} sank the transaction")
@@ -90,7 +89,7 @@ async def test_concurrent_submissions_share_a_flush(
 ) -> None:
     first = await hold_first_flush(store, committer, 0)
     waiting = [asyncio.create_task(committer.submit(i)) for i in range(1, 21)]
-    await until(lambda: committer.waiting == 20, "all 20 queued behind the held flush")
+    await until(lambda: committer._queue.qsize() == 20, "all 20 queued behind the held flush")
     store.release()
     results = await asyncio.gather(first, *waiting)
     assert results == [i * 2 for i in range(21)]
@@ -113,7 +112,7 @@ async def test_batches_are_capped_at_max_batch(store: FakeStore) -> None:
     try:
         first = await hold_first_flush(store, committer, 0)
         waiting = [asyncio.create_task(committer.submit(i)) for i in range(1, 21)]
-        await until(lambda: committer.waiting == 20, "all 20 queued")
+        await until(lambda: committer._queue.qsize() == 20, "all 20 queued")
         store.release()
         await asyncio.gather(first, *waiting)
     finally:
@@ -128,7 +127,7 @@ async def test_a_failed_flush_fails_every_submitter_of_that_batch(store: FakeSto
     try:
         first = await hold_first_flush(store, committer, 0)
         batch = [asyncio.create_task(committer.submit(i)) for i in range(1, 6)]
-        await until(lambda: committer.waiting == 5, "the batch is queued")
+        await until(lambda: committer._queue.qsize() == 5, "the batch is queued")
         store.release()
         assert await first == 0
         outcomes = await asyncio.gather(*batch, return_exceptions=True)
@@ -160,7 +159,7 @@ async def test_on_flush_sees_each_batch_size(store: FakeStore) -> None:
     try:
         first = await hold_first_flush(store, committer, 0)
         waiting = [asyncio.create_task(committer.submit(i)) for i in range(1, 4)]
-        await until(lambda: committer.waiting == 3, "queued")
+        await until(lambda: committer._queue.qsize() == 3, "queued")
         store.release()
         await asyncio.gather(first, *waiting)
     finally:
@@ -179,7 +178,7 @@ async def test_stop_flushes_what_is_queued(store: FakeStore) -> None:
     committer.start()
     first = await hold_first_flush(store, committer, 0)
     queued = [asyncio.create_task(committer.submit(i)) for i in range(1, 11)]
-    await until(lambda: committer.waiting == 10, "queued behind the held flush")
+    await until(lambda: committer._queue.qsize() == 10, "queued behind the held flush")
     stopping = asyncio.create_task(committer.stop())
     store.release()
     async with asyncio.timeout(DEADLINE):
@@ -199,36 +198,3 @@ async def test_stop_lets_the_running_flush_finish(store: FakeStore) -> None:
     async with asyncio.timeout(DEADLINE):
         await stopping
     assert await in_flight == 10
-
-
-async def test_a_lone_item_is_flushed_in_its_submitters_own_task() -> None:
-    """Nothing written or queued: no hand-off to a writer task and back."""
-    tasks: list[asyncio.Task[object] | None] = []
-
-    async def flush(items: Sequence[int]) -> list[int]:
-        tasks.append(asyncio.current_task())
-        await asyncio.sleep(0)
-        return [item * 2 for item in items]
-
-    committer: GroupCommitter[int, int] = GroupCommitter(flush, writers=1)
-    committer.start()
-    try:
-        submitter = asyncio.create_task(committer.submit(4))
-        assert await submitter == 8
-    finally:
-        await committer.stop()
-    assert tasks == [submitter]
-
-
-async def test_stop_waits_for_a_submitters_own_flush(store: FakeStore) -> None:
-    committer: GroupCommitter[int, int] = GroupCommitter(store.flush, writers=1)
-    committer.start()
-    own = await hold_first_flush(store, committer, 3)
-    stopping = asyncio.create_task(committer.stop())
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert not stopping.done(), "stop returned with a flush under way"
-    store.release()
-    async with asyncio.timeout(DEADLINE):
-        await stopping
-    assert await own == 6
