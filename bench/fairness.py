@@ -39,8 +39,8 @@ end), and the worker's mean cycle (its write transaction) while B was
 measured loaded: the target is B's p99 loaded within its p99 idle plus one
 cycle; on PostgreSQL also its checkpoints and this database's deadlocks
 while B was measured loaded. ``--timeline PATH`` writes each of B's loaded
-single events' times on the wall clock (sent, 202, arrival; on PostgreSQL its
-delivery's ``created_at`` and its attempt's ``started_at``) and, every 50 ms,
+single events' times on the wall clock (sent, 202, arrival, its delivery's
+``created_at`` and its attempt's ``started_at``) and, on PostgreSQL, every 50 ms,
 what this database's active backends and the checkpointer were waiting for,
 to line a late event up with the server's side. The server is whatever
 ``eventrelay`` imports: run the code before a change with ``PYTHONPATH`` set to
@@ -61,12 +61,14 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -397,9 +399,26 @@ async def sample_server(db_url: str, samples: list[Any], stop: asyncio.Event) ->
         await conn.close()
 
 
+ATTEMPTS_STARTED_SQLITE = (
+    "SELECT d.event_id, d.created_at, a.started_at"
+    " FROM deliveries d JOIN attempts a ON a.delivery_id = d.id"
+    " WHERE d.tenant_id = ? ORDER BY a.started_at"
+)
+
+
+def _epoch(stored: str) -> float:
+    """SQLite's stored UTC time (text without a zone) as epoch seconds."""
+    return datetime.fromisoformat(stored).replace(tzinfo=UTC).timestamp()
+
+
 async def attempts_started(db_url: str, tenant: str) -> dict[str, list[float]]:
     """Each of ``tenant``'s events: when its delivery was created and its
     attempts started (epoch seconds, the server's clock), read after the run."""
+    if db_url.startswith("sqlite"):
+        path = db_url.split(":///", 1)[1]
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            rows = db.execute(ATTEMPTS_STARTED_SQLITE, (tenant,)).fetchall()
+        return {r[0]: [_epoch(r[1]), _epoch(r[2])] for r in rows}
     conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         rows = await conn.fetch(
@@ -499,12 +518,11 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
             checkpoints_after = await checkpoints(db_url)
             deadlocks_after = await deadlocks(db_url)
             if args.timeline is not None:
-                if args.backend == "postgres":
-                    started = await attempts_started(db_url, "b")
-                    for entry in TIMELINE:
-                        entry["created"], entry["attempt_started"] = started.get(
-                            entry["event"], [None, None]
-                        )
+                started = await attempts_started(db_url, "b")
+                for entry in TIMELINE:
+                    entry["created"], entry["attempt_started"] = started.get(
+                        entry["event"], [None, None]
+                    )
                 args.timeline.write_text(json.dumps({"events": TIMELINE, "server": samples}))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -556,7 +574,7 @@ async def claim_cost(db_url: str, tenants: int, backlog: int = 30_000) -> tuple[
     """p50 seconds of one claim of 32 with ``backlog`` pending deliveries spread
     over ``tenants`` tenants (one subscription each), and of one probe claim
     (up to 8 of them by the fresh walk, tenant t1 crowding)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from sqlalchemy import text
 

@@ -56,3 +56,44 @@ async def test_a_refresh_that_does_not_finish_is_cancelled(
     await asyncio.wait_for(gauges.started.wait(), 5.0)
     await asyncio.wait_for(gauges.stop(), 1.0)
     assert gauges.refreshes == 0
+
+
+class TimedGauges(DatabaseGauges):
+    """Refreshes that take ``cost`` seconds of the event loop's clock."""
+
+    def __init__(self, cost: float) -> None:
+        super().__init__(None, circuit=CircuitPolicy(), interval_seconds=0.01)  # type: ignore[arg-type]
+        self.cost = cost
+        self.refreshed_at: list[float] = []
+
+    async def refresh(self) -> None:
+        await asyncio.sleep(self.cost)
+        self.refreshed_at.append(asyncio.get_running_loop().time())
+
+
+async def test_a_slow_refresh_puts_the_next_one_off_in_proportion() -> None:
+    gauges = TimedGauges(cost=0.02)
+    gauges.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while len(gauges.refreshed_at) < 3:
+            assert asyncio.get_running_loop().time() < deadline, gauges.refreshed_at
+            await asyncio.sleep(0.01)
+    finally:
+        await gauges.stop()
+    assert gauges.last_duration >= 0.02
+    assert gauges.next_wait() == gauges_module.COST_FACTOR * gauges.last_duration
+    # Each refresh ended at least COST_FACTOR times its own duration after the
+    # one before, not the 0.01 s interval: the refreshes take a bounded share.
+    first, second, third = gauges.refreshed_at[:3]
+    least = gauges_module.COST_FACTOR * 0.02 + 0.02
+    assert second - first >= least
+    assert third - second >= least
+
+
+def test_a_quick_refresh_keeps_the_interval() -> None:
+    gauges = DatabaseGauges(None, circuit=CircuitPolicy(), interval_seconds=5.0)  # type: ignore[arg-type]
+    gauges.last_duration = 0.05
+    assert gauges.next_wait() == 5.0
+    gauges.last_duration = 0.5
+    assert gauges.next_wait() == gauges_module.COST_FACTOR * 0.5
