@@ -15,12 +15,19 @@ one webhook subscription, events with a stored ``traceparent``):
 - ``policy``: the line policy's slot bookkeeping around it
   (``take_slot`` and ``next_after``/``free_slot``);
 - ``rows``: the cycle's outcome parameters for PostgreSQL
-  (``app.store.outcomes._outcome_arrays``, what asyncpg is then handed).
+  (``app.store.outcomes.outcome_rows`` as JSON, what asyncpg is then handed).
 
 Each round times every part over ``--attempts`` deliveries; the report is the
 best round per part, in µs per delivery (the least disturbed by other work on
 a shared machine). Run it from a directory other than the repository's root
 when ``PYTHONPATH`` names another tree.
+
+``--nats URL`` times instead the attempt step through the real NATS JetStream
+sender (a NATS subscription, ``subject: <stream>.{type}``), ``--concurrency``
+attempts in flight as the worker keeps them, against a bare loop of nats-py's
+``publish_async`` with the same headers (as ``bench/destinations.py`` does): µs
+of this process's CPU per message, the best round of each, and their
+difference, which is the worker's own share of a NATS delivery.
 """
 
 from __future__ import annotations
@@ -28,13 +35,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from app.domain import tracecontext
+import orjson
+
+from app.domain import tracecontext, webhook
 from app.domain.circuit import CircuitPolicy
+from app.domain.destinations import Destination, NatsDestination
+from app.domain.signing import secret_key
 from app.metrics import Metrics
 from app.store import outcomes
 from app.store.events import StoredEvent
@@ -65,7 +77,7 @@ class InstantSender:
         return None
 
 
-def subscription() -> Subscription:
+def subscription(destination: Destination | None = None) -> Subscription:
     now = datetime.now(UTC)
     return Subscription(
         id="sub_1",
@@ -89,6 +101,7 @@ def subscription() -> Subscription:
         circuit_open_until=None,
         created_at=now,
         updated_at=now,
+        destination=destination,
     )
 
 
@@ -105,6 +118,10 @@ def work(n: int) -> list[tuple[Claimed, StoredEvent]]:
     return items
 
 
+def _as_is(value: datetime) -> datetime:
+    return value
+
+
 def timed(fn: Callable[[], Any], n: int) -> float:
     gc.collect()
     started = time.perf_counter()
@@ -112,11 +129,103 @@ def timed(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
+async def in_flight(send: Callable[[int], Awaitable[object]], n: int, concurrency: int) -> float:
+    """µs of this process's CPU per call of ``send(0 … n-1)``, ``concurrency`` at once."""
+    next_index = 0
+
+    async def lane() -> None:
+        nonlocal next_index
+        while next_index < n:
+            i = next_index
+            next_index += 1
+            await send(i)
+
+    gc.collect()
+    started = time.process_time()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return (time.process_time() - started) / n * 1e6
+
+
+async def nats_rounds(args: argparse.Namespace) -> None:
+    import nats
+    from nats.js.api import StreamConfig
+
+    from app.worker.attempt import USER_AGENT
+    from app.worker.brokers.common import content_type, message_headers
+    from app.worker.brokers.nats_jetstream import nats_sender
+
+    n = args.attempts
+    client = await nats.connect(args.nats)
+    js = client.jetstream()
+    name = f"bench_step_{os.getpid()}"
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+    sender = nats_sender(allow_private=True)
+    step = AttemptStep(sender, Metrics(), owner="w-1", retry_schedule=(1.0,), timeout_ms=10_000)
+    policy = LinePolicy(64, 8, CircuitPolicy())
+    destination = NatsDestination(url=args.nats, subject=name + ".{type}")
+    policy.load("sub_1", subscription(destination), time.monotonic())
+    line = policy.lines["sub_1"]
+    items = work(n)
+    bodies = [payload(event) for _, event in items]
+    keys = [secret_key(SECRET)]
+
+    async def worker_path(i: int) -> None:
+        delivery, event = items[i]
+        completion = await step.run(line, delivery, event, bodies[i])
+        assert completion.status == "succeeded", completion.error
+
+    async def bare(i: int) -> None:
+        _, event = items[i]
+        trace = tracecontext.headers(tracecontext.new_trace().child(os.urandom(8).hex()))
+        message = Message(
+            bodies[i],
+            webhook.headers(
+                event_id=event.id,
+                timestamp=int(time.time()),
+                payload=bodies[i],
+                keys=keys,
+                user_agent=USER_AGENT,
+                custom={},
+                trace=trace,
+            ),
+            10.0,
+            event.id,
+        )
+        headers = message_headers(message)
+        headers["Content-Type"] = content_type(message)
+        headers["Nats-Msg-Id"] = f"base-{event.id}"
+        ack = await js.publish_async(f"{name}.order.created", message.payload, headers=headers)
+        await ack
+
+    best: dict[str, float] = {}
+    try:
+        await in_flight(worker_path, min(n, 500), args.concurrency)  # connects
+        for _ in range(args.rounds):
+            for part, send in (("worker", worker_path), ("bare", bare)):
+                await js.purge_stream(name)
+                us = await in_flight(send, n, args.concurrency)
+                best[part] = min(best.get(part, us), us)
+    finally:
+        await sender.close()
+        await js.delete_stream(name)
+        await client.close()
+    print(
+        f"nats worker {best['worker']:.1f} bare {best['bare']:.1f} "
+        f"worker's own {best['worker'] - best['bare']:.1f} µs CPU a message"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--attempts", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--nats", metavar="URL", help="through the NATS sender (see above)")
+    parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    await (nats_rounds(args) if args.nats else step_rounds(args))
+
+
+async def step_rounds(args: argparse.Namespace) -> None:
     n = args.attempts
     metrics = Metrics()
     step = AttemptStep(
@@ -150,7 +259,8 @@ async def main() -> None:
 
     def rows() -> None:
         for i in range(0, n, CYCLE):
-            outcomes._outcome_arrays(completions[i : i + CYCLE])
+            rows = outcomes.outcome_rows(completions[i : i + CYCLE], _as_is)
+            orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC)
 
     best: dict[str, float] = {}
     for _ in range(args.rounds):

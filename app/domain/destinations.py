@@ -85,6 +85,11 @@ def check_template(value: str) -> str:
     return value
 
 
+def placeholders(template: str) -> frozenset[str]:
+    """The placeholders a valid template (:func:`check_template`) uses."""
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(template) if name)
+
+
 def render(template: str, *, event_type: str, key: str | None, tenant_id: str) -> str:
     """The name ``template`` gives an event (``{key}`` is empty without a key)."""
     return template.format_map({"type": event_type, "key": key or "", "tenant_id": tenant_id})

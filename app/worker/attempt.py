@@ -18,7 +18,7 @@ import orjson
 
 from app import __version__
 from app.domain import formats, tracecontext, webhook
-from app.domain.destinations import Destination, render
+from app.domain.destinations import Destination, placeholders, render
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import Key, prepared, secret_key
@@ -91,7 +91,7 @@ class AttemptStep:
         )
         if target.binary:
             headers.update(_binary_headers(event))
-        destination = sub.destination
+        routes = target.routes
         message = Message(
             payload,
             headers,
@@ -99,7 +99,7 @@ class AttemptStep:
             event.id,
             event.type,
             event.key,
-            None if destination is None else route(destination, event, sub.tenant_id),
+            None if routes is None else routes.of(event),
         )
         result = await target.connection.send(message)
         target.duration.observe(result.duration_ms / 1000)
@@ -191,6 +191,7 @@ class Target:
         "content_type",
         "duration",
         "kind",
+        "routes",
         "subscription",
         "timeout_s",
     )
@@ -206,6 +207,49 @@ class Target:
         self.timeout_s = (sub.timeout_ms or timeout_ms) / 1000
         self.connection: Connection = sender.connection(sub.target)
         self.duration = metrics.destination_duration[self.kind]
+        destination = sub.destination
+        self.routes = None if destination is None else Routes(destination, sub.tenant_id)
+
+
+class Routes:
+    """A broker destination's routes by event: its name template rendered once per
+    event type (and key, when the template uses it), not per attempt."""
+
+    __slots__ = ("_by_event", "_destination", "_fixed", "_tenant_id", "_uses_key")
+    LIMIT = 4096  # rendered names kept; all are dropped when it is reached
+
+    def __init__(self, destination: Destination, tenant_id: str) -> None:
+        self._destination = destination
+        self._tenant_id = tenant_id
+        used = placeholders(_template(destination))
+        self._uses_key = "key" in used
+        self._by_event: dict[tuple[str, str | None], Route | None] = {}
+        self._fixed = used <= {"tenant_id"}
+
+    def of(self, event: StoredEvent) -> Route | None:
+        if self._fixed:
+            at: tuple[str, str | None] = ("", None)
+        else:
+            at = (event.type, event.key if self._uses_key else None)
+        found = self._by_event.get(at, _UNKNOWN)
+        if found is _UNKNOWN:
+            if len(self._by_event) >= self.LIMIT:
+                self._by_event.clear()
+            found = self._by_event[at] = route(self._destination, event, self._tenant_id)
+        return found  # type: ignore[return-value]
+
+
+_UNKNOWN = object()
+
+
+def _template(destination: Destination) -> str:
+    if destination.type == "rabbitmq":
+        return destination.routing_key
+    if destination.type == "nats":
+        return destination.subject
+    if destination.type == "redis":
+        return destination.stream
+    return ""
 
 
 def route(destination: Destination, event: StoredEvent, tenant_id: str) -> Route | None:

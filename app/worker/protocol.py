@@ -81,13 +81,30 @@ SenderFactory = Callable[[], Sender]
 """Builds the worker's sender inside its event loop, when the worker starts."""
 
 
+# Outcomes are frozen: the common ones are built once and shared by every attempt.
+_ACCEPTED = Outcome(accepted=True)
+_BY_STATUS: dict[int, Outcome] = {}
+
+
+def answered(status_code: int, retry_after: str | None = None) -> Outcome:
+    """The outcome of an HTTP answer (shared between attempts when it has no ``Retry-After``)."""
+    if retry_after is not None:
+        return Outcome(status_code=status_code, retry_after=retry_after)
+    outcome = _BY_STATUS.get(status_code)
+    if outcome is None:
+        outcome = Outcome(status_code=status_code)
+        if 100 <= status_code < 600:
+            _BY_STATUS[status_code] = outcome
+    return outcome
+
+
 def delivered(duration_ms: int, status_code: int = 200, body: str | None = None) -> SendResult:
-    return SendResult(Outcome(status_code=status_code), duration_ms, body)
+    return SendResult(answered(status_code), duration_ms, body)
 
 
 def accepted(duration_ms: int, note: str | None = None) -> SendResult:
     """A broker took the message (its confirm or ack); ``note`` says what it answered."""
-    return SendResult(Outcome(accepted=True), duration_ms, note)
+    return SendResult(_ACCEPTED, duration_ms, note)
 
 
 def retry_after(

@@ -22,10 +22,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import istr
 
-from app.domain.retry import Outcome
 from app.domain.ssrf import forbidden_reason
 from app.worker.config import WorkerConfig
-from app.worker.protocol import Message, SenderFactory, SendResult, failed
+from app.worker.protocol import Message, SenderFactory, SendResult, answered, failed
 
 MAX_RESPONSE_BODY = 4096
 
@@ -114,10 +113,7 @@ class HttpConnection:
                 timeout=_timeout(message.timeout_s),
             ) as response:
                 body = await response.content.read(MAX_RESPONSE_BODY)
-                outcome = Outcome(
-                    status_code=response.status,
-                    retry_after=response.headers.get("Retry-After"),
-                )
+                outcome = answered(response.status, response.headers.get("Retry-After"))
                 text = _storable_text(body)
         except TimeoutError:
             return _failed(started, f"timed out after {message.timeout_s * 1000:.0f} ms")

@@ -134,3 +134,16 @@ async def test_a_worker_without_the_library_fails_attempts_with_why(
     assert result.outcome.error is not None
     assert "aio-pika is not installed" in result.outcome.error
     assert not result.outcome.accepted
+
+
+@pytest.mark.parametrize(
+    ("template", "used"),
+    [
+        ("orders", set()),
+        ("a{{b}}", set()),
+        ("{tenant_id}.{type}", {"tenant_id", "type"}),
+        ("{type}.{key}.{type}", {"type", "key"}),
+    ],
+)
+def test_placeholders(template: str, used: set[str]) -> None:
+    assert destinations.placeholders(template) == used

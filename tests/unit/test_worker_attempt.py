@@ -11,13 +11,14 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from app.domain.circuit import CircuitPolicy
+from app.domain.retry import Outcome
 from app.domain.sealing import Keyring, key_id
 from app.metrics import Metrics
 from app.store.sealed import SUBSCRIPTIONS, Sealed
 from app.store.work import Completion
 from app.worker.attempt import USER_AGENT, AttemptStep
 from app.worker.lines import LinePolicy
-from app.worker.protocol import SendResult, delivered, failed, gone, retry_after
+from app.worker.protocol import SendResult, accepted, answered, delivered, failed, gone, retry_after
 from tests.unit.worker_fakes import SECRET, FakeSender, ready, subscription
 
 SCHEDULE = (10.0, 20.0)
@@ -141,3 +142,11 @@ async def test_a_sealed_secret_signs_like_a_plain_one() -> None:
     sealed = Sealed(ring.seal(SECRET, aad), aad, "subscriptions.secret of sub_1", ring)
     _, sender, _ = await attempt(delivered(1), secret=sealed)
     Webhook(SECRET).verify(sender.sent[0].message.payload, dict(sender.sent[0].message.headers))
+
+
+async def test_shared_outcomes_are_the_same_as_built_ones() -> None:
+    assert delivered(1).outcome == Outcome(status_code=200)
+    assert delivered(1, 204).outcome == Outcome(status_code=204)
+    assert delivered(1, 204).outcome is delivered(2, 204).outcome
+    assert answered(503, "7") == Outcome(status_code=503, retry_after="7")
+    assert accepted(1, "ok").outcome == Outcome(accepted=True)

@@ -14,6 +14,7 @@ from app.worker.protocol import Message, SendResult, failed
 
 # HTTP-only headers that mean nothing on a broker message.
 _HTTP_ONLY = frozenset({"content-type", "user-agent"})
+JSON = "application/json"
 
 C = TypeVar("C")
 B = TypeVar("B", bound="BrokerConnection[Any]")
@@ -151,11 +152,15 @@ def _release(waiter: asyncio.Future[None]) -> None:
 
 def message_headers(message: Message) -> dict[str, str]:
     """The ``webhook-*`` headers (and the subscription's own) for a broker message."""
-    return {k: v for k, v in message.headers.items() if k.lower() not in _HTTP_ONLY}
+    headers = dict(message.headers)
+    for name in message.headers:
+        if name.lower() in _HTTP_ONLY:
+            del headers[name]
+    return headers
 
 
 def content_type(message: Message) -> str:
-    return message.headers.get("content-type", "application/json")
+    return message.headers.get("content-type", JSON)
 
 
 def elapsed_ms(started: float) -> int:

@@ -32,9 +32,9 @@ from nats.js.api import Header, PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
 from app.worker.brokers.common import (
+    JSON,
     BrokerConnection,
     PerUrl,
-    content_type,
     elapsed_ms,
     failed_since,
     message_headers,
@@ -83,7 +83,9 @@ class Connected:
         return token
 
     async def ack(self, token: str) -> PubAck:
-        """The stream's ack of a publish, or the error it answered instead."""
+        """The stream's ack of a publish, or the error it answered instead (built
+        from the fields read here: ``PubAck.from_response`` walks the dataclass's
+        fields for every ack)."""
         try:
             answer = await self._waiting[token]
         finally:
@@ -93,7 +95,7 @@ class Connected:
         reply = orjson.loads(answer.data)
         if "error" in reply:
             raise APIError.from_error(reply["error"])
-        return PubAck.from_response(reply)
+        return PubAck(reply["stream"], reply["seq"], duplicate=reply.get("duplicate"))
 
     def forget(self, token: str) -> None:
         self._waiting.pop(token, None)
@@ -185,7 +187,7 @@ class NatsConnection(BrokerConnection[Connected]):
         route = message.route
         assert route is not None
         headers = message_headers(message)
-        headers["Content-Type"] = content_type(message)
+        headers["Content-Type"] = message.headers.get("content-type", JSON)
         headers["Nats-Msg-Id"] = message.event_id
         connected: Connected | None = None
         try:
