@@ -7,7 +7,12 @@ has one writer, whose ``BEGIN IMMEDIATE`` transaction is lock enough).
 The per-key ordering rule lives in the query: a delivery with an ordering key
 is claimed only while no earlier delivery of its line is unfinished (pending,
 in flight, or dead with ``on_dead_letter = 'block'``). The ``ready`` mark only
-keeps the scan short; the ``NOT EXISTS`` is what guarantees the order.
+keeps the scan short; the ``NOT EXISTS`` is what guarantees the order. A head
+taken may bring its line's next pending deliveries (its *run*, ``_pg_runs``,
+``SQLITE_RUNS``), with no gap, leased to the same worker: while one of them is
+in flight every later delivery of the line has an earlier busy one, so no
+other claim takes any; the worker sends them in order, each only after the
+previous succeeded, and gives the rest back when one does not.
 
 The worker's cycle (:func:`app.store.deliveries.complete_and_claim`) claims
 after writing its outcomes, in the same transaction or, on PostgreSQL when
@@ -63,7 +68,7 @@ _CLAIMABLE = """
 # worker leaves it out while the crowding tenant is at its limit.
 FRESH_WINDOW = 512
 _FRESH = """
-    SELECT d.seq
+    SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key
     FROM deliveries d
     JOIN subscriptions s ON s.id = d.subscription_id
     WHERE {in_window} AND {claimable} AND {not_crowding} AND {not_excluded}
@@ -77,7 +82,7 @@ _WINDOW = f"""
     LIMIT {FRESH_WINDOW}
 """
 _OLDEST = """
-    SELECT d.seq
+    SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key
     FROM deliveries d {index_hint}
     JOIN subscriptions s ON s.id = d.subscription_id
     WHERE {claimable} AND {not_excluded} AND {not_fresh}
@@ -90,9 +95,10 @@ _OLDEST = """
 # 0 to leave it out): an expression there hides its size from PostgreSQL's
 # planner, which then sorted the whole backlog (30 ms a claim at 30,000).
 _TAKEN = """
-    SELECT seq FROM fresh
+    SELECT seq, sub, key FROM fresh
     UNION ALL
-    SELECT * FROM (SELECT seq FROM oldest LIMIT :limit - (SELECT count(*) FROM fresh)) AS rest
+    SELECT * FROM (
+        SELECT seq, sub, key FROM oldest LIMIT :limit - (SELECT count(*) FROM fresh)) AS rest
 """
 
 # SQLite's planner prefers the (status, subscription_id) index and then sorts
@@ -137,7 +143,7 @@ def _pg_walks() -> tuple[str, str]:
 _SQLITE_OTHERS = """{s}.id NOT IN (SELECT value FROM json_each(:crowding))
       AND {s}.id NOT IN (SELECT value FROM json_each(:exclude))"""
 _SQLITE_FRESH = f"""
-    SELECT d.seq
+    SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key
     FROM ({_WINDOW.format(index_hint=SQLITE_CLAIM_HINT)}) AS w
     CROSS JOIN deliveries d ON d.seq = w.seq
     JOIN subscriptions s ON s.id = d.subscription_id
@@ -183,6 +189,84 @@ _EVENT_COLUMNS = (
 _FREED = "unnest(CAST(:freed_subs AS TEXT[]), CAST(:freed_keys AS TEXT[])) AS line(sub, key)"
 
 
+# Runs. A head of a line taken above brings the line's next deliveries with it,
+# leased to the same worker, which sends them one after another (the next only
+# after the previous succeeded): they are never readied and claimed one by one.
+# A run is the line's busy deliveries after the head, in ``seq`` order, up to
+# ``:followers`` of them, as long as each is pending and due: it ends before the
+# first one that is not (in flight elsewhere, dead and blocking, or a retry not
+# yet due), so it holds no gap. ``candidates`` walks each line on the line
+# index (``busy`` spells its predicate) for at most ``:followers`` rows, numbered
+# ``n`` in order; the runs share what the limit leaves after the heads, the
+# first follower of every run before any run's second.
+def _pg_runs() -> str:
+    return f"""
+        candidates AS MATERIALIZED (
+            SELECT h.seq AS head, c.seq, c.ok, c.n
+            FROM taken h
+            JOIN subscriptions s ON s.id = h.sub
+            CROSS JOIN LATERAL (
+                SELECT f.seq, f.status = 'pending' AND f.next_attempt_at <= :now AS ok,
+                       row_number() OVER (ORDER BY f.seq) AS n
+                FROM deliveries f
+                WHERE {busy("f", "s")}
+                  AND f.subscription_id = h.sub AND f.ordering_key = h.key AND f.seq > h.seq
+                ORDER BY f.seq
+                LIMIT :followers
+            ) AS c
+            WHERE h.key IS NOT NULL AND s.id <> ALL(CAST(:single AS TEXT[]))
+        ),
+        locked AS MATERIALIZED (
+            SELECT seq FROM deliveries
+            WHERE seq = ANY(ARRAY(SELECT seq FROM candidates WHERE ok)) AND status = 'pending'
+            FOR UPDATE SKIP LOCKED
+        ),
+        followers AS MATERIALIZED (
+            SELECT seq FROM (
+                SELECT c.seq, c.n, bool_and(c.ok AND l.seq IS NOT NULL)
+                           OVER (PARTITION BY c.head ORDER BY c.n) AS kept
+                FROM candidates c LEFT JOIN locked l ON l.seq = c.seq
+            ) AS run
+            WHERE kept
+            ORDER BY n, seq
+            LIMIT :limit - (SELECT count(*) FROM taken)
+        )"""
+
+
+# On PostgreSQL a follower another transaction holds (``SKIP LOCKED`` passes it
+# by, ``locked``) ends its run like one that is not pending: the run never skips.
+# SQLite has one writer and no LATERAL: a second statement over the heads the
+# claim took (``:seqs``), each line walked for its ``:followers``-th busy
+# delivery after the head (``last``), the runs' rows up to it numbered, and the
+# prefix of each run that is pending and due kept.
+SQLITE_RUNS = f"""
+    WITH heads AS MATERIALIZED (
+        SELECT h.seq, h.subscription_id AS sub, h.ordering_key AS key, (
+            SELECT g.seq FROM deliveries g INDEXED BY ix_deliveries_line
+            WHERE {busy("g", "s")}
+              AND g.subscription_id = h.subscription_id AND g.ordering_key = h.ordering_key
+              AND g.seq > h.seq
+            ORDER BY g.seq LIMIT 1 OFFSET :followers - 1) AS last
+        FROM deliveries h JOIN subscriptions s ON s.id = h.subscription_id
+        WHERE h.seq IN (SELECT value FROM json_each(:seqs)) AND h.ordering_key IS NOT NULL
+          AND s.id NOT IN (SELECT value FROM json_each(:single))
+    ), candidates AS MATERIALIZED (
+        SELECT heads.seq AS head, f.seq,
+               min(f.status = 'pending' AND f.next_attempt_at <= :now)
+                   OVER (PARTITION BY heads.seq ORDER BY f.seq) AS ok,
+               row_number() OVER (PARTITION BY heads.seq ORDER BY f.seq) AS n
+        FROM heads
+        JOIN subscriptions s ON s.id = heads.sub
+        JOIN deliveries f INDEXED BY ix_deliveries_line
+          ON f.subscription_id = heads.sub AND f.ordering_key = heads.key
+        WHERE {busy("f", "s")} AND f.seq > heads.seq
+          AND f.seq <= coalesce(heads.last, 9223372036854775807)
+    )
+    SELECT json_group_array(seq) FROM (
+        SELECT seq FROM candidates WHERE ok ORDER BY n, seq LIMIT :room)
+"""
+
+
 # Each claimed delivery comes back with its event. PostgreSQL's UPDATE … FROM
 # joins it. SQLite's RETURNING cannot join, and sqlite3 gives up the GIL for
 # every row it steps through (and waits to get it back from the busy event
@@ -198,16 +282,17 @@ def _claim() -> dict[str, str]:
         "postgresql": f"""
         WITH caught_up AS ({promote_sql(_FREED)}),
         fresh AS MATERIALIZED ({pg_fresh} FOR UPDATE OF d SKIP LOCKED),
-        oldest AS MATERIALIZED ({pg_oldest} FOR UPDATE OF d SKIP LOCKED)
+        oldest AS MATERIALIZED ({pg_oldest} FOR UPDATE OF d SKIP LOCKED),
+        taken AS MATERIALIZED ({_TAKEN}),{_pg_runs()}
         UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
         FROM events e
-        WHERE deliveries.seq = ANY(ARRAY({_TAKEN}))
+        WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM taken UNION ALL SELECT seq FROM followers))
           AND e.id = deliveries.event_id
         RETURNING {_CLAIMED_COLUMNS}, {_EVENT_COLUMNS}
     """,
         "sqlite": f"""
         WITH fresh AS MATERIALIZED ({sqlite_fresh}), oldest AS MATERIALIZED ({sqlite_oldest})
-        SELECT json_group_array(seq) FROM ({_TAKEN})
+        SELECT json_group_array(seq), count(key) FROM ({_TAKEN})
     """,
     }
 
@@ -263,6 +348,8 @@ async def claim_postgresql(
             "oldest": request.limit if request.oldest else 0,
             "exclude": list(request.exclude) or ["-"],
             "crowding": list(request.crowding) or ["-"],
+            "followers": max(0, request.run - 1),
+            "single": list(request.single) or ["-"],
         },
     )
     rows = sorted(result, key=lambda r: int(r[0]))
@@ -283,6 +370,26 @@ def sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
         "crowding": orjson.dumps(list(request.crowding)).decode(),
     }
     return CLAIM["sqlite"], params
+
+
+def sqlite_runs(
+    request: ClaimRequest, params: dict[str, object], seqs: str, keyed: int
+) -> dict[str, object] | None:
+    """The parameters of :data:`SQLITE_RUNS` for the deliveries ``seqs`` (a JSON
+    array) the claim took, ``keyed`` of them in a line, or None when it takes
+    no runs."""
+    if request.run <= 1 or not keyed:
+        return None
+    room = request.limit - len(orjson.loads(seqs))
+    if room <= 0:
+        return None
+    return {
+        "seqs": seqs,
+        "now": params["now"],
+        "followers": request.run - 1,
+        "single": orjson.dumps(list(request.single)).decode(),
+        "room": room,
+    }
 
 
 def stored_event(

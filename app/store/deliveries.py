@@ -18,8 +18,10 @@ from app.store.claims import (
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_LEASE,
+    SQLITE_RUNS,
     claim_postgresql,
     sqlite_claim,
+    sqlite_runs,
     stored_event,
 )
 from app.store.database import Database, translate_errors
@@ -27,9 +29,11 @@ from app.store.lines import SQLITE_PROMOTE_ALL, promote_heads
 from app.store.outcomes import (
     SQLITE_FINISH_ALL,
     SQLITE_RECORD_ATTEMPTS,
+    SQLITE_RETURN,
     left_lines,
     outcome_rows,
     outcomes_postgresql,
+    returned_runs,
     sqlite_times,
 )
 from app.store.schema import sqlite_timestamp
@@ -112,6 +116,7 @@ async def _cycle_sqlite(
     (:func:`app.store.driver.sqlite_write`): the parameters are built here, the
     statements run there in one transaction, the rows come back."""
     outcomes = outcome_rows(completions, sqlite_timestamp)
+    returned = returned_runs(completions)
     lines = left_lines(completions)
     changed_at = now or (completions[-1].finished_at if completions else None)
     circuits = [
@@ -130,6 +135,8 @@ async def _cycle_sqlite(
         # The attempts first: they read each delivery's count before the finish.
         driver.sqlite_run_rows(c, SQLITE_RECORD_ATTEMPTS, outcomes)
         driver.sqlite_run_rows(c, SQLITE_FINISH_ALL, outcomes)
+        for owner, seqs in returned.items():
+            c.execute(SQLITE_RETURN, {"owner": owner, "seqs": orjson.dumps(seqs).decode()})
         driver.sqlite_run_rows(c, SQLITE_PROMOTE_ALL, lines)
         for update in circuits:
             c.execute(CIRCUIT_SQL, update)
@@ -139,9 +146,14 @@ async def _cycle_sqlite(
         if claim is None:
             return "[]", {}
         sql, params = claim
-        seqs = c.execute(sql, params).fetchone()[0]
+        seqs, keyed = c.execute(sql, params).fetchone()
         if seqs == "[]":
             return "[]", {}
+        runs = sqlite_runs(request, params, seqs, keyed) if request is not None else None
+        if runs is not None:
+            followers = c.execute(SQLITE_RUNS, runs).fetchone()[0]
+            if followers != "[]":
+                seqs = seqs[:-1] + "," + followers[1:]
         c.execute(SQLITE_LEASE, {"owner": params["owner"], "lease": params["lease"], "seqs": seqs})
         claimed = c.execute(SQLITE_CLAIMED, {"seqs": seqs}).fetchone()[0]
         return claimed, dict(c.execute(SQLITE_CLAIMED_LARGE_DATA, {"seqs": seqs}).fetchall())

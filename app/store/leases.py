@@ -4,35 +4,54 @@ A claim (:mod:`app.store.claims`) leases each delivery to its worker until
 ``lease_expires_at``. The worker renews the leases of the attempts still
 running, gives back what it will not start, and every worker returns the
 deliveries of a worker that vanished (an expired lease) to ``pending``.
+
+A delivery that goes back to pending may be the next of a line whose earlier
+deliveries were sent meanwhile (a run's follower, never readied:
+:mod:`app.store.claims`): whatever returns deliveries readies the heads of
+their lines in the same transaction (:func:`app.store.lines.promote_heads`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Result, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.claims import SQLITE_CLAIM_HINT, timed_sql
 from app.store.database import Database
+from app.store.lines import promote_heads
 from app.store.schema import UTCDateTime
 
 # A delivery given back, or taken back from a worker that vanished.
 _TO_PENDING = (
     "UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL"
 )
+# Each statement that returns deliveries names their lines.
+_LINES = "RETURNING subscription_id, ordering_key"
 _RELEASE = timed_sql(
-    f"{_TO_PENDING} WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
+    f"{_TO_PENDING} WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner {_LINES}",
     expanding=("seqs",),
 )
 
 
+async def _returned(conn: AsyncConnection, result: Result[Any]) -> int:
+    """Ready the heads of the lines of the deliveries ``result`` returned to
+    pending; how many it returned."""
+    rows: list[Sequence[Any]] = list(result.all())
+    await promote_heads(conn, {(str(r[0]), str(r[1])) for r in rows if r[1] is not None})
+    return len(rows)
+
+
 async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
-    """Give claimed deliveries back untouched (shutdown, or over a subscription's limit)."""
+    """Give claimed deliveries back untouched (shutdown, or over a subscription's
+    limit), and ready the heads of their lines."""
     if not seqs:
         return
     async with db.write() as conn:
-        await conn.execute(_RELEASE, {"seqs": list(seqs), "owner": owner})
+        await _returned(conn, await conn.execute(_RELEASE, {"seqs": list(seqs), "owner": owner}))
 
 
 # On PostgreSQL the upkeep below runs beside the worker's cycle, on another
@@ -65,7 +84,8 @@ _RENEW = {
 }
 _REAP = {
     "sqlite": timed_sql(
-        f"{_TO_PENDING} WHERE status = 'in_flight' AND lease_expires_at < :now", ("now",)
+        f"{_TO_PENDING} WHERE status = 'in_flight' AND lease_expires_at < :now {_LINES}",
+        ("now",),
     ),
     "postgresql": timed_sql(
         f"""
@@ -74,6 +94,7 @@ _REAP = {
         SELECT seq FROM deliveries
         WHERE status = 'in_flight' AND lease_expires_at < :now
         FOR UPDATE SKIP LOCKED))
+    {_LINES}
 """,
         ("now",),
     ),
@@ -99,17 +120,17 @@ async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: dat
 
 async def reap_expired_leases(db: Database, now: datetime) -> int:
     """Deliveries whose worker vanished go back to pending (on PostgreSQL, not
-    one another transaction holds)."""
+    one another transaction holds), and the heads of their lines are readied."""
     async with db.write() as conn:
-        result = await conn.execute(_REAP[_dialect(db)], {"now": now})
-    return int(result.rowcount)
+        return await _returned(conn, await conn.execute(_REAP[_dialect(db)], {"now": now}))
 
 
 async def release_all_leases(db: Database) -> int:
-    """SQLite only (one worker process): whatever is in flight belonged to a dead worker."""
+    """SQLite only (one worker process): whatever is in flight belonged to a dead
+    worker; the heads of its lines are readied."""
     async with db.write() as conn:
-        result = await conn.execute(text(f"{_TO_PENDING} WHERE status = 'in_flight'"))
-    return int(result.rowcount)
+        statement = text(f"{_TO_PENDING} WHERE status = 'in_flight' {_LINES}")
+        return await _returned(conn, await conn.execute(statement))
 
 
 async def next_due(db: Database) -> datetime | None:

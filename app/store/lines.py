@@ -7,7 +7,11 @@ where they differ:
   when its subscription blocks on dead letters (:func:`busy`, the one spelling
   every statement uses);
 * only the head of a line (its lowest ``seq`` unfinished delivery) is ``ready``
-  to be claimed;
+  to be claimed; the claim that takes it may take the line's next deliveries
+  with it, a *run* (:mod:`app.store.claims`), which are never readied: the
+  worker sends them one after another, and whatever hands them back to
+  pending (a predecessor's retry or dead letter, a release, an expired lease)
+  readies the line's head again in the same transaction;
 * new deliveries join their lines with :func:`add_deliveries` (lock, mark the
   heads, insert, wake the workers); when deliveries leave their lines
   (redriven, discarded) or a line's rule changes, :func:`lines_moved_on` frees

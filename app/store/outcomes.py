@@ -26,7 +26,8 @@ from app.store.work import Completion
 # SQLite writes a cycle's outcomes in two statements over the same rows (a
 # VALUES list, ``{rows}``), one step each: sqlite3 gives up the GIL for every
 # step and waits to get it back from the busy event loop, so a statement per
-# row made the cycle mostly waiting. The attempts go first, numbered from each
+# row made the cycle mostly waiting. A retry heads its line: it is ready (a
+# run's follower never was, app.store.claims). The attempts go first, numbered from each
 # delivery's count, and only for deliveries still leased to the outcome's
 # writer (a worker whose lease ran out and was taken over records nothing).
 _SQLITE_OUTCOME = """
@@ -50,7 +51,8 @@ SQLITE_FINISH_ALL = (
     _SQLITE_OUTCOME
     + """
     UPDATE deliveries SET
-        status = o.status, attempts = attempts + 1, round_attempts = round_attempts + 1,
+        status = o.status, ready = ready OR o.status = 'pending',
+        attempts = attempts + 1, round_attempts = round_attempts + 1,
         next_attempt_at = o.next_attempt_at,
         last_status_code = o.status_code, last_error = o.summary,
         completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
@@ -58,6 +60,24 @@ SQLITE_FINISH_ALL = (
     FROM o
     WHERE deliveries.seq = o.seq AND deliveries.status = 'in_flight'
       AND deliveries.lease_owner = o.owner
+"""
+)
+
+# The deliveries of a run the worker gives back with an outcome (a retry or a
+# dead letter of their predecessor, Completion.returned): pending again, their
+# attempts and ``ready`` untouched, before the lines move on, so that a line the
+# dead letter leaves readies the first of them. A JSON array of seqs per owner.
+SQLITE_RETURN = """
+    UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+    WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 'in_flight'
+      AND lease_owner = :owner
+"""
+_PG_RETURN = text(
+    """
+    UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+    FROM unnest(CAST(:seqs AS BIGINT[]), CAST(:owners AS TEXT[])) AS r(seq, owner)
+    WHERE deliveries.seq = r.seq AND deliveries.status = 'in_flight'
+      AND deliveries.lease_owner = r.owner
 """
 )
 
@@ -87,11 +107,13 @@ _LEFT_THEIR_LINES = f"""d.seq = ANY(ARRAY(
     WHERE NOT ({busy("f", "fs")})))"""
 # The lines whose head the statement readied: the claim need not look at them
 # again (a delivery added to one of them after the statement's snapshot is
-# behind that head).
+# behind that head). A delivery the worker follows with the next of its run
+# (``:followed``) leaves its line to that one, in flight: nothing to ready.
 _PROMOTED = "RETURNING deliveries.subscription_id, deliveries.ordering_key"
 _FREED_LINES = """(
     SELECT DISTINCT f.subscription_id, f.ordering_key FROM finished f
-    WHERE f.ordering_key IS NOT NULL AND f.status <> 'pending') AS line(sub, key)"""
+    WHERE f.ordering_key IS NOT NULL AND f.status <> 'pending'
+      AND f.seq <> ALL(CAST(:followed AS BIGINT[]))) AS line(sub, key)"""
 _FINISH_AND_RECORD_PG = text(
     f"""
     WITH locked AS ({LOCK_SQL.format(keys="CAST(:line_locks AS TEXT[])")}
@@ -105,7 +127,8 @@ _FINISH_AND_RECORD_PG = text(
         FROM jsonb_array_elements(CAST(:outcomes AS JSONB)) AS o
     ), finished AS (
         UPDATE deliveries d SET
-            status = o.status, attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
+            status = o.status, ready = d.ready OR o.status = 'pending',
+            attempts = d.attempts + 1, round_attempts = d.round_attempts + 1,
             next_attempt_at = o.next_attempt_at,
             last_status_code = o.status_code, last_error = o.summary,
             completed_at = o.completed_at, dead_lettered_at = o.dead_lettered_at,
@@ -165,14 +188,24 @@ async def outcomes_postgresql(
 
 
 def left_lines(completions: Sequence[Completion]) -> list[tuple[str, str]]:
-    """The lines whose deliveries finished (succeeded or dead), in order."""
+    """The lines whose deliveries finished (succeeded or dead), in order, but
+    for those the worker goes on with the next delivery of (``followed``)."""
     return sorted(
         {
             (c.delivery.subscription_id, c.delivery.ordering_key)
             for c in completions
-            if c.status != "pending" and c.delivery.ordering_key
+            if c.status != "pending" and c.delivery.ordering_key and not c.followed
         }
     )
+
+
+def returned_runs(completions: Sequence[Completion]) -> dict[str, list[int]]:
+    """The deliveries given back with the outcomes (``Completion.returned``), by owner."""
+    returned: dict[str, list[int]] = {}
+    for c in completions:
+        if c.returned:
+            returned.setdefault(c.owner, []).extend(c.returned)
+    return returned
 
 
 async def _complete_postgresql(
@@ -188,12 +221,20 @@ async def _complete_postgresql(
     # other and both circuits move at once; PostgreSQL then fails one, whose
     # worker writes nothing and puts its circuits back (worker.py), and its
     # deliveries are attempted again.
+    returned = [(seq, c.owner) for c in completions for seq in c.returned]
+    if returned:
+        # Before the outcomes, so that the lines they leave see these pending.
+        await conn.execute(
+            _PG_RETURN,
+            {"seqs": [seq for seq, _ in returned], "owners": [owner for _, owner in returned]},
+        )
     params = {
         "outcomes": orjson.dumps(
             outcome_rows(completions, _as_is), option=orjson.OPT_NAIVE_UTC
         ).decode(),
         "seq": [c.delivery.seq for c in completions],
         "line_locks": lock_keys(left),
+        "followed": [c.delivery.seq for c in completions if c.followed] or [0],
     }
     rows = (await conn.execute(_FINISH_AND_RECORD_PG, params)).all()
     promoted = {(r[3], r[9]) for r in rows if r[9] is not None}

@@ -41,6 +41,12 @@ class Completion:
     finished_at: datetime
     summary: str | None = None  # the delivery's ``last_error``
     request_headers: str | None = None  # JSON object: the headers sent
+    # The worker holds the next delivery of this one's line (a run, see
+    # app.store.claims): the outcome need not ready the line's next head.
+    followed: bool = False
+    # The deliveries of this one's run the worker will not attempt after this
+    # outcome (a retry or a dead letter): they go back to pending in the same write.
+    returned: Sequence[int] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,10 @@ class ClaimRequest:
 
     Of those, up to ``fresh`` are the newest due deliveries of every
     subscription but ``exclude`` and ``crowding``; the rest, if ``oldest``, are
-    the oldest due deliveries of every subscription but ``exclude``."""
+    the oldest due deliveries of every subscription but ``exclude``. With
+    ``run`` above 1, each head of a line taken also brings up to ``run`` - 1 of
+    the line's next deliveries (its run), but not for the subscriptions in
+    ``single``; everything taken stays within ``limit``."""
 
     owner: str
     now: datetime
@@ -59,6 +68,8 @@ class ClaimRequest:
     fresh: int = 0
     crowding: Sequence[str] = ()  # the subscriptions of a tenant holding most slots
     oldest: bool = True
+    run: int = 1  # the most deliveries of one line a claim takes
+    single: Sequence[str] = ()  # subscriptions whose lines are claimed one delivery at a time
 
 
 @dataclass(slots=True)

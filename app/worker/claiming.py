@@ -64,6 +64,8 @@ def claim_request(
         fresh=fresh,
         crowding=plan.crowding,
         oldest=oldest,
+        run=plan.run,
+        single=plan.single,
     )
 
 

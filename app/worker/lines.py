@@ -24,6 +24,13 @@ does not crowd out a tenant with one:
   rate limit, no failure since its last success), up to ``claim_ahead`` times
   the slots it may use; the last ``claim_ahead`` × ``reserve`` of all that may
   wait go only to subscriptions holding none waiting.
+- With ``ordering: key``, a claim that takes the head of a line also takes the
+  line's next deliveries (its *run*, :mod:`app.store.claims`), held like
+  deliveries claimed ahead and within the same room. They are sent one after
+  another: the next joins its subscription's waiting deliveries only when the
+  one before it succeeded. After a failure the rest of the run goes back with
+  the outcome (``Completion.returned``); given back otherwise (stopping, the
+  subscription failing or paused), the store readies the line's head again.
 - A claim leaves out the subscriptions at their limit. While one tenant holds
   more of the worker (attempts running and deliveries waiting) than all the
   others together (it *crowds*), every claim also takes the newest due
@@ -48,13 +55,15 @@ from app.domain.circuit import CLOSED, CircuitPolicy, CircuitState, is_half_open
 from app.domain.signing import Key
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
-from app.store.work import Claimed
+from app.store.work import Claimed, Completion
 from app.worker.limits import TokenBucket
 
 if TYPE_CHECKING:
     from app.worker.attempt import Target
 
 SUBSCRIPTION_CACHE_SECONDS = 1.0
+# The most deliveries of one line a claim takes at once (a head and its run).
+MAX_RUN = 16
 # A share of the slots kept for subscriptions that hold none (at least one).
 RESERVE_FRACTION = 32
 
@@ -67,6 +76,10 @@ class Ready:
     delivery: Claimed
     event: StoredEvent
     payload: bytes
+    # The next deliveries of its line held in this worker (its run), in order.
+    after: list[Ready] | None = None
+    # The outcome of the delivery before it in its run, while that may be unwritten.
+    prev: Completion | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +95,7 @@ class Line:
     keys_until: datetime | None = None  # when the previous secret stops signing
     target: Target | None = None  # worked out at its first attempt after a load
     waiting: deque[Ready] = field(default_factory=deque)
+    following: int = 0  # deliveries held in runs, behind one running or waiting
 
     def prefetches(self) -> bool:
         """Whether deliveries may be claimed ahead of a free slot: not when a
@@ -102,6 +116,8 @@ class ClaimPlan:
     exclude: list[str]  # subscriptions at their limit
     crowding: list[str]  # the subscriptions of the tenant that crowds the worker
     fresh_room: int  # what the known subscriptions of the other tenants may take now
+    run: int = 1  # the most deliveries of one line a claim may take
+    single: list[str] = field(default_factory=list)  # subscriptions that hold no run
 
 
 class LinePolicy:
@@ -112,7 +128,8 @@ class LinePolicy:
         self.claim_ahead = claim_ahead
         self.circuit_policy = circuit
         self.used = 0  # slots held by running attempts
-        self.waiting = 0  # deliveries claimed ahead, over all lines
+        self.waiting = 0  # deliveries claimed ahead (runs included), over all lines
+        self.following: set[int] = set()  # the deliveries held in runs
         # Lines with deliveries waiting, in the order they are offered free slots.
         self._queued: dict[str, Line] = {}
         self.tenant_in_flight: dict[str, int] = {}  # attempts running, by tenant
@@ -152,9 +169,10 @@ class LinePolicy:
         """How many more deliveries ``line`` may hold waiting for a slot: the
         last of the room overall only while it holds none."""
         overall = self.claim_ahead * self.slots - self.waiting
-        if line.waiting:
+        held = len(line.waiting) + line.following
+        if held:
             overall -= self.claim_ahead * self.reserve
-        return min(self.ahead_limit(line) - len(line.waiting), overall)
+        return min(self.ahead_limit(line) - held, overall)
 
     def _take(self, line: Line) -> bool:
         """One more attempt for ``line`` if its own limits allow (a token taken)."""
@@ -203,8 +221,11 @@ class LinePolicy:
         self._crowding = self._crowding_tenant()
         exclude: list[str] = []
         crowding: list[str] = []
+        single: list[str] = []
         room = fresh_room = 0
         for sid, line in self.lines.items():
+            if not line.prefetches():
+                single.append(sid)
             start = min(self.allowance(line), self.available(line))
             line_room = max(0, start) + max(0, self.room_ahead(line))
             crowds = line.subscription.tenant_id == self._crowding
@@ -216,7 +237,8 @@ class LinePolicy:
             room += line_room
             if not crowds:
                 fresh_room += line_room
-        return ClaimPlan(capacity, room, exclude, crowding, fresh_room)
+        run = min(MAX_RUN, 1 + self.claim_ahead)
+        return ClaimPlan(capacity, room, exclude, crowding, fresh_room, run, single)
 
     def _crowding_tenant(self) -> str | None:
         """The tenant holding more of the worker (attempts running, deliveries
@@ -254,8 +276,55 @@ class LinePolicy:
         return set(self._queued)
 
     def held(self) -> list[int]:
-        """The deliveries waiting in the worker (their leases are kept)."""
-        return [r.delivery.seq for line in self._queued.values() for r in line.waiting]
+        """The deliveries waiting in the worker and held in runs (their leases are kept)."""
+        held = [r.delivery.seq for line in self._queued.values() for r in line.waiting]
+        held += self.following
+        return held
+
+    # -- runs -----------------------------------------------------------------
+
+    def attach(self, line: Line, head: Ready, run: list[Ready]) -> list[int]:
+        """Hold ``run`` (the next deliveries of ``head``'s line, in order) behind
+        ``head``, as far as ``line``'s room ahead allows; the seqs of the rest,
+        to give back (the end of the run: what is held has no gap)."""
+        kept = 0
+        while kept < len(run) and self.room_ahead(line) > 0:
+            self.following.add(run[kept].delivery.seq)
+            line.following += 1
+            self.waiting += 1
+            kept += 1
+        if kept:
+            head.after = run[:kept]
+        return [r.delivery.seq for r in run[kept:]]
+
+    def follow(self, line: Line, ready: Ready, done: Completion) -> None:
+        """``ready`` succeeded (``done``): the next of its run waits for a slot,
+        first in its line, with the rest of the run behind it."""
+        run = ready.after
+        if not run:
+            return
+        ready.after = None
+        following = run[0]
+        following.after, following.prev = run[1:] or None, done
+        done.followed = True
+        self.following.discard(following.delivery.seq)
+        line.following -= 1
+        line.waiting.appendleft(following)  # already counted in self.waiting
+        self._queued.setdefault(line.subscription.id, line)
+
+    def take_run(self, line: Line, ready: Ready) -> list[int]:
+        """What ``ready`` holds of its run, let go (its seqs)."""
+        run = ready.after or []
+        ready.after = None
+        for r in run:
+            self.following.discard(r.delivery.seq)
+        line.following -= len(run)
+        self.waiting -= len(run)
+        return [r.delivery.seq for r in run]
+
+    def drop_run(self, line: Line, ready: Ready) -> None:
+        """Give back what ``ready`` holds of its run (in the next cycle)."""
+        self._released.extend(self.take_run(line, ready))
 
     # -- slots ----------------------------------------------------------------
 
@@ -338,7 +407,13 @@ class LinePolicy:
         return ready
 
     def drop_waiting(self, line: Line) -> None:
-        """Give back what ``line`` holds waiting (in the next cycle)."""
+        """Give back what ``line`` holds waiting (in the next cycle), with their
+        runs. An outcome not yet written before one of them now readies its line."""
+        for ready in line.waiting:
+            if ready.after:
+                self.drop_run(line, ready)
+            if ready.prev is not None:
+                ready.prev.followed = False
         self._released.extend(ready.delivery.seq for ready in line.waiting)
         self.waiting -= len(line.waiting)
         line.waiting.clear()

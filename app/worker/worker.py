@@ -298,22 +298,48 @@ class DeliveryWorker:
         payloads: dict[tuple[str, formats.Shape], bytes] = {}
         over_limit: list[int] = []
         policy = self._policy
+        # A line's first claimed delivery heads it; the next ones of the same line
+        # (in seq order) are its run, held behind the head (None: given back).
+        heads: dict[tuple[str, str], Ready | None] = {}
+        runs: dict[tuple[str, str], list[Ready]] = {}
         for w in work:
             delivery, event = w.delivery, w.event
-            line = policy.lines.get(delivery.subscription_id)
-            start = line is not None and policy.take_slot(line)
-            if line is None or not (start or policy.room_ahead(line) > 0):
-                over_limit.append(delivery.seq)
-                continue
+            key = delivery.ordering_key
+            in_line = (delivery.subscription_id, key) if key is not None else None
+            if in_line is not None and in_line in heads:
+                if heads[in_line] is None:
+                    over_limit.append(delivery.seq)
+                    continue
+                start = False
+                line = policy.lines.get(delivery.subscription_id)
+            else:
+                line = policy.lines.get(delivery.subscription_id)
+                start = line is not None and policy.take_slot(line)
+                if line is None or not (start or policy.room_ahead(line) > 0):
+                    over_limit.append(delivery.seq)
+                    if in_line is not None:
+                        heads[in_line] = None
+                    continue
+            assert line is not None
             sub = line.subscription
             shape = formats.shape(sub.format, sub.destination_type)
             body = payloads.get((event.id, shape))
             if body is None:
                 body = payloads[event.id, shape] = payload(event, shape)
+            ready = Ready(delivery, event, body)
+            if in_line is not None and in_line in heads:
+                runs.setdefault(in_line, []).append(ready)
+                continue
+            if in_line is not None:
+                heads[in_line] = ready
             if start:
-                self._launch(line, Ready(delivery, event, body))
+                self._launch(line, ready)
             else:
-                policy.queue(line, Ready(delivery, event, body))
+                policy.queue(line, ready)
+        for in_line, run in runs.items():
+            head = heads[in_line]
+            assert head is not None
+            over_limit += policy.attach(policy.lines[in_line[0]], head, run)
         if over_limit:
             await leases.release(self._db, self.owner, over_limit)
         return len(work) - len(over_limit)
@@ -356,11 +382,22 @@ class DeliveryWorker:
         task = asyncio.current_task()
         assert task is not None
         holding = True
+        policy = self._policy
         try:
             while True:
-                succeeded = await self._attempt(line, ready)
+                done = await self._attempt(line, ready)
+                succeeded = done is not None and done.status == "succeeded"
                 self._tasks.pop(ready.delivery.seq, None)
-                after = self._policy.next_after(line, succeeded, self._stopping)
+                if ready.after:
+                    # Its run: the next goes on after a success; after a failure
+                    # the rest goes back with the outcome.
+                    if succeeded and done is not None and not self._stopping:
+                        policy.follow(line, ready, done)
+                    elif done is not None:
+                        done.returned = policy.take_run(line, ready)
+                    else:
+                        policy.drop_run(line, ready)
+                after = policy.next_after(line, succeeded, self._stopping)
                 if after is None:
                     holding = False
                     return
@@ -369,6 +406,8 @@ class DeliveryWorker:
                 self._wakeup.set()  # an outcome to write
         finally:
             self._tasks.pop(ready.delivery.seq, None)
+            if ready.after:  # cancelled while stopping: its run goes back
+                policy.drop_run(line, ready)
             if holding:
                 self._policy.free_slot(line)
             if not self._stopping:
@@ -376,8 +415,8 @@ class DeliveryWorker:
                     self._launch(waiting_line, waiting)
             self._wakeup.set()
 
-    async def _attempt(self, line: Line, ready: Ready) -> bool:
-        """One attempt; queues its outcome and says whether it succeeded."""
+    async def _attempt(self, line: Line, ready: Ready) -> Completion | None:
+        """One attempt; queues its outcome and returns it (None: it has none)."""
         assert self._step is not None
         delivery = ready.delivery
         try:
@@ -389,9 +428,9 @@ class DeliveryWorker:
                 "delivery attempt failed unexpectedly",
                 extra={"delivery_id": delivery.id, "event_id": delivery.event_id},
             )
-            return False
+            return None
         self._finished.append(completion)
-        return completion.status == "succeeded"
+        return completion
 
     async def _keep_leases(self) -> None:
         """Renew our claims and take back the claims of workers that died."""
@@ -403,6 +442,7 @@ class DeliveryWorker:
                 # Running attempts, deliveries waiting for a slot and outcomes
                 # not yet written; a dropped outcome's claim is left to expire.
                 held = [*self._tasks, *(c.delivery.seq for c in self._finished)]
+                held += [seq for c in self._finished for seq in c.returned]
                 held += self._policy.held()
                 await leases.renew_leases(self._db, self.owner, held, now + self._config.lease)
                 if await leases.reap_expired_leases(self._db, now):

@@ -20,7 +20,7 @@ from sqlalchemy import TextClause, text
 
 from app.store.claims import _PG_CLAIM, FRESH_WINDOW
 from app.store.database import Database
-from app.store.outcomes import _FINISH_AND_RECORD_PG
+from app.store.outcomes import _FINISH_AND_RECORD_PG, _PG_RETURN
 from app.store.retention import refresh_statistics
 from tests.integration.conftest import DeliveryKit
 from tests.integration.plans import describe, postgres_plan
@@ -97,7 +97,7 @@ async def _fill(kit: DeliveryKit, statements: list[str]) -> None:
 
 
 async def _assert_claim_uses_the_claim_index(
-    kit: DeliveryKit, plan_mode: str, *, without_sort: bool
+    kit: DeliveryKit, plan_mode: str, *, without_sort: bool, runs: bool = False
 ) -> None:
     # Both walks: the fresh one (the newest due deliveries, past a crowding
     # tenant's subscriptions) and the oldest.
@@ -116,12 +116,20 @@ async def _assert_claim_uses_the_claim_index(
             "crowding": ["sub_crowding"],
             "freed_subs": ["sub_freed"] * 8,
             "freed_keys": [f"k{n}" for n in range(8)],
+            "followers": 15,
+            "single": ["-"],
         },
         plan_mode,
     )
     described = describe(nodes)
     walks = [n for n in nodes if n.get("Index Name") == "ix_deliveries_claim"]
     assert len(walks) >= 2, f"ix_deliveries_claim is not walked twice:\n{described}"
+    if runs:  # each head's run: its line walked on the line index
+        lines = [n for n in nodes if n.get("Alias") == "f"]
+        assert lines, f"no run walked:\n{described}"
+        assert all(n.get("Index Name") == "ix_deliveries_line" for n in lines), (
+            f"the runs do not walk ix_deliveries_line:\n{described}"
+        )
     assert not _scans_of_deliveries(nodes), f"the claim scans the deliveries table:\n{described}"
     if without_sort:  # a backlog is walked in index order, never sorted: only the window is
         assert all("Index" in n["Node Type"] for n in walks), f"not walked:\n{described}"
@@ -136,7 +144,7 @@ async def test_claim_uses_the_claim_index(kit: DeliveryKit, plan_mode: str) -> N
     async with kit.db.read() as conn:
         count = (await conn.execute(text("SELECT count(*) FROM deliveries"))).scalar()
     assert count == EVENTS * SUBSCRIPTIONS
-    await _assert_claim_uses_the_claim_index(kit, plan_mode, without_sort=False)
+    await _assert_claim_uses_the_claim_index(kit, plan_mode, without_sort=False, runs=True)
 
 
 async def test_claim_walks_the_claim_index_through_one_subscriptions_backlog(
@@ -203,8 +211,18 @@ async def test_outcome_write_does_not_scan_the_deliveries(
                 ]
             ).decode(),
             "line_locks": [f"sub\x1fk{i}" for i in range(n)],
+            "followed": list(range(1, n // 2)),
         },
         plan_mode,
     )
     described = describe(nodes)
     assert not _scans_of_deliveries(nodes), f"the outcome write scans deliveries:\n{described}"
+    # A run given back with its predecessor's outcome (a retry or a dead letter).
+    nodes = await _plan(
+        kit.db,
+        _PG_RETURN,
+        {"seqs": list(range(1, 16)), "owners": ["worker-a"] * 15},
+        plan_mode,
+    )
+    described = describe(nodes)
+    assert not _scans_of_deliveries(nodes), f"giving a run back scans deliveries:\n{described}"

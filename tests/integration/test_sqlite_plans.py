@@ -17,11 +17,17 @@ from app.store.claims import (
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_LEASE,
+    SQLITE_RUNS,
 )
 from app.store.fanout import SELECT_SUBSCRIBERS
 from app.store.ingest import _SQLITE_READS
 from app.store.lines import SQLITE_BUSY, SQLITE_PROMOTE_ALL
-from app.store.outcomes import OUTCOME_FIELDS, SQLITE_FINISH_ALL, SQLITE_RECORD_ATTEMPTS
+from app.store.outcomes import (
+    OUTCOME_FIELDS,
+    SQLITE_FINISH_ALL,
+    SQLITE_RECORD_ATTEMPTS,
+    SQLITE_RETURN,
+)
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -38,6 +44,9 @@ ROW_LISTS = {
     "SCAN fresh",
     "SCAN oldest",
     "SCAN rest",
+    # The runs: the heads the claim took, then the candidates found.
+    "SCAN heads",
+    "SCAN candidates",
     # The fresh walk's window, newest first, and its check that some
     # subscription is left outside the crowding and excluded ones (read until
     # the first such).
@@ -75,6 +84,12 @@ STATEMENTS = {
         },
     ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
+    # The heads' runs, each line walked on the line index.
+    "runs": (
+        SQLITE_RUNS,
+        {"seqs": "[1, 2]", "now": "2026", "followers": 7, "single": '["a"]', "room": 10},
+    ),
+    "return a run": (SQLITE_RETURN, {"owner": "w", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
     "claimed large data": (SQLITE_CLAIMED_LARGE_DATA, {"seqs": "[1, 2]"}),
     "finish": (SQLITE_FINISH_ALL.format(rows=OUTCOMES), [None] * 2 * WIDTH),
@@ -115,6 +130,19 @@ def test_busy_lines_find_each_line_on_the_line_index(database_url: str) -> None:
     searches = [step for step in plan if step.startswith("SEARCH d ")]
     assert searches, plan
     assert all("ix_deliveries_line" in step for step in searches), plan
+
+
+def test_the_runs_walk_each_line_on_the_line_index(database_url: str) -> None:
+    """A run costs a walk of its line's next deliveries, not of every unfinished
+    delivery of its subscription."""
+    path = Path(database_url.split(":///", 1)[1])
+    sql, params = STATEMENTS["runs"]
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    lines = [step for step in plan if step.startswith(("SEARCH f ", "SEARCH g "))]
+    assert len(lines) == 2, plan
+    assert all("ix_deliveries_line" in step for step in lines), plan
+    assert "seq>? AND seq<?" in lines[-1], f"a run's walk ends at its last delivery: {plan}"
 
 
 def test_the_claim_walks_only_the_claim_index_and_looks_its_rows_up(database_url: str) -> None:

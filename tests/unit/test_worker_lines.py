@@ -328,3 +328,69 @@ def test_rewind_puts_the_circuits_back_when_their_write_failed() -> None:
     assert p.lines["a"].circuit.consecutive_failures == 2
     (again,) = circuits.record([completion("a", "pending", 500)], now)
     assert again.change == CircuitChange(opened=True, consecutive_failures=3)
+
+
+# -- runs -------------------------------------------------------------------------
+
+
+def test_a_run_is_held_within_the_room_ahead_and_gives_back_its_end() -> None:
+    p = policy(concurrency=4, claim_ahead=2)
+    a = line(p, "a", max_in_flight=1)
+    assert p.ahead_limit(a) == 2
+    head = ready("a")
+    assert p.take_slot(a)
+    run = [ready("a") for _ in range(4)]
+    back = p.attach(a, head, run)
+    assert back == [r.delivery.seq for r in run[2:]], "no gap: the end of the run goes back"
+    assert head.after == run[:2]
+    assert sorted(p.held()) == sorted(r.delivery.seq for r in run[:2])
+    assert p.room_ahead(a) == 0
+    assert p.waiting == 2
+
+
+def test_a_run_goes_on_after_a_success_and_back_after_a_failure() -> None:
+    p = policy(concurrency=4, claim_ahead=4)
+    a = line(p, "a", max_in_flight=1)
+    head = ready("a")
+    assert p.take_slot(a)
+    run = [ready("a") for _ in range(3)]
+    assert p.attach(a, head, run) == []
+    done = completion("a", "succeeded", 200)
+    p.follow(a, head, done)
+    assert done.followed
+    assert head.after is None
+    after = p.next_after(a, True, False)
+    assert after is not None
+    assert after[1] is run[0], "the next of the run, in the same slot"
+    assert run[0].after == run[1:]
+    assert run[0].prev is done
+    failed = completion("a", "pending", 503)
+    failed.returned = p.take_run(a, run[0])
+    assert failed.returned == [r.delivery.seq for r in run[1:]]
+    assert p.next_after(a, False, False) is None
+    assert (p.waiting, a.following, p.held()) == (0, 0, [])
+
+
+def test_a_run_given_back_before_its_predecessors_outcome_lets_that_outcome_move_the_line() -> None:
+    p = policy(concurrency=4, claim_ahead=4)
+    a = line(p, "a", max_in_flight=1)
+    head = ready("a")
+    assert p.take_slot(a)
+    run = [ready("a"), ready("a")]
+    p.attach(a, head, run)
+    done = completion("a", "succeeded", 200)
+    p.follow(a, head, done)
+    p.free_slot(a)  # the slot went elsewhere: the follower waits
+    p.drop_waiting(a)
+    assert not done.followed, "the outcome readies the line"
+    assert sorted(p.released()) == sorted(r.delivery.seq for r in run)
+    assert (p.waiting, a.following) == (0, 0)
+
+
+def test_a_claim_asks_for_runs_only_where_deliveries_may_be_held() -> None:
+    p = policy(concurrency=8, claim_ahead=4)
+    line(p, "healthy")
+    line(p, "limited", rate_limit_per_second=5)
+    plan = p.claim_plan()
+    assert plan.run == 5
+    assert plan.single == ["limited"]
