@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from common import lanes
 
 from app.domain import tracecontext, webhook
 from app.domain.circuit import CircuitPolicy
@@ -131,18 +132,9 @@ def timed(fn: Callable[[], Any], n: int) -> float:
 
 async def in_flight(send: Callable[[int], Awaitable[object]], n: int, concurrency: int) -> float:
     """µs of this process's CPU per call of ``send(0 … n-1)``, ``concurrency`` at once."""
-    next_index = 0
-
-    async def lane() -> None:
-        nonlocal next_index
-        while next_index < n:
-            i = next_index
-            next_index += 1
-            await send(i)
-
     gc.collect()
     started = time.process_time()
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    await lanes(send, n, concurrency)
     return (time.process_time() - started) / n * 1e6
 
 

@@ -23,6 +23,20 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
+async def lanes(send: Callable[[int], Awaitable[object]], n: int, concurrency: int) -> None:
+    """Call ``send(0)`` … ``send(n - 1)``, ``concurrency`` calls at once."""
+    next_index = 0
+
+    async def lane() -> None:
+        nonlocal next_index
+        while next_index < n:
+            i = next_index
+            next_index += 1
+            await send(i)
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds; 0 once it is gone."""
     try:

@@ -63,6 +63,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 import nats
+from common import lanes
 from nats.js.api import StreamConfig
 from redis.asyncio import Redis
 
@@ -143,17 +144,8 @@ def outgoing(i: int, pad: int, ordering: str) -> Outgoing:
 
 async def closed_loop(send: Callable[[int], Awaitable[None]], n: int, concurrency: int) -> float:
     """Messages per second with ``concurrency`` in flight."""
-    next_index = 0
-
-    async def lane() -> None:
-        nonlocal next_index
-        while next_index < n:
-            i = next_index
-            next_index += 1
-            await send(i)
-
     started = time.perf_counter()
-    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    await lanes(send, n, concurrency)
     return n / (time.perf_counter() - started)
 
 
