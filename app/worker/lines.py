@@ -55,7 +55,7 @@ from app.domain.circuit import CLOSED, CircuitPolicy, CircuitState, is_half_open
 from app.domain.signing import Key
 from app.store.events import StoredEvent
 from app.store.subscriptions import Subscription
-from app.store.work import Claimed, Completion
+from app.store.work import Claimed, Completion, Work
 from app.worker.limits import TokenBucket
 
 if TYPE_CHECKING:
@@ -80,6 +80,24 @@ class Ready:
     after: list[Ready] | None = None
     # The outcome of the delivery before it in its run, while that may be unwritten.
     prev: Completion | None = None
+
+
+def runs_of(work: list[Work]) -> list[tuple[Work, list[Work]]]:
+    """Claimed work (in ``seq`` order) by line: each line's first delivery, its
+    head, with the line's next ones, its run; a delivery without an ordering
+    key is a head with no run."""
+    grouped: list[tuple[Work, list[Work]]] = []
+    runs: dict[tuple[str, str], list[Work]] = {}
+    for w in work:
+        key = w.delivery.ordering_key
+        run = runs.get((w.delivery.subscription_id, key)) if key is not None else None
+        if run is not None:
+            run.append(w)
+            continue
+        grouped.append((w, []))
+        if key is not None:
+            runs[w.delivery.subscription_id, key] = grouped[-1][1]
+    return grouped
 
 
 @dataclass(slots=True, eq=False)

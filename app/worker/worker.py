@@ -38,7 +38,7 @@ from app.worker.circuits import CircuitBook, may_report
 from app.worker.claiming import claim_request, probe_saw_everything
 from app.worker.config import WorkerConfig, worker_config
 from app.worker.destinations import destination_senders
-from app.worker.lines import Line, LinePolicy, Ready
+from app.worker.lines import Line, LinePolicy, Ready, runs_of
 from app.worker.protocol import Sender, SenderFactory
 from app.worker.retention import RetentionJob
 from app.worker.tenant_removal import TenantRemoval
@@ -298,51 +298,37 @@ class DeliveryWorker:
         payloads: dict[tuple[str, formats.Shape], bytes] = {}
         over_limit: list[int] = []
         policy = self._policy
-        # A line's first claimed delivery heads it; the next ones of the same line
-        # (in seq order) are its run, held behind the head (None: given back).
-        heads: dict[tuple[str, str], Ready | None] = {}
-        runs: dict[tuple[str, str], list[Ready]] = {}
-        for w in work:
-            delivery, event = w.delivery, w.event
-            key = delivery.ordering_key
-            in_line = (delivery.subscription_id, key) if key is not None else None
-            if in_line is not None and in_line in heads:
-                if heads[in_line] is None:
-                    over_limit.append(delivery.seq)
-                    continue
-                start = False
-                line = policy.lines.get(delivery.subscription_id)
-            else:
-                line = policy.lines.get(delivery.subscription_id)
-                start = line is not None and policy.take_slot(line)
-                if line is None or not (start or policy.room_ahead(line) > 0):
-                    over_limit.append(delivery.seq)
-                    if in_line is not None:
-                        heads[in_line] = None
-                    continue
-            assert line is not None
-            sub = line.subscription
-            shape = formats.shape(sub.format, sub.destination_type)
-            body = payloads.get((event.id, shape))
-            if body is None:
-                body = payloads[event.id, shape] = payload(event, shape)
-            ready = Ready(delivery, event, body)
-            if in_line is not None and in_line in heads:
-                runs.setdefault(in_line, []).append(ready)
+        runs: list[tuple[Line, Ready, list[Work]]] = []
+        for head, run in runs_of(work):
+            line = policy.lines.get(head.delivery.subscription_id)
+            start = line is not None and policy.take_slot(line)
+            if line is None or not (start or policy.room_ahead(line) > 0):
+                over_limit += [w.delivery.seq for w in (head, *run)]
                 continue
-            if in_line is not None:
-                heads[in_line] = ready
+            ready = self._ready(line, head, payloads)
             if start:
                 self._launch(line, ready)
             else:
                 policy.queue(line, ready)
-        for in_line, run in runs.items():
-            head = heads[in_line]
-            assert head is not None
-            over_limit += policy.attach(policy.lines[in_line[0]], head, run)
+            if run:
+                runs.append((line, ready, run))
+        # The runs after every head: a line's run takes only the room its head left.
+        for line, ready, run in runs:
+            followers = [self._ready(line, w, payloads) for w in run]
+            over_limit += policy.attach(line, ready, followers)
         if over_limit:
             await leases.release(self._db, self.owner, over_limit)
         return len(work) - len(over_limit)
+
+    @staticmethod
+    def _ready(line: Line, w: Work, payloads: dict[tuple[str, formats.Shape], bytes]) -> Ready:
+        """``w`` with its body in ``line``'s format, built once per event and shape."""
+        sub = line.subscription
+        shape = formats.shape(sub.format, sub.destination_type)
+        body = payloads.get((w.event.id, shape))
+        if body is None:
+            body = payloads[w.event.id, shape] = payload(w.event, shape)
+        return Ready(w.delivery, w.event, body)
 
     def _launch(self, line: Line, ready: Ready) -> None:
         task = asyncio.create_task(self._deliver(line, ready))

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.domain.circuit import CircuitChange, CircuitPolicy
-from app.store.work import Completion
+from app.store.work import Completion, Work
 from app.worker.circuits import CircuitBook
-from app.worker.lines import Line, LinePolicy
+from app.worker.lines import Line, LinePolicy, runs_of
 from tests.unit.worker_fakes import ready, subscription
 
 CIRCUIT = CircuitPolicy(failure_threshold=3)
@@ -394,3 +394,22 @@ def test_a_claim_asks_for_runs_only_where_deliveries_may_be_held() -> None:
     plan = p.claim_plan()
     assert plan.run == 5
     assert plan.single == ["limited"]
+
+
+def test_claimed_work_is_grouped_into_each_lines_head_and_run() -> None:
+    def work(sid: str, key: str | None) -> Work:
+        r = ready(sid)
+        r.delivery.ordering_key = key
+        return Work(r.delivery, r.event)
+
+    a1, none1, a2, b1, other_sub, a3, none2 = (
+        work("sub_1", "a"),
+        work("sub_1", None),
+        work("sub_1", "a"),
+        work("sub_1", "b"),
+        work("sub_2", "a"),
+        work("sub_1", "a"),
+        work("sub_1", None),
+    )
+    grouped = runs_of([a1, none1, a2, b1, other_sub, a3, none2])
+    assert grouped == [(a1, [a2, a3]), (none1, []), (b1, []), (other_sub, []), (none2, [])]
