@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Result, text
+from sqlalchemy import Result, TextualSelect, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.store.claims import SQLITE_CLAIM_HINT, timed_sql
@@ -133,13 +133,23 @@ async def release_all_leases(db: Database) -> int:
         return await _returned(conn, await conn.execute(statement))
 
 
-async def next_due(db: Database) -> datetime | None:
-    """When the earliest ready delivery falls due (the worker sleeps until then)."""
-    hint = SQLITE_CLAIM_HINT if db.is_sqlite else ""
-    statement = text(
+def _next_due(hint: str) -> TextualSelect:
+    return timed_sql(
         f"SELECT min(next_attempt_at) AS due FROM deliveries {hint} "
-        "WHERE status = 'pending' AND ready"
+        "WHERE status = 'pending' AND ready AND next_attempt_at > :after",
+        times=("after",),
     ).columns(due=UTCDateTime())
+
+
+_NEXT_DUE_SQLITE, _NEXT_DUE_PG = _next_due(SQLITE_CLAIM_HINT), _next_due("")
+
+
+async def next_due(db: Database, after: datetime) -> datetime | None:
+    """When the earliest ready delivery falls due after ``after`` (the worker
+    sleeps until then). What fell due by ``after`` and is still pending, the
+    claim made then saw and left: it is held (paused, circuit open, at a
+    limit), and a completion or a commit wakes the worker for it."""
+    statement = _NEXT_DUE_SQLITE if db.is_sqlite else _NEXT_DUE_PG
     async with db.read() as conn:
-        due: datetime | None = (await conn.execute(statement)).scalar()
+        due: datetime | None = (await conn.execute(statement, {"after": after})).scalar()
     return due

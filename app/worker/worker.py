@@ -76,6 +76,7 @@ class DeliveryWorker:
         # Outside wake-ups: a probe at the database when one came may have missed
         # its deliveries, and leaves the next claim probing. Quick: see _cycle.
         self._wakes, self._quick = 0, False
+        self._cycled_at = datetime.now(UTC)  # the time the last cycle claimed for
         self._stopping = False
         self._policy = LinePolicy(config.concurrency, config.claim_ahead, config.circuit)
         self._circuits = CircuitBook(self._policy.lines, config.circuit)
@@ -216,11 +217,13 @@ class DeliveryWorker:
         if self._tasks or self._stopping:
             return timeout  # a finishing attempt wakes the loop
         with contextlib.suppress(Exception):
-            due = await leases.next_due(self._db)
-            # Due now yet unclaimed means held (paused, circuit open, at a limit):
-            # a completion or a commit will wake us, so do not spin.
-            if due is not None and due > datetime.now(UTC):
-                timeout = min(timeout, (due - datetime.now(UTC)).total_seconds())
+            # What fell due by the last cycle and is unclaimed is held (paused,
+            # circuit open, at a limit): a completion or a commit wakes us, so do
+            # not spin. What fell due since (a retry, while that cycle was at the
+            # database) is claimed at once.
+            due = await leases.next_due(self._db, after=self._cycled_at)
+            if due is not None:
+                timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
         token = self._policy.seconds_until_token()
         return timeout if token is None else min(timeout, token)
 
@@ -233,7 +236,7 @@ class DeliveryWorker:
         neither. A full cycle follows at once; two quick probes never run in a row."""
         if self._step is not None:
             self._step.count_successes()
-        now = datetime.now(UTC)
+        now = self._cycled_at = datetime.now(UTC)
         wakes = self._wakes
         if self._policy.take_ran_out():
             self._probe = True

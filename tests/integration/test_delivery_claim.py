@@ -186,10 +186,13 @@ async def test_redriven_dead_letter_is_delivered_again_with_skip(kit: DeliveryKi
 
 
 async def test_a_retry_keeps_its_place_in_the_line(kit: DeliveryKit) -> None:
-    assert await leases.next_due(kit.db) is None
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    assert await leases.next_due(kit.db, after=before) is None
     sub = await kit.subscription()
     e = await kit.events(("t", "k"), ("t", "k"), ("t", None))
-    assert await leases.next_due(kit.db) == e[0].received_at
+    assert await leases.next_due(kit.db, after=before) == e[0].received_at
+    # Due by the time a claim saw it and still pending: held, not waited for.
+    assert await leases.next_due(kit.db, after=e[2].received_at) is None
     claimed = await kit.claim()
     assert event_ids(claimed) == [e[0].id, e[2].id]
     await kit.finish(claimed[1], "succeeded")
@@ -202,7 +205,7 @@ async def test_a_retry_keeps_its_place_in_the_line(kit: DeliveryKit) -> None:
     assert row["lease_owner"] is None
 
     assert await kit.claim() == [], "the next event of the key waits for the retry"
-    assert await leases.next_due(kit.db) == retry_at
+    assert await leases.next_due(kit.db, after=datetime.now(UTC)) == retry_at
 
     (again,) = await kit.claim(at=retry_at + timedelta(seconds=1))
     assert (again.event_id, again.attempts) == (e[0].id, 1)
@@ -210,7 +213,7 @@ async def test_a_retry_keeps_its_place_in_the_line(kit: DeliveryKit) -> None:
     (last,) = await kit.claim(at=retry_at + timedelta(seconds=2))
     assert last.event_id == e[1].id
     await kit.finish(last, "succeeded")
-    assert await leases.next_due(kit.db) is None
+    assert await leases.next_due(kit.db, after=before) is None
 
     attempts = await kit.attempts_of(again.id)
     assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 503), (2, 200)]

@@ -1,12 +1,15 @@
 """A worker whose only due deliveries cannot be claimed (their subscription is
 paused) waits for a wake-up or its poll interval; it does not spin on the
-database. The rule is the worker's, not the dialect's: SQLite only, to stay fast."""
+database. One that falls due while a cycle is at the database is claimed at
+once, not at the next poll. The rules are the worker's, not the dialect's:
+SQLite only, to stay fast."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -60,3 +63,55 @@ async def test_held_deliveries_do_not_make_the_worker_spin(
         f"{len(calls)} claim rounds in {WATCH_SECONDS} s with nothing claimable"
     )
     assert await kit.claim() == [], "still held"
+
+
+RARE_POLL_SECONDS = 30.0
+SLOW_CYCLE_SECONDS = 0.3  # how long the worker's first cycle takes here
+
+
+async def test_a_retry_that_falls_due_during_a_slow_cycle_is_claimed_at_once(
+    kit: DeliveryKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry falls due while the worker's cycle is still at the database (a
+    slow commit): the cycle's claim was too early for it, and the worker must
+    not take it for held and sleep until its poll."""
+    await kit.subscription()
+    await kit.events(("t", "k"))
+    (first,) = await kit.claim()
+    retry_at = datetime.now(UTC) + timedelta(seconds=SLOW_CYCLE_SECONDS / 2)
+    await kit.finish(first, "pending", next_attempt_at=retry_at)
+
+    claimed: list[tuple[float, list[int]]] = []
+    real_cycle = delivery_store.complete_and_claim
+
+    async def slow_first_cycle(
+        db: Any, completions: Sequence[Completion], *args: Any, **kwargs: Any
+    ) -> list[Work]:
+        work = await real_cycle(db, completions, *args, **kwargs)
+        claimed.append((time.monotonic(), [w.delivery.seq for w in work]))
+        if len(claimed) == 1:
+            await asyncio.sleep(SLOW_CYCLE_SECONDS)
+        return work
+
+    monkeypatch.setattr(delivery_store, "complete_and_claim", slow_first_cycle)
+    config = WorkerConfig(
+        retry_schedule=(60.0,),
+        timeout_ms=1000,
+        allow_private_targets=True,
+        poll_seconds=RARE_POLL_SECONDS,
+    )
+    worker = DeliveryWorker(kit.db, config, Metrics())
+    started = time.monotonic()
+    await worker.start()
+    try:
+        deadline = started + 5.0
+        while not any(first.seq in seqs for _, seqs in claimed) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.stop()
+
+    assert claimed, "the worker did claim"
+    assert claimed[0][1] == [], "the first cycle came before the retry was due"
+    at = next((at for at, seqs in claimed if first.seq in seqs), None)
+    assert at is not None, f"no claim took the retry in 5 s (polling every {RARE_POLL_SECONDS} s)"
+    assert at - started < SLOW_CYCLE_SECONDS + 1.0, f"claimed {at - started:.2f} s after the start"

@@ -136,7 +136,7 @@ async def _drive_hot_paths(client: httpx.AsyncClient, kit: DeliveryKit) -> None:
     await leases.renew_leases(kit.db, "worker-a", seqs, now + timedelta(minutes=5))
     await leases.release(kit.db, "worker-a", seqs)
     await leases.reap_expired_leases(kit.db, now)
-    await leases.next_due(kit.db)
+    await leases.next_due(kit.db, after=now)
     await snapshot(kit.db)
 
     # What operators and the lists read.
