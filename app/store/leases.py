@@ -13,10 +13,11 @@ their lines in the same transaction (:func:`app.store.lines.promote_heads`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Result, TextualSelect, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,27 +32,56 @@ _TO_PENDING = (
 )
 # Each statement that returns deliveries names their lines.
 _LINES = "RETURNING subscription_id, ordering_key"
-_RELEASE = timed_sql(
-    f"{_TO_PENDING} WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner {_LINES}",
-    expanding=("seqs",),
-)
+# Deliveries their worker gives back untouched, their attempts and ``ready`` as
+# they were: shutting down, over a subscription's limit, a failing
+# subscription's waiting ones, the rest of a run after a retry or a dead letter
+# of its predecessor (``Completion.returned``). On SQLite in the worker's one
+# hand-off to the writer's thread, the seqs as a JSON array.
+_GIVE_BACK = f"""{_TO_PENDING}
+    WHERE {{seqs}} AND status = 'in_flight' AND lease_owner = :owner {_LINES}"""
+SQLITE_GIVE_BACK = _GIVE_BACK.format(seqs="seq IN (SELECT value FROM json_each(:seqs))")
+_PG_GIVE_BACK = text(_GIVE_BACK.format(seqs="seq = ANY(CAST(:seqs AS BIGINT[]))"))
+
+
+def keyed_lines(rows: Iterable[Sequence[Any]]) -> set[tuple[str, str]]:
+    """The lines (subscription, ordering key) of the returned rows that have one."""
+    return {(str(r[0]), str(r[1])) for r in rows if r[1] is not None}
+
+
+async def give_back(
+    conn: AsyncConnection, returned: Mapping[str, Sequence[int]]
+) -> set[tuple[str, str]]:
+    """Give back, per owner, the deliveries it holds of those named; the lines
+    they are in, whose heads the caller readies in the same transaction."""
+    lines: set[tuple[str, str]] = set()
+    for owner, seqs in returned.items():
+        if not seqs:
+            continue
+        if conn.dialect.name == "postgresql":
+            result = await conn.execute(_PG_GIVE_BACK, {"owner": owner, "seqs": list(seqs)})
+        else:
+            params = {"owner": owner, "seqs": orjson.dumps(list(seqs)).decode()}
+            result = await conn.execute(text(SQLITE_GIVE_BACK), params)
+        lines |= keyed_lines(result.all())
+    return lines
 
 
 async def _returned(conn: AsyncConnection, result: Result[Any]) -> int:
     """Ready the heads of the lines of the deliveries ``result`` returned to
     pending; how many it returned."""
     rows: list[Sequence[Any]] = list(result.all())
-    await promote_heads(conn, {(str(r[0]), str(r[1])) for r in rows if r[1] is not None})
+    await promote_heads(conn, keyed_lines(rows))
     return len(rows)
 
 
 async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
-    """Give claimed deliveries back untouched (shutdown, or over a subscription's
-    limit), and ready the heads of their lines."""
+    """Give claimed deliveries back untouched (a worker stopping), and ready the
+    heads of their lines. A running worker gives back in its cycle
+    (:func:`app.store.deliveries.complete_and_claim`)."""
     if not seqs:
         return
     async with db.write() as conn:
-        await _returned(conn, await conn.execute(_RELEASE, {"seqs": list(seqs), "owner": owner}))
+        await promote_heads(conn, await give_back(conn, {owner: seqs}))
 
 
 # On PostgreSQL the upkeep below runs beside the worker's cycle, on another

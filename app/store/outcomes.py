@@ -8,7 +8,7 @@ PostgreSQL's on the cycle's connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 import orjson
@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.domain.operator_events import DeadLetter
 from app.store import operator_events
 from app.store.fanout import LISTENING
-from app.store.lines import LOCK_SQL, busy, lock_keys, promote_sql
+from app.store.leases import give_back
+from app.store.lines import LOCK_SQL, busy, lock_keys, promote_heads, promote_sql
 from app.store.schema import sqlite_timestamp
 from app.store.subscriptions import CircuitUpdate, apply_circuit
 from app.store.work import Completion
@@ -62,25 +63,6 @@ SQLITE_FINISH_ALL = (
       AND deliveries.lease_owner = o.owner
 """
 )
-
-# The deliveries of a run the worker gives back with an outcome (a retry or a
-# dead letter of their predecessor, Completion.returned): pending again, their
-# attempts and ``ready`` untouched, before the lines move on, so that a line the
-# dead letter leaves readies the first of them. A JSON array of seqs per owner.
-SQLITE_RETURN = """
-    UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
-    WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 'in_flight'
-      AND lease_owner = :owner
-"""
-_PG_RETURN = text(
-    """
-    UPDATE deliveries SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
-    FROM unnest(CAST(:seqs AS BIGINT[]), CAST(:owners AS TEXT[])) AS r(seq, owner)
-    WHERE deliveries.seq = r.seq AND deliveries.status = 'in_flight'
-      AND deliveries.lease_owner = r.owner
-"""
-)
-
 
 # PostgreSQL writes a cycle's outcomes in one statement, from one JSON array of
 # rows (``OUTCOME_FIELDS``) and the array of their seqs. The rows go as JSON
@@ -165,12 +147,21 @@ async def outcomes_postgresql(
     completions: Sequence[Completion],
     circuit: Sequence[CircuitUpdate],
     now: datetime | None,
+    returned: Mapping[str, Sequence[int]],
 ) -> list[tuple[str, str]]:
-    """Write the outcomes, the circuits and what they report; return the lines
-    the outcomes left without readying a next head, whose heads the cycle's
-    claim promotes again (see ``_FINISH_AND_RECORD_PG``). With no subscription
-    listening this is what it always was: the outcome write returns no dead
-    letters, and only a cycle that moves a circuit reads the listeners."""
+    """Give back ``returned`` (:func:`giving_back`), write the outcomes, the
+    circuits and what they report, and ready the heads of the lines given
+    back; return the lines the outcomes left without readying a next head,
+    whose heads the cycle's claim readies again (see ``_FINISH_AND_RECORD_PG``).
+    With no subscription listening this is what it always was: the outcome
+    write returns no dead letters, and only a cycle that moves a circuit reads
+    the listeners."""
+    # Before the outcomes, so that the lines they leave see these pending; their
+    # heads after, when the deliveries the worker followed them with are written.
+    given = await give_back(conn, returned)
+    if not completions:
+        await promote_heads(conn, given)
+        return []
     left = left_lines(completions)
     dead, promoted = await _complete_postgresql(conn, completions, left)
     moved = operator_events.changing(circuit)
@@ -184,6 +175,7 @@ async def outcomes_postgresql(
         changed_at = now or completions[-1].finished_at
         reported = operator_events.cycle_events(dead, circuit, before, changed_at)
         await operator_events.store_events(conn, reported, listeners)
+    await promote_heads(conn, given)
     return [line for line in left if line not in promoted]
 
 
@@ -199,9 +191,12 @@ def left_lines(completions: Sequence[Completion]) -> list[tuple[str, str]]:
     )
 
 
-def returned_runs(completions: Sequence[Completion]) -> dict[str, list[int]]:
-    """The deliveries given back with the outcomes (``Completion.returned``), by owner."""
-    returned: dict[str, list[int]] = {}
+def giving_back(
+    completions: Sequence[Completion], released: Mapping[str, Sequence[int]]
+) -> dict[str, list[int]]:
+    """What a cycle gives back, by owner: the deliveries given back with the
+    outcomes (``Completion.returned``) and those ``released`` by the worker."""
+    returned: dict[str, list[int]] = {owner: list(seqs) for owner, seqs in released.items()}
     for c in completions:
         if c.returned:
             returned.setdefault(c.owner, []).extend(c.returned)
@@ -221,13 +216,6 @@ async def _complete_postgresql(
     # other and both circuits move at once; PostgreSQL then fails one, whose
     # worker writes nothing and puts its circuits back (worker.py), and its
     # deliveries are attempted again.
-    returned = [(seq, c.owner) for c in completions for seq in c.returned]
-    if returned:
-        # Before the outcomes, so that the lines they leave see these pending.
-        await conn.execute(
-            _PG_RETURN,
-            {"seqs": [seq for seq, _ in returned], "owners": [owner for _, owner in returned]},
-        )
     params = {
         "outcomes": orjson.dumps(
             outcome_rows(completions, _as_is), option=orjson.OPT_NAIVE_UTC

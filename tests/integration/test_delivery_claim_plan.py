@@ -20,7 +20,8 @@ from sqlalchemy import TextClause, text
 
 from app.store.claims import _PG_CLAIM, FRESH_WINDOW
 from app.store.database import Database
-from app.store.outcomes import _FINISH_AND_RECORD_PG, _PG_RETURN
+from app.store.leases import _PG_GIVE_BACK
+from app.store.outcomes import _FINISH_AND_RECORD_PG
 from app.store.retention import refresh_statistics
 from tests.integration.conftest import DeliveryKit
 from tests.integration.plans import describe, postgres_plan
@@ -217,12 +218,10 @@ async def test_outcome_write_does_not_scan_the_deliveries(
     )
     described = describe(nodes)
     assert not _scans_of_deliveries(nodes), f"the outcome write scans deliveries:\n{described}"
-    # A run given back with its predecessor's outcome (a retry or a dead letter).
+    # Deliveries given back in the cycle: a run after its predecessor's retry
+    # or dead letter, or what the worker will not start.
     nodes = await _plan(
-        kit.db,
-        _PG_RETURN,
-        {"seqs": list(range(1, 16)), "owners": ["worker-a"] * 15},
-        plan_mode,
+        kit.db, _PG_GIVE_BACK, {"seqs": list(range(1, 16)), "owner": "worker-a"}, plan_mode
     )
     described = describe(nodes)
-    assert not _scans_of_deliveries(nodes), f"giving a run back scans deliveries:\n{described}"
+    assert not _scans_of_deliveries(nodes), f"giving back scans deliveries:\n{described}"

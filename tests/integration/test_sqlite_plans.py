@@ -21,12 +21,12 @@ from app.store.claims import (
 )
 from app.store.fanout import SELECT_SUBSCRIBERS
 from app.store.ingest import _SQLITE_READS
+from app.store.leases import SQLITE_GIVE_BACK
 from app.store.lines import SQLITE_BUSY, SQLITE_PROMOTE_ALL
 from app.store.outcomes import (
     OUTCOME_FIELDS,
     SQLITE_FINISH_ALL,
     SQLITE_RECORD_ATTEMPTS,
-    SQLITE_RETURN,
 )
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -89,7 +89,7 @@ STATEMENTS = {
         SQLITE_RUNS,
         {"seqs": "[1, 2]", "now": "2026", "followers": 7, "single": '["a"]', "room": 10},
     ),
-    "return a run": (SQLITE_RETURN, {"owner": "w", "seqs": "[1, 2]"}),
+    "give back": (SQLITE_GIVE_BACK, {"owner": "w", "seqs": "[1, 2]"}),
     "claimed with events": (SQLITE_CLAIMED, {"seqs": "[1, 2]"}),
     "claimed large data": (SQLITE_CLAIMED_LARGE_DATA, {"seqs": "[1, 2]"}),
     "finish": (SQLITE_FINISH_ALL.format(rows=OUTCOMES), [None] * 2 * WIDTH),
