@@ -17,16 +17,28 @@ thread would mean a hand-off per statement again, which is what aiosqlite
 does already. The two writer connections of a process never hold or wait for
 SQLite's write lock at the same time: ``Database.write`` takes the writer's
 :meth:`~SqliteWriter.turn` for its whole transaction, and every transaction
-here holds the same turn from before it is queued until the thread has
-finished it, even if its caller is cancelled meanwhile. The turn is first
+here holds the same turn from when it starts on the thread until the thread
+has finished it, even if its caller is cancelled meanwhile. The turn is first
 come, first served, except that an *urgent* transaction (the ingest flush,
 whose caller waits for its 202) goes ahead of every other waiting one: a
 flush waits for the transaction under way, not also for a delivery cycle or
-a lease renewal queued before it. A cycle cannot be starved by it: the next
+a lease renewal queued before it. The thread hands the turn on itself: when
+the next waiting transaction is one of its own, it starts that one as soon
+as it has finished the last, without waiting for the event loop to come
+round (twice: to hand the turn over, then to queue the work) as a busy
+delivery worker's loop makes every hand-off wait. A cycle cannot be starved by it: the next
 flush is gathered only after this one has finished, by when the cycle has
 the turn. A retention batch or a subscription change waits at most for one
 flush and what is queued ahead of it, as when the two shared one pooled
 connection.
+
+Its connection never checkpoints the write-ahead log on a commit (SQLite's
+default runs a checkpoint, with an fsync of the database file, in the commit
+that grows the log past 1,000 pages: 60 ms once in a delivery cycle, which
+every ingest flush then waited for). A thread of its own,
+:class:`Checkpoints`, runs a passive checkpoint every ``CHECKPOINT_SECONDS``
+while the writer runs: it takes no lock a writer waits for, and the log
+starts again from its beginning at the first commit after a complete one.
 
 The connection is opened on the thread by the first transaction (so that an
 unreachable database is an error of that transaction, translated to
@@ -38,57 +50,92 @@ the next transaction after that starts a new thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from functools import partial
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# One queued call: what to run on the thread (``None``: close and stop), and
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SECONDS = 0.25
+
+_Work = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """One wait for the turn: ``work`` for the thread (``None``: a transaction on
+    another connection, or closing), and the future its caller awaits."""
+
+    future: asyncio.Future[Any]
+    work: _Work | None = None
+
+
+# One queued call for the thread: what to run (``None``: close and stop), and
 # the future for its outcome.
-_Job = tuple[Callable[[sqlite3.Connection], Any] | None, asyncio.Future[Any]]
+_Job = tuple[_Work | None, asyncio.Future[Any]]
 
 
 class _Turn:
-    """A lock handed to waiters in order, urgent ones first."""
+    """The writer's turn: held by one transaction at a time and handed to the
+    waiters in order, urgent ones first. Shared by the event loop and the
+    writer's thread: the thread hands it on when it finishes a transaction, the
+    loop when a turn held for another connection ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: Callable[[_Waiter], None]) -> None:
+        self._start = start  # queue a waiter's work on the thread (any thread)
+        self._lock = threading.Lock()
         self._held = False
-        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
-            deque(),
-            deque(),
-        )
+        self._waiting: tuple[deque[_Waiter], deque[_Waiter]] = (deque(), deque())
 
-    async def acquire(self, *, urgent: bool = False) -> None:
-        if not self._held and not any(self._waiting):
+    def enter(self, waiter: _Waiter, *, urgent: bool = False) -> bool:
+        """Take the turn for ``waiter`` if it is free (its work, if any, then
+        queued on the thread): True; else wait in line: False."""
+        with self._lock:
+            if self._held or any(self._waiting):
+                self._waiting[0 if urgent else 1].append(waiter)
+                return False
             self._held = True
-            return
-        queue = self._waiting[0 if urgent else 1]
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.cancelled():
+        if waiter.work is not None:
+            self._start(waiter)
+        return True
+
+    def withdraw(self, waiter: _Waiter) -> bool:
+        """Leave the line (a caller cancelled); False if ``waiter`` had the turn already."""
+        with self._lock:
+            for queue in self._waiting:
                 with suppress(ValueError):
-                    queue.remove(future)
-            else:  # handed the turn just as it was cancelled: pass it on
-                self.release()
-            raise
+                    queue.remove(waiter)
+                    return True
+        return False
 
     def release(self) -> None:
-        for queue in self._waiting:
-            while queue:
-                future = queue.popleft()
-                if not future.done():
-                    future.set_result(None)  # the turn goes on, held
-                    return
-        self._held = False
+        """Hand the turn to the next waiter: its work queued on the thread, or
+        (waiting on the loop) its future granted there."""
+        with self._lock:
+            waiter = next((queue.popleft() for queue in self._waiting if queue), None)
+            if waiter is None:
+                self._held = False
+                return
+        if waiter.work is not None:
+            self._start(waiter)
+            return
+        with suppress(RuntimeError):  # a closed loop: nobody waits for it any more
+            waiter.future.get_loop().call_soon_threadsafe(self._grant, waiter.future)
+
+    def _grant(self, future: asyncio.Future[Any]) -> None:
+        if future.done():  # its caller gave up before the turn came: pass it on
+            self.release()
+        else:
+            future.set_result(None)
 
 
 class SqliteWriter:
@@ -96,8 +143,9 @@ class SqliteWriter:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._open = connect
-        self._turn = _Turn()
+        self._turn = _Turn(self._start)
         self._thread: tuple[threading.Thread, SimpleQueue[_Job]] | None = None
+        self.checkpoints = Checkpoints(connect)
 
     @property
     def running(self) -> bool:
@@ -111,7 +159,7 @@ class SqliteWriter:
         For a write transaction on another connection to the same file
         (:meth:`app.store.database.Database.write`).
         """
-        await self._turn.acquire()
+        await self._wait(_Waiter(asyncio.get_running_loop().create_future()))
         try:
             yield
         finally:
@@ -126,8 +174,49 @@ class SqliteWriter:
         Anything ``work`` raises rolls the transaction back and is raised here;
         so are sqlite3's own errors (untranslated). ``work`` must not touch the
         event loop. The connection is in autocommit mode: ``BEGIN`` is ours.
+        A caller cancelled while its transaction waits for the turn takes it out
+        of the line; once started, the transaction runs to its end.
         """
-        await self._turn.acquire(urgent=urgent)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(future, partial(_in_transaction, work))
+        self._turn.enter(waiter, urgent=urgent)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._turn.withdraw(waiter)
+            raise
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread, once the transaction under
+        way (if any) is done. The next transaction starts them again."""
+        await self._wait(_Waiter(asyncio.get_running_loop().create_future()))
+        try:
+            if self._thread is None:
+                return
+            (thread, jobs), self._thread = self._thread, None
+            stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            jobs.put((None, stopped))
+            await stopped
+            thread.join()  # it has handed back its last outcome: this is its return
+            await asyncio.to_thread(self.checkpoints.stop)
+        finally:
+            self._turn.release()
+
+    async def _wait(self, waiter: _Waiter) -> None:
+        """Wait on the loop for the turn (no work for the thread)."""
+        if self._turn.enter(waiter):
+            return
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if not self._turn.withdraw(waiter) and not waiter.future.cancelled():
+                self._turn.release()  # granted just as it was cancelled: pass it on
+            raise
+
+    def _start(self, waiter: _Waiter) -> None:
+        """Queue ``waiter``'s work on the thread, starting the thread if there is
+        none (the first transaction, or the first after :meth:`close`). Called
+        by whoever hands ``waiter`` the turn, so never twice at once."""
         if self._thread is None:
             jobs: SimpleQueue[_Job] = SimpleQueue()
             thread = threading.Thread(
@@ -135,33 +224,13 @@ class SqliteWriter:
             )
             try:
                 thread.start()
-            except BaseException:
+            except BaseException as exc:  # nothing to run it on: the caller is told
+                _hand_back(waiter.future, None, exc)
                 self._turn.release()
-                raise
+                return
             self._thread = thread, jobs
-        result: T = await self._queue(self._thread[1], partial(_in_transaction, work))
-        return result
-
-    async def close(self) -> None:
-        """Close the connection and stop the thread, once the transaction under
-        way (if any) is done. The next transaction starts them again."""
-        await self._turn.acquire()
-        if self._thread is None:
-            self._turn.release()
-            return
-        (thread, jobs), self._thread = self._thread, None
-        await self._queue(jobs, None)
-        thread.join()  # it has handed back its last outcome: this is its return
-
-    async def _queue(
-        self, jobs: SimpleQueue[_Job], work: Callable[[sqlite3.Connection], Any] | None
-    ) -> Any:
-        """Queue ``work`` while holding the turn; the thread gives the turn back
-        when it has finished (:meth:`_settle`), not this coroutine: cancelled,
-        it would let another transaction begin while this one still runs."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        jobs.put((work, future))
-        return await future
+            self.checkpoints.start()
+        self._thread[1].put((waiter.work, waiter.future))
 
     def _serve(self, jobs: SimpleQueue[_Job]) -> None:
         connection: sqlite3.Connection | None = None
@@ -173,32 +242,80 @@ class SqliteWriter:
                     if connection is not None:
                         connection.close()
                 else:
-                    connection = connection or self._open()
+                    connection = connection or _no_checkpoints(self._open())
                     outcome = work(connection)
             except BaseException as exc:  # every outcome goes to the caller
                 error = exc
                 connection = _still_usable(connection)
-            self._hand_back(future, outcome, error)
+            _hand_back(future, outcome, error)
             if work is None:
                 return
+            self._turn.release()
 
-    def _hand_back(
-        self, future: asyncio.Future[Any], outcome: Any, error: BaseException | None
-    ) -> None:
-        # A closed loop (RuntimeError) has nobody waiting for this any more.
-        with suppress(RuntimeError):
-            future.get_loop().call_soon_threadsafe(self._settle, future, outcome, error)
 
-    def _settle(
-        self, future: asyncio.Future[Any], outcome: Any, error: BaseException | None
-    ) -> None:
-        self._turn.release()
-        if future.done():  # its caller was cancelled
+def _hand_back(future: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
+    # A closed loop (RuntimeError) has nobody waiting for this any more.
+    with suppress(RuntimeError):
+        future.get_loop().call_soon_threadsafe(_settle, future, outcome, error)
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, error: BaseException | None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is None:
+        future.set_result(outcome)
+    else:
+        future.set_exception(error)
+
+
+class Checkpoints:
+    """Passive checkpoints of the write-ahead log every ``CHECKPOINT_SECONDS``,
+    on a thread and connection of their own, from :meth:`start` to :meth:`stop`."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._open = connect
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.done = 0  # checkpoints run (read by the tests)
+
+    def start(self) -> None:
+        if self._thread is not None:
             return
-        if error is None:
-            future.set_result(outcome)
-        else:
-            future.set_exception(error)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the checkpoint under way, if any (blocks until then)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            thread.join()
+
+    def _run(self) -> None:
+        connection: sqlite3.Connection | None = None
+        failing = False
+        try:
+            while not self._stopping.wait(CHECKPOINT_SECONDS):
+                try:
+                    connection = connection or self._open()
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    if not failing:  # once, not four times a second
+                        log.exception("checkpointing the SQLite write-ahead log failed")
+                    failing, connection = True, _still_usable(connection)
+                    continue
+                failing = False
+                self.done += 1
+        finally:
+            if connection is not None:
+                connection.close()
+
+
+def _no_checkpoints(connection: sqlite3.Connection) -> sqlite3.Connection:
+    """``connection`` with no checkpoint at its commits (:class:`Checkpoints` runs them)."""
+    connection.execute("PRAGMA wal_autocheckpoint = 0")
+    return connection
 
 
 def _in_transaction(work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection) -> T:

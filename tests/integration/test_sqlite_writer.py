@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from app.errors import StoreUnavailable
 from app.store import database as database_module
-from app.store import driver
+from app.store import driver, sqlite_writer
 from app.store.database import Database, open_database
 from app.store.sqlite_writer import SqliteWriter
 
@@ -303,3 +303,70 @@ async def test_an_urgent_transaction_goes_ahead_of_those_waiting(impatient: Data
     assert order == ["under way", "flush", "cycle", "engine"]
     # Nobody holds the turn now: a write goes at once.
     await asyncio.wait_for(driver.sqlite_write(impatient, record("after")), 5)
+
+
+@ON_SQLITE
+async def test_the_thread_starts_the_next_transaction_without_the_loop(scratch: Database) -> None:
+    """A busy event loop does not hold the writer idle between two transactions:
+    the thread hands the turn to the next one waiting and runs it at once."""
+    writer = _writer(scratch)
+    entered, release, second_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def first(conn: sqlite3.Connection) -> int:
+        entered.set()
+        release.wait(10)
+        return _insert(conn, 1)
+
+    def second(conn: sqlite3.Connection) -> int:
+        second_ran.set()
+        return _insert(conn, 2)
+
+    running = asyncio.create_task(writer.transaction(first))
+    assert await asyncio.to_thread(entered.wait, 10)
+    waiting = asyncio.create_task(writer.transaction(second))
+    await _until(lambda: len(writer._turn._waiting[1]) == 1)
+    release.set()
+    # The loop is held up here (a busy loop): the second runs all the same.
+    assert second_ran.wait(10), "the second transaction waited for the event loop"
+    assert await asyncio.gather(running, waiting) == [1, 1]
+    assert await _stored(scratch) == [(1, "writer"), (2, "writer")]
+
+
+async def test_commits_leave_the_checkpoints_to_a_thread_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No commit of the writer's runs a checkpoint (one took 60 ms of a cycle,
+    which the ingest waited for); the checkpoint thread keeps the write-ahead
+    log from growing: after a checkpoint the log starts again from its
+    beginning, so writing as much again does not make it longer."""
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_SECONDS", 0.05)
+    path = tmp_path / "w.db"
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        return connection
+
+    writer = SqliteWriter(connect)
+    blob = b"x" * 100_000
+
+    async def write_4mb() -> None:
+        for _ in range(40):
+            await writer.transaction(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (blob,)))
+
+    try:
+        await writer.transaction(lambda conn: conn.execute("CREATE TABLE t (b BLOB)"))
+        autocheckpoint = await writer.transaction(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert autocheckpoint == 0
+        await write_4mb()
+        done = writer.checkpoints.done
+        await _until(lambda: writer.checkpoints.done >= done + 2)  # one after the writes
+        grown = (tmp_path / "w.db-wal").stat().st_size
+        assert grown > 3_000_000
+        await write_4mb()
+        assert (tmp_path / "w.db-wal").stat().st_size < grown * 1.5
+    finally:
+        await writer.close()
+    assert "sqlite-checkpoints" not in [t.name for t in threading.enumerate()]
