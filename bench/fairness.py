@@ -44,7 +44,9 @@ single events' times on the wall clock (sent, 202, arrival, its delivery's
 what this database's active backends and the checkpointer were waiting for,
 to line a late event up with the server's side. The server is whatever
 ``eventrelay`` imports: run the code before a change with ``PYTHONPATH`` set to
-its tree (``git archive``), from outside the checkout.
+its tree (``git archive``), from outside the checkout. ``--explain-slow-ms N``
+(PostgreSQL) has the server log the plan, with actual rows and buffers, of
+every statement on the run's database slower than N ms (``auto_explain``).
 ``--claim-tenants 1,100,10000`` measures the claim statement's own cost (p50
 of 200 claims of 32, in-process on the store) with a backlog of 30,000 pending
 deliveries spread over that many tenants; plain claims, and probe claims whose
@@ -667,6 +669,21 @@ async def claim_costs(
     return result
 
 
+async def explain_slow(pg_dsn: str, name: str, ms: int) -> None:
+    """Have PostgreSQL log the plan of every statement slower than ``ms`` on the
+    database ``name`` (auto_explain: actual rows and buffers, no timing, which
+    costs little), to the server's log; settings of that database only."""
+    settings = {
+        "session_preload_libraries": "auto_explain",
+        "auto_explain.log_min_duration": f"{ms}ms",
+        "auto_explain.log_analyze": "on",
+        "auto_explain.log_timing": "off",
+        "auto_explain.log_buffers": "on",
+    }
+    for setting, value in settings.items():
+        await pg_execute(pg_dsn, f"ALTER DATABASE \"{name}\" SET {setting} = '{value}'")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -684,6 +701,12 @@ async def main() -> None:
         "--timeline",
         type=Path,
         help="--tenants: write B's loaded events' times and the server's samples here",
+    )
+    parser.add_argument(
+        "--explain-slow-ms",
+        type=int,
+        default=0,
+        help="PostgreSQL: log the plan (rows, buffers) of every statement slower than this",
     )
     parser.add_argument("--tenants", action="store_true", help="fairness between tenants")
     parser.add_argument("--burst", type=int, default=500)
@@ -706,6 +729,8 @@ async def main() -> None:
         else:
             pg_name = f"er_fair_{uuid.uuid4().hex[:10]}"
             await pg_execute(args.pg_dsn, f'CREATE DATABASE "{pg_name}"')
+            if args.explain_slow_ms:
+                await explain_slow(args.pg_dsn, pg_name, args.explain_slow_ms)
             base = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
             db_url = f"{base}/{pg_name}"
         if args.claim_tenants:

@@ -1,4 +1,5 @@
-"""The periodic retention job that runs beside every delivery worker."""
+"""The periodic upkeep that runs beside every delivery worker: the retention
+job, and on PostgreSQL the statistics of the tables that churn."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 from app.store.database import Database
-from app.store.retention import prune, refresh_statistics
+from app.store.retention import analyze_stale_tables, prune, refresh_statistics
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +48,38 @@ class RetentionJob:
             except Exception:
                 log.exception("retention pass failed; trying again next interval")
             await asyncio.sleep(self._interval)
+
+
+STATISTICS_CHECK_SECONDS = 5.0
+
+
+class StatisticsJob:
+    """PostgreSQL: every ``STATISTICS_CHECK_SECONDS``, analyze the tables that
+    grew or changed much since their last analyze (:func:`analyze_stale_tables`),
+    so that no plan waits for the retention job's next pass, or for
+    autovacuum, to see a table as large as it is."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if not self._db.is_sqlite:
+            self._task = asyncio.create_task(self._run(), name="statistics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(STATISTICS_CHECK_SECONDS)
+            try:
+                analyzed = await analyze_stale_tables(self._db)
+            except Exception:
+                log.exception("analyzing the tables failed; trying again shortly")
+                continue
+            if analyzed:
+                log.info("tables analyzed", extra={"tables": analyzed})

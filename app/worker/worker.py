@@ -40,7 +40,7 @@ from app.worker.config import WorkerConfig, worker_config
 from app.worker.destinations import destination_senders
 from app.worker.lines import Line, LinePolicy, Ready, runs_of
 from app.worker.protocol import Sender, SenderFactory
-from app.worker.retention import RetentionJob
+from app.worker.retention import RetentionJob, StatisticsJob
 from app.worker.tenant_removal import TenantRemoval
 
 __all__ = ["DeliveryWorker", "WorkerConfig", "worker_config"]
@@ -95,6 +95,7 @@ class DeliveryWorker:
             keys_ttl=config.idempotency_ttl,
             interval_seconds=config.retention_interval_seconds,
         )
+        self._statistics = StatisticsJob(db)
         self._removal = TenantRemoval(db)
 
     def wake(self) -> None:
@@ -136,6 +137,7 @@ class DeliveryWorker:
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
         self._reaper_task = asyncio.create_task(self._keep_leases(), name="leases")
         self._retention.start()
+        self._statistics.start()
         self._removal.start()
         log.info("delivery worker started", extra={"worker": self.owner})
 
@@ -149,6 +151,7 @@ class DeliveryWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper_task
         await self._retention.stop()
+        await self._statistics.stop()
         await self._removal.stop()
         if self._listener is not None:
             await self._listener.stop()
