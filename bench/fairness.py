@@ -484,7 +484,9 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
             ACCEPTED.clear()
             # A's backlog is all pending at once: held while it is ingested.
             await a.patch(f"/v1/subscriptions/{a_sub}", json={"status": "paused"})
+            ingest_started = time.monotonic()
             await publish_many(a, "a.thing", args.deliveries)
+            a_ingest_s = time.monotonic() - ingest_started
             if args.backend == "postgres":
                 # Statistics that know the backlog, as autovacuum would have
                 # gathered by now (this server runs without it); without, the
@@ -544,6 +546,8 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
         "target_s": round(target, 4),
         "met": percentile(loaded[0], 0.99) <= target,
         "a_deliveries": args.deliveries,
+        # How long A's backlog took to ingest (batches of 500, its subscription paused).
+        "a_ingest_s": round(a_ingest_s, 2),
         "a_pending_while_measured": [pending_at_start, pending_at_end],
         "answer_seconds": args.answer_seconds,
         "b_stream_idle_s": summary(idle[0]),

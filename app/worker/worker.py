@@ -190,7 +190,11 @@ class DeliveryWorker:
             except Exception:
                 log.exception("writing outcomes or claiming deliveries failed; retrying shortly")
                 claimed, limit = 0, 1
-            if self._finished or self._giving_back or self._quick or (claimed and claimed >= limit):
+            # Give-backs alone do not call for a cycle now: they go with the next
+            # one (an attempt ending, new events, the poll). A probe claim that
+            # takes more than a busy subscription may start would otherwise be
+            # given back and taken again at once, over and over.
+            if self._finished or self._quick or (claimed and claimed >= limit):
                 continue
             timeout = await self._idle_timeout()
             try:
