@@ -8,7 +8,7 @@ lines (:func:`_cycle_postgresql_by_key`). Leases are :mod:`app.store.leases`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 import orjson
@@ -25,15 +25,15 @@ from app.store.claims import (
     stored_event,
 )
 from app.store.database import Database, translate_errors
-from app.store.leases import SQLITE_GIVE_BACK, keyed_lines
+from app.store.leases import SQLITE_GIVE_BACK
 from app.store.lines import SQLITE_PROMOTE_ALL, promote_heads
 from app.store.outcomes import (
     SQLITE_FINISH_ALL,
     SQLITE_RECORD_ATTEMPTS,
-    giving_back,
     left_lines,
     outcome_rows,
     outcomes_postgresql,
+    returned_runs,
     sqlite_times,
 )
 from app.store.schema import sqlite_timestamp
@@ -52,26 +52,23 @@ async def complete_and_claim(
     circuit: Sequence[CircuitUpdate] = (),
     request: ClaimRequest | None = None,
     now: datetime | None = None,
-    released: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Work]:
-    """One worker cycle: give back what the worker ``released`` (by owner: not
-    to be started, :func:`app.store.leases.give_back`), record the attempts and
-    outcomes of ``completions``, free each finished line's next delivery,
-    update the circuits of the subscriptions involved; then claim per
+    """One worker cycle: record the attempts and outcomes of ``completions``
+    (and give back the runs they return), free each finished line's next
+    delivery, update the circuits of the subscriptions involved; then claim per
     ``request``, which sees the heads those completions promoted. Returns the
     claimed deliveries with their events, in ``seq`` order. One transaction,
     except on PostgreSQL when outcomes left their lines: they commit before
     the claim (:func:`_cycle_postgresql_by_key`), and if the claim then fails,
     :class:`ClaimFailed` says so."""
-    returned = giving_back(completions, released or {})
-    if not completions and not returned and request is None:
+    if not completions and request is None:
         return []
     if db.is_sqlite:
-        return await _cycle_sqlite(db, completions, returned, circuit, request, now)
+        return await _cycle_sqlite(db, completions, circuit, request, now)
     if request is not None and request.limit > 0 and left_lines(completions):
-        return await _cycle_postgresql_by_key(db, completions, returned, circuit, request, now)
+        return await _cycle_postgresql_by_key(db, completions, circuit, request, now)
     async with db.write() as conn:
-        freed = await outcomes_postgresql(conn, completions, circuit, now, returned)
+        freed = await outcomes_postgresql(conn, completions, circuit, now) if completions else []
         if request is None or request.limit <= 0:
             # No claim to promote the freed lines' heads again (see claims._FREED).
             await promote_heads(conn, freed)
@@ -82,7 +79,6 @@ async def complete_and_claim(
 async def _cycle_postgresql_by_key(
     db: Database,
     completions: Sequence[Completion],
-    returned: Mapping[str, Sequence[int]],
     circuit: Sequence[CircuitUpdate],
     request: ClaimRequest,
     now: datetime | None,
@@ -100,7 +96,7 @@ async def _cycle_postgresql_by_key(
     with translate_errors():
         async with db.writer.connect() as conn:
             async with conn.begin():
-                freed = await outcomes_postgresql(conn, completions, circuit, now, returned)
+                freed = await outcomes_postgresql(conn, completions, circuit, now)
             try:
                 with translate_errors():
                     async with conn.begin():
@@ -112,7 +108,6 @@ async def _cycle_postgresql_by_key(
 async def _cycle_sqlite(
     db: Database,
     completions: Sequence[Completion],
-    returned: Mapping[str, Sequence[int]],
     circuit: Sequence[CircuitUpdate],
     request: ClaimRequest | None,
     now: datetime | None,
@@ -121,8 +116,8 @@ async def _cycle_sqlite(
     (:func:`app.store.driver.sqlite_write`): the parameters are built here, the
     statements run there in one transaction, the rows come back."""
     outcomes = outcome_rows(completions, sqlite_timestamp)
-    left = left_lines(completions)
-    give_backs = [(owner, orjson.dumps(seqs).decode()) for owner, seqs in returned.items()]
+    returned = returned_runs(completions)
+    lines = left_lines(completions)
     changed_at = now or (completions[-1].finished_at if completions else None)
     circuits = [
         sqlite_times(circuit_params(u, changed_at)) for u in circuit if changed_at is not None
@@ -140,11 +135,10 @@ async def _cycle_sqlite(
         # The attempts first: they read each delivery's count before the finish.
         driver.sqlite_run_rows(c, SQLITE_RECORD_ATTEMPTS, outcomes)
         driver.sqlite_run_rows(c, SQLITE_FINISH_ALL, outcomes)
-        lines = set(left)
-        for owner, seqs in give_backs:
-            given = c.execute(SQLITE_GIVE_BACK, {"owner": owner, "seqs": seqs}).fetchall()
-            lines |= keyed_lines(given)
-        driver.sqlite_run_rows(c, SQLITE_PROMOTE_ALL, sorted(lines))
+        for owner, seqs in returned.items():
+            given = {"owner": owner, "seqs": orjson.dumps(seqs).decode()}
+            c.execute(SQLITE_GIVE_BACK, given).fetchall()
+        driver.sqlite_run_rows(c, SQLITE_PROMOTE_ALL, lines)
         for update in circuits:
             c.execute(CIRCUIT_SQL, update)
         if listeners and changed_at is not None:

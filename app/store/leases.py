@@ -34,9 +34,10 @@ _TO_PENDING = (
 _LINES = "RETURNING subscription_id, ordering_key"
 # Deliveries their worker gives back untouched, their attempts and ``ready`` as
 # they were: shutting down, over a subscription's limit, a failing
-# subscription's waiting ones, the rest of a run after a retry or a dead letter
-# of its predecessor (``Completion.returned``). On SQLite in the worker's one
-# hand-off to the writer's thread, the seqs as a JSON array.
+# subscription's waiting ones (:func:`release`), the rest of a run after a
+# retry or a dead letter of its predecessor (``Completion.returned``, in the
+# worker's cycle: on SQLite in its one hand-off to the writer's thread). The
+# seqs as a JSON array on SQLite.
 _GIVE_BACK = f"""{_TO_PENDING}
     WHERE {{seqs}} AND status = 'in_flight' AND lease_owner = :owner {_LINES}"""
 SQLITE_GIVE_BACK = _GIVE_BACK.format(seqs="seq IN (SELECT value FROM json_each(:seqs))")
@@ -75,9 +76,8 @@ async def _returned(conn: AsyncConnection, result: Result[Any]) -> int:
 
 
 async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
-    """Give claimed deliveries back untouched (a worker stopping), and ready the
-    heads of their lines. A running worker gives back in its cycle
-    (:func:`app.store.deliveries.complete_and_claim`)."""
+    """Give claimed deliveries back untouched (shutdown, or over a subscription's
+    limit), and ready the heads of their lines."""
     if not seqs:
         return
     async with db.write() as conn:

@@ -8,7 +8,7 @@ PostgreSQL's on the cycle's connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import orjson
@@ -19,7 +19,7 @@ from app.domain.operator_events import DeadLetter
 from app.store import operator_events
 from app.store.fanout import LISTENING
 from app.store.leases import give_back
-from app.store.lines import LOCK_SQL, busy, lock_keys, promote_heads, promote_sql
+from app.store.lines import LOCK_SQL, busy, lock_keys, promote_sql
 from app.store.schema import sqlite_timestamp
 from app.store.subscriptions import CircuitUpdate, apply_circuit
 from app.store.work import Completion
@@ -147,21 +147,16 @@ async def outcomes_postgresql(
     completions: Sequence[Completion],
     circuit: Sequence[CircuitUpdate],
     now: datetime | None,
-    returned: Mapping[str, Sequence[int]],
 ) -> list[tuple[str, str]]:
-    """Give back ``returned`` (:func:`giving_back`), write the outcomes, the
-    circuits and what they report, and ready the heads of the lines given
-    back; return the lines the outcomes left without readying a next head,
-    whose heads the cycle's claim readies again (see ``_FINISH_AND_RECORD_PG``).
-    With no subscription listening this is what it always was: the outcome
-    write returns no dead letters, and only a cycle that moves a circuit reads
-    the listeners."""
-    # Before the outcomes, so that the lines they leave see these pending; their
-    # heads after, when the deliveries the worker followed them with are written.
-    given = await give_back(conn, returned)
-    if not completions:
-        await promote_heads(conn, given)
-        return []
+    """Give back the runs the outcomes return (:func:`returned_runs`), write
+    the outcomes, the circuits and what they report; return the lines
+    the outcomes left without readying a next head, whose heads the cycle's
+    claim promotes again (see ``_FINISH_AND_RECORD_PG``). With no subscription
+    listening this is what it always was: the outcome write returns no dead
+    letters, and only a cycle that moves a circuit reads the listeners."""
+    # Before the outcomes, so that the lines they leave see these pending (a
+    # retry keeps heading its line; a dead letter's line readies the first).
+    await give_back(conn, returned_runs(completions))
     left = left_lines(completions)
     dead, promoted = await _complete_postgresql(conn, completions, left)
     moved = operator_events.changing(circuit)
@@ -175,7 +170,6 @@ async def outcomes_postgresql(
         changed_at = now or completions[-1].finished_at
         reported = operator_events.cycle_events(dead, circuit, before, changed_at)
         await operator_events.store_events(conn, reported, listeners)
-    await promote_heads(conn, given)
     return [line for line in left if line not in promoted]
 
 
@@ -191,12 +185,9 @@ def left_lines(completions: Sequence[Completion]) -> list[tuple[str, str]]:
     )
 
 
-def giving_back(
-    completions: Sequence[Completion], released: Mapping[str, Sequence[int]]
-) -> dict[str, list[int]]:
-    """What a cycle gives back, by owner: the deliveries given back with the
-    outcomes (``Completion.returned``) and those ``released`` by the worker."""
-    returned: dict[str, list[int]] = {owner: list(seqs) for owner, seqs in released.items()}
+def returned_runs(completions: Sequence[Completion]) -> dict[str, list[int]]:
+    """The deliveries given back with the outcomes (``Completion.returned``), by owner."""
+    returned: dict[str, list[int]] = {}
     for c in completions:
         if c.returned:
             returned.setdefault(c.owner, []).extend(c.returned)

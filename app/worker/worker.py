@@ -82,7 +82,6 @@ class DeliveryWorker:
         self._circuits = CircuitBook(self._policy.lines, config.circuit)
         self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
         self._finished: list[Completion] = []  # outcomes the next cycle writes
-        self._giving_back: list[int] = []  # claims the next cycle gives back
         self._sender: Sender | None = None
         self._step: AttemptStep | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -170,7 +169,7 @@ class DeliveryWorker:
                 await self._loop_task
         for line in self._policy.lines.values():
             self._policy.drop_waiting(line)
-        leftovers += self._policy.released() + self._giving_back
+        leftovers += self._policy.released()
         with contextlib.suppress(Exception):
             await leases.release(self._db, self.owner, leftovers)
         if self._sender is not None:
@@ -190,10 +189,6 @@ class DeliveryWorker:
             except Exception:
                 log.exception("writing outcomes or claiming deliveries failed; retrying shortly")
                 claimed, limit = 0, 1
-            # Give-backs alone do not call for a cycle now: they go with the next
-            # one (an attempt ending, new events, the poll). A probe claim that
-            # takes more than a busy subscription may start would otherwise be
-            # given back and taken again at once, over and over.
             if self._finished or self._quick or (claimed and claimed >= limit):
                 continue
             timeout = await self._idle_timeout()
@@ -263,13 +258,10 @@ class DeliveryWorker:
             await self._settle_waiting()
             if not self._stopping:
                 request = self._request(now, probing)
-        released: list[int] = []
-        if not self._quick:
-            released, self._giving_back = self._giving_back, []
-        if request is None and not finished and not released:
+        if request is None and not finished:
             return 0, 0
         started = time.perf_counter()
-        work = await self._complete_and_claim(finished, updates, released, request, now)
+        work = await self._complete_and_claim(finished, updates, request, now)
         if may_report(finished, updates):
             # Its operator events' deliveries may be for subscriptions this
             # worker has not met: the next claim probes for them.
@@ -288,20 +280,16 @@ class DeliveryWorker:
         self,
         finished: list[Completion],
         updates: list[CircuitUpdate],
-        released: list[int],
         request: ClaimRequest | None,
         now: datetime,
     ) -> list[Work]:
         try:
-            return await store.complete_and_claim(
-                self._db, finished, updates, request, now, {self.owner: released}
-            )
+            return await store.complete_and_claim(self._db, finished, updates, request, now)
         except store.ClaimFailed:
-            raise  # the outcomes, circuits and give-backs are written: nothing to put back
+            raise  # the outcomes and circuits are written: nothing to put back
         except Exception:
-            # Nothing was written: the outcomes and give-backs are dropped (their
-            # claims expire, and the deliveries are attempted again) and the
-            # circuits go back.
+            # Nothing was written: the outcomes are dropped (their claims expire
+            # and the deliveries are attempted again) and the circuits go back.
             self._circuits.rewind()
             raise
 
@@ -311,7 +299,7 @@ class DeliveryWorker:
 
     async def _start(self, work: list[Work]) -> int:
         """Start a task for each claimed delivery a slot allows now, keep the next
-        ones of a healthy subscription waiting; the next cycle gives back the rest."""
+        ones of a healthy subscription waiting, give back the rest."""
         await self._refresh_subscriptions({w.delivery.subscription_id for w in work})
         payloads: dict[tuple[str, formats.Shape], bytes] = {}
         over_limit: list[int] = []
@@ -334,7 +322,8 @@ class DeliveryWorker:
         for line, ready, run in runs:
             followers = [self._ready(line, w, payloads) for w in run]
             over_limit += policy.attach(line, ready, followers)
-        self._giving_back += over_limit
+        if over_limit:
+            await leases.release(self._db, self.owner, over_limit)
         return len(work) - len(over_limit)
 
     @staticmethod
@@ -352,15 +341,16 @@ class DeliveryWorker:
         self._tasks[ready.delivery.seq] = (task, ready.delivery)
 
     async def _settle_waiting(self) -> None:
-        """Before a claim: start what the free slots allow, and give back (in
-        the cycle) what a subscription that is failing, limited, paused or gone
-        holds waiting."""
+        """Before a claim: start what the free slots allow, and give back what a
+        subscription that is failing, limited, paused or gone holds waiting."""
         queued = self._policy.queued()
         if queued:
             await self._refresh_subscriptions(queued)
         for line, ready in self._policy.settle(self._stopping):
             self._launch(line, ready)
-        self._giving_back += self._policy.released()
+        seqs = self._policy.released()
+        if seqs:
+            await leases.release(self._db, self.owner, seqs)
 
     async def _refresh_subscriptions(self, ids: set[str]) -> None:
         # A change made through the API marks the entry stale at once (in this
@@ -445,7 +435,7 @@ class DeliveryWorker:
                 # not yet written; a dropped outcome's claim is left to expire.
                 held = [*self._tasks, *(c.delivery.seq for c in self._finished)]
                 held += [seq for c in self._finished for seq in c.returned]
-                held += self._policy.held() + self._giving_back
+                held += self._policy.held()
                 await leases.renew_leases(self._db, self.owner, held, now + self._config.lease)
                 if await leases.reap_expired_leases(self._db, now):
                     self.wake()

@@ -206,33 +206,12 @@ async def test_a_run_given_back_is_readied(kit: DeliveryKit) -> None:
     assert events_of(await claim(kit, "worker-b", run=3)) == [e[1].id, e[2].id]
 
 
-async def test_a_run_given_back_in_the_cycle_is_readied_and_claimed_again(
-    kit: DeliveryKit,
-) -> None:
-    """A running worker gives back in its cycle (the deliveries it will not
-    start): before the cycle's claim, which takes the line again."""
-    await kit.subscription()
-    e = await kit.events(*[("t", "k")] * 3)
-    head, *run = await claim(kit, run=3)
-    now = datetime.now(UTC) + timedelta(seconds=1)
-    request = ClaimRequest("worker-b", now, now + LEASE, 10, run=3)
-    work = await delivery_store.complete_and_claim(
-        kit.db,
-        [completion(head, "succeeded", followed=True)],
-        request=request,
-        released={"worker-a": [c.seq for c in run]},
-    )
-    assert events_of([w.delivery for w in work]) == [e[1].id, e[2].id]
-    assert await state(kit, run[0]) == ("in_flight", True, 0, "worker-b")
-
-
 async def test_what_another_worker_holds_is_not_given_back(kit: DeliveryKit) -> None:
     await kit.subscription()
     await kit.events(("t", "k"), ("t", None))
     keyed, loose = await claim(kit, run=1)
-    await delivery_store.complete_and_claim(
-        kit.db, [], released={"worker-b": [keyed.seq, loose.seq], "worker-a": [loose.seq]}
-    )
+    await leases.release(kit.db, "worker-b", [keyed.seq, loose.seq])
+    await leases.release(kit.db, "worker-a", [loose.seq])
     assert await state(kit, keyed) == ("in_flight", True, 0, "worker-a")
     assert await state(kit, loose) == ("pending", True, 0, None)
 
