@@ -15,24 +15,38 @@ from app.store.retention import analyze_stale_tables, prune, refresh_statistics
 log = logging.getLogger(__name__)
 
 
-class RetentionJob:
-    def __init__(
-        self, db: Database, *, keep: timedelta, keys_ttl: timedelta, interval_seconds: float
-    ) -> None:
-        self._db = db
-        self._keep = keep
-        self._keys_ttl = keys_ttl
-        self._interval = interval_seconds
+class _Job:
+    """A loop on a task of its own, from :meth:`start` until :meth:`stop` cancels it."""
+
+    name = ""
+
+    def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="retention")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class RetentionJob(_Job):
+    name = "retention"
+
+    def __init__(
+        self, db: Database, *, keep: timedelta, keys_ttl: timedelta, interval_seconds: float
+    ) -> None:
+        super().__init__()
+        self._db = db
+        self._keep = keep
+        self._keys_ttl = keys_ttl
+        self._interval = interval_seconds
 
     async def run_once(self) -> None:
         now = datetime.now(UTC)
@@ -53,25 +67,21 @@ class RetentionJob:
 STATISTICS_CHECK_SECONDS = 5.0
 
 
-class StatisticsJob:
+class StatisticsJob(_Job):
     """PostgreSQL: every ``STATISTICS_CHECK_SECONDS``, analyze the tables that
     grew or changed much since their last analyze (:func:`analyze_stale_tables`),
     so that no plan waits for the retention job's next pass, or for
     autovacuum, to see a table as large as it is."""
 
+    name = "statistics"
+
     def __init__(self, db: Database) -> None:
+        super().__init__()
         self._db = db
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if not self._db.is_sqlite:
-            self._task = asyncio.create_task(self._run(), name="statistics")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            super().start()
 
     async def _run(self) -> None:
         while True:

@@ -26,6 +26,16 @@ POLL_SECONDS = 0.2
 WATCH_SECONDS = 1.0
 
 
+def _worker(kit: DeliveryKit, poll_seconds: float, retry_seconds: float) -> DeliveryWorker:
+    config = WorkerConfig(
+        retry_schedule=(retry_seconds,),
+        timeout_ms=1000,
+        allow_private_targets=True,
+        poll_seconds=poll_seconds,
+    )
+    return DeliveryWorker(kit.db, config, Metrics())
+
+
 async def test_held_deliveries_do_not_make_the_worker_spin(
     kit: DeliveryKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,13 +55,7 @@ async def test_held_deliveries_do_not_make_the_worker_spin(
         return await real_cycle(db, completions, *args, **kwargs)
 
     monkeypatch.setattr(delivery_store, "complete_and_claim", counting_cycle)
-    config = WorkerConfig(
-        retry_schedule=(1.0,),
-        timeout_ms=1000,
-        allow_private_targets=True,
-        poll_seconds=POLL_SECONDS,
-    )
-    worker = DeliveryWorker(kit.db, config, Metrics())
+    worker = _worker(kit, POLL_SECONDS, retry_seconds=1.0)
     await worker.start()
     try:
         await asyncio.sleep(WATCH_SECONDS)
@@ -94,13 +98,7 @@ async def test_a_retry_that_falls_due_during_a_slow_cycle_is_claimed_at_once(
         return work
 
     monkeypatch.setattr(delivery_store, "complete_and_claim", slow_first_cycle)
-    config = WorkerConfig(
-        retry_schedule=(60.0,),
-        timeout_ms=1000,
-        allow_private_targets=True,
-        poll_seconds=RARE_POLL_SECONDS,
-    )
-    worker = DeliveryWorker(kit.db, config, Metrics())
+    worker = _worker(kit, RARE_POLL_SECONDS, retry_seconds=60.0)
     started = time.monotonic()
     await worker.start()
     try:
