@@ -164,7 +164,8 @@ async def _try_lock(conn: AsyncConnection) -> bool:
     return bool(result.scalar())
 
 
-_CHURNING_TABLES = "deliveries, attempts, events, idempotency_keys"
+_CHURNING = ("deliveries", "attempts", "events", "idempotency_keys")
+_CHURNING_TABLES = ", ".join(_CHURNING)
 # Small and rarely written, so autovacuum (when on) may never analyze them, but
 # hot statements join them: without statistics PostgreSQL guesses their size,
 # and a claim planned on that guess of the subscriptions sorted the whole
@@ -210,7 +211,7 @@ _STALE_TABLES = text(
     f"""
     SELECT t.relname FROM pg_stat_user_tables t JOIN pg_class c ON c.oid = t.relid
     WHERE t.schemaname = current_schema()
-      AND t.relname IN ('{"', '".join(_CHURNING_TABLES.split(", "))}')
+      AND t.relname IN ('{"', '".join(_CHURNING)}')
       AND t.n_mod_since_analyze > :floor + :fraction * greatest(c.reltuples, 0)
     ORDER BY t.relname
 """

@@ -72,16 +72,13 @@ _Work = Callable[[sqlite3.Connection], Any]
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
-    """One wait for the turn: ``work`` for the thread (``None``: a transaction on
-    another connection, or closing), and the future its caller awaits."""
+    """One wait for the turn, and once it has the turn, what the thread runs:
+    ``work`` (``None``: nothing for the thread, a transaction on another
+    connection; queued on the thread, close and stop), and the future its
+    caller awaits."""
 
     future: asyncio.Future[Any]
     work: _Work | None = None
-
-
-# One queued call for the thread: what to run (``None``: close and stop), and
-# the future for its outcome.
-_Job = tuple[_Work | None, asyncio.Future[Any]]
 
 
 class _Turn:
@@ -144,7 +141,7 @@ class SqliteWriter:
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._open = connect
         self._turn = _Turn(self._start)
-        self._thread: tuple[threading.Thread, SimpleQueue[_Job]] | None = None
+        self._thread: tuple[threading.Thread, SimpleQueue[_Waiter]] | None = None
         self.checkpoints = Checkpoints(connect)
 
     @property
@@ -195,7 +192,7 @@ class SqliteWriter:
                 return
             (thread, jobs), self._thread = self._thread, None
             stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            jobs.put((None, stopped))
+            jobs.put(_Waiter(stopped))
             await stopped
             thread.join()  # it has handed back its last outcome: this is its return
             await asyncio.to_thread(self.checkpoints.stop)
@@ -218,7 +215,7 @@ class SqliteWriter:
         none (the first transaction, or the first after :meth:`close`). Called
         by whoever hands ``waiter`` the turn, so never twice at once."""
         if self._thread is None:
-            jobs: SimpleQueue[_Job] = SimpleQueue()
+            jobs: SimpleQueue[_Waiter] = SimpleQueue()
             thread = threading.Thread(
                 target=self._serve, args=(jobs,), name="sqlite-writer", daemon=True
             )
@@ -230,12 +227,13 @@ class SqliteWriter:
                 return
             self._thread = thread, jobs
             self.checkpoints.start()
-        self._thread[1].put((waiter.work, waiter.future))
+        self._thread[1].put(waiter)
 
-    def _serve(self, jobs: SimpleQueue[_Job]) -> None:
+    def _serve(self, jobs: SimpleQueue[_Waiter]) -> None:
         connection: sqlite3.Connection | None = None
         while True:
-            work, future = jobs.get()
+            job = jobs.get()
+            work, future = job.work, job.future
             outcome, error = None, None
             try:
                 if work is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,7 @@ from app.store.retention import analyze_stale_tables, prune, refresh_statistics
 log = logging.getLogger(__name__)
 
 
-class _Job:
+class _Job(ABC):
     """A loop on a task of its own, from :meth:`start` until :meth:`stop` cancels it."""
 
     name = ""
@@ -32,8 +33,8 @@ class _Job:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _run(self) -> None: ...
 
 
 class RetentionJob(_Job):
