@@ -38,12 +38,17 @@ class Database:
         reader: AsyncEngine,
         sqlite_writer: SqliteWriter | None = None,
         keyring: Keyring | None = None,
+        *,
+        owns_writer: bool = True,
+        durable_commits: bool = True,
     ) -> None:
         self.url = url
         self.keyring = keyring or Keyring()  # seals the secrets stored here (app.store.sealed)
         self.writer = writer
         self.reader = reader
         self.sqlite_writer = sqlite_writer  # SQLite: the hot paths' writer
+        self._owns_writer = owns_writer  # False: another Database's, closed with that one
+        self.durable_commits = durable_commits  # whether a commit waits for the disk
         self.dialect = writer.dialect.name
 
     @property
@@ -73,7 +78,7 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
-        if self.sqlite_writer is not None:
+        if self.sqlite_writer is not None and self._owns_writer:
             await self.sqlite_writer.close()
         await self.writer.dispose()
         if self.reader is not self.writer:
@@ -91,8 +96,15 @@ def open_database(
     durable_commits: bool = True,
     worker: bool = False,
     keyring: Keyring | None = None,
+    beside: Database | None = None,
 ) -> Database:
     """Engines for ``url``; ``keyring`` seals the secrets stored there (none: stored as they are).
+
+    ``beside``: a Database of this process for the same SQLite file (the
+    API's, for the embedded worker); the new one has engines of its own (an
+    engine's connections belong to the event loop that opened them) and runs
+    its hot transactions on that one's writer (:mod:`app.store.sqlite_writer`),
+    each with its own ``synchronous``; the writer stays that one's to close.
 
     ``durable_commits=False`` is for a process that never acknowledges an
     event (``eventrelay worker``): its commits (claims, outcomes) may be lost
@@ -122,8 +134,13 @@ def open_database(
         )
         reader = _sqlite_engine(url, immediate=False, pool_size=4, synchronous=sync)
         cargs, cparams = writer.dialect.create_connect_args(writer.url)
-        connect = partial(_sqlite_connect, cargs, cparams, sync)
-        return Database(url, writer, reader, SqliteWriter(connect), keyring)
+        if beside is not None and beside.sqlite_writer is not None:
+            hot, owned = beside.sqlite_writer, False
+        else:
+            hot, owned = SqliteWriter(partial(_sqlite_connect, cargs, cparams, sync)), True
+        return Database(
+            url, writer, reader, hot, keyring, owns_writer=owned, durable_commits=durable_commits
+        )
     server_settings = {"plan_cache_mode": "auto" if worker else "force_custom_plan"}
     if not durable_commits:
         server_settings["synchronous_commit"] = "off"
@@ -140,7 +157,7 @@ def open_database(
         pool_recycle=REPLAN_SECONDS if worker else 1800,
         connect_args=connect_args,
     )
-    return Database(url, engine, engine, keyring=keyring)
+    return Database(url, engine, engine, keyring=keyring, durable_commits=durable_commits)
 
 
 def _sqlite_engine(

@@ -62,12 +62,13 @@ async def sqlite_write(
     the transaction back (:meth:`app.store.sqlite_writer.SqliteWriter.transaction`).
     It must not touch the event loop. sqlite3's errors are translated like
     :meth:`Database.write`'s. ``urgent`` (the ingest flush) goes ahead of the
-    other transactions waiting for the writer.
+    other transactions waiting for the writer. The commit waits for the disk
+    if ``db``'s commits do (:attr:`Database.durable_commits`).
     """
     if db.sqlite_writer is None:
         raise ValueError("sqlite_write is for SQLite")
     with translate_errors():
-        return await db.sqlite_writer.transaction(work, urgent=urgent)
+        return await db.sqlite_writer.transaction(work, urgent=urgent, durable=db.durable_commits)
 
 
 SQLITE_ROWS_PER_STATEMENT = 500  # a few thousand parameters, far within SQLite's limit

@@ -163,10 +163,11 @@ class SqliteWriter:
             self._turn.release()
 
     async def transaction(
-        self, work: Callable[[sqlite3.Connection], T], *, urgent: bool = False
+        self, work: Callable[[sqlite3.Connection], T], *, urgent: bool = False, durable: bool = True
     ) -> T:
         """``work(connection)`` between ``BEGIN IMMEDIATE`` and ``COMMIT``, on the thread;
-        ``urgent``: ahead of the transactions waiting for their turn.
+        ``urgent``: ahead of the transactions waiting for their turn; ``durable``:
+        the commit waits for the disk (``synchronous = FULL``, else ``NORMAL``).
 
         Anything ``work`` raises rolls the transaction back and is raised here;
         so are sqlite3's own errors (untranslated). ``work`` must not touch the
@@ -175,7 +176,7 @@ class SqliteWriter:
         of the line; once started, the transaction runs to its end.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(future, partial(_in_transaction, work))
+        waiter = _Waiter(future, partial(_in_transaction, work, _SYNCHRONOUS[durable]))
         self._turn.enter(waiter, urgent=urgent)
         try:
             return await future
@@ -316,7 +317,16 @@ def _no_checkpoints(connection: sqlite3.Connection) -> sqlite3.Connection:
     return connection
 
 
-def _in_transaction(work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection) -> T:
+# In WAL mode a FULL commit syncs the log, and with it every commit before it:
+# a NORMAL one (the embedded worker's claims and outcomes) is on disk by the
+# next FULL one (an ingest flush) or the next checkpoint, whichever is first.
+_SYNCHRONOUS = {True: "PRAGMA synchronous = FULL", False: "PRAGMA synchronous = NORMAL"}
+
+
+def _in_transaction(
+    work: Callable[[sqlite3.Connection], T], synchronous: str, connection: sqlite3.Connection
+) -> T:
+    connection.execute(synchronous)
     connection.execute("BEGIN IMMEDIATE")
     try:
         result = work(connection)

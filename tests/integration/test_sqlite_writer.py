@@ -124,6 +124,34 @@ async def test_the_connection_is_set_up_like_the_engines(
         await db.dispose()
 
 
+@ON_SQLITE
+async def test_a_database_beside_another_shares_its_writer_with_its_own_durability(
+    scratch: Database, database_url: str
+) -> None:
+    """The embedded worker's Database: engines of its own, the API's writer (one
+    writer per process), its commits not waiting for the disk, the API's still
+    waiting; disposing of it leaves the API's writer running."""
+    worker_db = open_database(database_url, durable_commits=False, beside=scratch)
+    try:
+        assert worker_db.sqlite_writer is scratch.sqlite_writer
+        assert worker_db.writer is not scratch.writer
+
+        def synchronous_and_thread(conn: sqlite3.Connection) -> tuple[int, int]:
+            return conn.execute("PRAGMA synchronous").fetchone()[0], threading.get_ident()
+
+        worker_side = await driver.sqlite_write(worker_db, synchronous_and_thread)
+        api_side = await driver.sqlite_write(scratch, synchronous_and_thread)
+        assert (worker_side[0], api_side[0]) == (1, 2)  # NORMAL, then FULL again
+        assert worker_side[1] == api_side[1], "one writer thread for both"
+        async with worker_db.write() as conn:  # its own engine takes turns with the writer
+            await conn.execute(text("INSERT INTO scratch (n, tag) VALUES (1, 'engine')"))
+    finally:
+        await worker_db.dispose()
+    assert _writer(scratch).running, "the API's writer outlives the worker's Database"
+    assert await _writer(scratch).transaction(lambda conn: _insert(conn, 2)) == 1
+    assert await _stored(scratch) == [(1, "engine"), (2, "writer")]
+
+
 class _Recorded(sqlite3.Connection):
     """A connection that says whether it was closed (readable from any thread)."""
 
