@@ -43,6 +43,7 @@ from app.store.sealed import RESEAL_BATCH, SEALED_TABLES, ResealReport, keys_mis
 from app.tracing import Tracer
 from app.tracing import build as build_tracer
 from app.worker.destinations import destination_senders
+from app.worker.thread import WorkerThread
 from app.worker.worker import DeliveryWorker, worker_config
 
 log = logging.getLogger("eventrelay")
@@ -116,16 +117,19 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keyring = settings.keyring()
         db = open_database(settings.database_url, keyring=keyring)
-        # SQLite: one Database per process (one writer); PostgreSQL: the worker's own engine.
-        worker_db = (
-            db
-            if db.is_sqlite or not worker
-            else open_database(db.url, worker=True, keyring=keyring)
-        )
         config = worker_config(settings)
+        # The embedded worker runs on a loop of its own, with engines of its
+        # own: on SQLite beside the API's (one writer per process), on
+        # PostgreSQL a delivery worker's (app.store.database.open_database).
         embedded = (
-            DeliveryWorker(
-                worker_db, config, metrics, senders=destination_senders(config), tracer=tracer
+            WorkerThread(
+                lambda: open_database(
+                    db.url, durable_commits=False, worker=True, keyring=keyring, beside=db
+                ),
+                lambda worker_db: DeliveryWorker(
+                    worker_db, config, metrics, senders=destination_senders(config), tracer=tracer
+                ),
+                loop_factory=type(asyncio.get_running_loop()),
             )
             if worker
             else None
@@ -157,8 +161,6 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                 await embedded.stop()
             await gauges.stop()
             metrics.registry.unregister(gauges)
-            if worker_db is not db:
-                await worker_db.dispose()
             await db.dispose()
             if tracer is not None:
                 await asyncio.to_thread(tracer.shutdown)  # exports what is buffered

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from typing import Any
 
 import uvicorn
@@ -76,6 +77,8 @@ def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
         server_header=False,
     )
     _freeze_startup_objects()
+    if worker:
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     server = uvicorn.Server(config)
     # uvicorn re-raises SIGTERM after its graceful shutdown; by then the work is
     # done, so that second delivery only has to end the process with status 0.
@@ -91,6 +94,14 @@ def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
 # for about 5 ms, a few times a second (BENCHMARKS.md, "The collector's young
 # generation").
 YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+# How long a thread that wants the interpreter waits before the one holding it
+# must give it up (CPython's default is 5 ms). With the embedded worker on a
+# thread of its own (app.worker.thread), each step of a request that finds the
+# busy worker holding the interpreter waited up to 5 ms for it, a few steps a
+# request (BENCHMARKS.md, "Fairness between tenants").
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def _freeze_startup_objects() -> None:

@@ -1,0 +1,105 @@
+"""``eventrelay serve``'s embedded delivery worker, on a thread and event loop
+of its own.
+
+On one event loop with the API, every request waited behind the callbacks a
+busy worker had queued in the same turn of the loop (its attempts' responses,
+a cycle's claim turned into tasks): a few milliseconds a turn at a thousand
+deliveries a second, several turns a request. On its own loop the worker's
+callbacks no longer queue in front of the API's; the two threads share the
+interpreter's lock, which the worker gives up at every socket call, so a
+request waits for at most one of the worker's steps instead of whole turns
+(BENCHMARKS.md, "Fairness between tenants"); ``eventrelay serve`` shortens
+that wait too (``app.cli.server.SWITCH_INTERVAL_SECONDS``).
+
+:class:`WorkerThread` builds its database and its worker on that thread (an
+engine's connections belong to the loop that opened them), and passes the
+services' wake-ups over with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from app.store.database import Database
+from app.worker.worker import DeliveryWorker
+
+
+class WorkerThread:
+    """A :class:`DeliveryWorker` on its own thread and event loop, from
+    :meth:`start` to :meth:`stop`; the wake-ups may be called from any thread."""
+
+    def __init__(
+        self,
+        open_db: Callable[[], Database],
+        build: Callable[[Database], DeliveryWorker],
+        loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    ) -> None:
+        """``open_db`` and ``build`` run on the thread; ``loop_factory`` makes its
+        loop (the kind the API runs on: ``type(asyncio.get_running_loop())``)."""
+        self._open_db = open_db
+        self._build = build
+        self._loop_factory = loop_factory
+        self._thread: threading.Thread | None = None
+        self._running: tuple[asyncio.AbstractEventLoop, DeliveryWorker, asyncio.Event] | None = None
+
+    async def start(self) -> None:
+        """Start the thread; returns once its worker has started (or raises what
+        stopped it)."""
+        started: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(started,), name="delivery-worker", daemon=True
+        )
+        self._thread.start()
+        await asyncio.wrap_future(started)
+
+    async def stop(self) -> None:
+        """Stop the worker as :meth:`DeliveryWorker.stop` does, and end the thread."""
+        running, self._running = self._running, None
+        if running is not None:
+            loop, _, stopping = running
+            loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def wake(self) -> None:
+        self._call(DeliveryWorker.wake)
+
+    def subscription_changed(self, subscription_id: str) -> None:
+        self._call(DeliveryWorker.subscription_changed, subscription_id)
+
+    def remove_tenants(self) -> None:
+        self._call(DeliveryWorker.remove_tenants)
+
+    def _call(self, method: Callable[..., None], *args: str) -> None:
+        running = self._running
+        if running is not None:
+            loop, worker, _ = running
+            loop.call_soon_threadsafe(method, worker, *args)
+
+    def _serve(self, started: Future[None]) -> None:
+        with asyncio.Runner(loop_factory=self._loop_factory) as runner:
+            runner.run(self._main(started))
+
+    async def _main(self, started: Future[None]) -> None:
+        db: Database | None = None
+        try:
+            db = self._open_db()
+            worker = self._build(db)
+            await worker.start()
+        except BaseException as exc:
+            started.set_exception(exc)
+            if db is not None:
+                await db.dispose()
+            return
+        stopping = asyncio.Event()
+        self._running = asyncio.get_running_loop(), worker, stopping
+        started.set_result(None)
+        try:
+            await stopping.wait()
+            await worker.stop()
+        finally:
+            await db.dispose()
