@@ -1,15 +1,16 @@
 """``eventrelay serve``'s embedded delivery worker, on a thread and event loop
 of its own.
 
-On one event loop with the API, every request waited behind the callbacks a
-busy worker had queued in the same turn of the loop (its attempts' responses,
-a cycle's claim turned into tasks): a few milliseconds a turn at a thousand
-deliveries a second, several turns a request. On its own loop the worker's
-callbacks no longer queue in front of the API's; the two threads share the
-interpreter's lock, which the worker gives up at every socket call, so a
-request waits for at most one of the worker's steps instead of whole turns
-(BENCHMARKS.md, "Fairness between tenants"); ``eventrelay serve`` shortens
-that wait too (``app.cli.server.SWITCH_INTERVAL_SECONDS``).
+On one event loop with the API, every step of a request waited behind the
+callbacks a busy worker had queued in the same turn of the loop (its
+attempts' responses, a cycle's claim turned into tasks). On its own loop the
+worker's callbacks no longer queue in front of the API's. The two threads
+still share the interpreter's lock: a thread that wants it waits up to the
+switch interval for the holder to give it up, and ``eventrelay serve``
+shortens that from 5 to 0.5 ms (``app.cli.server.SWITCH_INTERVAL_SECONDS``).
+With both, another tenant's p99 under a busy worker fell by about a third
+on SQLite; the thread alone did not move it (BENCHMARKS.md, "Fairness
+between tenants").
 
 :class:`WorkerThread` builds its database and its worker on that thread (an
 engine's connections belong to the loop that opened them), and passes the
