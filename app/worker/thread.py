@@ -8,9 +8,9 @@ worker's callbacks no longer queue in front of the API's. The two threads
 still share the interpreter's lock: a thread that wants it waits up to the
 switch interval for the holder to give it up, and ``eventrelay serve``
 shortens that from 5 to 0.5 ms (``app.cli.server.SWITCH_INTERVAL_SECONDS``).
-With both, another tenant's p99 under a busy worker fell by about a third
-on SQLite; the thread alone did not move it (BENCHMARKS.md, "Fairness
-between tenants").
+With both, another tenant's p99 under a busy worker fell on SQLite (mean
+32.9 to 25.6 ms over a sitting's runs); the thread alone did not move it
+(BENCHMARKS.md, "Fairness between tenants").
 
 :class:`WorkerThread` builds its database and its worker on that thread (an
 engine's connections belong to the loop that opened them), and passes the
