@@ -39,6 +39,11 @@ every ingest flush then waited for). A thread of its own,
 :class:`Checkpoints`, runs a passive checkpoint every ``CHECKPOINT_SECONDS``
 while the writer runs: it takes no lock a writer waits for, and the log
 starts again from its beginning at the first commit after a complete one.
+Between checkpoints the same thread syncs the log to disk within
+``LOG_SYNC_SECONDS`` of a commit that did not wait for the disk (the
+embedded worker's): a durable commit (an ingest flush) syncs the log, and
+with it every commit not yet on disk, so without this it would wait for up
+to a quarter of a second of the worker's writes.
 
 The connection is opened on the thread by the first transaction (so that an
 unreachable database is an error of that transaction, translated to
@@ -51,8 +56,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -66,6 +73,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 0.25
+LOG_SYNC_SECONDS = 0.01
 
 _Work = Callable[[sqlite3.Connection], Any]
 
@@ -176,7 +184,8 @@ class SqliteWriter:
         of the line; once started, the transaction runs to its end.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(future, partial(_in_transaction, work, _SYNCHRONOUS[durable]))
+        unsynced = None if durable else self.checkpoints.unsynced
+        waiter = _Waiter(future, partial(_in_transaction, work, durable, unsynced))
         self._turn.enter(waiter, urgent=urgent)
         try:
             return await future
@@ -269,13 +278,17 @@ def _settle(future: asyncio.Future[Any], outcome: Any, error: BaseException | No
 
 class Checkpoints:
     """Passive checkpoints of the write-ahead log every ``CHECKPOINT_SECONDS``,
-    on a thread and connection of their own, from :meth:`start` to :meth:`stop`."""
+    and the log synced within ``LOG_SYNC_SECONDS`` of a commit that did not
+    wait for the disk (:meth:`unsynced`), on a thread and connection of their
+    own, from :meth:`start` to :meth:`stop`."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._open = connect
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._unsynced = threading.Event()
         self.done = 0  # checkpoints run (read by the tests)
+        self.syncs = 0  # log syncs between them (read by the tests)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -285,30 +298,67 @@ class Checkpoints:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after the checkpoint under way, if any (blocks until then)."""
+        """Stop after the checkpoint or sync under way, if any (blocks until then)."""
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stopping.set()
+            self._unsynced.set()
             thread.join()
+
+    def unsynced(self) -> None:
+        """A commit did not wait for the disk: sync the log soon (from any thread)."""
+        self._unsynced.set()
 
     def _run(self) -> None:
         connection: sqlite3.Connection | None = None
+        wal: str | None = None
         failing = False
+        due = time.monotonic() + CHECKPOINT_SECONDS
         try:
-            while not self._stopping.wait(CHECKPOINT_SECONDS):
+            while not self._stopping.is_set():
+                unsynced = self._unsynced.wait(max(0.0, due - time.monotonic()))
+                if unsynced:
+                    # The commits of the next moment share the sync.
+                    if self._stopping.wait(LOG_SYNC_SECONDS):
+                        break
+                    self._unsynced.clear()
                 try:
-                    connection = connection or self._open()
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:
-                    if not failing:  # once, not four times a second
-                        log.exception("checkpointing the SQLite write-ahead log failed")
+                    if connection is None:
+                        connection = self._open()
+                        wal = _log_file(connection)
+                    if unsynced and wal is not None:
+                        _sync(wal)
+                        self.syncs += 1
+                    if time.monotonic() >= due:
+                        due = time.monotonic() + CHECKPOINT_SECONDS
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        self.done += 1
+                    failing = False
+                except (sqlite3.Error, OSError):
+                    if not failing:  # once, not a hundred times a second
+                        log.exception("checkpointing or syncing the SQLite write-ahead log failed")
                     failing, connection = True, _still_usable(connection)
-                    continue
-                failing = False
-                self.done += 1
         finally:
             if connection is not None:
                 connection.close()
+
+
+def _log_file(connection: sqlite3.Connection) -> str | None:
+    """The database's write-ahead log (``<file>-wal``, as SQLite names it); None
+    for an in-memory or temporary database."""
+    path = next(row[2] for row in connection.execute("PRAGMA database_list") if row[1] == "main")
+    return path + "-wal" if path else None
+
+
+def _sync(path: str) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # no log on disk: nothing to sync
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _no_checkpoints(connection: sqlite3.Connection) -> sqlite3.Connection:
@@ -319,14 +369,18 @@ def _no_checkpoints(connection: sqlite3.Connection) -> sqlite3.Connection:
 
 # In WAL mode a FULL commit syncs the log, and with it every commit before it:
 # a NORMAL one (the embedded worker's claims and outcomes) is on disk by the
-# next FULL one (an ingest flush) or the next checkpoint, whichever is first.
+# next FULL one (an ingest flush), the next log sync or the next checkpoint,
+# whichever is first (:class:`Checkpoints`).
 _SYNCHRONOUS = {True: "PRAGMA synchronous = FULL", False: "PRAGMA synchronous = NORMAL"}
 
 
 def _in_transaction(
-    work: Callable[[sqlite3.Connection], T], synchronous: str, connection: sqlite3.Connection
+    work: Callable[[sqlite3.Connection], T],
+    durable: bool,
+    unsynced: Callable[[], None] | None,
+    connection: sqlite3.Connection,
 ) -> T:
-    connection.execute(synchronous)
+    connection.execute(_SYNCHRONOUS[durable])
     connection.execute("BEGIN IMMEDIATE")
     try:
         result = work(connection)
@@ -334,6 +388,8 @@ def _in_transaction(
     except BaseException:
         connection.rollback()
         raise
+    if unsynced is not None:
+        unsynced()
     return result
 
 

@@ -4,6 +4,7 @@ own thread, a transaction per hand-off, taking turns with ``Database.write``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -398,3 +399,58 @@ async def test_commits_leave_the_checkpoints_to_a_thread_of_their_own(
     finally:
         await writer.close()
     assert "sqlite-checkpoints" not in [t.name for t in threading.enumerate()]
+
+
+async def test_the_log_is_synced_soon_after_a_commit_that_did_not_wait_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-durable commit (the embedded worker's) is on disk within moments,
+    not at the next checkpoint or durable commit, which would otherwise wait
+    for all of them: the write-ahead log itself is fsynced. A durable commit
+    syncs itself and asks for nothing more."""
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_SECONDS", 0.05)
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        fsync(descriptor)
+
+    monkeypatch.setattr(sqlite_writer.os, "fsync", recording_fsync)
+    path = tmp_path / "w.db"
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        return connection
+
+    writer = SqliteWriter(connect)
+    try:
+        await writer.transaction(lambda conn: conn.execute("CREATE TABLE t (n INTEGER)"))
+        done = writer.checkpoints.done
+        await _until(lambda: writer.checkpoints.done >= done + 2)
+        assert writer.checkpoints.syncs == 0  # durable commits only
+        await writer.transaction(
+            lambda conn: conn.execute("INSERT INTO t VALUES (1)"), durable=False
+        )
+        await _until(lambda: writer.checkpoints.syncs == 1)
+        assert synced == [str(path) + "-wal"]
+    finally:
+        await writer.close()
+
+
+async def test_a_database_without_a_log_on_disk_is_not_synced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_SECONDS", 0.05)
+    writer = SqliteWriter(lambda: sqlite3.connect(":memory:", isolation_level=None))
+    try:
+        await writer.transaction(lambda conn: conn.execute("CREATE TABLE t (n INTEGER)"))
+        await writer.transaction(
+            lambda conn: conn.execute("INSERT INTO t VALUES (1)"), durable=False
+        )
+        done = writer.checkpoints.done
+        await _until(lambda: writer.checkpoints.done >= done + 2)  # both after the commit
+        assert writer.checkpoints.syncs == 0
+    finally:
+        await writer.close()
