@@ -13,6 +13,7 @@ their lines in the same transaction (:func:`app.store.lines.promote_heads`).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,9 +22,10 @@ import orjson
 from sqlalchemy import Result, TextualSelect, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.store import driver
 from app.store.claims import SQLITE_CLAIM_HINT, timed_sql
 from app.store.database import Database
-from app.store.lines import promote_heads
+from app.store.lines import SQLITE_PROMOTE_ALL, promote_heads
 from app.store.schema import UTCDateTime
 
 # A delivery given back, or taken back from a worker that vanished.
@@ -77,8 +79,23 @@ async def _returned(conn: AsyncConnection, result: Result[Any]) -> int:
 
 async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
     """Give claimed deliveries back untouched (shutdown, or over a subscription's
-    limit), and ready the heads of their lines."""
+    limit), and ready the heads of their lines.
+
+    On SQLite in one hand-off to the writer's thread (a busy worker gives
+    deliveries back after many claims): through the writer engine the turn
+    would be held, and an ingest flush kept waiting, over a round of the
+    worker's busy event loop for every statement."""
     if not seqs:
+        return
+    if db.sqlite_writer is not None:
+        given = {"owner": owner, "seqs": orjson.dumps(list(seqs)).decode()}
+
+        def give_back_and_promote(conn: sqlite3.Connection) -> None:
+            lines = sorted(keyed_lines(conn.execute(SQLITE_GIVE_BACK, given).fetchall()))
+            if lines:
+                driver.sqlite_run_rows(conn, SQLITE_PROMOTE_ALL, lines)
+
+        await driver.sqlite_write(db, give_back_and_promote)
         return
     async with db.write() as conn:
         await promote_heads(conn, await give_back(conn, {owner: seqs}))
