@@ -345,7 +345,7 @@ async def claim_postgresql(
             "lease": request.lease_until,
             "limit": request.limit,
             "fresh": min(request.fresh, request.limit),
-            "oldest": request.limit if request.oldest else 0,
+            "oldest": oldest_limit(request),
             "exclude": list(request.exclude) or ["-"],
             "crowding": list(request.crowding) or ["-"],
             "followers": max(0, request.run - 1),
@@ -354,6 +354,11 @@ async def claim_postgresql(
     )
     rows = sorted(result, key=lambda r: int(r[0]))
     return [Work(Claimed(*r[:7]), stored_event(r[2], *r[7:])) for r in rows]
+
+
+def oldest_limit(request: ClaimRequest) -> int:
+    """The oldest walk's LIMIT (0 leaves it out)."""
+    return request.limit if request.oldest is None else min(request.oldest, request.limit)
 
 
 def sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
@@ -365,7 +370,7 @@ def sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
         "lease": sqlite_timestamp(request.lease_until),
         "limit": request.limit,
         "fresh": min(request.fresh, request.limit),
-        "oldest": request.limit if request.oldest else 0,
+        "oldest": oldest_limit(request),
         "exclude": orjson.dumps(list(request.exclude)).decode(),
         "crowding": orjson.dumps(list(request.crowding)).decode(),
     }

@@ -54,8 +54,9 @@ class ClaimRequest:
     """What a worker asks for: up to ``limit`` due deliveries, leased to ``owner``.
 
     Of those, up to ``fresh`` are the newest due deliveries of every
-    subscription but ``exclude`` and ``crowding``; the rest, if ``oldest``, are
-    the oldest due deliveries of every subscription but ``exclude``. With
+    subscription but ``exclude`` and ``crowding``; the rest, up to ``oldest``
+    of them (None: no bound but the limit), are the oldest due deliveries of
+    every subscription but ``exclude``. With
     ``run`` above 1, each head of a line taken also brings up to ``run`` - 1 of
     the line's next deliveries (its run), but not for the subscriptions in
     ``single``; everything taken stays within ``limit``."""
@@ -67,7 +68,7 @@ class ClaimRequest:
     exclude: Sequence[str] = ()  # subscriptions at their limit in this worker
     fresh: int = 0
     crowding: Sequence[str] = ()  # the subscriptions of a tenant holding most slots
-    oldest: bool = True
+    oldest: int | None = None  # 0: no oldest walk
     run: int = 1  # the most deliveries of one line a claim takes
     single: Sequence[str] = ()  # subscriptions whose lines are claimed one delivery at a time
 

@@ -47,12 +47,17 @@ def claim_request(
     # commit takes them, whether or not it is a probe. While all
     # its subscriptions are at their limit, a claim takes only those: the
     # oldest walk would pass its whole backlog to find the others'.
-    fresh, oldest = 0, True
+    fresh, oldest = 0, None
     if plan.crowding and (quick or set(plan.crowding) <= set(plan.exclude)):
         fresh = limit = min(limit, plan.fresh_room + unknown)
-        oldest = False
+        oldest = 0
     elif plan.crowding:
         fresh = min(limit, plan.fresh_room + unknown)
+        # The oldest walk meets the crowding tenant's backlog first: it takes
+        # no more than that tenant's lines may start or hold now (the room the
+        # others have is the fresh walk's). Whatever it took over would go
+        # back in a transaction of its own, cycle after cycle.
+        oldest = plan.room - plan.fresh_room
     if limit <= 0:
         return None
     return ClaimRequest(

@@ -104,7 +104,7 @@ class DeliveryKit:
         exclude: Sequence[str] = (),
         fresh: int = 0,
         crowding: Sequence[str] = (),
-        oldest: bool = True,
+        oldest: int | None = None,
         lease: timedelta = LEASE,
         db: Database | None = None,
     ) -> list[Claimed]:

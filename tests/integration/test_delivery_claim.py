@@ -360,6 +360,21 @@ async def test_the_fresh_walk_finds_another_tenants_new_delivery_behind_a_backlo
     ]
 
 
+async def test_the_oldest_walk_stops_at_its_own_bound_within_the_limit(kit: DeliveryKit) -> None:
+    """The worker bounds the oldest walk by the crowding tenant's room: a claim
+    whose fresh walk finds nothing takes no more of the backlog than that."""
+    crowding = await kit.subscription(ordering="none", event_types=["t"])
+    backlog = await kit.events(*[("t", None)] * 6, together=True)
+    await kit.subscription(url="http://8.8.4.4/hooks", event_types=["o"])
+
+    claimed = await kit.claim(limit=5, fresh=5, crowding=[crowding.id], oldest=2)
+
+    assert event_ids(claimed) == [e.id for e in backlog[:2]]
+    new = await kit.events(("o", None))
+    claimed = await kit.claim(limit=5, fresh=5, crowding=[crowding.id], oldest=2)
+    assert sorted(event_ids(claimed)) == sorted([new[0].id, *(e.id for e in backlog[2:4])])
+
+
 async def test_the_fresh_walk_takes_the_newest_outside_the_crowding_tenant(
     kit: DeliveryKit,
 ) -> None:
@@ -381,10 +396,10 @@ async def test_the_fresh_walk_takes_the_newest_outside_the_crowding_tenant(
         together=True,
     )
 
-    claimed = await kit.claim(limit=3, fresh=3, crowding=[crowding.id], oldest=False)
+    claimed = await kit.claim(limit=3, fresh=3, crowding=[crowding.id], oldest=0)
 
     assert sorted(event_ids(claimed)) == sorted([made[2].id, made[4].id, made[5].id])
-    claimed = await kit.claim(limit=3, fresh=3, crowding=[crowding.id], oldest=False)
+    claimed = await kit.claim(limit=3, fresh=3, crowding=[crowding.id], oldest=0)
     assert event_ids(claimed) == [made[0].id]
 
 
@@ -398,5 +413,5 @@ async def test_the_fresh_walk_leaves_out_what_every_claim_leaves_out(kit: Delive
 
     assert [c.subscription_id for c in claimed] == [crowding.id] * 3
     # Only the fresh walk: of the others, never the crowding subscription's.
-    claimed = await kit.claim(limit=2, fresh=2, crowding=[crowding.id], oldest=False)
+    claimed = await kit.claim(limit=2, fresh=2, crowding=[crowding.id], oldest=0)
     assert [c.subscription_id for c in claimed] == [at_limit.id]

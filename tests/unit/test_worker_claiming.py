@@ -38,7 +38,7 @@ def test_a_probe_makes_room_for_subscriptions_not_met_yet() -> None:
     probe = claim(plan, probing=True)
     assert probe is not None
     assert probe.limit == UNKNOWN_SUBSCRIPTION_PROBE
-    assert (probe.fresh, probe.oldest, probe.exclude) == (0, True, ["a"])
+    assert (probe.fresh, probe.oldest, probe.exclude) == (0, None, ["a"])
     assert probe.lease_until == NOW + LEASE
 
 
@@ -51,11 +51,21 @@ def test_the_limit_is_the_smallest_of_capacity_batch_and_room() -> None:
 def test_a_claim_while_a_tenant_crowds_walks_the_newest_of_the_others_too() -> None:
     plan = ClaimPlan(capacity=100, room=60, exclude=[], crowding=["a1", "a2"], fresh_room=20)
     probe = claim(plan, probing=True)
-    assert (probe.limit, probe.fresh, probe.oldest) == (68, 28, True)
+    assert (probe.limit, probe.fresh, probe.oldest) == (68, 28, 40)
     plain = claim(plan)
-    assert (plain.limit, plain.fresh, plain.oldest) == (60, 20, True)
+    assert (plain.limit, plain.fresh, plain.oldest) == (60, 20, 40)
     alone = claim(ClaimPlan(capacity=100, room=60, exclude=[], crowding=[], fresh_room=0))
     assert alone.fresh == 0, "no tenant crowds: no fresh walk"
+
+
+def test_the_oldest_walk_takes_no_more_than_the_crowding_tenant_has_room_for() -> None:
+    """It meets that tenant's backlog first: what it took over its room went back.
+    The others' room is the fresh walk's."""
+    plan = ClaimPlan(capacity=300, room=500, exclude=[], crowding=["a1"], fresh_room=497)
+    made = claim(plan, batch=64)
+    assert (made.limit, made.fresh, made.oldest) == (64, 64, 3)
+    alone = claim(ClaimPlan(capacity=300, room=500, exclude=[], crowding=[], fresh_room=0))
+    assert alone.oldest is None, "no tenant crowds: the oldest walk fills the limit"
 
 
 def test_a_crowding_tenant_at_its_limit_leaves_only_the_fresh_walk() -> None:
@@ -63,7 +73,7 @@ def test_a_crowding_tenant_at_its_limit_leaves_only_the_fresh_walk() -> None:
         capacity=100, room=12, exclude=["a1", "a2"], crowding=["a1", "a2"], fresh_room=12
     )
     made = claim(plan)
-    assert (made.limit, made.fresh, made.oldest) == (12, 12, False)
+    assert (made.limit, made.fresh, made.oldest) == (12, 12, 0)
     idle = ClaimPlan(capacity=100, room=0, exclude=["a1"], crowding=["a1"], fresh_room=0)
     assert request(idle) is None, "nothing the others may take: no claim at all"
 
@@ -84,7 +94,7 @@ def test_a_quick_probe_takes_only_the_fresh_walk_and_only_while_a_tenant_crowds(
     quick = claim_request(plan, "w", NOW, LEASE, 100, True, quick=True)
     assert quick is not None
     fresh = 20 + UNKNOWN_SUBSCRIPTION_PROBE
-    assert (quick.limit, quick.fresh, quick.oldest) == (fresh, fresh, False)
+    assert (quick.limit, quick.fresh, quick.oldest) == (fresh, fresh, 0)
     assert quick.crowding == ["a1", "a2"]
     alone = ClaimPlan(capacity=100, room=60, exclude=[], crowding=[], fresh_room=0)
     assert claim_request(alone, "w", NOW, LEASE, 100, True, quick=True) is None
