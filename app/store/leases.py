@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from app.store import driver
 from app.store.claims import SQLITE_CLAIM_HINT, timed_sql
 from app.store.database import Database
 from app.store.lines import SQLITE_PROMOTE_ALL, promote_heads
-from app.store.schema import UTCDateTime
+from app.store.schema import UTCDateTime, sqlite_timestamp
 
 # A delivery given back, or taken back from a worker that vanished.
 _TO_PENDING = (
@@ -79,23 +80,12 @@ async def _returned(conn: AsyncConnection, result: Result[Any]) -> int:
 
 async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
     """Give claimed deliveries back untouched (shutdown, or over a subscription's
-    limit), and ready the heads of their lines.
-
-    On SQLite in one hand-off to the writer's thread (a busy worker gives
-    deliveries back after many claims): through the writer engine the turn
-    would be held, and an ingest flush kept waiting, over a round of the
-    worker's busy event loop for every statement."""
+    limit), and ready the heads of their lines."""
     if not seqs:
         return
     if db.sqlite_writer is not None:
         given = {"owner": owner, "seqs": orjson.dumps(list(seqs)).decode()}
-
-        def give_back_and_promote(conn: sqlite3.Connection) -> None:
-            lines = sorted(keyed_lines(conn.execute(SQLITE_GIVE_BACK, given).fetchall()))
-            if lines:
-                driver.sqlite_run_rows(conn, SQLITE_PROMOTE_ALL, lines)
-
-        await driver.sqlite_write(db, give_back_and_promote)
+        await driver.sqlite_write(db, partial(_sqlite_returned, SQLITE_GIVE_BACK, given))
         return
     async with db.write() as conn:
         await promote_heads(conn, await give_back(conn, {owner: seqs}))
@@ -111,31 +101,18 @@ async def release(db: Database, owner: str, seqs: Sequence[int]) -> None:
 # transaction holds: one whose outcome is being written needs no lease, and an
 # expired one another transaction is changing is that transaction's (reaped at
 # the next pass if still expired). SQLite has one writer: nothing to skip.
-_RENEW = {
-    "sqlite": timed_sql(
-        "UPDATE deliveries SET lease_expires_at = :until "
-        "WHERE seq IN :seqs AND status = 'in_flight' AND lease_owner = :owner",
-        ("until",),
-        ("seqs",),
-    ),
-    "postgresql": timed_sql(
-        """
+_RENEW_PG = timed_sql(
+    """
     UPDATE deliveries SET lease_expires_at = :until
     WHERE seq = ANY(ARRAY(
         SELECT seq FROM deliveries
         WHERE seq = ANY(CAST(:seqs AS BIGINT[])) AND status = 'in_flight' AND lease_owner = :owner
         FOR UPDATE SKIP LOCKED))
 """,
-        ("until",),
-    ),
-}
-_REAP = {
-    "sqlite": timed_sql(
-        f"{_TO_PENDING} WHERE status = 'in_flight' AND lease_expires_at < :now {_LINES}",
-        ("now",),
-    ),
-    "postgresql": timed_sql(
-        f"""
+    ("until",),
+)
+_REAP_PG = timed_sql(
+    f"""
     {_TO_PENDING}
     WHERE seq = ANY(ARRAY(
         SELECT seq FROM deliveries
@@ -143,13 +120,29 @@ _REAP = {
         FOR UPDATE SKIP LOCKED))
     {_LINES}
 """,
-        ("now",),
-    ),
-}
+    ("now",),
+)
+# On SQLite the worker's upkeep runs on the writer's thread, each in one
+# hand-off (:func:`app.store.driver.sqlite_write`): through the writer engine
+# it held the writer's turn over a round of the busy worker's event loop for
+# every statement, and an ingest flush waited for all of them (up to 200 ms,
+# every lease renewal).
+_SQLITE_RENEW = """
+    UPDATE deliveries SET lease_expires_at = :until
+    WHERE seq IN (SELECT value FROM json_each(:seqs)) AND status = 'in_flight'
+      AND lease_owner = :owner
+"""
+_SQLITE_REAP = f"{_TO_PENDING} WHERE status = 'in_flight' AND lease_expires_at < :now {_LINES}"
 
 
-def _dialect(db: Database) -> str:
-    return "sqlite" if db.is_sqlite else "postgresql"
+def _sqlite_returned(sql: str, params: Mapping[str, object], conn: sqlite3.Connection) -> int:
+    """On the writer's thread: run ``sql``, which returns deliveries to pending
+    and names their lines, and ready the heads of those lines; how many it returned."""
+    rows = conn.execute(sql, params).fetchall()
+    lines = sorted(keyed_lines(rows))
+    if lines:
+        driver.sqlite_run_rows(conn, SQLITE_PROMOTE_ALL, lines)
+    return len(rows)
 
 
 async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: datetime) -> None:
@@ -159,17 +152,23 @@ async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: dat
     written) is left as it is."""
     if not seqs:
         return
+    if db.sqlite_writer is not None:
+        params = {"owner": owner, "seqs": orjson.dumps(sorted(seqs)).decode()}
+        params["until"] = sqlite_timestamp(until)
+        await driver.sqlite_write(db, lambda conn: conn.execute(_SQLITE_RENEW, params).rowcount)
+        return
     async with db.write() as conn:
-        await conn.execute(
-            _RENEW[_dialect(db)], {"owner": owner, "seqs": sorted(seqs), "until": until}
-        )
+        await conn.execute(_RENEW_PG, {"owner": owner, "seqs": sorted(seqs), "until": until})
 
 
 async def reap_expired_leases(db: Database, now: datetime) -> int:
     """Deliveries whose worker vanished go back to pending (on PostgreSQL, not
     one another transaction holds), and the heads of their lines are readied."""
+    if db.sqlite_writer is not None:
+        params = {"now": sqlite_timestamp(now)}
+        return await driver.sqlite_write(db, partial(_sqlite_returned, _SQLITE_REAP, params))
     async with db.write() as conn:
-        return await _returned(conn, await conn.execute(_REAP[_dialect(db)], {"now": now}))
+        return await _returned(conn, await conn.execute(_REAP_PG, {"now": now}))
 
 
 async def release_all_leases(db: Database) -> int:
