@@ -9,6 +9,7 @@ are redriven or discarded.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -16,8 +17,9 @@ from functools import lru_cache
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.store import driver
 from app.store.database import Database, translate_errors
-from app.store.schema import UTCDateTime, stored_utc
+from app.store.schema import UTCDateTime, sqlite_timestamp, stored_utc
 
 BATCH = 500
 PRUNE_LOCK = 0x65767072756E65  # one pruner at a time on PostgreSQL
@@ -82,6 +84,16 @@ _OLDEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 @lru_cache
 def _delete_batch(table: str, dialect: str, batch: int) -> tuple[TextClause, ...]:
+    """:func:`_delete_batch_sql`'s statements with their times bound (SQLAlchemy)."""
+    times = [bindparam(name, type_=UTCDateTime()) for name in ("cutoff", "after")]
+    return tuple(
+        text(sql).bindparams(*times[: 2 if table == "events" else 1])
+        for sql in _delete_batch_sql(table, dialect, batch)
+    )
+
+
+@lru_cache
+def _delete_batch_sql(table: str, dialect: str, batch: int) -> tuple[str, ...]:
     """The statements that delete one batch, in order, in one transaction; the
     last one returns a row per deleted row."""
     column, oldest = _BATCHES[table]
@@ -115,10 +127,7 @@ def _delete_batch(table: str, dialect: str, batch: int) -> tuple[TextClause, ...
             f"DELETE FROM attempts WHERE delivery_id {among(attempts)}",
             f"DELETE FROM {table} WHERE {column} {among(rows(column))} RETURNING {reached}",
         ]
-    times = [bindparam(name, type_=UTCDateTime()) for name in ("cutoff", "after")]
-    return tuple(
-        text(sql).bindparams(*times[: 2 if table == "events" else 1]) for sql in statements
-    )
+    return tuple(statements)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,24 +148,46 @@ async def prune(
 
 
 async def _drain(db: Database, table: str, cutoff: datetime, batch: int) -> int:
-    *first, last = _delete_batch(table, db.dialect, batch)
-    params: dict[str, object] = {"cutoff": cutoff}
+    params: dict[str, datetime] = {"cutoff": cutoff}
     if table == "events":
         params["after"] = _OLDEST
     total = 0
     while True:
-        async with db.write() as conn:
-            if db.dialect == "postgresql" and not await _try_lock(conn):
-                return total
-            for statement in first:
-                await conn.execute(statement, params)
-            reached = [r[0] for r in await conn.execute(last, params)]
+        reached = await _delete_one_batch(db, table, batch, params)
         total += len(reached)
         if len(reached) < batch:
             return total
         if table == "events":
             params["after"] = max(stored_utc(r) or _OLDEST for r in reached)
         await asyncio.sleep(0.01)  # let waiting writers in between batches
+
+
+async def _delete_one_batch(
+    db: Database, table: str, batch: int, params: dict[str, datetime]
+) -> list[object]:
+    """Delete one batch in a transaction; what the last statement returned per
+    deleted row (nothing on PostgreSQL when another process is pruning). On
+    SQLite in one hand-off to the writer's thread: through the writer engine
+    the turn was held over a round of the busy worker's event loop for every
+    statement, and an ingest flush waited for all of them (up to 100 ms every
+    retention pass, tenants fairness run)."""
+    if db.sqlite_writer is not None:
+        *first_sql, last_sql = _delete_batch_sql(table, db.dialect, batch)
+        stored = {name: sqlite_timestamp(moment) for name, moment in params.items()}
+
+        def delete(conn: sqlite3.Connection) -> list[object]:
+            for sql in first_sql:
+                conn.execute(sql, stored)
+            return [row[0] for row in conn.execute(last_sql, stored).fetchall()]
+
+        return await driver.sqlite_write(db, delete)
+    *first, last = _delete_batch(table, db.dialect, batch)
+    async with db.write() as conn:
+        if not await _try_lock(conn):
+            return []
+        for statement in first:
+            await conn.execute(statement, params)
+        return [r[0] for r in await conn.execute(last, params)]
 
 
 async def _try_lock(conn: AsyncConnection) -> bool:
@@ -187,10 +218,8 @@ async def refresh_statistics(db: Database) -> None:
     every hot statement is written for (tests/integration/test_hot_plans.py);
     so eventrelay keeps none, and drops any an ``ANALYZE`` left behind.
     """
-    if db.is_sqlite:
-        async with db.write() as conn:
-            for (name,) in (await conn.execute(text(_SQLITE_STATISTICS))).all():
-                await conn.execute(text(f'DROP TABLE "{name}"'))
+    if db.sqlite_writer is not None:
+        await driver.sqlite_write(db, _drop_sqlite_statistics)
         return
     with translate_errors():
         async with db.writer.connect() as conn:
@@ -241,3 +270,8 @@ async def analyze_stale_tables(db: Database) -> list[str]:
 _SQLITE_STATISTICS = (
     "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'sqlite_stat[0-9]'"
 )
+
+
+def _drop_sqlite_statistics(conn: sqlite3.Connection) -> None:
+    for (name,) in conn.execute(_SQLITE_STATISTICS).fetchall():
+        conn.execute(f'DROP TABLE "{name}"')
