@@ -38,6 +38,12 @@ PRUNE_LOCK = 0x65767072756E65  # one pruner at a time on PostgreSQL
 # that misjudges the table sizes would compare every event with every
 # unfinished delivery.
 #
+# SQLite, without statistics, walked the (status, subscription_id) index for
+# every succeeded delivery and sorted them all, twice a batch (120-190 ms a
+# pass at 150,000, the writer held all along): it is told the partial index
+# of succeeded deliveries by completion time.
+_SQLITE_SUCCEEDED_INDEX = "INDEXED BY ix_deliveries_succeeded"
+
 # Attempts have no foreign key to their delivery (migration 0010): a batch of
 # deliveries, or of events with theirs, takes its deliveries' attempts with it,
 # in the same transaction. PostgreSQL: one statement, the batch found once (a
@@ -48,7 +54,7 @@ _BATCHES = {
     "deliveries": (
         "seq",
         """
-        SELECT {column} FROM deliveries
+        SELECT {column} FROM deliveries {succeeded_index}
         WHERE status = 'succeeded' AND completed_at < :cutoff
         ORDER BY completed_at
         """,
@@ -98,9 +104,10 @@ def _delete_batch_sql(table: str, dialect: str, batch: int) -> tuple[str, ...]:
     last one returns a row per deleted row."""
     column, oldest = _BATCHES[table]
     pg = dialect == "postgresql"
+    hint = "" if pg else _SQLITE_SUCCEEDED_INDEX
 
     def rows(column: str) -> str:
-        return f"{oldest.format(column=column)} LIMIT {int(batch)}"
+        return f"{oldest.format(column=column, succeeded_index=hint)} LIMIT {int(batch)}"
 
     def among(rows: str) -> str:
         return f"= ANY(ARRAY({rows}))" if pg else f"IN ({rows})"
@@ -116,7 +123,7 @@ def _delete_batch_sql(table: str, dialect: str, batch: int) -> tuple[str, ...]:
         ids = "SELECT id FROM batch"
         attempts = _ATTEMPTS_OF[table].format(ids=ids, among_ids=among(ids))
         statements = [
-            f"""WITH batch AS MATERIALIZED ({oldest.format(column="seq, id")} LIMIT {int(batch)}),
+            f"""WITH batch AS MATERIALIZED ({rows("seq, id")}),
             gone AS (DELETE FROM attempts WHERE delivery_id {among(attempts)})
             DELETE FROM {table} WHERE seq {among("SELECT seq FROM batch")} RETURNING {reached}"""
         ]
