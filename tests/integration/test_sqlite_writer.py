@@ -361,6 +361,17 @@ async def test_the_thread_starts_the_next_transaction_without_the_loop(scratch: 
     assert await _stored(scratch) == [(1, "writer"), (2, "writer")]
 
 
+def _wal_writer(path: Path) -> SqliteWriter:
+    """A writer on a file of its own in WAL mode, as the store opens one."""
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        return connection
+
+    return SqliteWriter(connect)
+
+
 async def test_commits_leave_the_checkpoints_to_a_thread_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,12 +382,7 @@ async def test_commits_leave_the_checkpoints_to_a_thread_of_their_own(
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_SECONDS", 0.05)
     path = tmp_path / "w.db"
 
-    def connect() -> sqlite3.Connection:
-        connection = sqlite3.connect(path, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        return connection
-
-    writer = SqliteWriter(connect)
+    writer = _wal_writer(path)
     blob = b"x" * 100_000
 
     async def write_4mb() -> None:
@@ -416,15 +422,10 @@ async def test_the_log_is_synced_soon_after_a_commit_that_did_not_wait_for_the_d
         synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
         fsync(descriptor)
 
-    monkeypatch.setattr(sqlite_writer.os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     path = tmp_path / "w.db"
 
-    def connect() -> sqlite3.Connection:
-        connection = sqlite3.connect(path, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        return connection
-
-    writer = SqliteWriter(connect)
+    writer = _wal_writer(path)
     try:
         await writer.transaction(lambda conn: conn.execute("CREATE TABLE t (n INTEGER)"))
         done = writer.checkpoints.done
