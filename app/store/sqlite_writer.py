@@ -294,6 +294,7 @@ class Checkpoints:
         if self._thread is not None:
             return
         self._stopping.clear()
+        self._unsynced.clear()  # set by the last stop() to wake its thread
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
         self._thread.start()
 
