@@ -38,7 +38,9 @@ from app.services.subscriptions import SubscriptionService
 from app.services.tenants import TenantService
 from app.settings import Settings
 from app.store.database import Database, open_database
+from app.store.doorbell import Doorbell
 from app.store.migrations import current_revision, head_revision
+from app.store.notify import CHANGED
 from app.store.sealed import RESEAL_BATCH, SEALED_TABLES, ResealReport, keys_missing, reseal
 from app.tracing import Tracer
 from app.tracing import build as build_tracer
@@ -134,12 +136,23 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             if worker
             else None
         )
+        # Without a worker of its own, a SQLite API process rings the doorbell
+        # of the worker on its file (PostgreSQL's NOTIFY goes out at commit).
+        bell = Doorbell(db.url) if db.is_sqlite and embedded is None else None
+        wake: Callable[[], None]
+        changed: Callable[[str], None]
+        if embedded is not None:
+            wake, changed = embedded.wake, embedded.subscription_changed
+        elif bell is not None:
+            wake, changed = bell.ring, lambda sub: bell.ring(CHANGED + sub)
+        else:
+            wake, changed = _nothing, _ignore
         svc = build_services(
             settings,
             db,
             metrics,
-            embedded.wake if embedded else _nothing,
-            embedded.subscription_changed if embedded else _ignore,
+            wake,
+            changed,
             embedded.remove_tenants if embedded else _nothing,
             tracer,
         )
@@ -162,6 +175,8 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             await gauges.stop()
             metrics.registry.unregister(gauges)
             await db.dispose()
+            if bell is not None:
+                bell.close()
             if tracer is not None:
                 await asyncio.to_thread(tracer.shutdown)  # exports what is buffered
 

@@ -29,6 +29,7 @@ from app.store import deliveries as store
 from app.store import leases
 from app.store import subscriptions as subscription_store
 from app.store.database import Database
+from app.store.doorbell import DoorbellListener
 from app.store.notify import CHANGED, Listener
 from app.store.subscriptions import CircuitUpdate
 from app.store.work import Claimed, ClaimRequest, Completion, Work
@@ -86,7 +87,7 @@ class DeliveryWorker:
         self._step: AttemptStep | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
-        self._listener: Listener | None = None
+        self._listener: Listener | DoorbellListener | None = None
         metrics.in_flight.set_function(lambda: len(self._tasks))  # read when scraped
         self._retention = RetentionJob(
             db,
@@ -130,9 +131,11 @@ class DeliveryWorker:
             timeout_ms=self._config.timeout_ms,
             tracer=self._tracer,
         )
-        if not self._db.is_sqlite:
-            self._listener = Listener(self._db.url, self._notified)
-            self._listener.start()
+        # Woken by other processes' commits: PostgreSQL's NOTIFY, or on SQLite
+        # the doorbell an API process on the same file rings.
+        listener = DoorbellListener if self._db.is_sqlite else Listener
+        self._listener = listener(self._db.url, self._notified)
+        self._listener.start()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
         self._reaper_task = asyncio.create_task(self._keep_leases(), name="leases")
         self._retention.start()
