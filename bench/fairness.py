@@ -50,7 +50,11 @@ every statement on the run's database slower than N ms (``auto_explain``).
 ``--claim-tenants 1,100,10000`` measures the claim statement's own cost (p50
 of 200 claims of 32, in-process on the store) with a backlog of 30,000 pending
 deliveries spread over that many tenants; plain claims, and probe claims whose
-fresh walk leaves tenant t1 out as crowding.
+fresh walk leaves tenant t1 out as crowding. ``--worker-process`` (with
+``--tenants``) runs the other deployment shape: ``eventrelay serve
+--no-worker`` and an ``eventrelay worker`` of its own (woken by ``NOTIFY`` on
+PostgreSQL, by the doorbell on SQLite), the cycles read off the worker's
+metrics port.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -229,9 +234,27 @@ async def publish_many(client: httpx.AsyncClient, event_type: str, count: int) -
         response.raise_for_status()
 
 
+@dataclasses.dataclass
+class Server:
+    """``eventrelay serve`` and, with ``--worker-process``, ``eventrelay worker``."""
+
+    procs: list[subprocess.Popen[bytes]]
+    base_url: str
+    metrics_url: str  # where the worker's metrics are
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 async def start_server(
-    db_url: str, workdir: Path, concurrency: int
-) -> tuple[subprocess.Popen[bytes], str]:
+    db_url: str, workdir: Path, concurrency: int, *, worker_process: bool = False
+) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTRELAY_")}
     env.update(
         {
@@ -244,34 +267,60 @@ async def start_server(
     )
     port = free_port()
     log = (workdir / "serve.log").open("ab")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "eventrelay"), "serve", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
-        env=env,
-    )
+    command = [str(VENV_BIN / "eventrelay"), "serve", "--port", str(port)]
+    procs = [
+        subprocess.Popen(
+            command + (["--no-worker"] if worker_process else []),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+        )
+    ]
     base_url = f"http://127.0.0.1:{port}"
+    server = Server(procs, base_url, f"{base_url}/metrics")
+    try:
+        await _ready(procs[0], f"{base_url}/readyz", workdir / "serve.log")
+        if worker_process:
+            metrics_port = free_port()
+            procs.append(
+                subprocess.Popen(
+                    [str(VENV_BIN / "eventrelay"), "worker"],
+                    stdout=(workdir / "worker.log").open("ab"),
+                    stderr=subprocess.STDOUT,
+                    cwd=workdir,
+                    env=env | {"EVENTRELAY_WORKER_METRICS_PORT": str(metrics_port)},
+                )
+            )
+            server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            await _ready(procs[1], server.metrics_url, workdir / "worker.log")
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    return server
+
+
+async def _ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
     deadline = time.monotonic() + READY_SECONDS
-    async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as client:
+    async with httpx.AsyncClient(timeout=1.0) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError((workdir / "serve.log").read_text()[-3000:])
+                raise RuntimeError(log.read_text()[-3000:])
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/readyz")).status_code == 200:
-                    return proc, base_url
+                if (await client.get(url)).status_code == 200:
+                    return
             await asyncio.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("eventrelay serve was not ready in time")
+    raise RuntimeError(f"{url} was not ready in time")
 
 
 async def run(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
     other = await Receiver(0.0).start()
     busy = await Receiver(args.answer_seconds, args.jitter).start()
-    proc, base_url = await start_server(db_url, workdir, args.concurrency)
+    server = await start_server(db_url, workdir, args.concurrency)
     try:
         async with httpx.AsyncClient(
-            base_url=base_url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30.0
+            base_url=server.base_url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30.0
         ) as client:
             for name, receiver, extra in (
                 ("other", other, {}),
@@ -296,11 +345,7 @@ async def run(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str,
                 lambda: len(busy.arrivals) >= args.deliveries, STALL_SECONDS * 5, "the busy drain"
             )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
         await other.close()
         await busy.close()
     drain_seconds = max(busy.times) - min(busy.times)
@@ -342,10 +387,12 @@ async def tenant_latencies(
     return stream, [receiver.arrivals[i] - started for i in ids]
 
 
-async def cycle_totals(client: httpx.AsyncClient) -> tuple[float, float, float, float]:
+async def cycle_totals(
+    client: httpx.AsyncClient, metrics_url: str
+) -> tuple[float, float, float, float]:
     """The worker's cycles so far, from /metrics: seconds in them, how many, and
     how many took no more than 5 and 10 ms."""
-    text = (await client.get("/metrics")).text
+    text = (await client.get(metrics_url)).text
     five, ten = '_bucket{le="0.005"}', '_bucket{le="0.01"}'
     totals = {"_sum": 0.0, "_count": 0.0, five: 0.0, ten: 0.0}
     for line in text.splitlines():
@@ -457,7 +504,10 @@ def summary(values: list[float]) -> dict[str, float]:
 async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> dict[str, Any]:
     fast = await Receiver(0.0).start()
     slow = ReceiverProcess(args.answer_seconds, args.jitter)
-    proc, base_url = await start_server(db_url, workdir, args.concurrency)
+    server = await start_server(
+        db_url, workdir, args.concurrency, worker_process=args.worker_process
+    )
+    base_url = server.base_url
     headers = {"Authorization": f"Bearer {ADMIN}"}
     try:
         async with (
@@ -503,7 +553,7 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
                     raise RuntimeError("timed out waiting for A's load")
                 await asyncio.sleep(0.05)
             pending_at_start = args.deliveries - (await slow.stats())["arrivals"]
-            cycles_before = await cycle_totals(root)
+            cycles_before = await cycle_totals(root, server.metrics_url)
             checkpoints_before = await checkpoints(db_url)
             deadlocks_before = await deadlocks(db_url)
             TIMELINE.clear()
@@ -520,7 +570,7 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
             pending_at_end = args.deliveries - (await slow.stats())["arrivals"]
             if pending_at_end <= 0:
                 raise RuntimeError("A's backlog drained while B was measured: raise --deliveries")
-            cycles_after = await cycle_totals(root)
+            cycles_after = await cycle_totals(root, server.metrics_url)
             checkpoints_after = await checkpoints(db_url)
             deadlocks_after = await deadlocks(db_url)
             if args.timeline is not None:
@@ -531,17 +581,14 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
                     )
                 args.timeline.write_text(json.dumps({"events": TIMELINE, "server": samples}))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
         await fast.close()
         await slow.close()
     cycle = (cycles_after[0] - cycles_before[0]) / max(1.0, cycles_after[1] - cycles_before[1])
     target = percentile(idle[0], 0.99) + cycle
     return {
         "backend": args.backend,
+        "worker_process": args.worker_process,
         "concurrency": args.concurrency,
         "b_events_per_phase": len(loaded[0]),
         # The target: B's single events' p99 loaded within p99 idle plus one cycle.
@@ -722,6 +769,11 @@ async def main() -> None:
     )
     parser.add_argument("--tenants", action="store_true", help="fairness between tenants")
     parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument(
+        "--worker-process",
+        action="store_true",
+        help="--tenants: serve --no-worker and an eventrelay worker of its own",
+    )
     parser.add_argument("--claim-tenants", default="", help="e.g. 1,100,10000")
     parser.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

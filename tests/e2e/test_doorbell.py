@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,9 @@ async def test_a_sqlite_worker_in_its_own_process_is_woken_by_each_commit(
         # delivered within seconds; the second one after the worker went idle again.
         for n in range(2):
             published = time.monotonic()
-            event_id = (await relay.publish(event_type, {"n": n}))["id"]
+            event_id: str = (await relay.publish(event_type, {"n": n}))["id"]
             await wait_until(
-                lambda event_id=event_id: first.for_event(event_id),
+                partial(first.for_event, event_id),
                 WOKEN_WITHIN,
                 message=f"event {n} delivered before the worker's poll",
             )
