@@ -15,7 +15,9 @@ from app.store.counts import capped_count
 from app.store.database import Database
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built for every delivery claimed, and a frozen dataclass's
+# __init__ (object.__setattr__ per field) takes five times as long.
+@dataclass(slots=True)
 class StoredEvent:
     seq: int
     id: str

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from app.worker.brokers import redis_streams
-from app.worker.brokers.common import Deadlines
+from app.worker.brokers.common import OVERDUE_CHECK_SECONDS, Deadlines, Overdue, Watched
 from app.worker.protocol import Message, Route, SendResult, accepted
 
 MESSAGE = Message(b"{}", {"content-type": "application/json"}, 0.2, "evt_1", "t", "k", Route("s"))
@@ -118,3 +118,85 @@ async def test_the_redis_sender_times_out_a_deaf_client(monkeypatch: pytest.Monk
     finally:
         await sender.close()
     assert result.outcome.error == "timed out after 200 ms waiting for XADD"
+
+
+# -- Overdue: one timer for a connection's deadlines ---------------------------------
+
+
+async def _watched_wait(overdue: Overdue, seconds: float, wait: float) -> str:
+    """What an attempt under ``overdue`` reports after waiting ``wait`` seconds."""
+    watched = overdue.watch(seconds)
+    try:
+        await asyncio.sleep(wait)
+        return "finished"
+    except asyncio.CancelledError:
+        if watched.timed_out():
+            return "timed out"
+        raise
+    finally:
+        overdue.end(watched)
+
+
+async def test_an_overdue_attempt_is_cancelled_soon_after_its_deadline() -> None:
+    overdue = Overdue()
+    started = time.monotonic()
+    assert await _watched_wait(overdue, 0.1, 10) == "timed out"
+    took = time.monotonic() - started
+    assert 0.1 <= took < 0.1 + OVERDUE_CHECK_SECONDS + 0.5
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0, "the watch's own cancellation was taken back"
+
+
+async def test_attempts_within_their_deadlines_finish_and_leave_no_timer() -> None:
+    overdue = Overdue()
+    results = await asyncio.gather(*(_watched_wait(overdue, 5, 0.01) for _ in range(20)))
+    assert results == ["finished"] * 20
+    # The next check finds nothing watched and arms no timer again.
+    await asyncio.sleep(OVERDUE_CHECK_SECONDS * 3)
+    assert overdue._timer is None  # noqa: SLF001 - the one timer is what is under test
+
+
+async def test_deadlines_apart_expire_apart() -> None:
+    overdue = Overdue()
+    short = asyncio.ensure_future(_watched_wait(overdue, 0.05, 10))
+    long = asyncio.ensure_future(_watched_wait(overdue, 10, 0.5))
+    assert await short == "timed out"
+    assert not long.done()
+    assert await long == "finished"
+
+
+async def test_an_outside_cancellation_goes_on_under_the_watch() -> None:
+    overdue = Overdue()
+    attempt = asyncio.ensure_future(_watched_wait(overdue, 10, 10))
+    await asyncio.sleep(0.01)
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+
+
+async def test_an_outside_cancellation_as_the_deadline_passes_goes_on_too() -> None:
+    overdue = Overdue()
+    watches: list[Watched] = []
+
+    async def attempt() -> str:
+        watched = overdue.watch(0)  # overdue at the first check
+        watches.append(watched)
+        try:
+            await asyncio.Event().wait()
+            return "finished"
+        except asyncio.CancelledError:
+            if watched.timed_out():
+                return "timed out"
+            raise
+        finally:
+            overdue.end(watched)
+
+    task = asyncio.ensure_future(attempt())
+    while not (watches and watches[0].expired):
+        await asyncio.sleep(0)
+    # The check has cancelled the attempt, which has not run since: a shutdown
+    # cancels it too before it does.
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

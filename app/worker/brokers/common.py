@@ -145,6 +145,65 @@ class Deadlines:
             task.exception()
 
 
+class Watched:
+    """One attempt under an :class:`Overdue` watch."""
+
+    __slots__ = ("cancelling", "deadline", "expired", "task")
+
+    def __init__(self, deadline: float, task: asyncio.Task[Any]) -> None:
+        self.deadline = deadline
+        self.task = task
+        self.cancelling = task.cancelling()  # outside cancellations already asked for
+        self.expired = False
+
+    def timed_out(self) -> bool:
+        """After a CancelledError: whether it was this watch's (the attempt timed
+        out) rather than an outside cancellation, which must go on."""
+        return self.expired and self.task.uncancel() <= self.cancelling
+
+
+class Overdue:
+    """The deadlines of a connection's attempts, each cancelling its attempt's
+    task when it passes, as :func:`asyncio.timeout` does, but checked by one
+    timer every :data:`OVERDUE_CHECK_SECONDS` rather than one timer armed and
+    cancelled per attempt (about 5 µs of a publish that costs the bare client
+    about 70 µs). A deadline fires up to that much late.
+
+    Use: ``watched = overdue.watch(seconds)``, the attempt, ``except
+    CancelledError: if watched.timed_out(): …``, ``finally: overdue.end(watched)``.
+    """
+
+    def __init__(self) -> None:
+        self._watched: set[Watched] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, seconds: float) -> Watched:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        watched = Watched(loop.time() + seconds, task)
+        self._watched.add(watched)
+        if self._timer is None:
+            self._timer = loop.call_later(OVERDUE_CHECK_SECONDS, self._check, loop)
+        return watched
+
+    def end(self, watched: Watched) -> None:
+        self._watched.discard(watched)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for watched in [w for w in self._watched if w.deadline <= now]:
+            self._watched.discard(watched)
+            watched.expired = True
+            watched.task.cancel()
+        self._timer = (
+            loop.call_later(OVERDUE_CHECK_SECONDS, self._check, loop) if self._watched else None
+        )
+
+
+OVERDUE_CHECK_SECONDS = 0.05
+
+
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)

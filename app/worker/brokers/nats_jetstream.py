@@ -34,7 +34,9 @@ from nats.js.errors import APIError, NoStreamResponseError
 from app.worker.brokers.common import (
     JSON,
     BrokerConnection,
+    Overdue,
     PerUrl,
+    Watched,
     elapsed_ms,
     failed_since,
     message_headers,
@@ -156,12 +158,17 @@ def nats_sender(*, allow_private: bool) -> PerUrl[NatsConnection]:
 
 
 class NatsConnection(BrokerConnection[Connected]):
-    """No task and no ``wait_for`` per publish: the deadline is an
-    :func:`asyncio.timeout` around the attempt. The client cannot swallow its
-    cancellation where it matters, since the ack is a plain future awaited here;
-    a publish that returns after the deadline passed is timed out at once."""
+    """No task and no ``wait_for`` per publish: the attempt runs under the
+    connection's :class:`Overdue` watch, which cancels it at its deadline. The
+    client cannot swallow that cancellation where it matters, since the ack is
+    a plain future awaited here; a publish that returns after the deadline
+    passed is timed out at once."""
 
     waiting_for = "waiting for the JetStream ack"
+
+    def __init__(self, url: str, *, allow_private: bool) -> None:
+        super().__init__(url, allow_private=allow_private)
+        self._overdue = Overdue()
 
     async def _open(self) -> Connected:
         return await _connect(self._link.url)
@@ -174,16 +181,17 @@ class NatsConnection(BrokerConnection[Connected]):
 
     async def send(self, message: Message) -> SendResult:
         started = time.perf_counter()
-        deadline = asyncio.timeout(message.timeout_s)
+        watched = self._overdue.watch(message.timeout_s)
         try:
-            async with deadline:
-                return await self._publish(message, started, deadline)
-        except TimeoutError:
-            return timed_out(started, message, self.waiting_for)
+            return await self._publish(message, started, watched)
+        except asyncio.CancelledError:
+            if watched.timed_out():
+                return timed_out(started, message, self.waiting_for)
+            raise
+        finally:
+            self._overdue.end(watched)
 
-    async def _publish(
-        self, message: Message, started: float, deadline: asyncio.Timeout
-    ) -> SendResult:
+    async def _publish(self, message: Message, started: float, watched: Watched) -> SendResult:
         route = message.route
         assert route is not None
         headers = message_headers(message)
@@ -193,7 +201,8 @@ class NatsConnection(BrokerConnection[Connected]):
         try:
             connected = await self._link.client(message.timeout_s)
             token = await connected.publish(route.name, message.payload, headers)
-            if deadline.expired():  # a cancellation the client swallowed
+            if watched.expired:  # a cancellation the client swallowed
+                watched.task.uncancel()
                 connected.forget(token)
                 return timed_out(started, message, self.waiting_for)
             answer = await connected.ack(token)
