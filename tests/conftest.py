@@ -91,6 +91,12 @@ def _fresh_sqlite(template: Path, directory: Path) -> str:
     return f"sqlite+aiosqlite:///{target}"
 
 
+@pytest.fixture
+def sqlite_file_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A migrated SQLite file of the test's own, for processes to share."""
+    return _fresh_sqlite(sqlite_template, tmp_path)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -8,7 +8,6 @@ does within seconds of a request was rung by the API process's doorbell
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -33,17 +32,13 @@ def workers(tmp_path: Path) -> Iterator[WorkerPool]:
 
 async def test_a_sqlite_worker_in_its_own_process_is_woken_by_each_commit(
     server_factory: ServerFactory,
-    sqlite_template: Path,
-    tmp_path: Path,
+    sqlite_file_url: str,
     workers: WorkerPool,
     receivers: ReceiverPool,
 ) -> None:
-    database = tmp_path / "shared.db"
-    shutil.copyfile(sqlite_template, database)
-    database_url = f"sqlite+aiosqlite:///{database}"  # one file, two processes
-    api = server_factory(database_url, worker=False)
+    api = server_factory(sqlite_file_url, worker=False)  # one file, two processes
     first, second = await receivers.start(), await receivers.start()
-    worker = workers.make(database_url, env={"EVENTRELAY_WORKER_POLL_SECONDS": POLL_SECONDS})
+    worker = workers.make(sqlite_file_url, env={"EVENTRELAY_WORKER_POLL_SECONDS": POLL_SECONDS})
     worker.start()
     async with Relay(api) as relay:
         event_type = unique_type("doorbell")

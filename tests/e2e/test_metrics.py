@@ -13,7 +13,6 @@ per process, the database gauges the same in both.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -406,14 +405,11 @@ async def test_pending_in_flight_and_disabled_show_in_the_database_gauges(
 
 async def test_a_standalone_worker_serves_its_own_metrics(
     server_factory: ServerFactory,
-    sqlite_template: Path,
-    tmp_path: Path,
+    sqlite_file_url: str,
     workers: WorkerPool,
     receivers: ReceiverPool,
 ) -> None:
-    database = tmp_path / "shared.db"
-    shutil.copyfile(sqlite_template, database)
-    database_url = f"sqlite+aiosqlite:///{database}"  # one file, two processes
+    database_url = sqlite_file_url  # one file, two processes
     api = server_factory(database_url, worker=False)
     receiver = await receivers.start()
     async with Relay(api) as relay:

@@ -123,9 +123,14 @@ async def test_the_redis_sender_times_out_a_deaf_client(monkeypatch: pytest.Monk
 # -- Overdue: one timer for a connection's deadlines ---------------------------------
 
 
-async def _watched_wait(overdue: Overdue, seconds: float, wait: float) -> str:
-    """What an attempt under ``overdue`` reports after waiting ``wait`` seconds."""
+async def _watched_wait(
+    overdue: Overdue, seconds: float, wait: float, watches: list[Watched] | None = None
+) -> str:
+    """What an attempt under ``overdue`` reports after waiting ``wait`` seconds
+    (its watch added to ``watches``)."""
     watched = overdue.watch(seconds)
+    if watches is not None:
+        watches.append(watched)
     try:
         await asyncio.sleep(wait)
         return "finished"
@@ -178,21 +183,8 @@ async def test_an_outside_cancellation_goes_on_under_the_watch() -> None:
 async def test_an_outside_cancellation_as_the_deadline_passes_goes_on_too() -> None:
     overdue = Overdue()
     watches: list[Watched] = []
-
-    async def attempt() -> str:
-        watched = overdue.watch(0)  # overdue at the first check
-        watches.append(watched)
-        try:
-            await asyncio.Event().wait()
-            return "finished"
-        except asyncio.CancelledError:
-            if watched.timed_out():
-                return "timed out"
-            raise
-        finally:
-            overdue.end(watched)
-
-    task = asyncio.ensure_future(attempt())
+    # Overdue at the first check.
+    task = asyncio.ensure_future(_watched_wait(overdue, 0, 3600, watches))
     while not (watches and watches[0].expired):
         await asyncio.sleep(0)
     # The check has cancelled the attempt, which has not run since: a shutdown
