@@ -50,7 +50,9 @@ every statement on the run's database slower than N ms (``auto_explain``).
 ``--claim-tenants 1,100,10000`` measures the claim statement's own cost (p50
 of 200 claims of 32, in-process on the store) with a backlog of 30,000 pending
 deliveries spread over that many tenants; plain claims, and probe claims whose
-fresh walk leaves tenant t1 out as crowding. ``--worker-process`` (with
+fresh walk leaves tenant t1 out as crowding. ``--claim-held 1000,100000``
+measures the same claim's cost next to a paused subscription's due backlog of
+that size, with nothing else to claim. ``--worker-process`` (with
 ``--tenants``) runs the other deployment shape: ``eventrelay serve
 --no-worker`` and an ``eventrelay worker`` of its own (woken by ``NOTIFY`` on
 PostgreSQL, by the doorbell on SQLite), the cycles read off the worker's
@@ -631,10 +633,13 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
     }
 
 
-async def claim_cost(db_url: str, tenants: int, backlog: int = 30_000) -> tuple[float, float]:
+async def claim_cost(
+    db_url: str, tenants: int, backlog: int = 30_000, *, held: bool = False
+) -> tuple[float, float]:
     """p50 seconds of one claim of 32 with ``backlog`` pending deliveries spread
     over ``tenants`` tenants (one subscription each), and of one probe claim
-    (up to 8 of them by the fresh walk, tenant t1 crowding)."""
+    (up to 8 of them by the fresh walk, tenant t1 crowding). ``held``: tenant
+    t1's subscription is paused, so its share of the backlog is due but held."""
     from datetime import timedelta
 
     from sqlalchemy import text
@@ -674,6 +679,11 @@ async def claim_cost(db_url: str, tenants: int, backlog: int = 30_000) -> tuple[
                 past = datetime.now(UTC) - timedelta(minutes=1)
                 stamp = past.isoformat(" ")[:26] if db.is_sqlite else past
                 await conn.execute(text(sql), {"now": stamp, "tenants": tenants})
+        if held:
+            async with db.write() as conn:
+                await conn.execute(
+                    text("UPDATE subscriptions SET status = 'paused' WHERE id = 'sub_1'")
+                )
         # Statistics as a live installation has them (the retention job refreshes
         # them); without, PostgreSQL guesses three rows and sorts the backlog.
         async with db.write() as conn:
@@ -728,6 +738,31 @@ async def claim_costs(
     return result
 
 
+async def claim_held_costs(
+    args: argparse.Namespace, db_url: str, pg_name: str | None, workdir: Path
+) -> dict[str, Any]:
+    """A claim's cost next to a paused subscription's due backlog of each size
+    in ``--claim-held`` (one tenant, nothing else to claim), each on a fresh
+    database: what every claim pays while a subscription is paused or its
+    circuit is open."""
+    result: dict[str, Any] = {"backend": args.backend, "claim_p50_ms": {}}
+    for count in (int(c) for c in args.claim_held.split(",")):
+        url = db_url
+        if args.backend == "sqlite":
+            url = f"sqlite+aiosqlite:///{workdir / f'held{count}.db'}"
+        else:
+            name = f"{pg_name}_h{count}"
+            await pg_execute(args.pg_dsn, f'CREATE DATABASE "{name}"')
+            url = db_url.rsplit("/", 1)[0] + f"/{name}"
+        try:
+            cost = await claim_cost(url, 1, count, held=True)
+        finally:
+            if args.backend == "postgres":
+                await pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        result["claim_p50_ms"][count] = round(cost[0] * 1000, 3)
+    return result
+
+
 async def explain_slow(pg_dsn: str, name: str, ms: int) -> None:
     """Have PostgreSQL log the plan of every statement slower than ``ms`` on the
     database ``name`` (auto_explain: actual rows and buffers, no timing, which
@@ -775,6 +810,7 @@ async def main() -> None:
         help="--tenants: serve --no-worker and an eventrelay worker of its own",
     )
     parser.add_argument("--claim-tenants", default="", help="e.g. 1,100,10000")
+    parser.add_argument("--claim-held", default="", help="e.g. 1000,10000,100000")
     parser.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_receiver:
@@ -797,8 +833,9 @@ async def main() -> None:
                 await explain_slow(args.pg_dsn, pg_name, args.explain_slow_ms)
             base = args.pg_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
             db_url = f"{base}/{pg_name}"
-        if args.claim_tenants:
-            result = await claim_costs(args, db_url, pg_name, workdir)
+        if args.claim_tenants or args.claim_held:
+            measure = claim_costs if args.claim_tenants else claim_held_costs
+            result = await measure(args, db_url, pg_name, workdir)
             print(json.dumps(result))
             if args.json is not None:
                 args.json.write_text(json.dumps(result, indent=2))
