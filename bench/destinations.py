@@ -4,7 +4,8 @@
                                            [--backend sqlite|postgres|both]
                                            [--types free,webhook,rabbitmq,nats,redis]
                                            [--orderings none,key]
-                                           [--concurrency 64] [--json PATH]
+                                           [--concurrency 64] [--loop uvloop|asyncio]
+                                           [--json PATH]
 
 Per backend, destination type and ordering (``none``; ``key`` over 100 keys),
 ``--rounds`` rounds, each of them:
@@ -36,8 +37,10 @@ Rounds alternate which of the two goes first. Each case reports the median
 rate of each and the median of the rounds' ratios. Each destination gets its
 own exchange and queue, stream and subject, or key, removed afterwards. The
 worker and the bare loop share this process and its event loop in turn
-(never at once). Targets (API issue): drain/baseline >= 0.5 with
-``ordering: none`` and >= 0.35 with ``ordering: key``.
+(never at once): uvloop, as ``eventrelay worker`` and ``serve`` run, or
+asyncio's own with ``--loop asyncio`` (the only loop before 2026-12-07).
+Targets (API issue): drain/baseline >= 0.5 with ``ordering: none`` and
+>= 0.35 with ``ordering: key``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ import aio_pika
 import aiohttp
 import asyncpg
 import nats
+import uvloop
 from common import lanes
 from nats.js.api import StreamConfig
 from redis.asyncio import Redis
@@ -440,17 +444,7 @@ async def one(backend: str, kind: str, ordering: str, args: argparse.Namespace) 
     return result
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--deliveries", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
-    parser.add_argument("--types", default="free,webhook,rabbitmq,nats,redis")
-    parser.add_argument("--orderings", default="none,key")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--pad", type=int, default=200, help="bytes of filler in each event")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+async def main(args: argparse.Namespace) -> None:
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
     results = [
         await one(backend, kind, ordering, args)
@@ -463,4 +457,20 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--types", default="free,webhook,rabbitmq,nats,redis")
+    parser.add_argument("--orderings", default="none,key")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--pad", type=int, default=200, help="bytes of filler in each event")
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop (eventrelay's processes run on uvloop)",
+    )
+    parser.add_argument("--json", type=Path)
+    arguments = parser.parse_args()
+    (uvloop.run if arguments.loop == "uvloop" else asyncio.run)(main(arguments))
