@@ -77,6 +77,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -714,6 +715,22 @@ async def claim_cost(
         await db.dispose()
 
 
+@contextlib.asynccontextmanager
+async def fresh_database(
+    args: argparse.Namespace, db_url: str, pg_name: str | None, workdir: Path, name: str
+) -> AsyncIterator[str]:
+    """The URL of a database of its own, ``name``, dropped afterwards on PostgreSQL."""
+    if args.backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{workdir / f'{name}.db'}"
+        return
+    database = f"{pg_name}_{name}"
+    await pg_execute(args.pg_dsn, f'CREATE DATABASE "{database}"')
+    try:
+        yield db_url.rsplit("/", 1)[0] + f"/{database}"
+    finally:
+        await pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 async def claim_costs(
     args: argparse.Namespace, db_url: str, pg_name: str | None, workdir: Path
 ) -> dict[str, Any]:
@@ -721,18 +738,8 @@ async def claim_costs(
     a fresh database."""
     result: dict[str, Any] = {"backend": args.backend, "claim_p50_ms": {}, "probe_claim_p50_ms": {}}
     for count in (int(c) for c in args.claim_tenants.split(",")):
-        url = db_url
-        if args.backend == "sqlite":
-            url = f"sqlite+aiosqlite:///{workdir / f'claim{count}.db'}"
-        else:
-            name = f"{pg_name}_{count}"
-            await pg_execute(args.pg_dsn, f'CREATE DATABASE "{name}"')
-            url = db_url.rsplit("/", 1)[0] + f"/{name}"
-        try:
+        async with fresh_database(args, db_url, pg_name, workdir, f"claim{count}") as url:
             cost = await claim_cost(url, count)
-        finally:
-            if args.backend == "postgres":
-                await pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         result["claim_p50_ms"][count] = round(cost[0] * 1000, 3)
         result["probe_claim_p50_ms"][count] = round(cost[1] * 1000, 3)
     return result
@@ -747,18 +754,8 @@ async def claim_held_costs(
     circuit is open."""
     result: dict[str, Any] = {"backend": args.backend, "claim_p50_ms": {}}
     for count in (int(c) for c in args.claim_held.split(",")):
-        url = db_url
-        if args.backend == "sqlite":
-            url = f"sqlite+aiosqlite:///{workdir / f'held{count}.db'}"
-        else:
-            name = f"{pg_name}_h{count}"
-            await pg_execute(args.pg_dsn, f'CREATE DATABASE "{name}"')
-            url = db_url.rsplit("/", 1)[0] + f"/{name}"
-        try:
+        async with fresh_database(args, db_url, pg_name, workdir, f"held{count}") as url:
             cost = await claim_cost(url, 1, count, held=True)
-        finally:
-            if args.backend == "postgres":
-                await pg_execute(args.pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         result["claim_p50_ms"][count] = round(cost[0] * 1000, 3)
     return result
 
