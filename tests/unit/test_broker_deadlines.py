@@ -192,3 +192,27 @@ async def test_an_outside_cancellation_as_the_deadline_passes_goes_on_too() -> N
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_cancellation_the_client_swallowed_is_seen_after_it_and_taken_back() -> None:
+    overdue = Overdue()
+    watched = overdue.watch(0)  # overdue at the first check
+    try:
+        with contextlib.suppress(asyncio.CancelledError):  # a client that swallows it
+            await asyncio.Event().wait()
+        assert watched.passed_unseen()
+    finally:
+        overdue.end(watched)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0, "the watch's own cancellation was taken back"
+
+
+async def test_an_attempt_within_its_deadline_has_not_passed_it() -> None:
+    overdue = Overdue()
+    watched = overdue.watch(10)
+    try:
+        await asyncio.sleep(0)
+        assert not watched.passed_unseen()
+    finally:
+        overdue.end(watched)

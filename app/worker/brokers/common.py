@@ -161,6 +161,14 @@ class Watched:
         out) rather than an outside cancellation, which must go on."""
         return self.expired and self.task.uncancel() <= self.cancelling
 
+    def passed_unseen(self) -> bool:
+        """Whether the deadline passed though no CancelledError reached the
+        attempt (the client swallowed it); if so the watch's cancellation is
+        taken back, as :meth:`timed_out` does."""
+        if self.expired:
+            self.task.uncancel()
+        return self.expired
+
 
 class Overdue:
     """The deadlines of a connection's attempts, each cancelling its attempt's

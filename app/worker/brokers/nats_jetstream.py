@@ -201,8 +201,7 @@ class NatsConnection(BrokerConnection[Connected]):
         try:
             connected = await self._link.client(message.timeout_s)
             token = await connected.publish(route.name, message.payload, headers)
-            if watched.expired:  # a cancellation the client swallowed
-                watched.task.uncancel()
+            if watched.passed_unseen():  # a cancellation the client swallowed
                 connected.forget(token)
                 return timed_out(started, message, self.waiting_for)
             answer = await connected.ack(token)
