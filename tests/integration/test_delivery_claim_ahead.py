@@ -97,11 +97,20 @@ async def _started(kit: DeliveryKit, gated: GatedReceiver, worker: DeliveryWorke
 
 
 async def _holding(kit: DeliveryKit, gated: GatedReceiver, *, sent: int, held: int) -> None:
-    """Wait until ``sent`` requests are at the receiver and ``held`` deliveries leased."""
+    """Wait until ``sent`` requests are at the receiver and ``held`` deliveries leased.
+
+    The leases are read on both sides of the receiver: a claim may lease more
+    for a moment (a probe's room for subscriptions not met yet) and give the
+    rest back, and one reading before the requests arrive is not the state
+    they arrived in."""
+
+    async def leased() -> int:
+        return (await kit.statuses()).get("in_flight", 0)
 
     async def there() -> bool:
-        in_flight = (await kit.statuses()).get("in_flight", 0)
-        return len(gated.receiver.in_progress()) == sent and in_flight == held
+        if await leased() != held:
+            return False
+        return len(gated.receiver.in_progress()) == sent and await leased() == held
 
     await wait_until(
         there, DEADLINE, message=lambda: f"{sent} requests at the receiver, {held} leased"
