@@ -23,7 +23,10 @@ does not crowd out a tenant with one:
 - Deliveries are claimed ahead only for a healthy subscription (active, no
   rate limit, no failure since its last success), up to ``claim_ahead`` times
   the slots it may use; the last ``claim_ahead`` × ``reserve`` of all that may
-  wait go only to subscriptions holding none waiting.
+  wait go only to subscriptions holding none waiting. Another subscription
+  that holds no attempt, and finds no free slot it may take, may hold one
+  delivery waiting (a retry): when every slot is taken and goes on with its
+  line, the slots that move to the needier tenant are its only way in.
 - With ``ordering: key``, a claim that takes the head of a line also takes the
   line's next deliveries (its *run*, :mod:`app.store.claims`), held like
   deliveries claimed ahead and within the same room. They are sent one after
@@ -171,7 +174,7 @@ class LinePolicy:
         """Free slots ``line`` may take: the reserve only while it holds none and
         has not failed since its last success, or while its tenant holds none
         (a retry of a tenant that holds no slot is not left behind another
-        tenant's backlog: it cannot wait for a slot, as it is not claimed ahead)."""
+        tenant's backlog)."""
         free = self.slots - self.used
         if line.in_flight or (line.circuit.consecutive_failures and self._share(line)):
             return free - self.reserve
@@ -179,9 +182,23 @@ class LinePolicy:
 
     def ahead_limit(self, line: Line) -> int:
         if not line.prefetches():
-            return 0
+            return 1 if self._waits_alone(line) and self.available(line) <= 0 else 0
         usable = min(line.subscription.max_in_flight, self.slots - self.reserve)
         return self.claim_ahead * max(1, usable)
+
+    def _waits_alone(self, line: Line) -> bool:
+        """Whether ``line``, not claimed ahead for (failing, rate-limited), may
+        still hold one delivery waiting for a slot: while it holds no attempt and
+        its own limits would start one. Else, with every slot taken (the reserve
+        too, by a subscription that held none) and each going on with its
+        line's next delivery, it would not be claimed at all; waiting, it takes
+        the next slot that moves to the needier tenant (:meth:`next_after`)."""
+        return (
+            line.subscription.status == "active"
+            and line.in_flight == 0
+            and line.following == 0
+            and self.allowance(line) > 0
+        )
 
     def room_ahead(self, line: Line) -> int:
         """How many more deliveries ``line`` may hold waiting for a slot: the
@@ -280,7 +297,8 @@ class LinePolicy:
         """Before a claim: give back what a subscription that is failing,
         limited, paused or gone holds waiting; return what free slots now start."""
         for line in list(self._queued.values()):
-            if stopping or not line.prefetches():
+            alone = len(line.waiting) == 1 and self._waits_alone(line)
+            if stopping or not (line.prefetches() or alone):
                 self.drop_waiting(line)
         return [] if stopping else self.start_waiting()
 

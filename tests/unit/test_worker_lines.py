@@ -263,6 +263,38 @@ def test_a_tenant_with_many_subscriptions_hands_slots_to_a_tenant_with_one() -> 
     assert p.used == 19
 
 
+def test_a_retry_waits_for_a_slot_when_another_tenant_holds_them_all() -> None:
+    """Tenant A holds every slot, the reserve too (a subscription of A holding
+    none took it), and goes on from one success to the next in the same slots.
+    Tenant B's failing subscription may not be claimed ahead, but it holds
+    nothing: one delivery of it (its retry) is claimed to wait for a slot, and
+    the next attempt of A that ends hands its slot over."""
+    p = policy(concurrency=16)
+    assert p.reserve == 1
+    a1 = line(p, "a1", tenant_id="A", max_in_flight=100)
+    a2 = line(p, "a2", tenant_id="A", max_in_flight=100)
+    assert fill(p, a1, 16) == 15
+    assert p.take_slot(a2), "holding none, a2 takes the reserve"
+    for a in (a1, a2):
+        p.queue(a, ready(a.subscription.id))
+    b = line(p, "b", tenant_id="B", consecutive_failures=1)
+
+    plan = p.claim_plan()
+    assert "b" not in plan.exclude
+    assert plan.fresh_room == 1
+    assert not p.take_slot(b)
+    assert p.room_ahead(b) == 1, "its retry may wait for a slot"
+    retry = ready("b")
+    p.queue(b, retry)
+    assert p.room_ahead(b) == 0, "one, not more"
+    assert p.settle(stopping=False) == [], "settling keeps it waiting: no slot is free"
+    assert p.queued() == {"a1", "a2", "b"}
+
+    assert p.next_after(a2, succeeded=True, stopping=False) == (b, retry)
+    assert p.tenant_in_flight == {"A": 15, "B": 1}
+    assert p.room_ahead(b) == 0, "holding a slot, a failing line waits for nothing"
+
+
 def test_free_slots_go_to_the_tenant_holding_fewest_first() -> None:
     p = policy(concurrency=4)
     a1, a2 = line(p, "a1", tenant_id="A"), line(p, "a2", tenant_id="A")
