@@ -73,6 +73,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.cli.server import freeze_startup_objects  # noqa: E402
 from app.domain import tracecontext, webhook  # noqa: E402
 from app.domain.events import NewEvent  # noqa: E402
 from app.domain.ids import new_id  # noqa: E402
@@ -471,6 +472,15 @@ if __name__ == "__main__":
         default="uvloop",
         help="the event loop (eventrelay's processes run on uvloop)",
     )
+    parser.add_argument(
+        "--collector",
+        choices=("eventrelay", "python"),
+        default="eventrelay",
+        help="the garbage collector's settings: those eventrelay's processes apply after "
+        "startup (startup objects frozen, a larger young generation), or Python's defaults",
+    )
     parser.add_argument("--json", type=Path)
     arguments = parser.parse_args()
+    if arguments.collector == "eventrelay":
+        freeze_startup_objects()
     (uvloop.run if arguments.loop == "uvloop" else asyncio.run)(main(arguments))

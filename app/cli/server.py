@@ -76,7 +76,7 @@ def _serve(settings: Settings, host: str, port: int, *, worker: bool) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
     )
-    _freeze_startup_objects()
+    freeze_startup_objects()
     if worker:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     server = uvicorn.Server(config)
@@ -104,7 +104,7 @@ YOUNG_COLLECTION_THRESHOLD = 10_000
 SWITCH_INTERVAL_SECONDS = 0.0005
 
 
-def _freeze_startup_objects() -> None:
+def freeze_startup_objects() -> None:
     # Everything imported and built so far lives as long as the process: keep
     # it out of the collector's way, or each full collection stalls the loop.
     gc.collect()
@@ -121,7 +121,7 @@ def _worker(settings: Settings) -> int:
     import uvloop
 
     try:
-        uvloop.run(run_worker(settings, before_start=_freeze_startup_objects))
+        uvloop.run(run_worker(settings, before_start=freeze_startup_objects))
     except TracingUnavailable as exc:
         log.error("%s", exc)
         return 2

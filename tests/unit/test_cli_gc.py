@@ -11,7 +11,7 @@ SCRIPT = """
 import gc
 from app.cli import server
 before = gc.get_threshold()
-server._freeze_startup_objects()
+server.freeze_startup_objects()
 after = gc.get_threshold()
 print(before[1:] == after[1:], after[0], gc.get_freeze_count() > 0)
 """
