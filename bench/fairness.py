@@ -52,7 +52,8 @@ of 200 claims of 32, in-process on the store) with a backlog of 30,000 pending
 deliveries spread over that many tenants; plain claims, and probe claims whose
 fresh walk leaves tenant t1 out as crowding. ``--claim-held 1000,100000``
 measures the same claim's cost next to a paused subscription's due backlog of
-that size, with nothing else to claim. ``--worker-process`` (with
+that size, with nothing else to claim, before and after the worker parks it
+(app/store/parking.py). ``--worker-process`` (with
 ``--tenants``) runs the other deployment shape: ``eventrelay serve
 --no-worker`` and an ``eventrelay worker`` of its own (woken by ``NOTIFY`` on
 PostgreSQL, by the doorbell on SQLite), the cycles read off the worker's
@@ -640,7 +641,9 @@ async def claim_cost(
     """p50 seconds of one claim of 32 with ``backlog`` pending deliveries spread
     over ``tenants`` tenants (one subscription each), and of one probe claim
     (up to 8 of them by the fresh walk, tenant t1 crowding). ``held``: tenant
-    t1's subscription is paused, so its share of the backlog is due but held."""
+    t1's subscription is paused, so its share of the backlog is due but held;
+    the second figure is then a plain claim's once the worker's parking job
+    has parked that backlog (app/store/parking.py)."""
     from datetime import timedelta
 
     from sqlalchemy import text
@@ -649,6 +652,7 @@ async def claim_cost(
     from app.store.database import open_database
     from app.store.migrations import upgrade_head
     from app.store.work import ClaimRequest
+    from app.worker.retention import ParkingJob
 
     await asyncio.to_thread(upgrade_head, db_url)
     db = open_database(db_url)
@@ -690,9 +694,19 @@ async def claim_cost(
         async with db.write() as conn:
             await conn.execute(text("ANALYZE"))
         # Plain claims, then probe claims (the fresh walk too) with tenant t1
-        # crowding the worker.
+        # crowding the worker; ``held``: plain claims before the held backlog
+        # is parked (as in the moments after a pause), then after.
+        modes: list[tuple[int, tuple[str, ...], bool]] = [(0, (), False), (8, ("sub_1",), False)]
+        if held:
+            modes[1] = (0, (), True)
         costs = []
-        for fresh, crowding in ((0, ()), (8, ("sub_1",))):
+        for fresh, crowding, parked in modes:
+            if parked:
+                job = ParkingJob(db, unparked=lambda: None)
+                started = time.perf_counter()
+                while await job.run_once():
+                    pass
+                print(f"parked {backlog} in {time.perf_counter() - started:.2f} s", flush=True)
             timings = []
             for n in range(200):
                 now = datetime.now(UTC)
@@ -753,10 +767,12 @@ async def claim_held_costs(
     database: what every claim pays while a subscription is paused or its
     circuit is open."""
     result: dict[str, Any] = {"backend": args.backend, "claim_p50_ms": {}}
+    result["parked_claim_p50_ms"] = {}
     for count in (int(c) for c in args.claim_held.split(",")):
         async with fresh_database(args, db_url, pg_name, workdir, f"held{count}") as url:
             cost = await claim_cost(url, 1, count, held=True)
         result["claim_p50_ms"][count] = round(cost[0] * 1000, 3)
+        result["parked_claim_p50_ms"][count] = round(cost[1] * 1000, 3)
     return result
 
 

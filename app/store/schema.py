@@ -196,6 +196,7 @@ UNFINISHED = "status IN ('pending', 'in_flight', 'dead')"
 LINED = f"{UNFINISHED} AND ordering_key IS NOT NULL"  # a delivery in a line, unfinished
 CLAIMABLE = "status = 'pending' AND ready"
 DEAD = "status = 'dead'"
+PARKED = "parked"
 deliveries = Table(
     "deliveries",
     metadata,
@@ -221,6 +222,10 @@ deliveries = Table(
     Column("ordering_key", String(200), nullable=True),
     Column("status", String(16), nullable=False),
     Column("ready", Boolean, nullable=False),
+    # Set (with ``ready`` cleared) on a due delivery of a paused, disabled or
+    # circuit-open subscription, out of the claim index; cleared (``ready``
+    # restored) when the subscription may be sent to again (store/parking.py).
+    Column("parked", Boolean, nullable=False, server_default=text("false")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     # Attempts since the last redrive: the position in the retry schedule.
     Column("round_attempts", Integer, nullable=False, server_default=text("0")),
@@ -250,6 +255,15 @@ deliveries = Table(
         "seq",
         postgresql_where=text(CLAIMABLE),
         sqlite_where=text(CLAIMABLE),
+    ),
+    # Parked deliveries by subscription: no entry for any other row, so ingest
+    # and the claim pay nothing for it (migration 0011).
+    Index(
+        "ix_deliveries_parked",
+        "subscription_id",
+        "seq",
+        postgresql_where=text(PARKED),
+        sqlite_where=text(PARKED),
     ),
     Index(
         "ix_deliveries_line",

@@ -1,5 +1,6 @@
 """The periodic upkeep that runs beside every delivery worker: the retention
-job, and on PostgreSQL the statistics of the tables that churn."""
+job, the parking of held subscriptions' backlogs, and on PostgreSQL the
+statistics of the tables that churn."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
+from app.store import parking
 from app.store.database import Database
 from app.store.retention import analyze_stale_tables, prune, refresh_statistics
 
@@ -94,3 +97,84 @@ class StatisticsJob(_Job):
                 continue
             if analyzed:
                 log.info("tables analyzed", extra={"tables": analyzed})
+
+
+# How often the parking job looks when it found nothing to do, and how much one
+# of its transactions parks or unparks at most (a short write: ingest waits
+# for it on SQLite).
+PARKING_INTERVAL_SECONDS = 1.0
+PARKING_BATCH = 1000
+# The most a pass walks of the claim index before it rests: the rest is the next's.
+PARKING_CHUNKS = 8
+
+
+class ParkingJob(_Job):
+    """Keeps the held subscriptions' due deliveries out of the claim index
+    (:mod:`app.store.parking`): each pass unparks what may be sent again (all
+    of an active subscription's with its circuit closed, one for a half-open
+    circuit's probe), then sweeps on through the due deliveries, parking the
+    held ones. Passes follow each other at once while they find work, else
+    every ``PARKING_INTERVAL_SECONDS`` or when woken (a subscription changed,
+    a circuit closed); ``unparked`` is called when deliveries became claimable."""
+
+    name = "parking"
+
+    def __init__(self, db: Database, unparked: Callable[[], None]) -> None:
+        super().__init__()
+        self._db = db
+        self._unparked = unparked
+        self._wakeup = asyncio.Event()
+        self._cursor: parking.Cursor | None = None
+        # The half-open circuits given their probe, by subscription: its
+        # cool-down's end, so that each cool-down gives one.
+        self._probed: dict[str, datetime] = {}
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run_once(self, now: datetime | None = None) -> bool:
+        """One pass; whether it left work for the next one."""
+        now = now or datetime.now(UTC)
+        unparked, more = 0, False
+        probed: dict[str, datetime] = {}
+        for sub in await parking.parked_subscriptions(self._db):
+            if sub.held(now):
+                continue
+            if sub.half_open(now):
+                assert sub.circuit_open_until is not None
+                probed[sub.id] = sub.circuit_open_until
+                if self._probed.get(sub.id) != sub.circuit_open_until:
+                    unparked += await parking.unpark(self._db, sub.id, 1)
+                continue
+            done = await parking.unpark(self._db, sub.id, PARKING_BATCH)
+            unparked += done
+            more = more or done == PARKING_BATCH
+        self._probed = probed
+        if unparked:
+            self._unparked()
+        if not await parking.any_held(self._db, now):
+            self._cursor = None
+            return more
+        parked = 0
+        for _ in range(PARKING_CHUNKS):
+            swept = await parking.sweep(self._db, self._cursor, now, PARKING_BATCH)
+            self._cursor, parked = swept.cursor, parked + swept.parked
+            if swept.cursor is None:
+                break
+        # A pass that parked goes on at once; one that only walked past
+        # claimable deliveries leaves the rest of the walk for later.
+        return more or parked > 0
+
+    async def _run(self) -> None:
+        while True:
+            self._wakeup.clear()
+            try:
+                more = await self.run_once()
+            except Exception:
+                log.exception("parking pass failed; trying again shortly")
+                more = False
+            if more:
+                await asyncio.sleep(0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), PARKING_INTERVAL_SECONDS)

@@ -10,7 +10,8 @@ per started delivery runs the attempt step (:mod:`app.worker.attempt`), queues
 its outcome for the next cycle and goes on with the next delivery the policy
 gives its slot, so requests keep flowing while a cycle is at the database. The
 loop is woken by finishing attempts and by commits elsewhere, with polling as
-the fallback; beside it run the lease keeper and the retention job.
+the fallback; beside it run the lease keeper, the retention job and the
+parking of held subscriptions' backlogs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from app.worker.config import WorkerConfig, worker_config
 from app.worker.destinations import destination_senders
 from app.worker.lines import Line, LinePolicy, Ready, runs_of
 from app.worker.protocol import Sender, SenderFactory
-from app.worker.retention import RetentionJob, StatisticsJob
+from app.worker.retention import ParkingJob, RetentionJob, StatisticsJob
 from app.worker.tenant_removal import TenantRemoval
 
 __all__ = ["DeliveryWorker", "WorkerConfig", "worker_config"]
@@ -97,6 +98,7 @@ class DeliveryWorker:
         )
         self._statistics = StatisticsJob(db)
         self._removal = TenantRemoval(db)
+        self._parking = ParkingJob(db, unparked=self.wake)
 
     def wake(self) -> None:
         self._wakes += 1
@@ -110,6 +112,7 @@ class DeliveryWorker:
     def subscription_changed(self, subscription_id: str) -> None:
         """Forget what this worker knows of a subscription's settings (not its counters)."""
         self._policy.mark_stale(subscription_id)
+        self._parking.wake()  # resumed: its parked deliveries are readied at once
         self.wake()
 
     def _notified(self, payload: str) -> None:
@@ -141,6 +144,7 @@ class DeliveryWorker:
         self._retention.start()
         self._statistics.start()
         self._removal.start()
+        self._parking.start()
         log.info("delivery worker started", extra={"worker": self.owner})
 
     async def stop(self) -> None:
@@ -155,6 +159,7 @@ class DeliveryWorker:
         await self._retention.stop()
         await self._statistics.stop()
         await self._removal.stop()
+        await self._parking.stop()
         if self._listener is not None:
             await self._listener.stop()
         running = dict(self._tasks.values())
@@ -265,6 +270,8 @@ class DeliveryWorker:
             return 0, 0
         started = time.perf_counter()
         work = await self._complete_and_claim(finished, updates, request, now)
+        if any(u.change is not None and not u.change.opened for u in updates):
+            self._parking.wake()  # a circuit closed: its parked deliveries are readied
         if may_report(finished, updates):
             # Its operator events' deliveries may be for subscriptions this
             # worker has not met: the next claim probes for them.
