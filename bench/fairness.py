@@ -704,7 +704,7 @@ async def claim_cost(
             if parked:
                 job = ParkingJob(db, unparked=lambda: None)
                 started = time.perf_counter()
-                while await job.run_once():
+                while not await job.run_once():
                     pass
                 print(f"parked {backlog} in {time.perf_counter() - started:.2f} s", flush=True)
             timings = []

@@ -17,7 +17,8 @@ subscription may be sent to again.
   deliveries (one probe of the partial index per subscription) with their
   state; :func:`unpark` readies a subscription's parked deliveries, oldest
   first, a batch at a time: all of them once it is active with its circuit
-  closed, one while its circuit is half-open (the probe the circuit needs).
+  closed, paced by how fast the worker takes them (:func:`untouched`), and
+  one while its circuit is half-open (the probe the circuit needs).
 
 ``ready`` stays a hint: the claim still checks the subscription's status and
 circuit, and the ``NOT EXISTS`` keeps each line's order. A delivery parked
@@ -190,25 +191,46 @@ _UNPARK_SQLITE = f"""
     UPDATE deliveries SET {_READY_AGAIN}
     WHERE seq IN (
         SELECT seq FROM deliveries WHERE parked AND subscription_id = :sub ORDER BY seq LIMIT :n)
+    RETURNING seq
 """
 _UNPARK_PG = text(f"""
     UPDATE deliveries SET {_READY_AGAIN}
     WHERE seq = ANY(ARRAY(
         SELECT seq FROM deliveries WHERE parked AND subscription_id = :sub
         ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED))
+    RETURNING seq
 """)
 
 
-async def unpark(db: Database, subscription_id: str, limit: int) -> int:
+@dataclass(frozen=True, slots=True)
+class Unparked:
+    count: int
+    first: int | None  # the oldest delivery readied (None: none was)
+
+
+async def unpark(db: Database, subscription_id: str, limit: int) -> Unparked:
     """Ready again up to ``limit`` of the subscription's parked deliveries,
-    oldest first; how many."""
+    oldest first."""
     params: dict[str, object] = {"sub": subscription_id, "n": limit}
     if db.sqlite_writer is not None:
 
-        def ready_again(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(_UNPARK_SQLITE, params).rowcount)
+        def ready_again(conn: sqlite3.Connection) -> list[int]:
+            return [int(r[0]) for r in conn.execute(_UNPARK_SQLITE, params).fetchall()]
 
-        return await driver.sqlite_write(db, ready_again)
-    async with db.write() as conn:
-        result = await conn.execute(_UNPARK_PG, params)
-        return int(result.rowcount)
+        seqs = await driver.sqlite_write(db, ready_again)
+    else:
+        async with db.write() as conn:
+            seqs = [int(r[0]) for r in (await conn.execute(_UNPARK_PG, params)).all()]
+    return Unparked(len(seqs), min(seqs, default=None))
+
+
+_UNTOUCHED = text(
+    "SELECT 1 FROM deliveries WHERE seq = :seq AND status = 'pending' AND attempts = 0"
+)
+
+
+async def untouched(db: Database, seq: int) -> bool:
+    """Whether delivery ``seq`` is still pending and never attempted (not
+    claimed yet by any worker): how the parking job paces readying a backlog."""
+    async with db.read() as conn:
+        return await conn.scalar(_UNTOUCHED, {"seq": seq}) is not None

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -106,16 +107,24 @@ PARKING_INTERVAL_SECONDS = 1.0
 PARKING_BATCH = 1000
 # The most a pass walks of the claim index before it rests: the rest is the next's.
 PARKING_CHUNKS = 8
+# A resumed subscription's backlog is readied as the worker takes it: at most
+# this many batches ahead of the oldest the worker has not touched yet, looked
+# at every PARKING_PACE_SECONDS. Readying a whole backlog at once wrote it all
+# in one burst, which ingest's commits waited behind on PostgreSQL.
+UNPARK_AHEAD = 8
+PARKING_PACE_SECONDS = 0.25
 
 
 class ParkingJob(_Job):
     """Keeps the held subscriptions' due deliveries out of the claim index
-    (:mod:`app.store.parking`): each pass unparks what may be sent again (all
-    of an active subscription's with its circuit closed, one for a half-open
-    circuit's probe), then sweeps on through the due deliveries, parking the
-    held ones. Passes follow each other at once while they find work, else
-    every ``PARKING_INTERVAL_SECONDS`` or when woken (a subscription changed,
-    a circuit closed); ``unparked`` is called when deliveries became claimable."""
+    (:mod:`app.store.parking`): each pass unparks what may be sent again (an
+    active subscription's with its circuit closed, paced by how fast the worker
+    takes them; one for a half-open circuit's probe), then sweeps on through
+    the due deliveries, parking the held ones. Passes follow each other at once
+    while they park, every ``PARKING_PACE_SECONDS`` while a backlog is being
+    readied, else every ``PARKING_INTERVAL_SECONDS`` or when woken (a
+    subscription changed, a circuit closed); ``unparked`` is called when
+    deliveries became claimable."""
 
     name = "parking"
 
@@ -128,15 +137,19 @@ class ParkingJob(_Job):
         # The half-open circuits given their probe, by subscription: its
         # cool-down's end, so that each cool-down gives one.
         self._probed: dict[str, datetime] = {}
+        # The subscriptions whose backlog is being readied: the oldest delivery
+        # of each batch readied that the worker may not have taken yet.
+        self._ahead: dict[str, deque[int]] = {}
 
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def run_once(self, now: datetime | None = None) -> bool:
-        """One pass; whether it left work for the next one."""
+    async def run_once(self, now: datetime | None = None) -> float:
+        """One pass; how long to rest before the next (0: go on at once)."""
         now = now or datetime.now(UTC)
-        unparked, more = 0, False
+        unparked, pacing = 0, False
         probed: dict[str, datetime] = {}
+        ahead: dict[str, deque[int]] = {}
         for sub in await parking.parked_subscriptions(self._db):
             if sub.held(now):
                 continue
@@ -144,17 +157,24 @@ class ParkingJob(_Job):
                 assert sub.circuit_open_until is not None
                 probed[sub.id] = sub.circuit_open_until
                 if self._probed.get(sub.id) != sub.circuit_open_until:
-                    unparked += await parking.unpark(self._db, sub.id, 1)
+                    unparked += (await parking.unpark(self._db, sub.id, 1)).count
                 continue
-            done = await parking.unpark(self._db, sub.id, PARKING_BATCH)
-            unparked += done
-            more = more or done == PARKING_BATCH
-        self._probed = probed
+            markers = ahead[sub.id] = self._ahead.get(sub.id, deque())
+            while markers and not await parking.untouched(self._db, markers[0]):
+                markers.popleft()
+            pacing = True
+            if len(markers) < UNPARK_AHEAD:
+                done = await parking.unpark(self._db, sub.id, PARKING_BATCH)
+                unparked += done.count
+                if done.first is not None:
+                    markers.append(done.first)
+        self._probed, self._ahead = probed, ahead
         if unparked:
             self._unparked()
+        rest = PARKING_PACE_SECONDS if pacing else PARKING_INTERVAL_SECONDS
         if not await parking.any_held(self._db, now):
             self._cursor = None
-            return more
+            return rest
         parked = 0
         for _ in range(PARKING_CHUNKS):
             swept = await parking.sweep(self._db, self._cursor, now, PARKING_BATCH)
@@ -163,18 +183,18 @@ class ParkingJob(_Job):
                 break
         # A pass that parked goes on at once; one that only walked past
         # claimable deliveries leaves the rest of the walk for later.
-        return more or parked > 0
+        return 0.0 if parked else rest
 
     async def _run(self) -> None:
         while True:
             self._wakeup.clear()
             try:
-                more = await self.run_once()
+                rest = await self.run_once()
             except Exception:
                 log.exception("parking pass failed; trying again shortly")
-                more = False
-            if more:
+                rest = PARKING_INTERVAL_SECONDS
+            if not rest:
                 await asyncio.sleep(0)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), PARKING_INTERVAL_SECONDS)
+                await asyncio.wait_for(self._wakeup.wait(), rest)

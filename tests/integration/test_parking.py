@@ -40,9 +40,9 @@ def _job(kit: DeliveryKit) -> tuple[ParkingJob, list[int]]:
 
 
 async def _until_done(job: ParkingJob, now: datetime | None = None) -> int:
-    """Passes until one leaves nothing for the next; how many it took."""
+    """Passes until one rests as long as an idle job does; how many it took."""
     for passes in range(1, 1000):
-        if not await job.run_once(now):
+        if await job.run_once(now) >= retention.PARKING_INTERVAL_SECONDS:
             return passes
     raise AssertionError("the parking job never finished")
 
@@ -101,11 +101,12 @@ async def test_an_open_circuit_parks_and_its_half_open_probe_gets_one(kit: Deliv
     assert set((await _marks(kit, sub)).values()) == {(True, False)}
 
 
-async def test_a_long_backlog_is_parked_and_readied_in_batches(
+async def test_a_long_backlog_is_parked_in_batches_and_readied_as_the_worker_takes_it(
     kit: DeliveryKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(retention, "PARKING_BATCH", 4)
     monkeypatch.setattr(retention, "PARKING_CHUNKS", 2)
+    monkeypatch.setattr(retention, "UNPARK_AHEAD", 2)
     sub = await kit.subscription(ordering="none")
     await kit.set_subscription(sub.id, status="paused")
     await kit.events(*[("t", None) for _ in range(30)], together=True)
@@ -115,8 +116,22 @@ async def test_a_long_backlog_is_parked_and_readied_in_batches(
     assert {p for _, p in (await _marks(kit, sub)).values()} == {True}
 
     await kit.set_subscription(sub.id, status="active")
-    assert await _until_done(job) > 1
-    assert set((await _marks(kit, sub)).values()) == {(True, False)}
+
+    async def readied() -> int:
+        return sum(ready for ready, _ in (await _marks(kit, sub)).values())
+
+    for _ in range(3):
+        assert await job.run_once() == retention.PARKING_PACE_SECONDS
+    assert await readied() == 2 * 4, "two batches ahead of what the worker took, no more"
+    assert len(await kit.claim(limit=5)) == 5  # the first batch, and one of the second
+    await job.run_once()
+    assert await readied() == 8 - 5 + 4
+    taken = 5
+    while await readied() or taken < 30:
+        taken += len(await kit.claim(limit=30))
+        await job.run_once()
+    assert taken == 30
+    assert await _until_done(job) == 1
 
 
 async def test_a_parked_delivery_of_a_resumed_subscription_is_readied_by_the_next_pass(
