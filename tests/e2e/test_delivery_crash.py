@@ -140,7 +140,12 @@ async def test_two_apis_two_workers_survive_a_killed_worker(
     per_key = 15
     async with Relay(apis[0]) as first, Relay(apis[1]) as second:
         event_type = unique_type("scale")
-        await first.subscribe(receiver.url(), event_types=[event_type], retry_schedule=[0.1] * 10)
+        # Two in flight a worker (with what each may claim ahead, six of the
+        # eight lines): one worker cannot hold every line, so the doomed one
+        # gets some, whichever claims first.
+        await first.subscribe(
+            receiver.url(), event_types=[event_type], retry_schedule=[0.1] * 10, max_in_flight=2
+        )
         posting = asyncio.create_task(publish_keys([first, second], event_type, keys, per_key))
 
         def doomed_in_flight() -> list[Receipt]:
