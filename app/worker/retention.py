@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -113,6 +114,10 @@ PARKING_CHUNKS = 8
 # in one burst, which ingest's commits waited behind on PostgreSQL.
 UNPARK_AHEAD = 8
 PARKING_PACE_SECONDS = 0.25
+# A batch whose oldest delivery the worker has not touched in this long counts
+# as taken all the same: that one may be held behind its line (a dead letter
+# that blocks it), and the rest of the backlog must not wait for it.
+UNPARK_PATIENCE_SECONDS = 5.0
 
 
 class ParkingJob(_Job):
@@ -138,8 +143,8 @@ class ParkingJob(_Job):
         # cool-down's end, so that each cool-down gives one.
         self._probed: dict[str, datetime] = {}
         # The subscriptions whose backlog is being readied: the oldest delivery
-        # of each batch readied that the worker may not have taken yet.
-        self._ahead: dict[str, deque[int]] = {}
+        # of each batch readied that the worker may not have taken yet, and when.
+        self._ahead: dict[str, deque[tuple[int, float]]] = {}
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -149,7 +154,8 @@ class ParkingJob(_Job):
         now = now or datetime.now(UTC)
         unparked, pacing = 0, False
         probed: dict[str, datetime] = {}
-        ahead: dict[str, deque[int]] = {}
+        ahead: dict[str, deque[tuple[int, float]]] = {}
+        clock = time.monotonic()
         for sub in await parking.parked_subscriptions(self._db):
             if sub.held(now):
                 continue
@@ -160,14 +166,17 @@ class ParkingJob(_Job):
                     unparked += (await parking.unpark(self._db, sub.id, 1)).count
                 continue
             markers = ahead[sub.id] = self._ahead.get(sub.id, deque())
-            while markers and not await parking.untouched(self._db, markers[0]):
+            while markers and (
+                clock - markers[0][1] > UNPARK_PATIENCE_SECONDS
+                or not await parking.untouched(self._db, markers[0][0])
+            ):
                 markers.popleft()
             pacing = True
             if len(markers) < UNPARK_AHEAD:
                 done = await parking.unpark(self._db, sub.id, PARKING_BATCH)
                 unparked += done.count
                 if done.first is not None:
-                    markers.append(done.first)
+                    markers.append((done.first, clock))
         self._probed, self._ahead = probed, ahead
         if unparked:
             self._unparked()

@@ -123,10 +123,14 @@ async def test_a_long_backlog_is_parked_in_batches_and_readied_as_the_worker_tak
     for _ in range(3):
         assert await job.run_once() == retention.PARKING_PACE_SECONDS
     assert await readied() == 2 * 4, "two batches ahead of what the worker took, no more"
-    assert len(await kit.claim(limit=5)) == 5  # the first batch, and one of the second
+    monkeypatch.setattr(retention, "UNPARK_PATIENCE_SECONDS", 0.0)
     await job.run_once()
-    assert await readied() == 8 - 5 + 4
-    taken = 5
+    assert await readied() == 3 * 4, "a batch the worker leaves untouched is not waited for"
+    monkeypatch.setattr(retention, "UNPARK_PATIENCE_SECONDS", 3600.0)
+    assert len(await kit.claim(limit=9)) == 9  # two batches, and one of the third
+    await job.run_once()
+    assert await readied() == 12 - 9 + 4
+    taken = 9
     while await readied() or taken < 30:
         taken += len(await kit.claim(limit=30))
         await job.run_once()
