@@ -136,8 +136,8 @@ async def _park(db: Database, seqs: Sequence[int], now: datetime) -> int:
         return int(result.rowcount)
 
 
-_ANY_HELD = text(f"SELECT 1 FROM subscriptions s WHERE {_HELD} LIMIT 1")
-_ANY_HELD_PG = timed_sql(f"SELECT 1 FROM subscriptions s WHERE {_HELD} LIMIT 1", ("now",))
+_ANY_HELD_SQL = f"SELECT 1 FROM subscriptions s WHERE {_HELD} LIMIT 1"
+_ANY_HELD, _ANY_HELD_PG = text(_ANY_HELD_SQL), timed_sql(_ANY_HELD_SQL, ("now",))
 
 
 async def any_held(db: Database, now: datetime) -> bool:
