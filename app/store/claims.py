@@ -44,9 +44,10 @@ def timed_sql(
 
 # A delivery the claim may take: due, the head of its line (or of no line), its
 # subscription active with its circuit not open, and no earlier delivery of its
-# line unfinished.
+# line unfinished. ``{mark}`` is ``d.ready`` for the claim index's deliveries and
+# ``d.parked`` for the parked walk's.
 _CLAIMABLE = """
-    d.status = 'pending' AND d.ready
+    d.status = 'pending' AND {mark}
       AND d.next_attempt_at <= :now
       AND s.status = 'active'
       AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= :now)
@@ -82,7 +83,7 @@ _WINDOW = f"""
     LIMIT {FRESH_WINDOW}
 """
 _OLDEST = """
-    SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key
+    SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key, d.next_attempt_at AS due
     FROM deliveries d {index_hint}
     JOIN subscriptions s ON s.id = d.subscription_id
     WHERE {claimable} AND {not_excluded} AND {not_fresh}
@@ -90,16 +91,30 @@ _OLDEST = """
     LIMIT :oldest
 """
 
+# A *parked* walk (:mod:`app.store.parking`) takes the parked deliveries of the
+# subscriptions the worker names as resumed (``:resumed``: active, circuit
+# closed, with parked deliveries): each one's oldest first, on the partial index
+# of parked rows, up to the oldest walk's LIMIT, under the same rules. The claim
+# clears ``parked`` and sets ``ready`` in the write that leases them, so a
+# resumed backlog is never written a second time to be readied.
+_PARKED_CLAIMABLE = """d.parked AND d.subscription_id = s.id AND {claimable}
+      AND s.circuit_open_until IS NULL"""
+
 # What the claim takes: the fresh walk's, then the oldest walk's up to the
-# limit. The oldest walk's own LIMIT is a plain parameter (the whole limit, or
-# 0 to leave it out): an expression there hides its size from PostgreSQL's
-# planner, which then sorted the whole backlog (30 ms a claim at 30,000).
+# limit; while some subscription is resumed, the oldest and parked walks'
+# together, in the order they fell due (a claim that names none has no parked
+# walk and sorts nothing). The walks' own LIMIT is a plain parameter (the whole
+# limit, or 0 to leave them out): an expression there hides its size from
+# PostgreSQL's planner, which then sorted the whole backlog (30 ms a claim at 30,000).
 _TAKEN = """
     SELECT seq, sub, key FROM fresh
     UNION ALL
     SELECT * FROM (
-        SELECT seq, sub, key FROM oldest LIMIT :limit - (SELECT count(*) FROM fresh)) AS rest
+        SELECT seq, sub, key FROM {rest}
+        LIMIT :limit - (SELECT count(*) FROM fresh)) AS rest
 """
+_REST = "oldest"
+_REST_RESUMING = "(SELECT * FROM oldest UNION ALL SELECT * FROM parked) AS due ORDER BY due, seq"
 
 # SQLite's planner prefers the (status, subscription_id) index and then sorts
 # the whole backlog; the claim index serves the ORDER BY ... LIMIT directly.
@@ -113,8 +128,8 @@ SQLITE_CLAIM_HINT = "INDEXED BY ix_deliveries_claim"
 # statistics estimated one row, and a sort looked cheap), and the claimed rows
 # joined back by ``seq = ANY(ARRAY(…))`` (a LIMIT of unknown size estimated
 # hundreds of rows and hashed the whole table).
-def _pg_walks() -> tuple[str, str]:
-    claimable = _CLAIMABLE.format(busy_line=busy("p", "s"))
+def _pg_walks() -> tuple[str, str, str]:
+    claimable = _CLAIMABLE.format(mark="d.ready", busy_line=busy("p", "s"))
     fresh = _FRESH.format(
         in_window=f"d.seq = ANY(ARRAY({_WINDOW.format(index_hint='')}))",
         claimable=claimable,
@@ -127,7 +142,21 @@ def _pg_walks() -> tuple[str, str]:
         not_excluded="s.id <> ALL(CAST(:exclude AS TEXT[]))",
         not_fresh="d.seq <> ALL(ARRAY(SELECT seq FROM fresh))",
     )
-    return fresh, oldest
+    parked_claimable = _CLAIMABLE.format(mark="TRUE", busy_line=busy("p", "s"))
+    parked = f"""
+    SELECT p.seq, p.sub, p.key, p.due
+    FROM subscriptions s
+    CROSS JOIN LATERAL (
+        SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key, d.next_attempt_at AS due
+        FROM deliveries d
+        WHERE {_PARKED_CLAIMABLE.format(claimable=parked_claimable)}
+        ORDER BY d.seq
+        LIMIT :oldest
+        FOR UPDATE OF d SKIP LOCKED
+    ) AS p
+    WHERE s.id = ANY(CAST(:resumed AS TEXT[])) AND s.id <> ALL(CAST(:exclude AS TEXT[]))
+"""
+    return fresh, oldest, parked
 
 
 # SQLite's fresh walk goes through the window in its order and stops at the
@@ -153,8 +182,8 @@ _SQLITE_FRESH = f"""
 """
 
 
-def _sqlite_walks() -> tuple[str, str]:
-    claimable = _CLAIMABLE.format(busy_line=busy("p", "s"))
+def _sqlite_walks() -> tuple[str, str, str]:
+    claimable = _CLAIMABLE.format(mark="d.ready", busy_line=busy("p", "s"))
     fresh = _SQLITE_FRESH.format(claimable=claimable)
     oldest = _OLDEST.format(
         index_hint=SQLITE_CLAIM_HINT,
@@ -162,7 +191,21 @@ def _sqlite_walks() -> tuple[str, str]:
         not_excluded="s.id NOT IN (SELECT value FROM json_each(:exclude))",
         not_fresh="d.seq NOT IN (SELECT seq FROM fresh)",
     )
-    return fresh, oldest
+    # No LATERAL: the resumed subscriptions are the outer loop, each one's
+    # parked deliveries read in ``seq`` order on the partial index, and the walk
+    # stops at the LIMIT (the worker names them in a turning order, so that one
+    # subscription's backlog does not always come first).
+    parked_claimable = _CLAIMABLE.format(mark="TRUE", busy_line=busy("p", "s"))
+    parked = f"""
+    SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key, d.next_attempt_at AS due
+    FROM json_each(:resumed) AS r
+    CROSS JOIN subscriptions s ON s.id = r.value
+    CROSS JOIN deliveries d INDEXED BY ix_deliveries_parked
+    WHERE {_PARKED_CLAIMABLE.format(claimable=parked_claimable)}
+      AND s.id NOT IN (SELECT value FROM json_each(:exclude))
+    LIMIT :oldest
+"""
+    return fresh, oldest, parked
 
 
 _CLAIMED_COLUMNS = (
@@ -275,16 +318,27 @@ SQLITE_RUNS = f"""
 # their events as one JSON array (an event's data is its stored text). Data
 # longer than SQLITE_INLINE_DATA characters is read by a fourth statement, row
 # by row, so that no claim comes near SQLite's limit on one string's size.
-def _claim() -> dict[str, str]:
-    pg_fresh, pg_oldest = _pg_walks()
-    sqlite_fresh, sqlite_oldest = _sqlite_walks()
+# The lease; a parked delivery taken leaves the parked index (``ready`` again,
+# for when it goes back to pending), so that only pending deliveries are ever
+# parked. The row changes anyway: no extra write.
+_LEASED = """status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease,
+        ready = deliveries.ready OR deliveries.parked, parked = FALSE"""
+
+
+def _claim(resuming: bool) -> dict[str, str]:
+    """The claim statements, with the parked walk when ``resuming``."""
+    pg_fresh, pg_oldest, pg_parked = _pg_walks()
+    sqlite_fresh, sqlite_oldest, sqlite_parked = _sqlite_walks()
+    taken = _TAKEN.format(rest=_REST_RESUMING if resuming else _REST)
+    pg_parked = f"parked AS MATERIALIZED ({pg_parked})," if resuming else ""
+    sqlite_parked = f", parked AS MATERIALIZED ({sqlite_parked})" if resuming else ""
     return {
         "postgresql": f"""
         WITH caught_up AS ({promote_sql(_FREED)}),
         fresh AS MATERIALIZED ({pg_fresh} FOR UPDATE OF d SKIP LOCKED),
-        oldest AS MATERIALIZED ({pg_oldest} FOR UPDATE OF d SKIP LOCKED),
-        taken AS MATERIALIZED ({_TAKEN}),{_pg_runs()}
-        UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
+        oldest AS MATERIALIZED ({pg_oldest} FOR UPDATE OF d SKIP LOCKED),{pg_parked}
+        taken AS MATERIALIZED ({taken}),{_pg_runs()}
+        UPDATE deliveries SET {_LEASED}
         FROM events e
         WHERE deliveries.seq = ANY(ARRAY(SELECT seq FROM taken UNION ALL SELECT seq FROM followers))
           AND e.id = deliveries.event_id
@@ -292,14 +346,15 @@ def _claim() -> dict[str, str]:
     """,
         "sqlite": f"""
         WITH fresh AS MATERIALIZED ({sqlite_fresh}), oldest AS MATERIALIZED ({sqlite_oldest})
-        SELECT json_group_array(seq), count(key) FROM ({_TAKEN})
+        {sqlite_parked}
+        SELECT json_group_array(seq), count(key) FROM ({taken})
     """,
     }
 
 
-CLAIM = _claim()
-SQLITE_LEASE = """
-    UPDATE deliveries SET status = 'in_flight', lease_owner = :owner, lease_expires_at = :lease
+CLAIM, CLAIM_RESUMING = _claim(False), _claim(True)
+SQLITE_LEASE = f"""
+    UPDATE deliveries SET {_LEASED}
     WHERE seq IN (SELECT value FROM json_each(:seqs))
 """
 SQLITE_INLINE_DATA = 65536
@@ -320,6 +375,7 @@ SQLITE_CLAIMED_LARGE_DATA = f"""
 
 
 _PG_CLAIM = timed_sql(CLAIM["postgresql"], ("now", "lease"))
+_PG_CLAIM_RESUMING = timed_sql(CLAIM_RESUMING["postgresql"], ("now", "lease"))
 # PostgreSQL's plan cache ("auto") compares a generic plan's estimated cost
 # with the custom plans' and, for the claim of a plain (unordered) backlog,
 # kept planning it afresh every time: about 1.5 ms of the database's CPU a
@@ -335,23 +391,23 @@ async def claim_postgresql(
     """Claim per ``request``, after readying again the heads of the lines
     ``freed`` (the lines this cycle's outcomes left, :func:`app.store.outcomes.left_lines`)."""
     await conn.exec_driver_sql(_PG_GENERIC_PLAN)
-    result = await conn.execute(
-        _PG_CLAIM,
-        {
-            "freed_subs": [sub for sub, _ in freed],
-            "freed_keys": [key for _, key in freed],
-            "owner": request.owner,
-            "now": request.now,
-            "lease": request.lease_until,
-            "limit": request.limit,
-            "fresh": min(request.fresh, request.limit),
-            "oldest": oldest_limit(request),
-            "exclude": list(request.exclude) or ["-"],
-            "crowding": list(request.crowding) or ["-"],
-            "followers": max(0, request.run - 1),
-            "single": list(request.single) or ["-"],
-        },
-    )
+    params: dict[str, object] = {
+        "freed_subs": [sub for sub, _ in freed],
+        "freed_keys": [key for _, key in freed],
+        "owner": request.owner,
+        "now": request.now,
+        "lease": request.lease_until,
+        "limit": request.limit,
+        "fresh": min(request.fresh, request.limit),
+        "oldest": oldest_limit(request),
+        "exclude": list(request.exclude) or ["-"],
+        "crowding": list(request.crowding) or ["-"],
+        "followers": max(0, request.run - 1),
+        "single": list(request.single) or ["-"],
+    }
+    if request.resumed:
+        params["resumed"] = list(request.resumed)
+    result = await conn.execute(_PG_CLAIM_RESUMING if request.resumed else _PG_CLAIM, params)
     rows = sorted(result, key=lambda r: int(r[0]))
     return [Work(Claimed(*r[:7]), stored_event(r[2], *r[7:])) for r in rows]
 
@@ -374,6 +430,9 @@ def sqlite_claim(request: ClaimRequest) -> tuple[str, dict[str, object]]:
         "exclude": orjson.dumps(list(request.exclude)).decode(),
         "crowding": orjson.dumps(list(request.crowding)).decode(),
     }
+    if request.resumed:
+        params["resumed"] = orjson.dumps(list(request.resumed)).decode()
+        return CLAIM_RESUMING["sqlite"], params
     return CLAIM["sqlite"], params
 
 

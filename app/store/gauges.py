@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.delivery_status import OPEN_STATUSES
 from app.store.database import Database
+from app.store.parking import PARKED_IDS
 from app.store.schema import UTCDateTime, stored_utc
 
 
@@ -49,17 +50,29 @@ def _oldest_due(hint: str) -> TextualSelect:
     # active subscription with its circuit closed: one entry read when the
     # oldest due delivery is claimable (``min()`` over the join read every
     # claimable row). SQLite, which keeps no statistics here, picks the status
-    # index and reads the whole backlog unless told.
+    # index and reads the whole backlog unless told. A resumed subscription's
+    # parked backlog (app/store/parking.py), which the claims take from its own
+    # index, counts by its oldest delivery: one probe per subscription with
+    # parked deliveries (none, nearly always).
+    sendable = "s.status = 'active' AND coalesce(s.circuit_open_until <= :now, TRUE)"
+    closed = "s.status = 'active' AND s.circuit_open_until IS NULL"  # half-open: the probe only
     return (
         text(
             f"""
-    SELECT d.next_attempt_at AS due
-    FROM deliveries d {hint} JOIN subscriptions s ON s.id = d.subscription_id
-    WHERE d.status = 'pending' AND d.ready AND d.next_attempt_at <= :now
-      AND s.status = 'active'
-      AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= :now)
-    ORDER BY d.next_attempt_at
-    LIMIT 1
+    WITH RECURSIVE {PARKED_IDS}
+    SELECT min(due) AS due FROM (
+        SELECT due FROM (
+            SELECT d.next_attempt_at AS due
+            FROM deliveries d {hint} JOIN subscriptions s ON s.id = d.subscription_id
+            WHERE d.status = 'pending' AND d.ready AND d.next_attempt_at <= :now AND {sendable}
+            ORDER BY d.next_attempt_at
+            LIMIT 1) AS claimable
+        UNION ALL
+        SELECT (SELECT p.next_attempt_at FROM deliveries p
+                WHERE p.parked AND p.subscription_id = s.id ORDER BY p.seq LIMIT 1)
+        FROM parked JOIN subscriptions s ON s.id = parked.id
+        WHERE {closed}
+    ) AS first_due
     """
         )
         .bindparams(bindparam("now", type_=UTCDateTime()))

@@ -6,7 +6,7 @@ claim's oldest walk (:mod:`app.store.claims`) passed those deliveries in the
 claim index without taking any, about 0.19 ms a claim per 1,000 of them, for
 every tenant. The worker's parking job (:class:`app.worker.retention.ParkingJob`)
 parks them: ``ready`` cleared and ``parked`` set, so they leave the claim
-index; and unparks them (``ready`` back, ``parked`` cleared) once their
+index, and the claims take them again, from their own index, once their
 subscription may be sent to again.
 
 - :func:`sweep` walks the due part of the claim index in its own order, a
@@ -15,17 +15,17 @@ subscription may be sent to again.
   or is readied again (a line's next head, a redrive), is met by a later sweep.
 - :func:`parked_subscriptions` lists the subscriptions that have parked
   deliveries (one probe of the partial index per subscription) with their
-  state; :func:`unpark` readies a subscription's parked deliveries, oldest
-  first, a batch at a time: all of them once it is active with its circuit
-  closed, paced by how fast the worker takes them (:func:`untouched`), and
-  one while its circuit is half-open (the probe the circuit needs).
+  state. Once one is active with its circuit closed, the worker's claims take
+  its parked deliveries directly (the parked walk of :mod:`app.store.claims`),
+  as the worker has room for them: the claim's lease clears ``parked`` in the
+  write it makes anyway, so a resumed backlog costs no second write to ready it.
+  While its circuit is half-open, :func:`unpark` readies one, for the probe the
+  circuit needs.
 
 ``ready`` stays a hint: the claim still checks the subscription's status and
-circuit, and the ``NOT EXISTS`` keeps each line's order. A delivery parked
-just as its subscription is resumed is unparked by the next pass, which finds
-it through the partial index. Only ``pending`` deliveries are parked; the
-writes skip rows another transaction holds (PostgreSQL) or that stopped being
-what was read.
+circuit, and the ``NOT EXISTS`` keeps each line's order. Only ``pending``
+deliveries are parked; the writes skip rows another transaction holds
+(PostgreSQL) or that stopped being what was read.
 """
 
 from __future__ import annotations
@@ -167,14 +167,15 @@ class ParkedSubscription:
 
 # The subscriptions with parked deliveries, one probe of the partial index each
 # (a loose index scan: neither database skips through an index by itself).
-_PARKED_SUBSCRIPTIONS = text("""
-    WITH RECURSIVE parked(id) AS (
+PARKED_IDS = """parked(id) AS (
         SELECT min(subscription_id) FROM deliveries WHERE parked
         UNION ALL
         SELECT (SELECT min(d.subscription_id) FROM deliveries d
                 WHERE d.parked AND d.subscription_id > parked.id)
         FROM parked WHERE parked.id IS NOT NULL
-    )
+    )"""
+_PARKED_SUBSCRIPTIONS = text(f"""
+    WITH RECURSIVE {PARKED_IDS}
     SELECT s.id, s.status, s.circuit_open_until
     FROM parked JOIN subscriptions s ON s.id = parked.id
 """).columns(circuit_open_until=UTCDateTime())
@@ -202,35 +203,15 @@ _UNPARK_PG = text(f"""
 """)
 
 
-@dataclass(frozen=True, slots=True)
-class Unparked:
-    count: int
-    first: int | None  # the oldest delivery readied (None: none was)
-
-
-async def unpark(db: Database, subscription_id: str, limit: int) -> Unparked:
+async def unpark(db: Database, subscription_id: str, limit: int) -> int:
     """Ready again up to ``limit`` of the subscription's parked deliveries,
-    oldest first."""
+    oldest first; how many."""
     params: dict[str, object] = {"sub": subscription_id, "n": limit}
     if db.sqlite_writer is not None:
 
-        def ready_again(conn: sqlite3.Connection) -> list[int]:
-            return [int(r[0]) for r in conn.execute(_UNPARK_SQLITE, params).fetchall()]
+        def ready_again(conn: sqlite3.Connection) -> int:
+            return len(conn.execute(_UNPARK_SQLITE, params).fetchall())
 
-        seqs = await driver.sqlite_write(db, ready_again)
-    else:
-        async with db.write() as conn:
-            seqs = [int(r[0]) for r in (await conn.execute(_UNPARK_PG, params)).all()]
-    return Unparked(len(seqs), min(seqs, default=None))
-
-
-_UNTOUCHED = text(
-    "SELECT 1 FROM deliveries WHERE seq = :seq AND status = 'pending' AND attempts = 0"
-)
-
-
-async def untouched(db: Database, seq: int) -> bool:
-    """Whether delivery ``seq`` is still pending and never attempted (not
-    claimed yet by any worker): how the parking job paces readying a backlog."""
-    async with db.read() as conn:
-        return await conn.scalar(_UNTOUCHED, {"seq": seq}) is not None
+        return await driver.sqlite_write(db, ready_again)
+    async with db.write() as conn:
+        return len((await conn.execute(_UNPARK_PG, params)).all())

@@ -59,7 +59,9 @@ class ClaimRequest:
     every subscription but ``exclude``. With
     ``run`` above 1, each head of a line taken also brings up to ``run`` - 1 of
     the line's next deliveries (its run), but not for the subscriptions in
-    ``single``; everything taken stays within ``limit``."""
+    ``single``; everything taken stays within ``limit``. The oldest walk's
+    share also takes the parked deliveries of the subscriptions in
+    ``resumed`` (:mod:`app.store.parking`), in the order they fell due."""
 
     owner: str
     now: datetime
@@ -71,6 +73,7 @@ class ClaimRequest:
     oldest: int | None = None  # 0: no oldest walk
     run: int = 1  # the most deliveries of one line a claim takes
     single: Sequence[str] = ()  # subscriptions whose lines are claimed one delivery at a time
+    resumed: Sequence[str] = ()  # subscriptions sendable again with parked deliveries
 
 
 @dataclass(slots=True)

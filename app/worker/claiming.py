@@ -8,6 +8,7 @@ afterwards whether a probe claim saw everything it looked for. No I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from app.store.work import ClaimRequest, Work
@@ -26,6 +27,7 @@ def claim_request(
     probing: bool,
     *,
     quick: bool = False,
+    resumed: Sequence[str] = (),
 ) -> ClaimRequest | None:
     """The claim for ``plan`` (None: nothing to claim). Subscriptions this
     worker has not met yet compete in the same claim; room is made for a few of
@@ -33,7 +35,9 @@ def claim_request(
     poll interval), not after every attempt. A ``quick`` probe is made only
     while a tenant crowds the worker and another tenant's subscription has
     room, and takes only the other tenants' newest due deliveries (the fresh
-    walk): a small claim that goes ahead of the crowding tenant's outcomes."""
+    walk): a small claim that goes ahead of the crowding tenant's outcomes.
+    ``resumed`` are the subscriptions whose parked deliveries the oldest walk's
+    share may take (:class:`~app.worker.retention.ParkingJob`)."""
     if plan.capacity <= 0 or (quick and (not plan.crowding or plan.fresh_room <= 0)):
         return None
     unknown = UNKNOWN_SUBSCRIPTION_PROBE if probing else 0
@@ -71,6 +75,7 @@ def claim_request(
         oldest=oldest,
         run=plan.run,
         single=plan.single,
+        resumed=resumed,
     )
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -102,32 +100,22 @@ class StatisticsJob(_Job):
 
 
 # How often the parking job looks when it found nothing to do, and how much one
-# of its transactions parks or unparks at most (a short write: ingest waits
-# for it on SQLite).
+# of its transactions parks at most (a short write: ingest waits for it on SQLite).
 PARKING_INTERVAL_SECONDS = 1.0
 PARKING_BATCH = 1000
 # The most a pass walks of the claim index before it rests: the rest is the next's.
 PARKING_CHUNKS = 8
-# A resumed subscription's backlog is readied as the worker takes it: at most
-# this many batches ahead of the oldest the worker has not touched yet, looked
-# at every PARKING_PACE_SECONDS. Readying a whole backlog at once wrote it all
-# in one burst, which ingest's commits waited behind on PostgreSQL.
-UNPARK_AHEAD = 8
-PARKING_PACE_SECONDS = 0.25
-# A batch whose oldest delivery the worker has not touched in this long counts
-# as taken all the same: that one may be held behind its line (a dead letter
-# that blocks it), and the rest of the backlog must not wait for it.
-UNPARK_PATIENCE_SECONDS = 5.0
 
 
 class ParkingJob(_Job):
     """Keeps the held subscriptions' due deliveries out of the claim index
-    (:mod:`app.store.parking`): each pass unparks what may be sent again (an
-    active subscription's with its circuit closed, paced by how fast the worker
-    takes them; one for a half-open circuit's probe), then sweeps on through
+    (:mod:`app.store.parking`). Each pass lists the subscriptions with parked
+    deliveries: those sendable again (active, circuit closed) are ``resumed``,
+    whose parked deliveries the worker's claims take directly, as it has room,
+    with no write to ready them first; a half-open circuit's subscription gets
+    one delivery readied per cool-down, for its probe. Then it sweeps on through
     the due deliveries, parking the held ones. Passes follow each other at once
-    while they park, every ``PARKING_PACE_SECONDS`` while a backlog is being
-    readied, else every ``PARKING_INTERVAL_SECONDS`` or when woken (a
+    while they park, else every ``PARKING_INTERVAL_SECONDS`` or when woken (a
     subscription changed, a circuit closed); ``unparked`` is called when
     deliveries became claimable."""
 
@@ -142,9 +130,19 @@ class ParkingJob(_Job):
         # The half-open circuits given their probe, by subscription: its
         # cool-down's end, so that each cool-down gives one.
         self._probed: dict[str, datetime] = {}
-        # The subscriptions whose backlog is being readied: the oldest delivery
-        # of each batch readied that the worker may not have taken yet, and when.
-        self._ahead: dict[str, deque[tuple[int, float]]] = {}
+        self._resumed: tuple[str, ...] = ()
+        self._turn = 0
+
+    @property
+    def resumed(self) -> tuple[str, ...]:
+        """The subscriptions whose parked deliveries a claim may take, in an
+        order that turns by one each time it is read (a walk that stops at its
+        limit does not always start with the same one)."""
+        resumed = self._resumed
+        if len(resumed) < 2:
+            return resumed
+        self._turn = (self._turn + 1) % len(resumed)
+        return resumed[self._turn :] + resumed[: self._turn]
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -152,38 +150,26 @@ class ParkingJob(_Job):
     async def run_once(self, now: datetime | None = None) -> float:
         """One pass; how long to rest before the next (0: go on at once)."""
         now = now or datetime.now(UTC)
-        unparked, pacing = 0, False
+        unparked = False
         probed: dict[str, datetime] = {}
-        ahead: dict[str, deque[tuple[int, float]]] = {}
-        clock = time.monotonic()
+        resumed: list[str] = []
         for sub in await parking.parked_subscriptions(self._db):
             if sub.held(now):
                 continue
-            if sub.half_open(now):
-                assert sub.circuit_open_until is not None
-                probed[sub.id] = sub.circuit_open_until
-                if self._probed.get(sub.id) != sub.circuit_open_until:
-                    unparked += (await parking.unpark(self._db, sub.id, 1)).count
+            if not sub.half_open(now):
+                resumed.append(sub.id)
                 continue
-            markers = ahead[sub.id] = self._ahead.get(sub.id, deque())
-            while markers and (
-                clock - markers[0][1] > UNPARK_PATIENCE_SECONDS
-                or not await parking.untouched(self._db, markers[0][0])
-            ):
-                markers.popleft()
-            pacing = True
-            if len(markers) < UNPARK_AHEAD:
-                done = await parking.unpark(self._db, sub.id, PARKING_BATCH)
-                unparked += done.count
-                if done.first is not None:
-                    markers.append((done.first, clock))
-        self._probed, self._ahead = probed, ahead
+            assert sub.circuit_open_until is not None
+            probed[sub.id] = sub.circuit_open_until
+            if self._probed.get(sub.id) != sub.circuit_open_until:
+                unparked |= await parking.unpark(self._db, sub.id, 1) > 0
+        unparked |= not set(resumed) <= set(self._resumed)
+        self._probed, self._resumed = probed, tuple(resumed)
         if unparked:
             self._unparked()
-        rest = PARKING_PACE_SECONDS if pacing else PARKING_INTERVAL_SECONDS
         if not await parking.any_held(self._db, now):
             self._cursor = None
-            return rest
+            return PARKING_INTERVAL_SECONDS
         parked = 0
         for _ in range(PARKING_CHUNKS):
             swept = await parking.sweep(self._db, self._cursor, now, PARKING_BATCH)
@@ -192,7 +178,7 @@ class ParkingJob(_Job):
                 break
         # A pass that parked goes on at once; one that only walked past
         # claimable deliveries leaves the rest of the walk for later.
-        return 0.0 if parked else rest
+        return 0.0 if parked else PARKING_INTERVAL_SECONDS
 
     async def _run(self) -> None:
         while True:

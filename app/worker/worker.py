@@ -112,7 +112,7 @@ class DeliveryWorker:
     def subscription_changed(self, subscription_id: str) -> None:
         """Forget what this worker knows of a subscription's settings (not its counters)."""
         self._policy.mark_stale(subscription_id)
-        self._parking.wake()  # resumed: its parked deliveries are readied at once
+        self._parking.wake()  # resumed: its parked deliveries are claimable at once
         self.wake()
 
     def _notified(self, payload: str) -> None:
@@ -271,7 +271,7 @@ class DeliveryWorker:
         started = time.perf_counter()
         work = await self._complete_and_claim(finished, updates, request, now)
         if any(u.change is not None and not u.change.opened for u in updates):
-            self._parking.wake()  # a circuit closed: its parked deliveries are readied
+            self._parking.wake()  # a circuit closed: its parked deliveries are claimable
         if may_report(finished, updates):
             # Its operator events' deliveries may be for subscriptions this
             # worker has not met: the next claim probes for them.
@@ -305,7 +305,10 @@ class DeliveryWorker:
 
     def _request(self, now: datetime, probing: bool, quick: bool = False) -> ClaimRequest | None:
         plan, lease, batch = self._policy.claim_plan(), self._config.lease, self._config.claim_batch
-        return claim_request(plan, self.owner, now, lease, batch, probing, quick=quick)
+        resumed = self._parking.resumed
+        return claim_request(
+            plan, self.owner, now, lease, batch, probing, quick=quick, resumed=resumed
+        )
 
     async def _start(self, work: list[Work]) -> int:
         """Start a task for each claimed delivery a slot allows now, keep the next

@@ -219,16 +219,23 @@ async def publish_all(relay: Relay, event_type: str, seqs: range) -> list[list[s
 OUTAGE_ERRORS = ("connection lost", "cannot connect", "timed out")
 
 
-async def failed_on_the_outage(relay: Relay, lines: list[list[str]], consumer: Consumer) -> bool:
-    """The head of some line has an attempt that failed because the broker was away."""
+async def failed_on_the_outage(
+    relay: Relay, lines: list[list[str]], consumer: Consumer, seen: list[str]
+) -> bool:
+    """The head of some line has an attempt that failed because the broker was
+    away; ``seen`` is left saying what each line's head is, for a timeout."""
     arrived = consumer.ids()
+    seen.clear()
     for ids in lines:
         head = next((i for i in ids if i not in arrived), None)
         if head is None:
             continue
-        errors = [a["error"] or "" for a in await relay.attempts(head)]
+        attempts = await relay.attempts(head)
+        errors = [a["error"] or "" for a in attempts]
         if any(o in e for e in errors for o in OUTAGE_ERRORS):
             return True
+        delivery = await relay.delivery(head)
+        seen.append(f"{head}: {delivery['status']}, {len(attempts)} attempts, last {errors[-1:]}")
     return False
 
 
@@ -265,11 +272,12 @@ async def test_in_order_per_key_through_refusals_an_outage_and_the_dlq(
         await proxy.cut()
         after = await publish_all(relay, event_type, range(half, EVENTS_PER_KEY))
         lines = [b + a for b, a in zip(before, after, strict=True)]
+        heads: list[str] = []
         await wait_until(
-            lambda: failed_on_the_outage(relay, lines, consumer),
+            lambda: failed_on_the_outage(relay, lines, consumer, heads),
             DELIVERED_SECONDS,
             interval=0.2,
-            message="an attempt while the broker is away",
+            message=lambda: f"an attempt while the broker is away; heads: {heads}",
         )
         await proxy.restore()
         expected = {f"k{n}": ids for n, ids in enumerate(lines)}

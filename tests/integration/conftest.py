@@ -107,6 +107,7 @@ class DeliveryKit:
         oldest: int | None = None,
         lease: timedelta = LEASE,
         db: Database | None = None,
+        resumed: Sequence[str] = (),
     ) -> list[Claimed]:
         now = at or datetime.now(UTC) + timedelta(seconds=1)
         request = ClaimRequest(
@@ -118,6 +119,7 @@ class DeliveryKit:
             fresh=fresh,
             crowding=list(crowding),
             oldest=oldest,
+            resumed=list(resumed),
         )
         work = await delivery_store.complete_and_claim(db or self.db, [], request=request)
         return [w.delivery for w in work]

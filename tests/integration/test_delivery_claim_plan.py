@@ -18,7 +18,7 @@ import orjson
 import pytest
 from sqlalchemy import TextClause, text
 
-from app.store.claims import _PG_CLAIM, FRESH_WINDOW
+from app.store.claims import _PG_CLAIM, _PG_CLAIM_RESUMING, FRESH_WINDOW
 from app.store.database import Database
 from app.store.leases import _PG_GIVE_BACK
 from app.store.outcomes import _FINISH_AND_RECORD_PG
@@ -101,41 +101,41 @@ async def _assert_claim_uses_the_claim_index(
     kit: DeliveryKit, plan_mode: str, *, without_sort: bool, runs: bool = False
 ) -> None:
     # Both walks: the fresh one (the newest due deliveries, past a crowding
-    # tenant's subscriptions) and the oldest.
+    # tenant's subscriptions) and the oldest; and the claim that also takes a
+    # resumed subscription's parked deliveries.
     now = datetime.now(UTC)
-    nodes = await _plan(
-        kit.db,
-        _PG_CLAIM,
-        {
-            "owner": "worker-a",
-            "now": now,
-            "lease": now + timedelta(minutes=1),
-            "limit": 128,
-            "fresh": 16,
-            "oldest": 128,
-            "exclude": ["-"],
-            "crowding": ["sub_crowding"],
-            "freed_subs": ["sub_freed"] * 8,
-            "freed_keys": [f"k{n}" for n in range(8)],
-            "followers": 15,
-            "single": ["-"],
-        },
-        plan_mode,
-    )
-    described = describe(nodes)
-    walks = [n for n in nodes if n.get("Index Name") == "ix_deliveries_claim"]
-    assert len(walks) >= 2, f"ix_deliveries_claim is not walked twice:\n{described}"
-    if runs:  # each head's run: its line walked on the line index
-        lines = [n for n in nodes if n.get("Alias") == "f"]
-        assert lines, f"no run walked:\n{described}"
-        assert all(n.get("Index Name") == "ix_deliveries_line" for n in lines), (
-            f"the runs do not walk ix_deliveries_line:\n{described}"
-        )
-    assert not _scans_of_deliveries(nodes), f"the claim scans the deliveries table:\n{described}"
-    if without_sort:  # a backlog is walked in index order, never sorted: only the window is
-        assert all("Index" in n["Node Type"] for n in walks), f"not walked:\n{described}"
-        sorts = [n for n in nodes if n["Node Type"] == "Sort"]
-        assert all(n["Plan Rows"] <= FRESH_WINDOW for n in sorts), f"the claim sorts:\n{described}"
+    params = {
+        "owner": "worker-a",
+        "now": now,
+        "lease": now + timedelta(minutes=1),
+        "limit": 128,
+        "fresh": 16,
+        "oldest": 128,
+        "exclude": ["-"],
+        "crowding": ["sub_crowding"],
+        "freed_subs": ["sub_freed"] * 8,
+        "freed_keys": [f"k{n}" for n in range(8)],
+        "followers": 15,
+        "single": ["-"],
+    }
+    for statement, resumed in ((_PG_CLAIM, None), (_PG_CLAIM_RESUMING, ["sub_resumed"])):
+        nodes = await _plan(kit.db, statement, {**params, "resumed": resumed}, plan_mode)
+        described = describe(nodes)
+        walks = [n for n in nodes if n.get("Index Name") == "ix_deliveries_claim"]
+        assert len(walks) >= 2, f"ix_deliveries_claim is not walked twice:\n{described}"
+        parked = [n for n in nodes if n.get("Index Name") == "ix_deliveries_parked"]
+        assert bool(parked) == bool(resumed), f"the parked walk:\n{described}"
+        if runs:  # each head's run: its line walked on the line index
+            lines = [n for n in nodes if n.get("Alias") == "f"]
+            assert lines, f"no run walked:\n{described}"
+            assert all(n.get("Index Name") == "ix_deliveries_line" for n in lines), (
+                f"the runs do not walk ix_deliveries_line:\n{described}"
+            )
+        assert not _scans_of_deliveries(nodes), f"the claim scans deliveries:\n{described}"
+        if without_sort:  # a backlog is walked in index order, never sorted: only the window is
+            assert all("Index" in n["Node Type"] for n in walks), f"not walked:\n{described}"
+            sorts = [n for n in nodes if n["Node Type"] == "Sort"]
+            assert all(n["Plan Rows"] <= FRESH_WINDOW for n in sorts), f"it sorts:\n{described}"
 
 
 async def test_claim_uses_the_claim_index(kit: DeliveryKit, plan_mode: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from app.store.claims import (
     CLAIM,
+    CLAIM_RESUMING,
     SQLITE_CLAIMED,
     SQLITE_CLAIMED_LARGE_DATA,
     SQLITE_LEASE,
@@ -44,6 +45,11 @@ ROW_LISTS = {
     "SCAN fresh",
     "SCAN oldest",
     "SCAN rest",
+    # The resumed subscriptions named, and the parked walk's rows merged with
+    # the oldest walk's (a sort of at most twice the limit).
+    "SCAN r VIRTUAL TABLE INDEX 1:",
+    "SCAN parked",
+    "SCAN due",
     # The runs: the heads the claim took, then the candidates found.
     "SCAN heads",
     "SCAN candidates",
@@ -81,6 +87,21 @@ STATEMENTS = {
             "oldest": 10,
             "exclude": '["a", "b"]',
             "crowding": '["c"]',
+        },
+    ),
+    # With the parked walk: a resumed subscription's parked deliveries, on their index.
+    "claim resuming": (
+        CLAIM_RESUMING["sqlite"],
+        {
+            "owner": "w",
+            "now": "2026",
+            "lease": "2026",
+            "limit": 10,
+            "fresh": 4,
+            "oldest": 10,
+            "exclude": '["a", "b"]',
+            "crowding": '["c"]',
+            "resumed": '["r"]',
         },
     ),
     "lease": (SQLITE_LEASE, {"owner": "w", "lease": "2026", "seqs": "[1, 2]"}),
@@ -158,4 +179,22 @@ def test_the_claim_walks_only_the_claim_index_and_looks_its_rows_up(database_url
         "SEARCH r USING INDEX ix_deliveries_claim (next_attempt_at<?)",
         "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)",
         "SEARCH d USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+    ], plan
+
+
+def test_the_parked_walk_reads_each_resumed_subscriptions_parked_deliveries(
+    database_url: str,
+) -> None:
+    """A claim that takes parked deliveries reads them on their partial index,
+    a resumed subscription at a time, beside the same two walks of the claim index."""
+    path = Path(database_url.split(":///", 1)[1])
+    sql, params = STATEMENTS["claim resuming"]
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    deliveries = [step for step in plan if step.startswith(("SEARCH d ", "SEARCH r "))]
+    assert deliveries == [
+        "SEARCH r USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+        "SEARCH d USING INTEGER PRIMARY KEY (rowid=?)",
+        "SEARCH d USING INDEX ix_deliveries_claim (next_attempt_at<?)",
+        "SEARCH d USING INDEX ix_deliveries_parked (subscription_id=?)",
     ], plan
