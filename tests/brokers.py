@@ -203,13 +203,20 @@ class TcpProxy:
     and stops listening (the broker is gone), ``restore()`` listens again;
     ``stall()`` keeps the connections open but forwards nothing (the broker has
     gone silent), ``resume()`` forwards what was held and goes on. ``sent`` counts
-    the bytes clients have sent towards ``target`` (forwarded or held)."""
+    the bytes clients have sent towards ``target`` (forwarded or held).
+
+    While cut, the port stays bound by a socket that does not listen: a
+    connection to it is refused, as to a broker that is down. Left unbound, the
+    port (an ephemeral one) could be taken by another test's listener, or chosen
+    by the kernel as the local port of the very connection made to it, which
+    then connects to itself and reads back what it sent."""
 
     target: tuple[str, int]
     port: int = 0
     _server: asyncio.AbstractServer | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
     _flowing: asyncio.Event = field(default_factory=asyncio.Event)
+    _held: socket.socket | None = None  # the port, while cut
     connections: int = 0
     sent: int = 0
 
@@ -223,10 +230,22 @@ class TcpProxy:
         self._flowing.set()
 
     async def start(self) -> None:
+        self._release()
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
+        await self.close()
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", self.port))
+        self._held = held
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        """Stop listening and let the port go."""
         # Stop listening and abort the open connections first: wait_closed()
         # waits for the server's connections, so awaiting it before they are
         # aborted could wait for ever.
@@ -238,9 +257,12 @@ class TcpProxy:
         self._writers.clear()
         if server is not None:
             await asyncio.wait_for(server.wait_closed(), timeout=10)
+        self._release()
 
-    async def restore(self) -> None:
-        await self.start()
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -282,4 +304,4 @@ async def proxy_to(url: str) -> AsyncIterator[TcpProxy]:
     try:
         yield proxy
     finally:
-        await proxy.cut()
+        await proxy.close()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from redis.asyncio.client import Pipeline
 
 from app.domain.formats import STRUCTURED
 from app.worker.config import WorkerConfig
@@ -320,6 +322,54 @@ async def test_redis_key_of_another_type_fails_with_wrongtype(sender: Destinatio
         await client.set(name, "not a stream")
         result = await sender.connection(REDIS_URL).send(message(Route(name)))
     assert_failed(result, "WRONGTYPE", name)
+
+
+async def test_redis_an_echoing_peer_is_not_taken_for_redis(sender: DestinationSender) -> None:
+    """A peer that sends back what it is sent (as a connection to a port with no
+    listener does, when the kernel picks that port as its own end) is no Redis:
+    the connection fails, and no XADD is taken as done."""
+    echoed: list[bytes] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            echoed.append(data)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        url = with_address(REDIS_URL, "127.0.0.1", port)
+        result = await sender.connection(url).send(message(Route("stream")))
+    finally:
+        server.close()
+    assert_failed(result, "cannot connect to the broker")
+    assert echoed, "it was asked"
+
+
+async def test_redis_a_client_error_fails_the_attempt_and_the_next_connects_anew(
+    sender: DestinationSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py has let a transport's internals leak (an AttributeError, a
+    TypeError) when a connection dropped under a command: that fails the
+    attempt, with what happened, and the client is not trusted again."""
+    async with redis_client() as (client, keys), proxy_to(REDIS_URL) as proxy:
+        stream = unique("stream")
+        keys.append(stream)
+        connection = sender.connection(with_address(REDIS_URL, "127.0.0.1", proxy.port))
+        assert_accepted(await connection.send(message(Route(stream))))
+        execute = Pipeline.execute
+
+        async def broken(self: Pipeline, raise_on_error: bool = True) -> list[Any]:
+            monkeypatch.setattr(Pipeline, "execute", execute)
+            raise AttributeError("'NoneType' object has no attribute 'feed'")
+
+        monkeypatch.setattr(Pipeline, "execute", broken)
+        assert_failed(await connection.send(message(Route(stream))), "connection lost")
+        assert_accepted(await connection.send(message(Route(stream))))
+        assert await client.xlen(stream) == 2
+    assert proxy.connections == 2, "the next attempt connected anew"
 
 
 async def test_redis_gone_and_back_fails_attempts_then_recovers(

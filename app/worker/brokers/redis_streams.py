@@ -4,7 +4,9 @@ Success is the entry ID ``XADD`` returns. A key of another type (``WRONGTYPE``)
 or any other refusal fails the attempt with Redis's reply. The entry's fields
 are ``id``, ``type``, ``key`` (absent when the event has none), ``body`` and
 the ``webhook-*`` headers (and ``traceparent`` when the message has one).
-The client does not retry on its own: a failed command is a failed attempt.
+The client does not retry on its own: a failed command is a failed attempt,
+and one that failed the whole pipeline drops the client (the next attempt
+connects anew).
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ class RedisConnection(BrokerConnection[Redis]):
             return failed_since(started, self._link.hide(f"connection lost: {describe(exc)}"))
         except RedisError as exc:
             return failed_since(started, self._link.hide(describe(exc)))
+        except Exception as exc:  # the client's own state broke (dropped in _xadd)
+            return failed_since(started, self._link.hide(f"connection lost: {describe(exc)}"))
         finally:
             deadline.cancel()
         entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
@@ -137,10 +141,13 @@ class RedisConnection(BrokerConnection[Redis]):
             for _, reply in batch:
                 if not reply.done():
                     reply.set_exception(exc if isinstance(exc, Exception) else RedisError(exc))
-            if isinstance(exc, RedisConnectionError | OSError):
-                await self._link.lost(client)
             if not isinstance(exc, Exception):
                 raise
+            # Whatever failed the whole pipeline, a lost connection or an error
+            # of the client's own (redis-py has let a transport's internals
+            # leak when a connection dropped under a command), the next attempt
+            # connects anew rather than trust this client again.
+            await self._link.lost(client)
             return
         for (_, reply), answer in zip(batch, replies, strict=True):
             if reply.done():
