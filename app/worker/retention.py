@@ -105,6 +105,9 @@ PARKING_INTERVAL_SECONDS = 1.0
 PARKING_BATCH = 1000
 # The most a pass walks of the claim index before it rests: the rest is the next's.
 PARKING_CHUNKS = 8
+# The most resumed subscriptions one claim takes parked deliveries from (each
+# is walked for up to the claim's limit); the others get their turn.
+RESUMED_PER_CLAIM = 8
 
 
 class ParkingJob(_Job):
@@ -135,14 +138,15 @@ class ParkingJob(_Job):
 
     @property
     def resumed(self) -> tuple[str, ...]:
-        """The subscriptions whose parked deliveries a claim may take, in an
-        order that turns by one each time it is read (a walk that stops at its
-        limit does not always start with the same one)."""
+        """The subscriptions whose parked deliveries a claim may take, at most
+        ``RESUMED_PER_CLAIM``, in an order that turns by one each time it is
+        read (a walk that stops at its limit does not always start with the
+        same one, and each gets its turn)."""
         resumed = self._resumed
         if len(resumed) < 2:
             return resumed
         self._turn = (self._turn + 1) % len(resumed)
-        return resumed[self._turn :] + resumed[: self._turn]
+        return (resumed[self._turn :] + resumed[: self._turn])[:RESUMED_PER_CLAIM]
 
     def wake(self) -> None:
         self._wakeup.set()
