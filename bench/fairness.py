@@ -637,13 +637,15 @@ async def run_tenants(args: argparse.Namespace, db_url: str, workdir: Path) -> d
 
 async def claim_cost(
     db_url: str, tenants: int, backlog: int = 30_000, *, held: bool = False
-) -> tuple[float, float]:
+) -> list[float]:
     """p50 seconds of one claim of 32 with ``backlog`` pending deliveries spread
     over ``tenants`` tenants (one subscription each), and of one probe claim
     (up to 8 of them by the fresh walk, tenant t1 crowding). ``held``: tenant
     t1's subscription is paused, so its share of the backlog is due but held;
     the second figure is then a plain claim's once the worker's parking job
-    has parked that backlog (app/store/parking.py)."""
+    has parked that backlog (app/store/parking.py), and a third one's that
+    takes the parked backlog once the subscription is resumed (each claim's
+    deliveries kept, so that every claim takes parked ones)."""
     from datetime import timedelta
 
     from sqlalchemy import text
@@ -698,17 +700,26 @@ async def claim_cost(
         # is parked (as in the moments after a pause), then after.
         modes: list[tuple[int, tuple[str, ...], bool]] = [(0, (), False), (8, ("sub_1",), False)]
         if held:
-            modes[1] = (0, (), True)
+            modes[1:] = [(0, (), True), (0, (), False)]
         costs = []
+        job = ParkingJob(db, unparked=lambda: None)
+        resumed: tuple[str, ...] = ()
         for fresh, crowding, parked in modes:
             if parked:
-                job = ParkingJob(db, unparked=lambda: None)
                 started = time.perf_counter()
                 while not await job.run_once():
                     pass
                 print(f"parked {backlog} in {time.perf_counter() - started:.2f} s", flush=True)
+            elif held and costs:  # resumed: claims take the parked backlog
+                async with db.write() as conn:
+                    await conn.execute(
+                        text("UPDATE subscriptions SET status = 'active' WHERE id = 'sub_1'")
+                    )
+                await job.run_once()
+                resumed = job.resumed
+                assert resumed == ("sub_1",), resumed
             timings = []
-            for n in range(200):
+            for n in range(min(200, backlog // 64) if resumed else 200):
                 now = datetime.now(UTC)
                 request = ClaimRequest(
                     f"bench-{n}",
@@ -718,13 +729,16 @@ async def claim_cost(
                     (),
                     fresh=fresh,
                     crowding=crowding,
+                    resumed=resumed,
                 )
                 started = time.perf_counter()
                 work = await deliveries.complete_and_claim(db, [], request=request)
                 timings.append(time.perf_counter() - started)
-                await leases.release(db, f"bench-{n}", [w.delivery.seq for w in work])
+                assert not resumed or len(work) == 32, len(work)
+                if not resumed:
+                    await leases.release(db, f"bench-{n}", [w.delivery.seq for w in work])
             costs.append(statistics.median(timings))
-        return costs[0], costs[1]
+        return costs
     finally:
         await db.dispose()
 
@@ -768,11 +782,13 @@ async def claim_held_costs(
     circuit is open."""
     result: dict[str, Any] = {"backend": args.backend, "claim_p50_ms": {}}
     result["parked_claim_p50_ms"] = {}
+    result["resumed_claim_p50_ms"] = {}
     for count in (int(c) for c in args.claim_held.split(",")):
         async with fresh_database(args, db_url, pg_name, workdir, f"held{count}") as url:
             cost = await claim_cost(url, 1, count, held=True)
         result["claim_p50_ms"][count] = round(cost[0] * 1000, 3)
         result["parked_claim_p50_ms"][count] = round(cost[1] * 1000, 3)
+        result["resumed_claim_p50_ms"][count] = round(cost[2] * 1000, 3)
     return result
 
 
