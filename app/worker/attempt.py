@@ -18,7 +18,7 @@ import orjson
 
 from app import __version__
 from app.domain import formats, tracecontext, webhook
-from app.domain.destinations import Destination, placeholders, render
+from app.domain.destinations import Destination, hide_secrets, placeholders, render
 from app.domain.events import rfc3339
 from app.domain.retry import GiveUp, Retry, Succeeded, decide
 from app.domain.signing import Key, prepared, secret_key
@@ -101,7 +101,16 @@ class AttemptStep:
             event.key,
             None if routes is None else routes.of(event),
         )
-        result = await target.connection.send(message)
+        try:
+            result = await target.connection.send(message)
+        except Exception as exc:
+            # A sender's (or its client library's) own failure: a failed
+            # attempt that says what happened, retried on the schedule, not an
+            # attempt without an outcome whose delivery waits for its lease.
+            log.exception("the %s sender failed", target.kind, extra=_ids(delivery))
+            took = int((datetime.now(UTC) - started).total_seconds() * 1000)
+            reason = f"the {target.kind} sender failed: {type(exc).__name__}: {exc}"
+            result = failed(took, hide_secrets(reason[:1000], sub.target))
         target.duration.observe(result.duration_ms / 1000)
         completion = self._conclude(target, delivery, event, result, started, headers)
         if span is not None:

@@ -92,6 +92,34 @@ async def test_a_failure_is_retried_later_on_the_schedule(
     assert 60 * 0.8 - 5 <= wait <= 60 * 1.2 + 5
 
 
+async def test_a_sender_that_raises_fails_the_attempt_and_it_is_retried(
+    kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
+) -> None:
+    """A sender's own failure (a bug, a client library's leaked error) is a
+    failed attempt with what happened, on the retry schedule: the delivery does
+    not wait in flight for its lease, and its line is not held."""
+
+    def broken(_: Message) -> SendResult:
+        raise AttributeError("'NoneType' object has no attribute 'feed'")
+
+    sender.answer = broken
+    await kit.subscription()
+    (event,) = await kit.events(("t", "k"))
+    await worker.start()
+
+    async def attempted() -> dict[str, object] | None:
+        (delivery,) = await kit.deliveries_of(event.id)
+        return delivery if delivery["attempts"] == 1 else None
+
+    delivery = await wait_until(attempted, DEADLINE, message="the attempt recorded")
+    assert delivery["status"] == "pending"
+    assert delivery["last_error"] == (
+        "the webhook sender failed: AttributeError: 'NoneType' object has no attribute 'feed'"
+    )
+    wait = (delivery["next_attempt_at"] - delivery["created_at"]).total_seconds()
+    assert 60 * 0.8 - 5 <= wait <= 60 * 1.2 + 5
+
+
 async def test_gone_dead_letters_and_disables_the_subscription(
     kit: DeliveryKit, sender: FakeSender, worker: DeliveryWorker
 ) -> None:
