@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -50,6 +51,17 @@ async def _settle(kit: DeliveryKit, expected: dict[str, int]) -> None:
     await wait_until(there, DEADLINE, message=lambda: f"deliveries {expected}")
 
 
+async def _first_attempt(kit: DeliveryKit, event_id: str) -> dict[str, Any]:
+    """The event's only delivery, once its first attempt is recorded."""
+
+    async def attempted() -> dict[str, Any] | None:
+        (delivery,) = await kit.deliveries_of(event_id)
+        return delivery if delivery["attempts"] == 1 else None
+
+    found: dict[str, Any] = await wait_until(attempted, DEADLINE, message="the attempt recorded")
+    return found
+
+
 def answering(result: Callable[[], SendResult]) -> Callable[[Message], SendResult]:
     return lambda _: result()
 
@@ -80,11 +92,7 @@ async def test_a_failure_is_retried_later_on_the_schedule(
     (event,) = await kit.events(("t", "k"))
     await worker.start()
 
-    async def attempted() -> dict[str, object] | None:
-        (delivery,) = await kit.deliveries_of(event.id)
-        return delivery if delivery["attempts"] == 1 else None
-
-    delivery = await wait_until(attempted, DEADLINE, message="the attempt recorded")
+    delivery = await _first_attempt(kit, event.id)
     assert delivery["status"] == "pending"
     assert len(sender.sent) == 1
     assert delivery["last_error"] == "connection refused"
@@ -107,11 +115,7 @@ async def test_a_sender_that_raises_fails_the_attempt_and_it_is_retried(
     (event,) = await kit.events(("t", "k"))
     await worker.start()
 
-    async def attempted() -> dict[str, object] | None:
-        (delivery,) = await kit.deliveries_of(event.id)
-        return delivery if delivery["attempts"] == 1 else None
-
-    delivery = await wait_until(attempted, DEADLINE, message="the attempt recorded")
+    delivery = await _first_attempt(kit, event.id)
     assert delivery["status"] == "pending"
     assert delivery["last_error"] == (
         "the webhook sender failed: AttributeError: 'NoneType' object has no attribute 'feed'"
