@@ -44,8 +44,8 @@ def timed_sql(
 
 # A delivery the claim may take: due, the head of its line (or of no line), its
 # subscription active with its circuit not open, and no earlier delivery of its
-# line unfinished. ``{mark}`` is ``d.ready`` for the claim index's deliveries and
-# ``d.parked`` for the parked walk's.
+# line unfinished. ``{mark}`` is ``d.ready`` for the claim index's deliveries
+# (the parked walk checks ``d.parked`` itself).
 _CLAIMABLE = """
     d.status = 'pending' AND {mark}
       AND d.next_attempt_at <= :now
@@ -97,7 +97,8 @@ _OLDEST = """
 # of parked rows, up to the oldest walk's LIMIT, under the same rules. The claim
 # clears ``parked`` and sets ``ready`` in the write that leases them, so a
 # resumed backlog is never written a second time to be readied.
-_PARKED_CLAIMABLE = """d.parked AND d.subscription_id = s.id AND {claimable}
+_PARKED_CLAIMABLE = f"""d.parked AND d.subscription_id = s.id
+      AND {_CLAIMABLE.format(mark="TRUE", busy_line=busy("p", "s"))}
       AND s.circuit_open_until IS NULL"""
 
 # What the claim takes: the fresh walk's, then the oldest walk's up to the
@@ -142,14 +143,13 @@ def _pg_walks() -> tuple[str, str, str]:
         not_excluded="s.id <> ALL(CAST(:exclude AS TEXT[]))",
         not_fresh="d.seq <> ALL(ARRAY(SELECT seq FROM fresh))",
     )
-    parked_claimable = _CLAIMABLE.format(mark="TRUE", busy_line=busy("p", "s"))
     parked = f"""
     SELECT p.seq, p.sub, p.key, p.due
     FROM subscriptions s
     CROSS JOIN LATERAL (
         SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key, d.next_attempt_at AS due
         FROM deliveries d
-        WHERE {_PARKED_CLAIMABLE.format(claimable=parked_claimable)}
+        WHERE {_PARKED_CLAIMABLE}
         ORDER BY d.seq
         LIMIT :oldest
         FOR UPDATE OF d SKIP LOCKED
@@ -195,13 +195,12 @@ def _sqlite_walks() -> tuple[str, str, str]:
     # parked deliveries read in ``seq`` order on the partial index, and the walk
     # stops at the LIMIT (the worker names them in a turning order, so that one
     # subscription's backlog does not always come first).
-    parked_claimable = _CLAIMABLE.format(mark="TRUE", busy_line=busy("p", "s"))
     parked = f"""
     SELECT d.seq, d.subscription_id AS sub, d.ordering_key AS key, d.next_attempt_at AS due
     FROM json_each(:resumed) AS r
     CROSS JOIN subscriptions s ON s.id = r.value
     CROSS JOIN deliveries d INDEXED BY ix_deliveries_parked
-    WHERE {_PARKED_CLAIMABLE.format(claimable=parked_claimable)}
+    WHERE {_PARKED_CLAIMABLE}
       AND s.id NOT IN (SELECT value FROM json_each(:exclude))
     LIMIT :oldest
 """
