@@ -707,7 +707,7 @@ async def claim_cost(
         for fresh, crowding, parked in modes:
             if parked:
                 started = time.perf_counter()
-                while not await job.run_once():
+                while await job.run_once():
                     pass
                 print(f"parked {backlog} in {time.perf_counter() - started:.2f} s", flush=True)
             elif held and costs:  # resumed: claims take the parked backlog

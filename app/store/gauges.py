@@ -54,7 +54,9 @@ def _oldest_due(hint: str) -> TextualSelect:
     # parked backlog (app/store/parking.py), which the claims take from its own
     # index, counts by its oldest delivery: one probe per subscription with
     # parked deliveries (none, nearly always).
-    sendable = "s.status = 'active' AND coalesce(s.circuit_open_until <= :now, TRUE)"
+    sendable = (
+        "s.status = 'active' AND (s.circuit_open_until IS NULL OR s.circuit_open_until <= :now)"
+    )
     closed = "s.status = 'active' AND s.circuit_open_until IS NULL"  # half-open: the probe only
     return (
         text(

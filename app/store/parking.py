@@ -192,14 +192,12 @@ _UNPARK_SQLITE = f"""
     UPDATE deliveries SET {_READY_AGAIN}
     WHERE seq IN (
         SELECT seq FROM deliveries WHERE parked AND subscription_id = :sub ORDER BY seq LIMIT :n)
-    RETURNING seq
 """
 _UNPARK_PG = text(f"""
     UPDATE deliveries SET {_READY_AGAIN}
     WHERE seq = ANY(ARRAY(
         SELECT seq FROM deliveries WHERE parked AND subscription_id = :sub
         ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED))
-    RETURNING seq
 """)
 
 
@@ -210,8 +208,9 @@ async def unpark(db: Database, subscription_id: str, limit: int) -> int:
     if db.sqlite_writer is not None:
 
         def ready_again(conn: sqlite3.Connection) -> int:
-            return len(conn.execute(_UNPARK_SQLITE, params).fetchall())
+            return int(conn.execute(_UNPARK_SQLITE, params).rowcount)
 
         return await driver.sqlite_write(db, ready_again)
     async with db.write() as conn:
-        return len((await conn.execute(_UNPARK_PG, params)).all())
+        result = await conn.execute(_UNPARK_PG, params)
+        return int(result.rowcount)

@@ -151,8 +151,8 @@ class ParkingJob(_Job):
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def run_once(self, now: datetime | None = None) -> float:
-        """One pass; how long to rest before the next (0: go on at once)."""
+    async def run_once(self, now: datetime | None = None) -> bool:
+        """One pass; whether it left work for the next one."""
         now = now or datetime.now(UTC)
         unparked = False
         probed: dict[str, datetime] = {}
@@ -173,7 +173,7 @@ class ParkingJob(_Job):
             self._unparked()
         if not await parking.any_held(self._db, now):
             self._cursor = None
-            return PARKING_INTERVAL_SECONDS
+            return False
         parked = 0
         for _ in range(PARKING_CHUNKS):
             swept = await parking.sweep(self._db, self._cursor, now, PARKING_BATCH)
@@ -182,18 +182,18 @@ class ParkingJob(_Job):
                 break
         # A pass that parked goes on at once; one that only walked past
         # claimable deliveries leaves the rest of the walk for later.
-        return 0.0 if parked else PARKING_INTERVAL_SECONDS
+        return parked > 0
 
     async def _run(self) -> None:
         while True:
             self._wakeup.clear()
             try:
-                rest = await self.run_once()
+                more = await self.run_once()
             except Exception:
                 log.exception("parking pass failed; trying again shortly")
-                rest = PARKING_INTERVAL_SECONDS
-            if not rest:
+                more = False
+            if more:
                 await asyncio.sleep(0)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), rest)
+                await asyncio.wait_for(self._wakeup.wait(), PARKING_INTERVAL_SECONDS)
