@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import update
 
 from app.domain.subscriptions import SubscriptionPatch
@@ -256,6 +257,22 @@ async def test_leases_expire_and_are_released(kit: DeliveryKit) -> None:
     assert (row["status"], row["attempts"], row["lease_owner"]) == ("pending", 0, None)
     # Both heads are free: the reaped one of line k and the released one of line j.
     assert event_ids(await kit.claim("worker-c")) == [e[0].id, e[2].id]
+
+
+async def test_leases_are_renewed_in_batches_each_its_own_transaction(
+    kit: DeliveryKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leases, "RENEW_BATCH", 2)
+    await kit.subscription()
+    await kit.events(*[("t", None)] * 5)
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    claimed = await kit.claim("worker-a", at=now)
+    assert len(claimed) == 5
+    later = now + timedelta(minutes=10)
+    # Named out of order, with one that is not worker-a's: every batch is renewed.
+    await leases.renew_leases(kit.db, "worker-a", [c.seq for c in reversed(claimed)] + [0], later)
+    assert [(await kit.delivery(c.id))["lease_expires_at"] for c in claimed] == [later] * 5
+    assert await leases.reap_expired_leases(kit.db, now + timedelta(minutes=7)) == 0
 
 
 async def _stolen(kit: DeliveryKit, keys: int) -> list[tuple[Claimed, Claimed]]:
