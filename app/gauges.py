@@ -5,7 +5,9 @@ renders the last snapshot and never waits on the database. A refresh counts
 the unfinished deliveries, so it costs more as a backlog grows: the next one
 starts no sooner than ``COST_FACTOR`` times the last one's duration after it
 ended, which keeps the refreshes to at most 1 / (1 + ``COST_FACTOR``) of the
-time (under 5 %) however large the backlog. Every process
+time (about 1 %) however large the backlog: a refresh over a deep backlog
+takes a core for 100-200 ms, and whatever the worker and ingest were doing on
+it waited. Every process
 exports the same values: aggregate them with ``max`` (not ``sum``) in
 Prometheus.
 """
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 # milliseconds; a PostgreSQL one stuck on the network is cancelled).
 STOP_WAIT_SECONDS = 2.0
 # The wait after a refresh is at least this many times its duration.
-COST_FACTOR = 20.0
+COST_FACTOR = 100.0
 
 
 class DatabaseGauges(Collector):

@@ -72,7 +72,7 @@ class TimedGauges(DatabaseGauges):
 
 
 async def test_a_slow_refresh_puts_the_next_one_off_in_proportion() -> None:
-    gauges = TimedGauges(cost=0.02)
+    gauges = TimedGauges(cost=0.005)
     gauges.start()
     try:
         deadline = asyncio.get_running_loop().time() + 5.0
@@ -81,19 +81,19 @@ async def test_a_slow_refresh_puts_the_next_one_off_in_proportion() -> None:
             await asyncio.sleep(0.01)
     finally:
         await gauges.stop()
-    assert gauges.last_duration >= 0.02
+    assert gauges.last_duration >= 0.005
     assert gauges.next_wait() == gauges_module.COST_FACTOR * gauges.last_duration
     # Each refresh ended at least COST_FACTOR times its own duration after the
     # one before, not the 0.01 s interval: the refreshes take a bounded share.
     first, second, third = gauges.refreshed_at[:3]
-    least = gauges_module.COST_FACTOR * 0.02 + 0.02
+    least = gauges_module.COST_FACTOR * 0.005 + 0.005
     assert second - first >= least
     assert third - second >= least
 
 
 def test_a_quick_refresh_keeps_the_interval() -> None:
     gauges = DatabaseGauges(None, circuit=CircuitPolicy(), interval_seconds=5.0)  # type: ignore[arg-type]
-    gauges.last_duration = 0.05
+    gauges.last_duration = 0.02
     assert gauges.next_wait() == 5.0
     gauges.last_duration = 0.5
     assert gauges.next_wait() == gauges_module.COST_FACTOR * 0.5
