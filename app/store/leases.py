@@ -170,7 +170,7 @@ async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: dat
             await conn.execute(_RENEW_PG, {"owner": owner, "seqs": batch, "until": until})
 
 
-def _sqlite_renew(params: dict[str, object], conn: sqlite3.Connection) -> int:
+def _sqlite_renew(params: Mapping[str, object], conn: sqlite3.Connection) -> int:
     return conn.execute(_SQLITE_RENEW, params).rowcount
 
 
