@@ -3,13 +3,12 @@
 A background task refreshes one snapshot every few seconds; ``/metrics``
 renders the last snapshot and never waits on the database. A refresh counts
 the unfinished deliveries, so it costs more as a backlog grows: the next one
-starts no sooner than ``COST_FACTOR`` times the last one's duration after it
-ended, which keeps the refreshes to at most 1 / (1 + ``COST_FACTOR``) of the
-time (about 1 %) however large the backlog: a refresh over a deep backlog
-takes a core for 100-200 ms, and whatever the worker and ingest were doing on
-it waited. Every process
-exports the same values: aggregate them with ``max`` (not ``sum``) in
-Prometheus.
+starts no sooner than ``COST_FACTOR`` times the duration of the quicker of the
+last two after it ended, which keeps the refreshes to about 1 / (1 +
+``COST_FACTOR``) of the time (1 %) however large the backlog. A refresh over
+a deep backlog takes a core for 100-200 ms, and whatever the worker and ingest
+were doing on it waited. Every process exports the same values: aggregate them
+with ``max`` (not ``sum``) in Prometheus.
 """
 
 from __future__ import annotations
@@ -43,7 +42,9 @@ class DatabaseGauges(Collector):
         self._db = db
         self._circuit = circuit
         self._interval = interval_seconds
-        self.last_duration = 0.0  # seconds the last refresh took
+        # Seconds the last two refreshes took: their cost is the lesser, so that
+        # one refresh held up by a busy moment does not put the next far off.
+        self.durations = (0.0, 0.0)
         self._snapshot: Snapshot | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -65,10 +66,14 @@ class DatabaseGauges(Collector):
     async def refresh(self) -> None:
         self._snapshot = await snapshot(self._db)
 
+    def record(self, seconds: float) -> None:
+        """How long the refresh that just ended took."""
+        self.durations = (self.durations[1], seconds)
+
     def next_wait(self) -> float:
-        """Seconds until the next refresh: the interval, or longer after a
-        slow refresh (``COST_FACTOR`` times its duration)."""
-        return max(self._interval, COST_FACTOR * self.last_duration)
+        """Seconds until the next refresh: the interval, or longer after two
+        slow refreshes (``COST_FACTOR`` times the quicker one's duration)."""
+        return max(self._interval, COST_FACTOR * min(self.durations))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,9 +83,9 @@ class DatabaseGauges(Collector):
                 await self.refresh()
             except Exception as exc:  # the database may be away; keep the last snapshot
                 log.warning("refreshing database gauges failed: %s", exc)
-                self.last_duration = 0.0  # a failure (a timeout) says nothing of the cost
+                self.record(0.0)  # a failure (a timeout) says nothing of the cost
             else:
-                self.last_duration = loop.time() - started
+                self.record(loop.time() - started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.next_wait())
 
