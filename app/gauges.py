@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # How long shutdown waits for a refresh under way (a SQLite read takes
 # milliseconds; a PostgreSQL one stuck on the network is cancelled).
 STOP_WAIT_SECONDS = 2.0
-# The wait after a refresh is at least this many times its duration.
+# The wait after a refresh is at least this many times the duration of the
+# quicker of the last two.
 COST_FACTOR = 100.0
 
 

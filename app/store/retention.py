@@ -279,8 +279,8 @@ _STALE_TABLES = text(
 async def analyze_stale_tables(db: Database) -> list[str]:
     """PostgreSQL: analyze each table that churns whose size moved by more
     than ``STALE_FRACTION`` (plus ``STALE_FLOOR`` rows) since it was last
-    analyzed; the tables analyzed. One process at
-    a time (the others skip); nothing on SQLite (see :func:`refresh_statistics`)."""
+    analyzed; the tables analyzed. One process at a time (the others skip);
+    nothing on SQLite (see :func:`refresh_statistics`)."""
     if db.is_sqlite:
         return []
     params = {"floor": STALE_FLOOR, "fraction": STALE_FRACTION}
