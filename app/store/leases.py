@@ -159,13 +159,14 @@ async def renew_leases(db: Database, owner: str, seqs: Sequence[int], until: dat
     On PostgreSQL a delivery another transaction holds (its outcome being
     written) is left as it is."""
     ordered = sorted(seqs)
-    for start in range(0, len(ordered), RENEW_BATCH):
-        batch = ordered[start : start + RENEW_BATCH]
-        if db.sqlite_writer is not None:
-            params = {"owner": owner, "seqs": orjson.dumps(batch).decode()}
-            params["until"] = sqlite_timestamp(until)
+    batches = [ordered[i : i + RENEW_BATCH] for i in range(0, len(ordered), RENEW_BATCH)]
+    if db.sqlite_writer is not None:
+        stamp = sqlite_timestamp(until)
+        for batch in batches:
+            params = {"owner": owner, "seqs": orjson.dumps(batch).decode(), "until": stamp}
             await driver.sqlite_write(db, partial(_sqlite_renew, params))
-            continue
+        return
+    for batch in batches:
         async with db.write() as conn:
             await conn.execute(_RENEW_PG, {"owner": owner, "seqs": batch, "until": until})
 
