@@ -13,7 +13,10 @@ does not crowd out a tenant with one:
 - The last ``reserve`` free slots go only to subscriptions that hold none and
   are not failing, or whose tenant holds none: the first delivery of a healthy
   subscription, and a tenant's retry, start at once, however many slots slow
-  or failing ones hold.
+  or failing ones hold. A tenant that holds more than half the slots leaves
+  half the reserve (``kept_for_tenants``) to the others while the worker
+  knows another tenant's subscriptions: its own new subscriptions do not take
+  the slot another tenant's next delivery needs.
 - When an attempt ends while another subscription waits for a slot and its
   tenant holds fewer slots than this one's (or, in the same tenant, it holds
   fewer than this one), the slot moves to it (its next delivery, in the same
@@ -146,6 +149,9 @@ class LinePolicy:
         self.lines: dict[str, Line] = {}
         self.slots = concurrency
         self.reserve = max(1, concurrency // RESERVE_FRACTION) if concurrency > 1 else 0
+        # Of the reserve, what a tenant holding more than half the slots leaves
+        # to the others (their first deliveries and retries).
+        self.kept_for_tenants = (self.reserve + 1) // 2
         self.claim_ahead = claim_ahead
         self.circuit_policy = circuit
         self.used = 0  # slots held by running attempts
@@ -154,6 +160,7 @@ class LinePolicy:
         # Lines with deliveries waiting, in the order they are offered free slots.
         self._queued: dict[str, Line] = {}
         self.tenant_in_flight: dict[str, int] = {}  # attempts running, by tenant
+        self._tenant_lines: dict[str, int] = {}  # lines known, by tenant
         self._released: list[int] = []  # claims to give back in the next cycle
         self._ran_out = False  # a line of a tenant not crowding ran out of waiting deliveries
         self._crowding: str | None = None  # the tenant crowding the worker at the last claim
@@ -171,13 +178,22 @@ class LinePolicy:
         return slots
 
     def available(self, line: Line) -> int:
-        """Free slots ``line`` may take: the reserve only while it holds none and
-        has not failed since its last success, or while its tenant holds none
-        (a retry of a tenant that holds no slot is not left behind another
-        tenant's backlog)."""
+        """Free slots ``line`` may take: the whole reserve while its tenant holds
+        none (a retry too: it is not left behind another tenant's backlog); the
+        reserve while it holds none and has not failed since its last success,
+        but for the part kept for the other tenants while its own holds more
+        than half the slots (its new subscriptions do not take the slots
+        another tenant's first delivery needs)."""
         free = self.slots - self.used
-        if line.in_flight or (line.circuit.consecutive_failures and self._share(line)):
+        if line.in_flight:
             return free - self.reserve
+        share = self._share(line)
+        if not share:
+            return free
+        if line.circuit.consecutive_failures:
+            return free - self.reserve
+        if 2 * share > self.slots and len(self._tenant_lines) > 1:
+            return free - self.kept_for_tenants
         return free
 
     def ahead_limit(self, line: Line) -> int:
@@ -473,9 +489,12 @@ class LinePolicy:
                 self.drop_waiting(line)
                 if line.in_flight == 0:
                     del self.lines[subscription_id]
+                    self._forget_tenant(line.subscription.tenant_id)
             return
         if line is None:
             self.lines[subscription_id] = line = Line(sub, now)
+            tenant = sub.tenant_id
+            self._tenant_lines[tenant] = self._tenant_lines.get(tenant, 0) + 1
             line.circuit = CircuitState(
                 sub.consecutive_failures, sub.failing_since, sub.circuit_open_until
             )
@@ -486,6 +505,13 @@ class LinePolicy:
             line.bucket = None
         elif line.bucket is None or line.bucket.rate != rate:
             line.bucket = TokenBucket(rate)
+
+    def _forget_tenant(self, tenant: str) -> None:
+        left = self._tenant_lines[tenant] - 1
+        if left:
+            self._tenant_lines[tenant] = left
+        else:
+            del self._tenant_lines[tenant]
 
     def mark_stale(self, subscription_id: str) -> None:
         """Forget a subscription's settings (not its counters)."""

@@ -9,19 +9,20 @@ decides which claimed delivery starts, waits for a slot or goes back; a task
 per started delivery runs the attempt step (:mod:`app.worker.attempt`), queues
 its outcome for the next cycle and goes on with the next delivery the policy
 gives its slot, so requests keep flowing while a cycle is at the database. The
-loop is woken by finishing attempts and by commits elsewhere, with polling as
-the fallback; beside it run the lease keeper, the retention job and the
-parking of held subscriptions' backlogs.
+loop is woken by finishing attempts, by commits elsewhere and when a retry it
+wrote falls due, with polling as the fallback; beside it run the lease
+keeper, the retention job and the parking of held subscriptions' backlogs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from app.domain import formats
 from app.domain.ids import new_id
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 # once): its transaction holds the one writer, and ingest waits for it. On
 # PostgreSQL a cap only let the outcomes fall behind a busy worker.
 OUTCOMES_PER_CYCLE = 256
+# The retries the worker wakes for while attempts run (DeliveryWorker._retries):
+# those due within the horizon, up to a number; the poll finds the others.
+RETRY_HORIZON = timedelta(minutes=1)
+RETRY_TIMES = 4096
 
 
 class DeliveryWorker:
@@ -84,6 +89,10 @@ class DeliveryWorker:
         self._circuits = CircuitBook(self._policy.lines, config.circuit)
         self._tasks: dict[int, tuple[asyncio.Task[None], Claimed]] = {}
         self._finished: list[Completion] = []  # outcomes the next cycle writes
+        # When the retries this worker wrote fall due (a heap): while attempts
+        # run, the loop sleeps until a finishing one wakes it, and a retry due
+        # before then must not wait for the crowding tenant's slow answers.
+        self._retries: list[datetime] = []
         self._sender: Sender | None = None
         self._step: AttemptStep | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -199,11 +208,14 @@ class DeliveryWorker:
                 claimed, limit = 0, 1
             if self._finished or self._quick or (claimed and claimed >= limit):
                 continue
-            timeout = await self._idle_timeout()
+            timeout, for_retry = await self._idle_timeout()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
-                self._probe = True
+                # A retry's time needs no probe: it is this worker's own line,
+                # and a plain claim takes it (or the fresh walk, if another
+                # tenant crowds).
+                self._probe = self._probe or not for_retry
 
     async def _gather_outcomes(self) -> None:
         """Before writing a few outcomes, give the attempts still running a moment to
@@ -223,10 +235,20 @@ class DeliveryWorker:
             except TimeoutError:
                 return
 
-    async def _idle_timeout(self) -> float:
+    async def _idle_timeout(self) -> tuple[float, bool]:
+        """How long the loop may sleep, and whether it wakes then for a retry
+        it wrote rather than for its poll."""
         timeout = self._config.poll_seconds
-        if self._tasks or self._stopping:
-            return timeout  # a finishing attempt wakes the loop
+        if self._stopping:
+            return timeout, False
+        if self._tasks:
+            # A finishing attempt wakes the loop, and the retries this worker
+            # wrote fall due on time, however slowly those attempts answer.
+            retry = self._next_retry()
+            if retry is None:
+                return timeout, False
+            wait = max(0.0, (retry - datetime.now(UTC)).total_seconds())
+            return (wait, True) if wait < timeout else (timeout, False)
         with contextlib.suppress(Exception):
             # What fell due by the last cycle and is unclaimed is held (paused,
             # circuit open, at a limit): a completion or a commit wakes us, so do
@@ -236,7 +258,24 @@ class DeliveryWorker:
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - datetime.now(UTC)).total_seconds()))
         token = self._policy.seconds_until_token()
-        return timeout if token is None else min(timeout, token)
+        return (timeout if token is None else min(timeout, token)), False
+
+    def _next_retry(self) -> datetime | None:
+        """When the next retry this worker wrote falls due, past those the last
+        cycle's claim could take."""
+        retries = self._retries
+        while retries and retries[0] <= self._cycled_at:
+            heapq.heappop(retries)
+        return retries[0] if retries else None
+
+    def _remember_retries(self, finished: list[Completion], now: datetime) -> None:
+        horizon = now + RETRY_HORIZON
+        for done in finished:
+            due = done.next_attempt_at
+            if done.status != "pending" or due is None or due > horizon:
+                continue
+            if len(self._retries) < RETRY_TIMES:
+                heapq.heappush(self._retries, due)
 
     async def _cycle(self) -> tuple[int, int]:
         """Write the finished outcomes and claim for the free slots (one cycle of the store's).
@@ -270,6 +309,7 @@ class DeliveryWorker:
             return 0, 0
         started = time.perf_counter()
         work = await self._complete_and_claim(finished, updates, request, now)
+        self._remember_retries(finished, now)
         if any(u.change is not None and not u.change.opened for u in updates):
             self._parking.wake()  # a circuit closed: its parked deliveries are claimable
         if may_report(finished, updates):

@@ -386,6 +386,9 @@ async def test_another_tenants_events_do_not_wait_for_a_poll_while_one_crowds(
 
 
 RETRY_SECONDS = 0.2  # tenant B's retry schedule here
+# Tenant A's answer time here: far longer than one cycle, so that a retry (or
+# a first attempt) that waited for one of A's attempts to end would show.
+CROWD_ANSWER_SECONDS = 4.0
 
 
 async def _retried_latency(relay: Relay, receiver: Receiver, event_type: str) -> float:
@@ -411,10 +414,12 @@ async def _retried_latency(relay: Relay, receiver: Receiver, event_type: str) ->
 async def test_another_tenants_retry_does_not_wait_behind_a_crowding_tenant(
     database_url: str, server_factory: ServerFactory, receivers: ReceiverPool
 ) -> None:
-    """A retry falls due without a wake-up, and its subscription has just failed
-    (the reserved slots are not for it): tenant B's retry still arrives within
-    its idle time plus one cycle while tenant A fills every other slot, with
-    polling too rare to rescue it."""
+    """Tenant A fills every slot but the reserve with attempts that answer only
+    after seconds, and its subscriptions that hold none may not take the
+    reserve's last slot; tenant B's retry falls due without a wake-up, while
+    no attempt ends to wake the worker and polling is too rare to rescue it:
+    B's first attempt and its retry still arrive within B's idle time plus one
+    cycle."""
     fair = server_factory(
         database_url,
         env={
@@ -441,7 +446,7 @@ async def test_another_tenants_retry_does_not_wait_behind_a_crowding_tenant(
         assert made.status_code == 201, made.text
         idle = max([await _retried_latency(relay, flaky, flaky_type) for _ in range(SAMPLES)])
 
-        busy = await _crowd(relay, receivers, BUSY_ANSWER_SECONDS, CONCURRENCY - 1)
+        busy = await _crowd(relay, receivers, CROWD_ANSWER_SECONDS, CONCURRENCY - 1)
 
         loaded = [await _retried_latency(relay, flaky, flaky_type) for _ in range(SAMPLES)]
 

@@ -77,6 +77,38 @@ def test_the_reserve_takes_one_failing_subscription_of_a_tenant_holding_none() -
     assert p.take_slot(line(p, "healthy", tenant_id="B"))
 
 
+def test_a_crowding_tenants_new_subscriptions_leave_part_of_the_reserve_to_another() -> None:
+    """Tenant A holds all but the reserve; its subscriptions that hold none take
+    only the reserve's first half while the worker knows another tenant's
+    subscription: the rest is for that tenant's next delivery or retry."""
+    p = policy(concurrency=64)
+    assert (p.reserve, p.kept_for_tenants) == (2, 1)
+    busy = line(p, "busy", max_in_flight=1000, tenant_id="A")
+    assert fill(p, busy, 100) == 62
+    b = line(p, "b", tenant_id="B", consecutive_failures=1)
+    assert p.take_slot(line(p, "a2", tenant_id="A")), "the reserve's first half"
+    assert not p.take_slot(line(p, "a3", tenant_id="A")), "the last slot is kept for B"
+    assert p.take_slot(b), "its tenant holds none: a retry takes the kept slot"
+
+
+def test_with_one_tenant_known_a_new_subscription_takes_the_whole_reserve() -> None:
+    p = policy(concurrency=64)
+    busy = line(p, "busy", max_in_flight=1000, tenant_id="A")
+    fill(p, busy, 100)
+    assert p.take_slot(line(p, "a2", tenant_id="A"))
+    assert p.take_slot(line(p, "a3", tenant_id="A")), "no other tenant to keep it for"
+
+
+def test_a_tenant_whose_subscriptions_are_gone_has_nothing_kept_for_it() -> None:
+    p = policy(concurrency=64)
+    busy = line(p, "busy", max_in_flight=1000, tenant_id="A")
+    fill(p, busy, 100)
+    line(p, "b", tenant_id="B")
+    p.load("b", None, time.monotonic())  # deleted: the worker forgets it
+    assert p.take_slot(line(p, "a2", tenant_id="A"))
+    assert p.take_slot(line(p, "a3", tenant_id="A"))
+
+
 def test_success_continues_the_line_in_the_same_slot() -> None:
     p = policy()
     a = line(p, "a", max_in_flight=2)
