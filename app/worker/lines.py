@@ -68,6 +68,12 @@ if TYPE_CHECKING:
     from app.worker.attempt import Target
 
 SUBSCRIPTION_CACHE_SECONDS = 1.0
+# The subscriptions in use are read again this long before they go stale (in
+# the background: app.worker.worker), while a delivery was claimed for any
+# within the last KEEP_WARM_SECONDS: a subscription that gets an event a
+# second does not wait for its own read.
+REFRESH_AHEAD_SECONDS = 0.25
+KEEP_WARM_SECONDS = 2.0
 # The most deliveries of one line a claim takes at once (a head and its run).
 MAX_RUN = 16
 # A share of the slots kept for subscriptions that hold none (at least one).
@@ -117,6 +123,7 @@ class Line:
     circuit: CircuitState = CLOSED
     keys: list[Key] = field(default_factory=list)  # empty: to be derived again
     keys_until: datetime | None = None  # when the previous secret stops signing
+    marked_at: float = 0.0  # when a change to its subscription was last reported
     target: Target | None = None  # worked out at its first attempt after a load
     waiting: deque[Ready] = field(default_factory=deque)
     following: int = 0  # deliveries held in runs, behind one running or waiting
@@ -164,6 +171,7 @@ class LinePolicy:
         self._released: list[int] = []  # claims to give back in the next cycle
         self._ran_out = False  # a line of a tenant not crowding ran out of waiting deliveries
         self._crowding: str | None = None  # the tenant crowding the worker at the last claim
+        self._used_at = 0.0  # when subscriptions were last looked up for deliveries
 
     # -- limits ---------------------------------------------------------------
 
@@ -474,15 +482,27 @@ class LinePolicy:
     # -- subscriptions --------------------------------------------------------
 
     def stale(self, ids: Iterable[str], now: float) -> set[str]:
-        """Which of ``ids`` (and of the lines known) need their subscription loaded."""
+        """Which of ``ids`` (and of the lines known) need their subscription
+        loaded, for deliveries about to start or wait."""
         stale = {i for i in ids if i not in self.lines}
-        stale |= {
-            i for i, line in self.lines.items() if now - line.loaded_at > SUBSCRIPTION_CACHE_SECONDS
+        self._used_at = now
+        return stale | self._older_than(now)
+
+    def warming(self, now: float) -> set[str]:
+        """The subscriptions to read again ahead of use (none while no
+        delivery was claimed for a while): those that go stale soon."""
+        if now - self._used_at > KEEP_WARM_SECONDS:
+            return set()
+        return self._older_than(now + REFRESH_AHEAD_SECONDS)
+
+    def _older_than(self, at: float) -> set[str]:
+        return {
+            i for i, line in self.lines.items() if at - line.loaded_at > SUBSCRIPTION_CACHE_SECONDS
         }
-        return stale
 
     def load(self, subscription_id: str, sub: Subscription | None, now: float) -> None:
-        """Take in a subscription as just read (None: it is gone)."""
+        """Take in a subscription as read from ``now`` (None: it is gone). A
+        change reported after ``now`` leaves it stale: the read may predate it."""
         line = self.lines.get(subscription_id)
         if sub is None:
             if line is not None:
@@ -498,8 +518,10 @@ class LinePolicy:
             line.circuit = CircuitState(
                 sub.consecutive_failures, sub.failing_since, sub.circuit_open_until
             )
-        line.subscription, line.loaded_at = sub, now
-        line.keys, line.keys_until, line.target = [], None, None
+        elif sub != line.subscription:
+            line.keys, line.keys_until, line.target = [], None, None
+        line.subscription = sub
+        line.loaded_at = now if line.marked_at <= now else 0.0
         rate = sub.rate_limit_per_second
         if rate is None:
             line.bucket = None
@@ -513,11 +535,11 @@ class LinePolicy:
         else:
             del self._tenant_lines[tenant]
 
-    def mark_stale(self, subscription_id: str) -> None:
-        """Forget a subscription's settings (not its counters)."""
+    def mark_stale(self, subscription_id: str, now: float) -> None:
+        """Forget a subscription's settings (not its counters): it changed at ``now``."""
         line = self.lines.get(subscription_id)
         if line is not None:
-            line.loaded_at = 0.0
+            line.loaded_at, line.marked_at = 0.0, now
 
     def seconds_until_token(self) -> float | None:
         """When the first rate-limited line that has run dry gets a token."""

@@ -11,7 +11,8 @@ its outcome for the next cycle and goes on with the next delivery the policy
 gives its slot, so requests keep flowing while a cycle is at the database. The
 loop is woken by finishing attempts, by commits elsewhere and when a retry it
 wrote falls due, with polling as the fallback; beside it run the lease
-keeper, the retention job and the parking of held subscriptions' backlogs.
+keeper, the reads that keep the subscriptions in use fresh, the retention job
+and the parking of held subscriptions' backlogs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from app.worker.circuits import CircuitBook, may_report
 from app.worker.claiming import claim_request, probe_saw_everything
 from app.worker.config import WorkerConfig, worker_config
 from app.worker.destinations import destination_senders
-from app.worker.lines import Line, LinePolicy, Ready, runs_of
+from app.worker.lines import REFRESH_AHEAD_SECONDS, Line, LinePolicy, Ready, runs_of
 from app.worker.protocol import Sender, SenderFactory
 from app.worker.retention import ParkingJob, RetentionJob, StatisticsJob
 from app.worker.tenant_removal import TenantRemoval
@@ -97,6 +98,8 @@ class DeliveryWorker:
         self._step: AttemptStep | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
+        self._warm_task: asyncio.Task[None] | None = None
+        self._halt = asyncio.Event()  # the warm task's stop: a read under way is not cut short
         self._listener: Listener | DoorbellListener | None = None
         metrics.in_flight.set_function(lambda: len(self._tasks))  # read when scraped
         self._retention = RetentionJob(
@@ -120,7 +123,7 @@ class DeliveryWorker:
 
     def subscription_changed(self, subscription_id: str) -> None:
         """Forget what this worker knows of a subscription's settings (not its counters)."""
-        self._policy.mark_stale(subscription_id)
+        self._policy.mark_stale(subscription_id, time.monotonic())
         self._parking.wake()  # resumed: its parked deliveries are claimable at once
         self.wake()
 
@@ -150,6 +153,8 @@ class DeliveryWorker:
         self._listener.start()
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
         self._reaper_task = asyncio.create_task(self._keep_leases(), name="leases")
+        self._halt.clear()
+        self._warm_task = asyncio.create_task(self._keep_subscriptions_warm(), name="warm")
         self._retention.start()
         self._statistics.start()
         self._removal.start()
@@ -161,6 +166,9 @@ class DeliveryWorker:
         write their outcomes, give back what did not finish."""
         self._stopping = True
         self.wake()
+        self._halt.set()
+        if self._warm_task is not None:
+            await self._warm_task
         if self._reaper_task is not None:
             self._reaper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -408,7 +416,9 @@ class DeliveryWorker:
     async def _refresh_subscriptions(self, ids: set[str]) -> None:
         # A change made through the API marks the entry stale at once (in this
         # process directly, in others by NOTIFY on PostgreSQL); the age limit
-        # covers a separate worker on SQLite.
+        # covers a separate worker on SQLite (and a lost notice). The entries in
+        # use are read again before they age out (_keep_subscriptions_warm):
+        # this reads what the worker has not met, or what a change left stale.
         now = time.monotonic()
         stale = self._policy.stale(ids, now)
         if not stale:
@@ -476,6 +486,24 @@ class DeliveryWorker:
             return None
         self._finished.append(completion)
         return completion
+
+    async def _keep_subscriptions_warm(self) -> None:
+        """Read the subscriptions in use again before they go stale, beside the
+        loop: the delivery that comes next does not wait for its read."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._halt.wait(), REFRESH_AHEAD_SECONDS)
+                return
+            now = time.monotonic()
+            ids = self._policy.warming(now)
+            if not ids:
+                continue
+            try:
+                fresh = await subscription_store.get_many(self._db, ids)
+                for sid in ids:
+                    self._policy.load(sid, fresh.get(sid), now)
+            except Exception:
+                log.exception("reading subscriptions again failed")
 
     async def _keep_leases(self) -> None:
         """Renew our claims and take back the claims of workers that died."""

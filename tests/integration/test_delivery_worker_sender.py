@@ -13,6 +13,7 @@ from sqlalchemy import select
 from app.domain.circuit import CircuitPolicy
 from app.metrics import Metrics
 from app.store import schema
+from app.store import subscriptions as subscription_store
 from app.worker.config import WorkerConfig
 from app.worker.protocol import Message, SendResult, delivered, failed, gone
 from app.worker.worker import DeliveryWorker
@@ -229,3 +230,39 @@ async def test_the_circuit_opening_and_closing_are_reported_through_the_worker(
         "eventrelay.subscription.circuit_closed",
         {"subscription_id": sub.id, "consecutive_failures": 2},
     )
+
+
+EVENTS_APART_SECONDS = 0.4  # one event every this long, over several cache lifetimes
+EVENTS = 10
+
+
+async def test_a_subscription_in_use_is_read_again_beside_the_deliveries(
+    kit: DeliveryKit,
+    sender: FakeSender,
+    worker: DeliveryWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events one every 0.4 s for 4 s (four lifetimes of the worker's
+    subscription cache): the subscription is read again before it goes stale,
+    by the task that keeps it warm, and the delivery loop reads it only once,
+    to meet it: no delivery waits for its subscription's read."""
+    readers: list[str] = []
+    real_get_many = subscription_store.get_many
+
+    async def recording(db: Any, ids: Any) -> Any:
+        task = asyncio.current_task()
+        readers.append(task.get_name() if task is not None else "?")
+        return await real_get_many(db, ids)
+
+    monkeypatch.setattr(subscription_store, "get_many", recording)
+    await kit.subscription(ordering="none")
+    await worker.start()
+    for n in range(EVENTS):
+        await kit.events(("t", None))
+        worker.wake()
+        await wait_until(lambda n=n: len(sender.sent) == n + 1, DEADLINE, message="sent")
+        await asyncio.sleep(EVENTS_APART_SECONDS)
+
+    in_loop = [name for name in readers if name != "warm"]
+    assert len(in_loop) == 1, f"the delivery loop read the subscription {len(in_loop)} times"
+    assert readers.count("warm") >= 3, readers

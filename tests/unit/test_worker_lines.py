@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.domain.circuit import CircuitChange, CircuitPolicy
 from app.store.work import Completion, Work
 from app.worker.circuits import CircuitBook
-from app.worker.lines import Line, LinePolicy, runs_of
+from app.worker.lines import KEEP_WARM_SECONDS, Line, LinePolicy, runs_of
 from tests.unit.worker_fakes import ready, subscription
 
 CIRCUIT = CircuitPolicy(failure_threshold=3)
@@ -477,3 +478,41 @@ def test_claimed_work_is_grouped_into_each_lines_head_and_run() -> None:
     )
     grouped = runs_of([a1, none1, a2, b1, other_sub, a3, none2])
     assert grouped == [(a1, [a2, a3]), (none1, []), (b1, []), (other_sub, []), (none2, [])]
+
+
+# -- the subscriptions' settings ------------------------------------------------------
+
+
+def test_subscriptions_in_use_are_read_again_before_they_go_stale() -> None:
+    p = policy()
+    p.load("a", subscription("a"), 100.0)
+    p.load("b", subscription("b"), 100.5)
+    assert p.stale(["a"], 100.6) == set(), "fresh: the delivery does not wait for a read"
+    assert p.warming(100.6) == set(), "neither goes stale within the next moment"
+    assert p.warming(100.8) == {"a"}, "a goes stale within the next moment"
+    assert p.warming(101.3) == {"a", "b"}
+    assert p.warming(100.6 + KEEP_WARM_SECONDS + 0.1) == set(), "no delivery for a while"
+
+
+def test_a_read_begun_before_a_change_was_reported_leaves_the_subscription_stale() -> None:
+    p = policy()
+    p.load("a", subscription("a"), 100.0)
+    p.mark_stale("a", 100.2)  # changed while a read begun at 100.1 was under way
+    p.load("a", subscription("a"), 100.1)
+    assert p.stale(["a"], 100.3) == {"a"}
+    p.load("a", subscription("a", max_in_flight=5), 100.3)
+    assert p.stale(["a"], 100.4) == set()
+    assert p.lines["a"].subscription.max_in_flight == 5
+
+
+def test_a_subscription_read_again_unchanged_keeps_its_keys_and_target() -> None:
+    p = policy()
+    sub = subscription("a")
+    p.load("a", sub, 100.0)
+    a = p.lines["a"]
+    target = object()
+    a.keys, a.target = ["key"], target  # type: ignore[list-item, assignment]
+    p.load("a", replace(sub), 101.0)
+    assert (a.keys, a.target) == (["key"], target), "unchanged: nothing to work out again"
+    p.load("a", replace(sub, url="http://receiver.test/moved"), 102.0)
+    assert (a.keys, a.target) == ([], None), "changed: worked out again at the next attempt"
