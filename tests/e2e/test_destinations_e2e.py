@@ -51,6 +51,7 @@ EVENTS_PER_KEY = 40
 DELIVERED_SECONDS = 120.0
 CONSUMER_PAUSE = 0.004  # a slow consumer: the broker's limit is hit now and then
 RETRIES = [0.05, 0.1, 0.2, 0.3, 0.5]
+SWAP_EVERY = 16  # Redis: the stream is swapped out after every this many entries read
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,7 @@ async def redis_streams(proxy: TcpProxy) -> AsyncIterator[tuple[dict[str, Any], 
         keys += [stream, aside]
         consumer = Consumer()
         last = "0-0"
+        swap_now = asyncio.Event()
 
         async def consume() -> None:
             nonlocal last
@@ -169,10 +171,16 @@ async def redis_streams(proxy: TcpProxy) -> AsyncIterator[tuple[dict[str, Any], 
                 for entry_id, fields in entries:
                     last = entry_id.decode()
                     consumer.bodies.append(json.loads(fields[b"body"]))
+                    if len(consumer.bodies) % SWAP_EVERY == 0:
+                        swap_now.set()
 
         async def swap() -> None:
-            # Atomically put a string where the stream was, and back a moment later.
-            await asyncio.sleep(0.15)
+            # Atomically put a string where the stream was, and back a moment
+            # later: every SWAP_EVERY entries read, while the publishes flow (so
+            # that one of them meets it however fast they go), and every 0.15 s.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(swap_now.wait(), 0.15)
+            swap_now.clear()
             if not await client.exists(stream):
                 return
             async with client.pipeline(transaction=True) as pipe:
