@@ -63,17 +63,26 @@ class AttemptStep:
     ) -> Completion:
         """Send ``delivery`` once and say what happened."""
         sub = line.subscription
-        target = line.target
-        if target is None:  # the line's subscription was (re)loaded
-            target = line.target = Target(sub, self._sender, self._metrics, self._timeout_ms)
         started = datetime.now(UTC)
         try:
+            target = line.target
+            if target is None:  # the line's subscription was (re)loaded
+                target = line.target = Target(sub, self._sender, self._metrics, self._timeout_ms)
             keys = signing_keys(line, started)
         except SecretUnavailable as exc:
             # Never sent unsigned or signed with a wrong key: a failed attempt
             # that says why, retried on the schedule like any other.
             log.error("cannot sign: %s", exc.detail, extra=_ids(delivery))
-            return self._conclude(target, delivery, event, failed(0, exc.detail), started, None)
+            return self._conclude(sub, delivery, event, failed(0, exc.detail), started, None)
+        except Exception as exc:
+            # The attempt could not be prepared (its destination, say): a
+            # failed attempt too, retried and then dead-lettered, not one
+            # without an outcome whose delivery would come back after its
+            # lease and fail the same way for ever.
+            log.exception("cannot prepare the attempt", extra=_ids(delivery))
+            reason = f"the attempt could not be prepared: {type(exc).__name__}: {exc}"
+            result = failed(0, hide_secrets(reason[:1000], sub.target))
+            return self._conclude(sub, delivery, event, result, started, None)
         if self._tracer is None:
             span, trace = None, _attempt_trace(event)
         else:
@@ -112,7 +121,7 @@ class AttemptStep:
             reason = f"the {target.kind} sender failed: {type(exc).__name__}: {exc}"
             result = failed(took, hide_secrets(reason[:1000], sub.target))
         target.duration.observe(result.duration_ms / 1000)
-        completion = self._conclude(target, delivery, event, result, started, headers)
+        completion = self._conclude(sub, delivery, event, result, started, headers)
         if span is not None:
             outcome = _OUTCOMES[completion.status]
             span.end(result.outcome.status_code, result.outcome.error, outcome)
@@ -142,7 +151,7 @@ class AttemptStep:
 
     def _conclude(
         self,
-        target: Target,
+        sub: Subscription,
         delivery: Claimed,
         event: StoredEvent,
         result: SendResult,
@@ -150,10 +159,9 @@ class AttemptStep:
         headers: dict[str, str] | None,
     ) -> Completion:
         now = datetime.now(UTC)
-        sub = target.subscription
         schedule = sub.retry_schedule if sub.retry_schedule is not None else self._retry_schedule
         decision = decide(delivery.round_attempts + 1, result.outcome, schedule, now)
-        kind = target.kind
+        kind = sub.destination_type
         if isinstance(decision, Succeeded):
             status, next_at, summary = "succeeded", None, None
             self.succeeded += 1

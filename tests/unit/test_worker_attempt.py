@@ -150,3 +150,36 @@ async def test_shared_outcomes_are_the_same_as_built_ones() -> None:
     assert delivered(1, 204).outcome is delivered(2, 204).outcome
     assert answered(503, "7") == Outcome(status_code=503, retry_after="7")
     assert accepted(1, "ok").outcome == Outcome(accepted=True)
+
+
+class _BrokenSender(FakeSender):
+    def connection(self, destination: str) -> Any:
+        raise ValueError(f"no route to {destination}")
+
+
+async def _prepare_fails(attempts: int) -> tuple[Completion, Metrics]:
+    sender, metrics = _BrokenSender(), Metrics()
+    step = AttemptStep(sender, metrics, owner="w-1", retry_schedule=SCHEDULE, timeout_ms=1500)
+    lines = LinePolicy(4, 1, CircuitPolicy())
+    lines.load("sub_1", subscription("sub_1"), time.monotonic())
+    item = ready("sub_1", attempts=attempts)
+    done = await step.run(lines.lines["sub_1"], item.delivery, item.event, item.payload)
+    assert sender.sent == []
+    return done, metrics
+
+
+async def test_an_attempt_that_cannot_be_prepared_fails_and_is_retried_then_dead_lettered() -> None:
+    """Not an attempt without an outcome, whose delivery would come back after
+    its lease and fail the same way for ever."""
+    done, metrics = await _prepare_fails(attempts=0)
+    assert done.status == "pending"
+    assert done.next_attempt_at is not None
+    assert done.error == (
+        "the attempt could not be prepared: ValueError: no route to http://receiver.test/sub_1"
+    )
+    assert done.request_headers is None, "nothing was sent"
+    assert count(metrics, "retry") == 1
+
+    last, metrics = await _prepare_fails(attempts=len(SCHEDULE))
+    assert last.status == "dead"
+    assert count(metrics, "dead_letter") == 1
