@@ -421,10 +421,13 @@ class DeliveryWorker:
         # this reads what the worker has not met, or what a change left stale.
         now = time.monotonic()
         stale = self._policy.stale(ids, now)
-        if not stale:
-            return
-        fresh = await subscription_store.get_many(self._db, stale)
-        for sid in stale:
+        if stale:
+            await self._load_subscriptions(stale, now)
+
+    async def _load_subscriptions(self, ids: set[str], now: float) -> None:
+        """Read ``ids`` (the read begun at ``now``) into the line policy."""
+        fresh = await subscription_store.get_many(self._db, ids)
+        for sid in ids:
             self._policy.load(sid, fresh.get(sid), now)
 
     # -- the tasks ------------------------------------------------------------
@@ -499,9 +502,7 @@ class DeliveryWorker:
             if not ids:
                 continue
             try:
-                fresh = await subscription_store.get_many(self._db, ids)
-                for sid in ids:
-                    self._policy.load(sid, fresh.get(sid), now)
+                await self._load_subscriptions(ids, now)
             except Exception:
                 log.exception("reading subscriptions again failed")
 
