@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
 from functools import partial
@@ -85,7 +86,7 @@ class Database:
             await self.reader.dispose()
 
 
-# How old a delivery worker's PostgreSQL connection may get (see open_database).
+# How old a delivery worker's PostgreSQL plans may get (see open_database).
 REPLAN_SECONDS = 60
 
 
@@ -121,11 +122,16 @@ def open_database(
     * ``worker=True`` (a delivery worker's own engine) keeps PostgreSQL's
       default plan cache, because planning the claim takes over a millisecond
       and a cycle may claim a single delivery, and instead never lets a plan
-      grow old: its connections are replaced after ``REPLAN_SECONDS``, and a
-      new connection plans again for the tables as they are then. Every hot
+      grow old: a connection checked out more than ``REPLAN_SECONDS`` after
+      its plans were made drops them first (``DISCARD PLANS``), and its next
+      statements are planned again for the tables as they are then. Every hot
       statement's generic plan made at scale is index-served
       (tests/integration/test_hot_plans.py), so a plan made while a table was
-      small lives at most that long.
+      small lives at most that long. The connection itself is kept: replacing
+      every connection of the pool at once, as they all age together, held
+      the worker's cycles for tens of milliseconds a minute (a new server
+      process and the driver's type lookups for each; BENCHMARKS.md, "The
+      worker's connections kept").
     """
     if url.startswith("sqlite"):
         sync = "FULL" if durable_commits else "NORMAL"
@@ -154,10 +160,33 @@ def open_database(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
-        pool_recycle=REPLAN_SECONDS if worker else 1800,
+        pool_recycle=1800,
         connect_args=connect_args,
     )
+    if worker:
+        _replan_periodically(engine)
     return Database(url, engine, engine, keyring=keyring, durable_commits=durable_commits)
+
+
+def _replan_periodically(engine: AsyncEngine) -> None:
+    """Each connection of ``engine`` drops its cached plans when it is checked
+    out ``REPLAN_SECONDS`` or more after they were made (its prepared
+    statements stay: only their plans are made again)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _planned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["planned_at"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _replan(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        now = time.monotonic()
+        if now - record.info.get("planned_at", now) >= REPLAN_SECONDS:
+            try:
+                dbapi_connection.run_async(lambda driver: driver.execute("DISCARD PLANS"))
+            except Exception as exc:
+                # A connection that cannot take it is lost: the pool opens another.
+                raise sa_exc.DisconnectionError(str(exc)) from exc
+            record.info["planned_at"] = now
 
 
 def _sqlite_engine(
