@@ -21,11 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
 from app.store.database import Database
 from app.worker.worker import DeliveryWorker
+
+# How long a failed start waits for the threads it started to end.
+SETTLE_SECONDS = 2.0
+
+
+def _join(threads: set[threading.Thread]) -> None:
+    """Wait (up to SETTLE_SECONDS in all) for ``threads`` to end. A database
+    driver may run a connection on a thread of its own (aiosqlite does) that
+    hands a failed connection's last result to this loop after the failure was
+    raised: the loop must not close before it has. Blocking the loop is fine
+    here: it has nothing else to do, and a hand-over only queues a callback."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class WorkerThread:
@@ -87,14 +102,16 @@ class WorkerThread:
 
     async def _main(self, started: Future[None]) -> None:
         db: Database | None = None
+        before = set(threading.enumerate())
         try:
             db = self._open_db()
             worker = self._build(db)
             await worker.start()
         except BaseException as exc:
-            started.set_exception(exc)
             if db is not None:
                 await db.dispose()
+            _join(set(threading.enumerate()) - before)
+            started.set_exception(exc)
             return
         stopping = asyncio.Event()
         self._running = asyncio.get_running_loop(), worker, stopping

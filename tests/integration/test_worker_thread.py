@@ -98,6 +98,8 @@ async def test_the_worker_delivers_while_the_api_loop_is_blocked(
     assert delivery["status"] == "succeeded", "the outcome was written before stop returned"
 
 
+# A thread that raises (aiosqlite's, handing a result to a closed loop) fails the test.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_a_worker_that_cannot_start_raises_from_start(tmp_path: Path) -> None:
     missing = f"sqlite+aiosqlite:///{tmp_path / 'no-such-directory' / 'db.sqlite'}"
     opened: list[Database] = []
@@ -107,8 +109,12 @@ async def test_a_worker_that_cannot_start_raises_from_start(tmp_path: Path) -> N
         return opened[0]
 
     worker = _worker_thread(open_db)
+    before = set(threading.enumerate())
     with pytest.raises(StoreUnavailable):
         await asyncio.wait_for(worker.start(), DEADLINE_SECONDS)
+    # The failed connection's thread has ended before its loop could close.
+    started = {t for t in set(threading.enumerate()) - before if t.name != "delivery-worker"}
+    assert not started, started
     await worker.stop()  # joins the thread, raises nothing
     assert len(opened) == 1
     assert "delivery-worker" not in {thread.name for thread in threading.enumerate()}
