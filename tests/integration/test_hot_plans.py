@@ -271,28 +271,27 @@ async def test_a_plan_made_while_small_is_not_kept(kit: DeliveryKit) -> None:
     keys (one full scan per group commit). On eventrelay's own connections the
     next run after the table grew plans again and probes the key index."""
     async with kit.db.read() as conn:
-        await conn.exec_driver_sql(f"PREPARE lookup(text[], text[], text[]) AS {_PG_READ}")
-        for n in range(10):  # PostgreSQL settles on a generic plan after five runs
-            await conn.exec_driver_sql(
-                f"EXECUTE lookup(ARRAY['default'], ARRAY['small-{n}'], ARRAY['default'])"
-            )
-        await conn.commit()
+        await _prepare_lookup_while_small(conn)
         async with kit.db.write() as grow:
             await grow.execute(text(_GROW_POSTGRES[-1]), {"rows": ROWS})
-        document = (
-            await conn.exec_driver_sql(
-                "EXPLAIN (FORMAT JSON) EXECUTE lookup(ARRAY['default'], ARRAY['grown-7'], "
-                "ARRAY['default'])"
-            )
-        ).scalar()
-    nodes = list(
-        plan_nodes((document if isinstance(document, list) else json.loads(document))[0]["Plan"])
-    )
+        nodes = await _lookup_plan(conn, "grown-7")
     assert not postgres_scans(nodes), describe(nodes)
     assert any(n.get("Index Name") == "pk_idempotency_keys" for n in nodes), describe(nodes)
 
 
+async def _prepare_lookup_while_small(conn: AsyncConnection) -> None:
+    """The idempotency lookup prepared on ``conn`` and run until PostgreSQL has
+    settled on its plan, while the table is small."""
+    await conn.exec_driver_sql(f"PREPARE lookup(text[], text[], text[]) AS {_PG_READ}")
+    for n in range(10):  # PostgreSQL settles on a generic plan after five runs
+        await conn.exec_driver_sql(
+            f"EXECUTE lookup(ARRAY['default'], ARRAY['small-{n}'], ARRAY['default'])"
+        )
+    await conn.commit()
+
+
 async def _lookup_plan(conn: AsyncConnection, key: str) -> list[dict[str, Any]]:
+    """The plan the prepared lookup runs with now, for ``key``."""
     document = (
         await conn.exec_driver_sql(
             f"EXPLAIN (FORMAT JSON) EXECUTE lookup(ARRAY['default'], ARRAY['{key}'], "
@@ -322,12 +321,7 @@ async def test_a_workers_plans_are_made_again_on_the_same_connection(
         async with worker.read() as conn:
             assert (await conn.execute(text("SHOW plan_cache_mode"))).scalar() == "auto"
             pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
-            await conn.exec_driver_sql(f"PREPARE lookup(text[], text[], text[]) AS {_PG_READ}")
-            for n in range(10):  # PostgreSQL settles on a generic plan after five runs
-                await conn.exec_driver_sql(
-                    f"EXECUTE lookup(ARRAY['default'], ARRAY['small-{n}'], ARRAY['default'])"
-                )
-            await conn.commit()
+            await _prepare_lookup_while_small(conn)
         async with kit.db.write() as grow:
             await grow.execute(text(_GROW_POSTGRES[-1]), {"rows": ROWS})
         async with worker.read() as conn:
