@@ -335,3 +335,25 @@ async def test_a_workers_plans_are_made_again_on_the_same_connection(
         assert any(n.get("Index Name") == "pk_idempotency_keys" for n in again), describe(again)
     finally:
         await worker.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_worker_connection_lost_before_its_plans_are_dropped_is_replaced(
+    kit: DeliveryKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropping the plans is the first thing a connection does when taken from
+    the pool; if the server has closed it meanwhile, the pool opens another
+    instead of handing the failure to the worker's statement."""
+    monkeypatch.setattr(database, "REPLAN_SECONDS", 3600)
+    worker = open_database(kit.db.url, worker=True, pool_size=1)
+    try:
+        async with worker.read() as conn:
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+        async with kit.db.read() as conn:
+            stopped = await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            assert stopped.scalar() is True
+        monkeypatch.setattr(database, "REPLAN_SECONDS", 0)
+        async with worker.read() as conn:
+            assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar() != pid
+    finally:
+        await worker.dispose()
