@@ -25,6 +25,7 @@ from app.console.app import build_console
 from app.errors import StoreUnavailable
 from app.gauges import DatabaseGauges
 from app.metrics import Metrics
+from app.precedence import RequestsFirst
 from app.services.auth import Authenticator, ensure_admin_token
 from app.services.console import ConsoleSessions
 from app.services.container import Services
@@ -114,6 +115,9 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
     which raises :class:`app.tracing.TracingUnavailable` if they cannot be)."""
     metrics = Metrics()
     tracer = build_tracer()
+    # The embedded worker's thread steps aside while the API has a request
+    # in flight (app.precedence).
+    requests_first = RequestsFirst() if worker else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -129,7 +133,12 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
                     db.url, durable_commits=False, worker=True, keyring=keyring, beside=db
                 ),
                 lambda worker_db: DeliveryWorker(
-                    worker_db, config, metrics, senders=destination_senders(config), tracer=tracer
+                    worker_db,
+                    config,
+                    metrics,
+                    senders=destination_senders(config),
+                    tracer=tracer,
+                    requests_first=requests_first,
                 ),
                 loop_factory=type(asyncio.get_running_loop()),
             )
@@ -180,7 +189,7 @@ def create_app(settings: Settings, *, worker: bool = False) -> FastAPI:
             if tracer is not None:
                 await asyncio.to_thread(tracer.shutdown)  # exports what is buffered
 
-    app = build_api(lifespan=lifespan, metrics=metrics)
+    app = build_api(lifespan=lifespan, metrics=metrics, requests_first=requests_first)
     app.mount("/console", build_console(lambda: _services_of(app)))
     return app
 

@@ -102,6 +102,11 @@ class Metrics:
             "Webhook requests this process has in flight.",
             registry=self.registry,
         )
+        self.stepped_aside = Counter(
+            "eventrelay_worker_stepped_aside_seconds",
+            "Seconds the embedded worker's thread waited for the API's requests in flight.",
+            registry=self.registry,
+        )
         self.group_commit_batch = Histogram(
             "eventrelay_group_commit_batch_size",
             "Requests sharing one ingest transaction.",

@@ -31,6 +31,7 @@ from app.api.middleware import RequestTelemetry
 from app.domain.event_schemas import SchemaCreate
 from app.domain.events import BatchInput, EventInput
 from app.metrics import Metrics
+from app.precedence import RequestsFirst
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -40,8 +41,11 @@ DESCRIPTION = (
 )
 
 
-def build_api(*, lifespan: Lifespan, metrics: Metrics) -> FastAPI:
-    """The routers, the ingest hot path, problem details, metrics and OpenAPI."""
+def build_api(
+    *, lifespan: Lifespan, metrics: Metrics, requests_first: RequestsFirst | None = None
+) -> FastAPI:
+    """The routers, the ingest hot path, problem details, metrics and OpenAPI;
+    ``requests_first``: the embedded worker's, told of every request in flight."""
     app = FastAPI(
         title="eventrelay",
         version=__version__,
@@ -71,7 +75,7 @@ def build_api(*, lifespan: Lifespan, metrics: Metrics) -> FastAPI:
         route=find_route(events.router.routes, "POST", "/v1/events"),
     )
     http_metrics = HttpMetrics(registry=metrics.registry, excluded=["/metrics"])
-    app.add_middleware(RequestTelemetry, metrics=http_metrics)
+    app.add_middleware(RequestTelemetry, metrics=http_metrics, requests_first=requests_first)
     Instrumentator(registry=metrics.registry).expose(app, include_in_schema=False)
     openapi.install(app, [EventInput, BatchInput, SchemaCreate])
     return app

@@ -51,6 +51,10 @@ class Database:
         self._owns_writer = owns_writer  # False: another Database's, closed with that one
         self.durable_commits = durable_commits  # whether a commit waits for the disk
         self.dialect = writer.dialect.name
+        # Write transactions open or waiting for their turn (counted by
+        # :meth:`writing`): the embedded worker steps aside for the API's
+        # requests only while it has none (app.precedence).
+        self.writes = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -59,9 +63,19 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed on success, rolled back on error."""
-        with translate_errors():
+        with self.writing(), translate_errors():
             async with self._writer_turn(), self.writer.begin() as conn:
                 yield conn
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Count a write transaction of this Database (in :attr:`writes`) while
+        the block runs: from before it waits for its turn to its end."""
+        self.writes += 1
+        try:
+            yield
+        finally:
+            self.writes -= 1
 
     def _writer_turn(self) -> AbstractAsyncContextManager[None]:
         # SQLite: the writer engine's connection and the hot paths' never

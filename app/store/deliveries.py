@@ -93,7 +93,7 @@ async def _cycle_postgresql_by_key(
     CPU in ``ordering: key``. The claim's snapshot is taken after the outcome
     write's commit, so it holds whatever the outcome write missed as surely
     as after its line locks (see ``claims._FREED``)."""
-    with translate_errors():
+    with db.writing(), translate_errors():
         async with db.writer.connect() as conn:
             async with conn.begin():
                 freed = await outcomes_postgresql(conn, completions, circuit, now)

@@ -10,7 +10,8 @@ switch interval for the holder to give it up, and ``eventrelay serve``
 shortens that from 5 to 0.5 ms (``app.cli.server.SWITCH_INTERVAL_SECONDS``).
 With both, another tenant's p99 under a busy worker fell on SQLite (mean
 32.9 to 25.6 ms over a sitting's runs); the thread alone did not move it
-(BENCHMARKS.md, "Fairness between tenants").
+(BENCHMARKS.md, "Fairness between tenants"). And while the API has a request
+in flight, the worker's thread steps aside for it (:mod:`app.precedence`).
 
 :class:`WorkerThread` builds its database and its worker on that thread (an
 engine's connections belong to the loop that opened them), and passes the
@@ -82,6 +83,9 @@ class WorkerThread:
             self._thread = None
 
     def wake(self) -> None:
+        running = self._running
+        if running is not None:
+            running[1].stop_stepping_aside()  # its thread may be waiting, off its loop
         self._call(DeliveryWorker.wake)
 
     def subscription_changed(self, subscription_id: str) -> None:

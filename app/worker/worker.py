@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from app.domain import formats
 from app.domain.ids import new_id
 from app.metrics import Metrics
+from app.precedence import RequestsFirst
 from app.store import deliveries as store
 from app.store import leases
 from app.store import subscriptions as subscription_store
@@ -69,8 +70,12 @@ class DeliveryWorker:
         metrics: Metrics,
         senders: SenderFactory | None = None,
         tracer: Tracer | None = None,
+        requests_first: RequestsFirst | None = None,
     ) -> None:
+        """``requests_first``: an embedded worker's, whose thread steps aside
+        for the API's requests in flight (:mod:`app.precedence`)."""
         self._db = db
+        self._requests_first = requests_first
         self._tracer = tracer
         self._config = config
         self._metrics = metrics
@@ -209,6 +214,7 @@ class DeliveryWorker:
             if self._stopping and not self._finished and not self._tasks:
                 return
             await self._gather_outcomes()
+            self._step_aside()
             try:
                 claimed, limit = await self._cycle()
             except Exception:
@@ -224,6 +230,25 @@ class DeliveryWorker:
                 # and a plain claim takes it (or the fresh walk, if another
                 # tenant crowds).
                 self._probe = self._probe or not for_retry
+
+    def stop_stepping_aside(self) -> None:
+        """Any thread: new work came (an ingest's commit); a wait for the API's
+        requests under way ends now, and the claim for it goes at once."""
+        if self._requests_first is not None:
+            self._requests_first.woken()
+
+    def _step_aside(self) -> None:
+        """Let the API's requests in flight go first (:mod:`app.precedence`):
+        before a cycle and before a slot's next attempt (a slot's first attempt
+        follows the cycle that claimed it), unless a write transaction of this
+        worker is open or waiting for its turn, which an ingest could be
+        waiting for in turn (SQLite's writer, PostgreSQL's line locks). A
+        wake-up for new work ends the wait (:meth:`RequestsFirst.woken`)."""
+        first = self._requests_first
+        if first is not None and first.in_flight and not self._db.writes:
+            waited = first.step_aside()
+            if waited:
+                self._metrics.stepped_aside.inc(waited)
 
     async def _gather_outcomes(self) -> None:
         """Before writing a few outcomes, give the attempts still running a moment to
@@ -462,6 +487,7 @@ class DeliveryWorker:
                 line, ready = after
                 self._tasks[ready.delivery.seq] = (task, ready.delivery)
                 self._wakeup.set()  # an outcome to write
+                self._step_aside()  # before the slot's next attempt
         finally:
             self._tasks.pop(ready.delivery.seq, None)
             if ready.after:  # cancelled while stopping: its run goes back

@@ -49,6 +49,7 @@ FAMILIES = {
     "eventrelay_claim_duration_seconds": "histogram",
     "eventrelay_deliveries_claimed": "counter",
     "eventrelay_worker_in_flight": "gauge",
+    "eventrelay_worker_stepped_aside_seconds": "counter",
     "http_requests": "counter",
     "http_request_duration_seconds": "histogram",
 }

@@ -1,6 +1,7 @@
 """The embedded worker on a thread and event loop of its own
 (:class:`app.worker.thread.WorkerThread`): it delivers while the API's loop is
-busy, hears the API's wake-ups across the threads, and a worker that cannot
+busy, hears the API's wake-ups across the threads, steps aside while the API
+has a request in flight (:mod:`app.precedence`), and a worker that cannot
 start says so from ``start``."""
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from app.errors import StoreUnavailable
 from app.metrics import Metrics
+from app.precedence import RequestsFirst
 from app.store.database import Database, open_database
 from app.worker.thread import WorkerThread
 from app.worker.worker import DeliveryWorker, WorkerConfig
@@ -31,6 +34,7 @@ class _Hooks(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Answer)
         self.bodies: list[bytes] = []
         self.arrived = threading.Event()
+        self.failures = 0  # how many requests to answer 500 first
 
     @property
     def url(self) -> str:
@@ -42,7 +46,9 @@ class _Answer(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
         body = self.rfile.read(int(self.headers["content-length"]))
-        self.send_response(204)
+        failing = self.server.failures > 0
+        self.server.failures -= failing
+        self.send_response(500 if failing else 204)
         self.end_headers()
         self.server.bodies.append(body)
         self.server.arrived.set()
@@ -64,7 +70,11 @@ def hooks() -> Iterator[_Hooks]:
         thread.join()
 
 
-def _worker_thread(open_db: Callable[[], Database]) -> WorkerThread:
+def _worker_thread(
+    open_db: Callable[[], Database],
+    requests_first: RequestsFirst | None = None,
+    metrics: Metrics | None = None,
+) -> WorkerThread:
     config = WorkerConfig(
         retry_schedule=(1.0,),
         timeout_ms=2000,
@@ -73,7 +83,7 @@ def _worker_thread(open_db: Callable[[], Database]) -> WorkerThread:
     )
     return WorkerThread(
         open_db,
-        lambda db: DeliveryWorker(db, config, Metrics()),
+        lambda db: DeliveryWorker(db, config, metrics or Metrics(), requests_first=requests_first),
         loop_factory=type(asyncio.get_running_loop()),
     )
 
@@ -96,6 +106,103 @@ async def test_the_worker_delivers_while_the_api_loop_is_blocked(
     assert event.id.encode() in body
     [delivery] = await kit.deliveries_of(event.id)
     assert delivery["status"] == "succeeded", "the outcome was written before stop returned"
+
+
+async def test_a_retry_waits_until_the_request_in_flight_is_answered(
+    kit: DeliveryKit, database_url: str, hooks: _Hooks
+) -> None:
+    hooks.failures = 1  # the first attempt fails; its retry is due a second later
+    await kit.subscription(url=hooks.url)
+    first, metrics = RequestsFirst(longest=DEADLINE_SECONDS * 2), Metrics()
+    worker = _worker_thread(
+        lambda: open_database(database_url, worker=True, beside=kit.db), first, metrics
+    )
+    await worker.start()
+    try:
+        [event] = await kit.events(("order.created", "k"))
+        worker.wake()
+        assert hooks.arrived.wait(DEADLINE_SECONDS), "the first attempt was not made"
+        hooks.arrived.clear()
+        first.started()  # a request of the API's, in flight
+        assert not hooks.arrived.wait(2.0), "retried while a request was in flight"
+        first.finished()
+        assert hooks.arrived.wait(DEADLINE_SECONDS), "not retried once the request was answered"
+    finally:
+        await worker.stop()
+    assert [event.id.encode() in body for body in hooks.bodies] == [True, True]
+    waited = metrics.registry.get_sample_value("eventrelay_worker_stepped_aside_seconds_total")
+    assert waited is not None
+    assert waited >= 0.5
+
+
+async def test_a_wake_up_for_new_work_ends_the_wait_at_once(
+    kit: DeliveryKit, database_url: str, hooks: _Hooks
+) -> None:
+    await kit.subscription(url=hooks.url)
+    first = RequestsFirst(longest=DEADLINE_SECONDS * 2)
+    worker = _worker_thread(lambda: open_database(database_url, worker=True, beside=kit.db), first)
+    await worker.start()
+    try:
+        first.started()  # the request whose event this is, answered after the wake-up
+        [event] = await kit.events(("order.created", "k"))
+        worker.wake()  # as the ingest service does after its commit
+        assert hooks.arrived.wait(DEADLINE_SECONDS), "waited for the request to be answered"
+    finally:
+        first.finished()
+        await worker.stop()
+    [body] = hooks.bodies
+    assert event.id.encode() in body
+
+
+async def test_a_request_never_answered_holds_the_worker_for_a_while_only(
+    kit: DeliveryKit, database_url: str, hooks: _Hooks
+) -> None:
+    hooks.failures = 1
+    await kit.subscription(url=hooks.url)
+    first = RequestsFirst(longest=0.5)
+    worker = _worker_thread(lambda: open_database(database_url, worker=True, beside=kit.db), first)
+    await worker.start()
+    try:
+        [event] = await kit.events(("order.created", "k"))
+        worker.wake()
+        assert hooks.arrived.wait(DEADLINE_SECONDS), "the first attempt was not made"
+        hooks.arrived.clear()
+        first.started()  # never answered
+        assert hooks.arrived.wait(DEADLINE_SECONDS), "a request in flight stopped the worker"
+    finally:
+        first.finished()
+        await worker.stop()
+    assert [event.id.encode() in body for body in hooks.bodies] == [True, True]
+
+
+async def test_a_write_counts_from_before_its_turn_to_its_end(db: Database) -> None:
+    """What the worker checks before it steps aside: a write of its own open or
+    waiting (for SQLite's writer, held here by another) is counted."""
+    assert db.writes == 0
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with db.write():
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    waiting = asyncio.create_task(_write_once(db))
+    await asyncio.sleep(0)  # the second write is waiting (SQLite) or open
+    assert db.writes == 2
+    release.set()
+    await asyncio.gather(holder, waiting)
+    assert db.writes == 0
+    with pytest.raises(RuntimeError):
+        async with db.write():
+            raise RuntimeError("rolled back")
+    assert db.writes == 0, "a failed write is no longer counted"
+
+
+async def _write_once(db: Database) -> None:
+    async with db.write() as conn:
+        await conn.execute(text("SELECT 1"))
 
 
 # A thread that raises (aiosqlite's, handing a result to a closed loop) fails the test.
