@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from app.domain.events import NewEvent
 from app.errors import StoreUnavailable
 from app.metrics import Metrics
 from app.precedence import RequestsFirst
@@ -108,12 +110,18 @@ async def test_the_worker_delivers_while_the_api_loop_is_blocked(
     assert delivery["status"] == "succeeded", "the outcome was written before stop returned"
 
 
-async def test_a_retry_waits_until_the_request_in_flight_is_answered(
-    kit: DeliveryKit, database_url: str, hooks: _Hooks
-) -> None:
-    hooks.failures = 1  # the first attempt fails; its retry is due a second later
+@asynccontextmanager
+async def _retry_due(
+    kit: DeliveryKit,
+    database_url: str,
+    hooks: _Hooks,
+    first: RequestsFirst,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[NewEvent]:
+    """A worker (stepping aside for ``first``'s requests) whose first attempt
+    of the event it yields has just failed; its retry is due a second later."""
+    hooks.failures = 1
     await kit.subscription(url=hooks.url)
-    first, metrics = RequestsFirst(longest=DEADLINE_SECONDS * 2), Metrics()
     worker = _worker_thread(
         lambda: open_database(database_url, worker=True, beside=kit.db), first, metrics
     )
@@ -123,16 +131,34 @@ async def test_a_retry_waits_until_the_request_in_flight_is_answered(
         worker.wake()
         assert hooks.arrived.wait(DEADLINE_SECONDS), "the first attempt was not made"
         hooks.arrived.clear()
+        yield event
+    finally:
+        await worker.stop()
+
+
+async def test_a_retry_waits_until_the_request_in_flight_is_answered(
+    kit: DeliveryKit, database_url: str, hooks: _Hooks
+) -> None:
+    first, metrics = RequestsFirst(longest=DEADLINE_SECONDS * 2), Metrics()
+    async with _retry_due(kit, database_url, hooks, first, metrics) as event:
         first.started()  # a request of the API's, in flight
         assert not hooks.arrived.wait(2.0), "retried while a request was in flight"
         first.finished()
         assert hooks.arrived.wait(DEADLINE_SECONDS), "not retried once the request was answered"
-    finally:
-        await worker.stop()
     assert [event.id.encode() in body for body in hooks.bodies] == [True, True]
     waited = metrics.registry.get_sample_value("eventrelay_worker_stepped_aside_seconds_total")
     assert waited is not None
     assert waited >= 0.5
+
+
+async def test_a_request_never_answered_holds_the_worker_for_a_while_only(
+    kit: DeliveryKit, database_url: str, hooks: _Hooks
+) -> None:
+    first = RequestsFirst(longest=0.5)
+    async with _retry_due(kit, database_url, hooks, first) as event:
+        first.started()  # never answered
+        assert hooks.arrived.wait(DEADLINE_SECONDS), "a request in flight stopped the worker"
+    assert [event.id.encode() in body for body in hooks.bodies] == [True, True]
 
 
 async def test_a_wake_up_for_new_work_ends_the_wait_at_once(
@@ -152,27 +178,6 @@ async def test_a_wake_up_for_new_work_ends_the_wait_at_once(
         await worker.stop()
     [body] = hooks.bodies
     assert event.id.encode() in body
-
-
-async def test_a_request_never_answered_holds_the_worker_for_a_while_only(
-    kit: DeliveryKit, database_url: str, hooks: _Hooks
-) -> None:
-    hooks.failures = 1
-    await kit.subscription(url=hooks.url)
-    first = RequestsFirst(longest=0.5)
-    worker = _worker_thread(lambda: open_database(database_url, worker=True, beside=kit.db), first)
-    await worker.start()
-    try:
-        [event] = await kit.events(("order.created", "k"))
-        worker.wake()
-        assert hooks.arrived.wait(DEADLINE_SECONDS), "the first attempt was not made"
-        hooks.arrived.clear()
-        first.started()  # never answered
-        assert hooks.arrived.wait(DEADLINE_SECONDS), "a request in flight stopped the worker"
-    finally:
-        first.finished()
-        await worker.stop()
-    assert [event.id.encode() in body for body in hooks.bodies] == [True, True]
 
 
 async def test_a_write_counts_from_before_its_turn_to_its_end(db: Database) -> None:
