@@ -42,7 +42,8 @@ class RequestsFirst:
     def __init__(self, longest: float = STEP_ASIDE_SECONDS) -> None:
         self._longest = longest
         self._in_flight = 0
-        self._answered = threading.Event()  # set while no request is in flight
+        # Set while no request is in flight, and from a wake-up to the next request.
+        self._answered = threading.Event()
         self._answered.set()
         self._runs_until = 0.0  # the worker's thread: no wait before this (monotonic)
 
@@ -71,7 +72,7 @@ class RequestsFirst:
         """The worker's thread: wait while requests are in flight (at most
         ``longest``, and not again until it has run as long as it waited).
         Returns the seconds it waited."""
-        if not self._in_flight:
+        if not self._in_flight or self._answered.is_set():
             return 0.0
         began = time.monotonic()
         if began < self._runs_until:
