@@ -10,9 +10,9 @@ answer; a delivery is already committed and waits in any case for its turn
 at a slot. So while the API has a request in flight, the worker's thread
 *steps aside* at its next safe point (before a cycle, before a slot's next
 attempt): it blocks, with the interpreter's lock given up, until every
-request in flight has been answered, for at most ``STEP_ASIDE_SECONDS`` at a time, or
-until it is woken for new work (an ingest's commit: that work is what a
-client is waiting to see delivered, so its claim goes at once). It never
+request in flight has been answered, for at most ``STEP_ASIDE_SECONDS`` at
+a time, or until it is woken for new work (an ingest's commit: that work is
+what a client is waiting to see delivered, so its claim goes at once). It never
 steps aside for more than half of its time: after a wait it runs at least
 as long before it waits again, so a steady stream of requests slows the
 deliveries down by half at most and never stops them (BENCHMARKS.md,
